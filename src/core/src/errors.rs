@@ -1,0 +1,168 @@
+//! The error catalogue: every error the extension raises, with its SQLSTATE and message.
+//!
+//! README's "Errors" table is this file in prose. Messages never contain a key, a digest or any
+//! fragment of caller input that could be one; they name what was wrong instead.
+
+use std::fmt;
+
+use crate::format::KeyError;
+
+/// The SQLSTATEs we use. All are standard codes: pgrx can only raise codes Postgres itself defines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sqlstate {
+    /// 22P02 invalid_text_representation: a malformed key.
+    InvalidTextRepresentation,
+    /// 22023 invalid_parameter_value: a bad argument (empty name, non-positive interval, ...).
+    InvalidParameterValue,
+    /// 22004 null_value_not_allowed.
+    NullValueNotAllowed,
+    /// 28000 invalid_authorization_specification: unknown, revoked, deleted or expired key.
+    InvalidAuthorization,
+    /// 42501 insufficient_privilege: authenticated but not allowed.
+    InsufficientPrivilege,
+    /// P0002 no_data_found: the key id (or example row) does not exist.
+    NoDataFound,
+    /// 53400 configuration_limit_exceeded: a rate limit or quota; retry after the DETAIL's seconds.
+    RateLimited,
+    /// 55000 object_not_in_prerequisite_state: e.g. the library is not preloaded.
+    NotInPrerequisiteState,
+    /// 42710 duplicate_object.
+    DuplicateObject,
+}
+
+impl Sqlstate {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::InvalidTextRepresentation => "22P02",
+            Self::InvalidParameterValue => "22023",
+            Self::NullValueNotAllowed => "22004",
+            Self::InvalidAuthorization => "28000",
+            Self::InsufficientPrivilege => "42501",
+            Self::NoDataFound => "P0002",
+            Self::RateLimited => "53400",
+            Self::NotInPrerequisiteState => "55000",
+            Self::DuplicateObject => "42710",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ApiError {
+    MalformedKey(KeyError),
+    /// Unknown, revoked or deleted: one message so the error is no oracle for which.
+    InvalidKey,
+    ExpiredKey,
+    WrongKind { expected: &'static str },
+    NotKeyAdmin,
+    MissingScope(String),
+    OutsideResource(String),
+    KeyNotFound(i64),
+    KeyRevoked(i64),
+    InvalidArgument(String),
+    NullArgument(&'static str),
+    RateLimited { message: String, retry_after: u64 },
+    NotPreloaded(&'static str),
+    DuplicateFormat(String),
+}
+
+impl ApiError {
+    pub fn sqlstate(&self) -> Sqlstate {
+        match self {
+            Self::MalformedKey(_) => Sqlstate::InvalidTextRepresentation,
+            Self::InvalidKey | Self::ExpiredKey | Self::WrongKind { .. } => {
+                Sqlstate::InvalidAuthorization
+            }
+            Self::NotKeyAdmin | Self::MissingScope(_) | Self::OutsideResource(_) => {
+                Sqlstate::InsufficientPrivilege
+            }
+            Self::KeyNotFound(_) => Sqlstate::NoDataFound,
+            Self::KeyRevoked(_) => Sqlstate::NotInPrerequisiteState,
+            Self::InvalidArgument(_) => Sqlstate::InvalidParameterValue,
+            Self::NullArgument(_) => Sqlstate::NullValueNotAllowed,
+            Self::RateLimited { .. } => Sqlstate::RateLimited,
+            Self::NotPreloaded(_) => Sqlstate::NotInPrerequisiteState,
+            Self::DuplicateFormat(_) => Sqlstate::DuplicateObject,
+        }
+    }
+
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            // Machine-readable, so a proxy can turn it into a Retry-After header.
+            Self::RateLimited { retry_after, .. } => {
+                Some(format!("{{\"retry_after\": {retry_after}}}"))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::MalformedKey(_) => Some(
+                "Check that the whole key was copied, without spaces or line breaks.".into(),
+            ),
+            Self::ExpiredKey => Some("Create a new key to restore access.".into()),
+            Self::NotKeyAdmin => Some(
+                "Members of apikey_admin manage every key; a key's owner manages its own keys after apikey.authenticate().".into(),
+            ),
+            Self::NotPreloaded(_) => Some(
+                "Add pg_apikey to shared_preload_libraries in postgresql.conf and restart the server.".into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MalformedKey(e) => write!(f, "{e}"),
+            Self::InvalidKey => write!(f, "invalid API key"),
+            Self::ExpiredKey => write!(f, "API key has expired"),
+            Self::WrongKind { expected } => write!(f, "invalid API key: {expected} key required"),
+            Self::NotKeyAdmin => write!(f, "permission denied to manage this API key"),
+            Self::MissingScope(s) => write!(f, "API key lacks the scope \"{s}\""),
+            Self::OutsideResource(r) => write!(f, "API key is not valid for resource \"{r}\""),
+            Self::KeyNotFound(id) => write!(f, "API key {id} does not exist"),
+            Self::KeyRevoked(id) => write!(f, "API key {id} is revoked"),
+            Self::InvalidArgument(m) => write!(f, "{m}"),
+            Self::NullArgument(arg) => write!(f, "{arg} must not be null"),
+            Self::RateLimited { message, .. } => write!(f, "{message}"),
+            Self::NotPreloaded(what) => {
+                write!(f, "{what} needs pg_apikey in shared_preload_libraries")
+            }
+            Self::DuplicateFormat(name) => write!(f, "key format \"{name}\" already exists"),
+        }
+    }
+}
+
+/// The Coldflow seed's wording for the creation quota.
+pub fn creation_quota_message(retry_after: u64) -> String {
+    format!("Too many API key creation requests. Please try again in {retry_after} seconds.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_revoked_and_deleted_share_one_message() {
+        assert_eq!(ApiError::InvalidKey.to_string(), "invalid API key");
+        assert_eq!(ApiError::InvalidKey.sqlstate().code(), "28000");
+        assert_eq!(ApiError::ExpiredKey.to_string(), "API key has expired");
+        assert_eq!(ApiError::ExpiredKey.sqlstate().code(), "28000");
+    }
+
+    #[test]
+    fn quota_message_matches_the_seed() {
+        let e = ApiError::RateLimited {
+            message: creation_quota_message(3420),
+            retry_after: 3420,
+        };
+        assert_eq!(
+            e.to_string(),
+            "Too many API key creation requests. Please try again in 3420 seconds."
+        );
+        assert_eq!(e.detail().unwrap(), "{\"retry_after\": 3420}");
+        assert_eq!(e.sqlstate().code(), "53400");
+    }
+}
