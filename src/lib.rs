@@ -1,0 +1,45 @@
+//! pg_apikey: API-key authentication inside PostgreSQL.
+//!
+//! The pure logic (formats, digests, scopes, limiter arithmetic, the error catalogue) lives in the
+//! `pg_apikey_core` crate; the modules here are the Postgres glue, one concern each, and each with
+//! its own `init()` that `_PG_init` calls.
+
+use pgrx::prelude::*;
+
+mod auth;
+mod errors;
+mod formats;
+mod gucs;
+mod identity;
+mod key_type;
+mod keys;
+mod privilege;
+mod ratelimit;
+
+::pgrx::pg_module_magic!(name, version);
+
+pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+    errors::init();
+    formats::init();
+    identity::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'pg_apikey'"]
+    }
+}

@@ -52,15 +52,22 @@ pub enum ApiError {
     /// Unknown, revoked or deleted: one message so the error is no oracle for which.
     InvalidKey,
     ExpiredKey,
-    WrongKind { expected: &'static str },
+    WrongKind {
+        expected: &'static str,
+    },
     NotKeyAdmin,
+    /// Something only superusers and apikey_admin members may do.
+    AdminOnly(&'static str),
     MissingScope(String),
     OutsideResource(String),
     KeyNotFound(i64),
     KeyRevoked(i64),
     InvalidArgument(String),
     NullArgument(&'static str),
-    RateLimited { message: String, retry_after: u64 },
+    RateLimited {
+        message: String,
+        retry_after: u64,
+    },
     NotPreloaded(&'static str),
     DuplicateFormat(String),
 }
@@ -72,9 +79,10 @@ impl ApiError {
             Self::InvalidKey | Self::ExpiredKey | Self::WrongKind { .. } => {
                 Sqlstate::InvalidAuthorization
             }
-            Self::NotKeyAdmin | Self::MissingScope(_) | Self::OutsideResource(_) => {
-                Sqlstate::InsufficientPrivilege
-            }
+            Self::NotKeyAdmin
+            | Self::AdminOnly(_)
+            | Self::MissingScope(_)
+            | Self::OutsideResource(_) => Sqlstate::InsufficientPrivilege,
             Self::KeyNotFound(_) => Sqlstate::NoDataFound,
             Self::KeyRevoked(_) => Sqlstate::NotInPrerequisiteState,
             Self::InvalidArgument(_) => Sqlstate::InvalidParameterValue,
@@ -120,6 +128,12 @@ impl fmt::Display for ApiError {
             Self::ExpiredKey => write!(f, "API key has expired"),
             Self::WrongKind { expected } => write!(f, "invalid API key: {expected} key required"),
             Self::NotKeyAdmin => write!(f, "permission denied to manage this API key"),
+            Self::AdminOnly(what) => {
+                write!(
+                    f,
+                    "permission denied to {what}: apikey_admin membership required"
+                )
+            }
             Self::MissingScope(s) => write!(f, "API key lacks the scope \"{s}\""),
             Self::OutsideResource(r) => write!(f, "API key is not valid for resource \"{r}\""),
             Self::KeyNotFound(id) => write!(f, "API key {id} does not exist"),
@@ -130,7 +144,10 @@ impl fmt::Display for ApiError {
             Self::NotPreloaded(what) => {
                 write!(f, "{what} needs pg_apikey in shared_preload_libraries")
             }
-            Self::DuplicateFormat(name) => write!(f, "key format \"{name}\" already exists"),
+            Self::DuplicateFormat(name) => write!(
+                f,
+                "key format \"{name}\" already exists or uses the same prefix"
+            ),
         }
     }
 }

@@ -138,9 +138,18 @@ pub enum KeyError {
     TooLong,
     Whitespace,
     UnknownPrefix,
-    Length { format: String, expected: usize, got: usize },
-    Alphabet { format: String, alphabet: Alphabet },
-    Checksum { format: String },
+    Length {
+        format: String,
+        expected: usize,
+        got: usize,
+    },
+    Alphabet {
+        format: String,
+        alphabet: Alphabet,
+    },
+    Checksum {
+        format: String,
+    },
 }
 
 impl fmt::Display for KeyError {
@@ -435,14 +444,24 @@ mod tests {
         assert_eq!(detect(&formats, "xyz_abc"), Err(KeyError::UnknownPrefix));
         assert!(matches!(
             detect(&formats, &cfk[..67]),
-            Err(KeyError::Length { expected: 68, got: 67, .. })
+            Err(KeyError::Length {
+                expected: 68,
+                got: 67,
+                ..
+            })
         ));
         let upper = format!("cfk_{}", cfk[4..].to_uppercase());
         assert!(matches!(
             detect(&formats, &upper),
-            Err(KeyError::Alphabet { alphabet: Alphabet::Hex, .. })
+            Err(KeyError::Alphabet {
+                alphabet: Alphabet::Hex,
+                ..
+            })
         ));
-        assert_eq!(detect(&formats, &format!("{cfk} ")), Err(KeyError::Whitespace));
+        assert_eq!(
+            detect(&formats, &format!("{cfk} ")),
+            Err(KeyError::Whitespace)
+        );
         assert_eq!(detect(&formats, &"a".repeat(600)), Err(KeyError::TooLong));
         // A bare 42-character string is judged against the prefix-less format's length.
         assert!(matches!(
@@ -461,7 +480,9 @@ mod tests {
             let typo = String::from_utf8(bytes).unwrap();
             assert_eq!(
                 detect(&formats, &typo),
-                Err(KeyError::Checksum { format: "pak".into() }),
+                Err(KeyError::Checksum {
+                    format: "pak".into()
+                }),
                 "position {i}"
             );
         }

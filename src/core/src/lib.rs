@@ -6,3 +6,4 @@ pub mod digest;
 pub mod errors;
 pub mod format;
 pub mod scope;
+pub mod window;

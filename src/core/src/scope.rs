@@ -73,7 +73,16 @@ mod tests {
         for ok in ["*", "surveys:read", "surveys:*", "a.b-c_d:e", "metrics"] {
             assert!(is_valid(ok), "{ok}");
         }
-        for bad in ["", "Surveys:read", "surveys:", ":read", "*:read", "sur veys", "a:*:b", "x*"] {
+        for bad in [
+            "",
+            "Surveys:read",
+            "surveys:",
+            ":read",
+            "*:read",
+            "sur veys",
+            "a:*:b",
+            "x*",
+        ] {
             assert!(!is_valid(bad), "{bad}");
         }
     }

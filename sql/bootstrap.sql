@@ -1,0 +1,81 @@
+-- pg_apikey bootstrap: the shell type and the tables. CREATE EXTENSION runs this with
+-- search_path = apikey; every name is qualified anyway.
+
+CREATE TYPE apikey.api_key;
+
+-- Members manage every key and read the audit log. Roles are cluster-wide, so another database
+-- may have created it already.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'apikey_admin') THEN
+        CREATE ROLE apikey_admin NOLOGIN;
+    END IF;
+END
+$$;
+
+CREATE TABLE apikey.formats (
+    name        text PRIMARY KEY,
+    prefix      text NOT NULL,
+    alphabet    text NOT NULL CHECK (alphabet IN ('hex', 'base62')),
+    body_length integer NOT NULL CHECK (body_length > 0),
+    checksum    text NOT NULL DEFAULT 'none' CHECK (checksum IN ('none', 'crc32')),
+    recoverable boolean NOT NULL DEFAULT false,
+    builtin     boolean NOT NULL DEFAULT false,
+    description text
+);
+COMMENT ON TABLE apikey.formats IS 'Key formats: prefix, alphabet, body length and optional checksum. Add rows with apikey.add_format().';
+
+CREATE SEQUENCE apikey.keys_id_seq;
+CREATE TABLE apikey.keys (
+    id             bigint PRIMARY KEY DEFAULT pg_catalog.nextval('apikey.keys_id_seq'),
+    owner          text NOT NULL CHECK (owner <> ''),
+    name           text NOT NULL CHECK (pg_catalog.btrim(name) <> ''),
+    format         text NOT NULL REFERENCES apikey.formats (name) ON UPDATE CASCADE,
+    kind           text NOT NULL DEFAULT 'user' CHECK (kind IN ('user', 'app')),
+    scopes         text[],
+    resource       text,
+    display_prefix text NOT NULL,
+    last4          text NOT NULL,
+    digest         bytea NOT NULL CHECK (pg_catalog.octet_length(digest) = 32),
+    expires_in     interval,
+    created_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    created_by     text NOT NULL,
+    expires_at     timestamptz,
+    last_used_at   timestamptz,
+    revoked_at     timestamptz,
+    rotated_from   bigint,
+    metadata       jsonb NOT NULL DEFAULT '{}'
+);
+ALTER SEQUENCE apikey.keys_id_seq OWNED BY apikey.keys.id;
+CREATE UNIQUE INDEX keys_digest_key ON apikey.keys (digest);
+CREATE INDEX keys_owner_idx ON apikey.keys (owner);
+COMMENT ON TABLE apikey.keys IS 'API keys: SHA-256 digests and metadata, never the plaintext. Not readable by ordinary roles; see apikey.key_list.';
+COMMENT ON COLUMN apikey.keys.digest IS 'SHA-256 of the whole key text.';
+COMMENT ON COLUMN apikey.keys.revoked_at IS 'When the key stops working; in the future while a rotated key is in its grace period.';
+
+CREATE SEQUENCE apikey.audit_log_id_seq;
+CREATE TABLE apikey.audit_log (
+    id            bigint PRIMARY KEY DEFAULT pg_catalog.nextval('apikey.audit_log_id_seq'),
+    at            timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    action        text NOT NULL CHECK (action IN ('create', 'revoke', 'delete', 'rotate')),
+    key_id        bigint NOT NULL,
+    owner         text NOT NULL,
+    key_name      text NOT NULL,
+    actor         text NOT NULL,
+    session_actor text NOT NULL,
+    actor_key_id  bigint,
+    detail        jsonb NOT NULL DEFAULT '{}'
+);
+ALTER SEQUENCE apikey.audit_log_id_seq OWNED BY apikey.audit_log.id;
+CREATE INDEX audit_log_key_idx ON apikey.audit_log (key_id);
+COMMENT ON TABLE apikey.audit_log IS 'Append-only history of key changes (create, revoke, delete, rotate), written in the same transaction. Never holds a secret.';
+COMMENT ON COLUMN apikey.audit_log.actor IS 'The role that called the function (current_user at the call).';
+COMMENT ON COLUMN apikey.audit_log.session_actor IS 'session_user: the login role (for PostgREST, the authenticator).';
+COMMENT ON COLUMN apikey.audit_log.actor_key_id IS 'The key the caller had authenticated with in that transaction, if any.';
+
+CREATE TABLE apikey.rate_limits (
+    bucket     text PRIMARY KEY,
+    hits       bigint[] NOT NULL DEFAULT '{}',
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE apikey.rate_limits IS 'Durable rate-limit state: for each bucket, the recent event times in epoch microseconds.';

@@ -1,0 +1,196 @@
+//! The key formats table, cached per backend.
+//!
+//! The `api_key` input function consults the formats on every key it parses, so they are read once
+//! and kept. Any change to `apikey.formats` (or `apikey.keys`) fires a statement trigger that queues
+//! a relcache invalidation for the table; Postgres delivers it to every backend at its next
+//! transaction or lock, and our relcache callback drops the cache. Aborted changes are undone the
+//! same way, so a cache never holds rows that did not commit.
+
+use std::cell::{Cell, RefCell};
+
+use pg_apikey_core::errors::ApiError;
+use pg_apikey_core::format::{self, Alphabet, Checksum, Format};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::errors::{raise, spi};
+
+thread_local! {
+    static FORMATS: RefCell<Option<Vec<Format>>> = const { RefCell::new(None) };
+    static FORMATS_RELID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+}
+
+fn load() -> Vec<Format> {
+    crate::privilege::with_pinned_search_path(load_rows)
+}
+
+fn load_rows() -> Vec<Format> {
+    spi(Spi::connect(|c| {
+        let mut rows = Vec::new();
+        for row in c.select(
+            "SELECT name, prefix, alphabet, body_length, checksum, 'apikey.formats'::pg_catalog.regclass::pg_catalog.oid
+               FROM apikey.formats ORDER BY name",
+            None,
+            &[],
+        )? {
+            let name: String = row.get(1)?.unwrap_or_default();
+            let prefix: String = row.get(2)?.unwrap_or_default();
+            let alphabet = row.get::<String>(3)?.and_then(|a| Alphabet::parse(&a));
+            let body_len = row.get::<i32>(4)?.unwrap_or(0);
+            let checksum = row.get::<String>(5)?.and_then(|c| Checksum::parse(&c));
+            if let Some(relid) = row.get::<pg_sys::Oid>(6)? {
+                FORMATS_RELID.set(relid);
+            }
+            // Rows are validated by apikey.add_format; a row edited by hand into an invalid
+            // shape is skipped rather than trusted.
+            if let (Some(a), Some(cs)) = (alphabet, checksum) {
+                if let Ok(f) = Format::new(&name, &prefix, a, body_len.max(0) as usize, cs) {
+                    rows.push(f);
+                }
+            }
+        }
+        Ok::<_, pgrx::spi::SpiError>(rows)
+    }))
+}
+
+pub fn with_formats<R>(f: impl FnOnce(&[Format]) -> R) -> R {
+    let cached = FORMATS.with_borrow(|c| c.is_some());
+    if !cached {
+        let loaded = load();
+        FORMATS.with_borrow_mut(|c| *c = Some(loaded));
+    }
+    FORMATS.with_borrow(|c| f(c.as_deref().unwrap_or_default()))
+}
+
+/// The format a presented key is in; a malformed key raises 22P02 naming what is wrong.
+pub fn detect(key: &str) -> Format {
+    with_formats(|all| match format::detect(all, key) {
+        Ok(f) => f.clone(),
+        Err(e) => raise(ApiError::MalformedKey(e)),
+    })
+}
+
+pub fn by_name(name: &str) -> Format {
+    with_formats(|all| all.iter().find(|f| f.name == name).cloned()).unwrap_or_else(|| {
+        raise(ApiError::InvalidArgument(format!(
+            "unknown key format \"{name}\""
+        )))
+    })
+}
+
+unsafe extern "C-unwind" fn relcache_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let ours = FORMATS_RELID.get();
+    if relid == pg_sys::InvalidOid || relid == ours || ours == pg_sys::InvalidOid {
+        FORMATS.with_borrow_mut(|c| *c = None);
+        crate::privilege::invalidate();
+    }
+    crate::keys::relcache_changed(relid);
+}
+
+pub fn init() {
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), pg_sys::Datum::from(0))
+    };
+}
+
+/// Statement trigger on the cached tables: tell every backend to drop its cache at commit.
+#[pg_trigger]
+fn invalidate_caches<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(trigger.relid()?) };
+    Ok(None)
+}
+
+/// Add a key format. Superusers and apikey_admin members only.
+#[pg_extern(volatile)]
+fn add_format(
+    name: &str,
+    prefix: &str,
+    alphabet: &str,
+    body_length: i32,
+    checksum: default!(&str, "'none'"),
+    recoverable: default!(bool, false),
+    description: default!(Option<&str>, "NULL"),
+) -> String {
+    if !crate::privilege::caller_is_admin() {
+        raise(ApiError::AdminOnly("add key formats"));
+    }
+    let alphabet = Alphabet::parse(alphabet).unwrap_or_else(|| {
+        raise(ApiError::InvalidArgument(
+            "alphabet must be \"hex\" or \"base62\"".into(),
+        ))
+    });
+    let checksum = Checksum::parse(checksum).unwrap_or_else(|| {
+        raise(ApiError::InvalidArgument(
+            "checksum must be \"none\" or \"crc32\"".into(),
+        ))
+    });
+    let f = Format::new(
+        name,
+        prefix,
+        alphabet,
+        body_length.max(0) as usize,
+        checksum,
+    )
+    .unwrap_or_else(|e| raise(ApiError::InvalidArgument(e.to_string())));
+    let clash = with_formats(|all| {
+        all.iter()
+            .find(|o| {
+                o.name == f.name
+                    || (!f.prefix.is_empty() && o.prefix == f.prefix)
+                    || (f.prefix.is_empty()
+                        && o.prefix.is_empty()
+                        && o.total_len() == f.total_len())
+            })
+            .map(|o| o.name.clone())
+    });
+    if let Some(existing) = clash {
+        raise(ApiError::DuplicateFormat(existing));
+    }
+    crate::privilege::as_owner(|| {
+        spi(Spi::connect_mut(|c| {
+            c.update(
+                "INSERT INTO apikey.formats (name, prefix, alphabet, body_length, checksum, recoverable, description)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                None,
+                &[
+                    f.name.clone().into(),
+                    f.prefix.clone().into(),
+                    f.alphabet.name().into(),
+                    body_length.into(),
+                    f.checksum.name().into(),
+                    recoverable.into(),
+                    description.into(),
+                ],
+            )
+            .map(|_| ())
+        }))
+    });
+    f.name
+}
+
+/// Rows for the built-in formats; the install script inserts them.
+#[pg_extern(immutable, parallel_safe)]
+fn builtin_formats() -> TableIterator<
+    'static,
+    (
+        name!(name, String),
+        name!(prefix, String),
+        name!(alphabet, String),
+        name!(body_length, i32),
+        name!(checksum, String),
+        name!(description, String),
+    ),
+> {
+    TableIterator::new(format::builtin().into_iter().map(|(f, description)| {
+        (
+            f.name,
+            f.prefix,
+            f.alphabet.name().to_owned(),
+            f.body_len as i32,
+            f.checksum.name().to_owned(),
+            description.to_owned(),
+        )
+    }))
+}

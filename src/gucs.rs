@@ -1,0 +1,58 @@
+//! Every setting of the extension. All are `PGC_SUSET`: none of them may be changed by the role
+//! whose requests they govern, and none of them carries identity.
+
+use std::ffi::CString;
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+/// `apikey.default_format`: the format `apikey.create` uses when none is given.
+pub static DEFAULT_FORMAT: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"cfk"));
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"apikey.default_format",
+        c"Key format used by apikey.create when no format is given.",
+        c"The name of a row in apikey.formats: cfk, ct_live, ct_test, cft, pak or one an administrator added.",
+        &DEFAULT_FORMAT,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    init_quota();
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"apikey".as_ptr()) };
+}
+
+pub fn default_format() -> String {
+    DEFAULT_FORMAT
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .unwrap_or_else(|| "cfk".to_owned())
+}
+
+/// `apikey.creation_limit`: keys one owner may create per `apikey.creation_period`; 0 = no limit.
+pub static CREATION_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(5);
+/// `apikey.creation_period`: the window of the creation quota, in seconds.
+pub static CREATION_PERIOD: GucSetting<i32> = GucSetting::<i32>::new(3600);
+
+pub fn init_quota() {
+    GucRegistry::define_int_guc(
+        c"apikey.creation_limit",
+        c"API keys one owner may create per apikey.creation_period (0 = unlimited).",
+        c"Over the limit apikey.create raises SQLSTATE 53400 with the seconds to wait in DETAIL.",
+        &CREATION_LIMIT,
+        0,
+        1_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"apikey.creation_period",
+        c"Window of the key-creation quota.",
+        c"",
+        &CREATION_PERIOD,
+        1,
+        31 * 86400,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+}

@@ -1,0 +1,71 @@
+//! The identity of the current transaction: set only by a successful `apikey.authenticate`, held in
+//! this backend's memory (never in a GUC a caller could `set_config`), and cleared at COMMIT,
+//! ROLLBACK and PREPARE. A subtransaction that authenticated and then rolled back takes its
+//! identity with it. A pooled connection therefore never carries one request's owner into the next.
+
+use std::cell::RefCell;
+
+use pgrx::pg_sys;
+
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub key_id: i64,
+    pub owner: String,
+    pub scopes: Option<Vec<String>>,
+    pub resource: Option<String>,
+    /// The application's key id and owner, for two-key requests.
+    pub app: Option<(i64, String)>,
+}
+
+thread_local! {
+    /// Identities set in this transaction, innermost last, each with the subtransaction that set it.
+    static STACK: RefCell<Vec<(pg_sys::SubTransactionId, Identity)>> = const { RefCell::new(Vec::new()) };
+}
+
+pub fn current() -> Option<Identity> {
+    STACK.with_borrow(|s| s.last().map(|(_, id)| id.clone()))
+}
+
+pub fn set(identity: Identity) {
+    let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    STACK.with_borrow_mut(|s| s.push((sub, identity)));
+}
+
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    if matches!(
+        event,
+        XACT_EVENT_COMMIT
+            | XACT_EVENT_ABORT
+            | XACT_EVENT_PREPARE
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_PARALLEL_ABORT
+    ) {
+        STACK.with_borrow_mut(|s| s.clear());
+    }
+}
+
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    parent_subid: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    STACK.with_borrow_mut(|s| match event {
+        SUBXACT_EVENT_ABORT_SUB => s.retain(|(sub, _)| *sub < my_subid),
+        SUBXACT_EVENT_COMMIT_SUB => {
+            for (sub, _) in s.iter_mut().filter(|(sub, _)| *sub == my_subid) {
+                *sub = parent_subid;
+            }
+        }
+        _ => {}
+    });
+}
+
+pub fn init() {
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}

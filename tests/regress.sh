@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run the pg_regress suite in pg_test/ against the installed extension on a throwaway cluster.
+# Prints pg_regress's own summary and a final "N passed, N failed" line.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PG_REGRESS=${PG_REGRESS:-/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress}
+PORT=${REGRESS_PORT:-54341}
+TESTS=$(grep -v '^#' "$ROOT/pg_test/schedule" | xargs)
+
+"$ROOT/tests/cluster.sh" start regress "$PORT"
+dir=$("$ROOT/tests/cluster.sh" dir regress)
+out="$ROOT/.run/regress-out"
+rm -rf "$out"; mkdir -p "$out"; chown postgres: "$out"
+runuser -u postgres -- env RUST_BACKTRACE=0 "$PG_REGRESS" --host="$dir" --port="$PORT" --user=postgres \
+    --bindir="$PGBIN" --inputdir="$ROOT/pg_test" --outputdir="$out" --dbname=apikey_regress $TESTS \
+    | tee "$out/summary.txt"
+status=${PIPESTATUS[0]}
+"$ROOT/tests/cluster.sh" stop regress
+if [ -f "$out/regression.diffs" ]; then cat "$out/regression.diffs"; fi
+passed=$(grep -cE '^(ok|test) .* ok( |$)|^ok ' "$out/summary.txt" || true)
+failed=$(grep -cE 'FAILED|failed \(ignored\)' "$out/summary.txt" || true)
+echo "pg_regress: $passed passed, $failed failed"
+exit "$status"
