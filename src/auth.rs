@@ -20,7 +20,6 @@ fn authenticate(key: ApiKey) -> String {
         owner: row.owner.clone(),
         scopes: row.scopes,
         resource: row.resource,
-        app: None,
     });
     row.owner
 }

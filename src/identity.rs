@@ -13,8 +13,6 @@ pub struct Identity {
     pub owner: String,
     pub scopes: Option<Vec<String>>,
     pub resource: Option<String>,
-    /// The application's key id and owner, for two-key requests.
-    pub app: Option<(i64, String)>,
 }
 
 thread_local! {

@@ -106,6 +106,8 @@ pub fn lookup(key: &ApiKey) -> KeyRow {
 }
 
 /// Check a key and return its record; raises 28000 for an unknown, revoked, deleted or expired key.
+// pgrx reads the column names from this literal type, so it cannot be an alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(stable, strict, parallel_restricted, requires = ["api_key_type"])]
 fn verify(
     key: ApiKey,

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a Debian 12 machine, run as root: installs only what is missing.
+#   PostgreSQL 15 server, headers and client; libclang and clang (bindgen); sudo (pgrx --runas);
+#   nginx (the PostgREST proxy); cargo-pgrx 0.18.0 and `cargo pgrx init`; Python test clients.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+
+packages=(postgresql-15 postgresql-server-dev-15 postgresql-client-15 libclang-dev clang sudo nginx-light)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! cargo pgrx --version 2>/dev/null | grep -q ' 0\.18\.0'; then
+    echo "setup: installing cargo-pgrx 0.18.0 (several minutes)"
+    cargo install cargo-pgrx --version 0.18.0 --locked --quiet
+fi
+
+if ! grep -qs '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
+    cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
+fi
+
+if ! python3 -c 'import psycopg, pytest, requests' 2>/dev/null; then
+    echo "setup: installing Python test clients"
+    python3 -m pip install --quiet --root-user-action=ignore 'psycopg[binary]>=3.1' 'pytest>=7' 'requests>=2.28' \
+        || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]>=3.1' 'pytest>=7' 'requests>=2.28'
+fi
+echo "setup: ok"

@@ -1,0 +1,30 @@
+# pg_apikey. `make demo` and `make test` work on a fresh Debian 12 machine as root.
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+
+.PHONY: setup install demo demo-stop test bench lint clean
+
+setup:
+	bash .ci/setup.sh
+
+install: setup
+	cargo pgrx install --release --pg-config $(PG_CONFIG)
+
+demo: install
+	bash examples/demo.sh
+
+demo-stop:
+	bash tests/cluster.sh stop demo
+
+test: setup
+	bash tests/run-all.sh
+
+bench: install
+	bash bench/run.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets --features "pg15 pg_test" --no-default-features -- -D warnings
+
+clean:
+	-bash tests/cluster.sh stop demo
+	rm -rf .run target
