@@ -44,6 +44,7 @@ CREATE TABLE apikey.keys (
     last_used_at   timestamptz,
     revoked_at     timestamptz,
     rotated_from   bigint,
+    sealed         bytea,
     metadata       jsonb NOT NULL DEFAULT '{}'
 );
 ALTER SEQUENCE apikey.keys_id_seq OWNED BY apikey.keys.id;
@@ -51,13 +52,14 @@ CREATE UNIQUE INDEX keys_digest_key ON apikey.keys (digest);
 CREATE INDEX keys_owner_idx ON apikey.keys (owner);
 COMMENT ON TABLE apikey.keys IS 'API keys: SHA-256 digests and metadata, never the plaintext. Not readable by ordinary roles; see apikey.key_list.';
 COMMENT ON COLUMN apikey.keys.digest IS 'SHA-256 of the whole key text.';
+COMMENT ON COLUMN apikey.keys.sealed IS 'Recoverable formats only: the key sealed with XChaCha20-Poly1305 under apikey.encryption_key, bound to the digest.';
 COMMENT ON COLUMN apikey.keys.revoked_at IS 'When the key stops working; in the future while a rotated key is in its grace period.';
 
 CREATE SEQUENCE apikey.audit_log_id_seq;
 CREATE TABLE apikey.audit_log (
     id            bigint PRIMARY KEY DEFAULT pg_catalog.nextval('apikey.audit_log_id_seq'),
     at            timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    action        text NOT NULL CHECK (action IN ('create', 'revoke', 'delete', 'rotate')),
+    action        text NOT NULL CHECK (action IN ('create', 'revoke', 'delete', 'rotate', 'reveal')),
     key_id        bigint NOT NULL,
     owner         text NOT NULL,
     key_name      text NOT NULL,

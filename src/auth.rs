@@ -1,27 +1,57 @@
 //! Authentication and the transaction identity's SQL face: `apikey.authenticate` and the readers
-//! that row-level security policies call.
+//! and checks that row-level security policies call.
 //!
 //! The readers are STABLE (so `(SELECT apikey.current_owner())` is evaluated once per query) and
 //! PARALLEL RESTRICTED: the identity lives in this backend's memory, which parallel workers do not
-//! share, so they must run in the leader.
+//! share, so they must run in the leader. None is LEAKPROOF.
 
+use pg_apikey_core::errors::ApiError;
+use pg_apikey_core::scope;
 use pgrx::prelude::*;
 
+use crate::errors::raise;
 use crate::identity::{self, Identity};
 use crate::key_type::ApiKey;
-use crate::keys;
+use crate::keys::{self, KeyRow};
+
+fn identity_of(row: KeyRow, app: Option<(i64, String)>) -> Identity {
+    Identity {
+        key_id: row.id,
+        owner: row.owner,
+        scopes: row.scopes,
+        resource: row.resource,
+        app,
+    }
+}
 
 /// Verify `key` and make its owner the identity of the current transaction. Returns the owner.
 #[pg_extern(volatile, strict, parallel_unsafe, requires = ["api_key_type"])]
 fn authenticate(key: ApiKey) -> String {
     let row = keys::lookup(&key);
-    identity::set(Identity {
-        key_id: row.id,
-        owner: row.owner.clone(),
-        scopes: row.scopes,
-        resource: row.resource,
-    });
-    row.owner
+    let owner = row.owner.clone();
+    identity::set(identity_of(row, None));
+    owner
+}
+
+/// A two-key request: an application key (kind 'app') and a user key (kind 'user'), both valid.
+/// The identity is the user's, and `current_app()` names the application. Returns the user.
+#[pg_extern(name = "authenticate", volatile, parallel_unsafe, requires = ["api_key_type"])]
+fn authenticate_app_user(app_key: Option<ApiKey>, user_key: Option<ApiKey>) -> String {
+    let app_key = app_key.unwrap_or_else(|| raise(ApiError::KeyRequired("application")));
+    let user_key = user_key.unwrap_or_else(|| raise(ApiError::KeyRequired("user")));
+    let app = keys::lookup(&app_key);
+    if app.kind != "app" {
+        raise(ApiError::WrongKind {
+            expected: "application",
+        });
+    }
+    let user = keys::lookup(&user_key);
+    if user.kind != "user" {
+        raise(ApiError::WrongKind { expected: "user" });
+    }
+    let owner = user.owner.clone();
+    identity::set(identity_of(user, Some((app.id, app.owner))));
+    owner
 }
 
 /// The authenticated owner of this transaction, or NULL.
@@ -34,4 +64,58 @@ fn current_owner() -> Option<String> {
 #[pg_extern(stable, parallel_restricted)]
 fn current_key_id() -> Option<i64> {
     identity::current().map(|i| i.key_id)
+}
+
+/// The scopes of the authenticating key; NULL when nobody authenticated or the key is unscoped.
+#[pg_extern(stable, parallel_restricted)]
+fn current_scopes() -> Option<Vec<String>> {
+    identity::current().and_then(|i| i.scopes)
+}
+
+/// The resource the authenticating key is limited to, or NULL (none, or unlimited).
+#[pg_extern(stable, parallel_restricted)]
+fn current_resource() -> Option<String> {
+    identity::current().and_then(|i| i.resource)
+}
+
+/// For a two-key request, the application (owner of the app key); otherwise NULL.
+#[pg_extern(stable, parallel_restricted)]
+fn current_app() -> Option<String> {
+    identity::current().and_then(|i| i.app.map(|(_, owner)| owner))
+}
+
+/// Does the authenticated key hold `scope`? An unscoped key holds every scope; no key, none.
+#[pg_extern(stable, strict, parallel_restricted)]
+fn has_scope(scope: &str) -> bool {
+    identity::current().is_some_and(|i| i.scopes.as_ref().is_none_or(|s| scope::covers(s, scope)))
+}
+
+/// May the authenticated key reach `resource`? A key without a resource reaches every one.
+#[pg_extern(stable, strict, parallel_restricted)]
+fn in_resource(resource: &str) -> bool {
+    identity::current().is_some_and(|i| i.resource.as_deref().is_none_or(|r| r == resource))
+}
+
+/// Raise 28000 without an authenticated key, 42501 naming the scope if the key lacks it.
+#[pg_extern(stable, strict, parallel_restricted)]
+fn require_scope(scope: &str) -> bool {
+    if identity::current().is_none() {
+        raise(ApiError::KeyRequired(""));
+    }
+    if !has_scope(scope) {
+        raise(ApiError::MissingScope(scope.to_owned()));
+    }
+    true
+}
+
+/// Raise 28000 without an authenticated key, 42501 naming the resource if the key may not reach it.
+#[pg_extern(stable, strict, parallel_restricted)]
+fn require_resource(resource: &str) -> bool {
+    if identity::current().is_none() {
+        raise(ApiError::KeyRequired(""));
+    }
+    if !in_resource(resource) {
+        raise(ApiError::OutsideResource(resource.to_owned()));
+    }
+    true
 }

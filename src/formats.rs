@@ -15,20 +15,41 @@ use pgrx::prelude::*;
 
 use crate::errors::{raise, spi};
 
+/// A format row: its shape, and whether its keys are also stored sealed (recoverable).
+struct Row {
+    format: Format,
+    recoverable: bool,
+}
+
 thread_local! {
     static FORMATS: RefCell<Option<Vec<Format>>> = const { RefCell::new(None) };
+    static RECOVERABLE: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
     static FORMATS_RELID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
 
 fn load() -> Vec<Format> {
-    crate::privilege::with_pinned_search_path(load_rows)
+    let rows = crate::privilege::with_pinned_search_path(load_rows);
+    RECOVERABLE.with_borrow_mut(|r| {
+        *r = rows
+            .iter()
+            .filter(|row| row.recoverable)
+            .map(|row| row.format.name.clone())
+            .collect()
+    });
+    rows.into_iter().map(|row| row.format).collect()
 }
 
-fn load_rows() -> Vec<Format> {
+/// Are keys of this format also stored sealed, so their owner can see them again?
+pub fn is_recoverable(name: &str) -> bool {
+    with_formats(|_| ());
+    RECOVERABLE.with_borrow(|r| r.iter().any(|n| n == name))
+}
+
+fn load_rows() -> Vec<Row> {
     spi(Spi::connect(|c| {
         let mut rows = Vec::new();
         for row in c.select(
-            "SELECT name, prefix, alphabet, body_length, checksum, 'apikey.formats'::pg_catalog.regclass::pg_catalog.oid
+            "SELECT name, prefix, alphabet, body_length, checksum, 'apikey.formats'::pg_catalog.regclass::pg_catalog.oid, recoverable
                FROM apikey.formats ORDER BY name",
             None,
             &[],
@@ -43,9 +64,10 @@ fn load_rows() -> Vec<Format> {
             }
             // Rows are validated by apikey.add_format; a row edited by hand into an invalid
             // shape is skipped rather than trusted.
+            let recoverable = row.get::<bool>(7)?.unwrap_or(false);
             if let (Some(a), Some(cs)) = (alphabet, checksum) {
-                if let Ok(f) = Format::new(&name, &prefix, a, body_len.max(0) as usize, cs) {
-                    rows.push(f);
+                if let Ok(format) = Format::new(&name, &prefix, a, body_len.max(0) as usize, cs) {
+                    rows.push(Row { format, recoverable });
                 }
             }
         }
@@ -168,6 +190,27 @@ fn add_format(
         }))
     });
     f.name
+}
+
+/// Mark a format recoverable (new keys are also stored sealed) or not. Admins only; existing keys
+/// keep what they have.
+#[pg_extern(volatile, strict)]
+fn alter_format(name: &str, recoverable: bool) -> bool {
+    if !crate::privilege::caller_is_admin() {
+        raise(ApiError::AdminOnly("alter key formats"));
+    }
+    by_name(name);
+    crate::privilege::as_owner(|| {
+        spi(Spi::connect_mut(|c| {
+            c.update(
+                "UPDATE apikey.formats SET recoverable = $2 WHERE name = $1",
+                None,
+                &[name.into(), recoverable.into()],
+            )
+            .map(|_| ())
+        }))
+    });
+    true
 }
 
 /// Rows for the built-in formats; the install script inserts them.

@@ -9,7 +9,19 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 pub static DEFAULT_FORMAT: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"cfk"));
 
+/// `apikey.encryption_key`: 64 hex characters sealing recoverable keys. Set in postgresql.conf
+/// (reloadable, superuser-only, hidden from SHOW ALL); never stored in a table.
+pub static ENCRYPTION_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 pub fn init() {
+    GucRegistry::define_string_guc(
+        c"apikey.encryption_key",
+        c"Server key (64 hex characters) that seals keys of recoverable formats.",
+        c"Keep it out of the database: postgresql.conf or an included file readable only by postgres.",
+        &ENCRYPTION_KEY,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+    );
     GucRegistry::define_string_guc(
         c"apikey.default_format",
         c"Key format used by apikey.create when no format is given.",

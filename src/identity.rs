@@ -13,6 +13,8 @@ pub struct Identity {
     pub owner: String,
     pub scopes: Option<Vec<String>>,
     pub resource: Option<String>,
+    /// For two-key requests: the application key's id and owner (the application).
+    pub app: Option<(i64, String)>,
 }
 
 thread_local! {

@@ -310,14 +310,15 @@ fn create(
     );
 
     let key = generate(&format);
+    let sealed = crate::recovery::seal_for(&format.name, &key.plaintext);
     let id = privilege::as_owner(|| {
         crate::ratelimit::charge_creation(owner);
         let id: i64 = spi(Spi::connect_mut(|c| {
             c.update(
                 "INSERT INTO apikey.keys (owner, name, format, kind, scopes, resource, display_prefix, last4,
-                                         digest, expires_in, expires_at, created_by, metadata)
+                                         digest, expires_in, expires_at, created_by, metadata, sealed)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, pg_catalog.now() + $10, $11,
-                         COALESCE($12, '{}'::jsonb))
+                         COALESCE($12, '{}'::jsonb), $13)
                  RETURNING id",
                 Some(1),
                 &[
@@ -333,6 +334,7 @@ fn create(
                     expires_in.into(),
                     caller.name.clone().into(),
                     metadata.map(|m| JsonB(m.0)).into(),
+                    sealed.clone().into(),
                 ],
             )?
             .first()
@@ -444,13 +446,14 @@ fn rotate(
             raise(ApiError::KeyRevoked(id));
         }
         let key = generate(&formats::by_name(&old.format));
+        let sealed = crate::recovery::seal_for(&old.format, &key.plaintext);
         let new_id = spi(Spi::connect_mut(|c| {
             let new_id = c
                 .update(
                     "INSERT INTO apikey.keys (owner, name, format, kind, scopes, resource, display_prefix, last4,
-                                             digest, expires_in, expires_at, created_by, metadata, rotated_from)
+                                             digest, expires_in, expires_at, created_by, metadata, rotated_from, sealed)
                      SELECT owner, name, format, kind, scopes, resource, $2, $3, $4, expires_in,
-                            pg_catalog.now() + expires_in, $5, metadata, id
+                            pg_catalog.now() + expires_in, $5, metadata, id, $6
                        FROM apikey.keys WHERE id = $1
                      RETURNING id",
                     Some(1),
@@ -460,6 +463,7 @@ fn rotate(
                         key.last4.clone().into(),
                         key.digest.clone().into(),
                         caller.name.clone().into(),
+                        sealed.clone().into(),
                     ],
                 )?
                 .first()

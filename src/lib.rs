@@ -15,6 +15,7 @@ mod key_type;
 mod keys;
 mod privilege;
 mod ratelimit;
+mod recovery;
 
 ::pgrx::pg_module_magic!(name, version);
 

@@ -8,7 +8,10 @@ PG_REGRESS=${PG_REGRESS:-/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_reg
 PORT=${REGRESS_PORT:-54341}
 TESTS=$(grep -v '^#' "$ROOT/pg_test/schedule" | xargs)
 
-"$ROOT/tests/cluster.sh" start regress "$PORT"
+# A throwaway server key for the sealed (recoverable) key tests.
+"$ROOT/tests/cluster.sh" start regress "$PORT" \
+    "apikey.encryption_key = '4f1c2a9d8e7b6a5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c'"
+export PG_APIKEY_EXAMPLES="$ROOT/examples"
 dir=$("$ROOT/tests/cluster.sh" dir regress)
 out="$ROOT/.run/regress-out"
 rm -rf "$out"; mkdir -p "$out"; chown postgres: "$out"

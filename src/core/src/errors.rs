@@ -52,6 +52,8 @@ pub enum ApiError {
     /// Unknown, revoked or deleted: one message so the error is no oracle for which.
     InvalidKey,
     ExpiredKey,
+    /// No key was presented (or no transaction identity where one is required).
+    KeyRequired(&'static str),
     WrongKind {
         expected: &'static str,
     },
@@ -70,13 +72,15 @@ pub enum ApiError {
     },
     NotPreloaded(&'static str),
     DuplicateFormat(String),
+    /// A recoverable key could not be sealed or opened (no or wrong server key).
+    NotRecoverable(String),
 }
 
 impl ApiError {
     pub fn sqlstate(&self) -> Sqlstate {
         match self {
             Self::MalformedKey(_) => Sqlstate::InvalidTextRepresentation,
-            Self::InvalidKey | Self::ExpiredKey | Self::WrongKind { .. } => {
+            Self::InvalidKey | Self::ExpiredKey | Self::KeyRequired(_) | Self::WrongKind { .. } => {
                 Sqlstate::InvalidAuthorization
             }
             Self::NotKeyAdmin
@@ -88,7 +92,7 @@ impl ApiError {
             Self::InvalidArgument(_) => Sqlstate::InvalidParameterValue,
             Self::NullArgument(_) => Sqlstate::NullValueNotAllowed,
             Self::RateLimited { .. } => Sqlstate::RateLimited,
-            Self::NotPreloaded(_) => Sqlstate::NotInPrerequisiteState,
+            Self::NotPreloaded(_) | Self::NotRecoverable(_) => Sqlstate::NotInPrerequisiteState,
             Self::DuplicateFormat(_) => Sqlstate::DuplicateObject,
         }
     }
@@ -126,6 +130,8 @@ impl fmt::Display for ApiError {
             Self::MalformedKey(e) => write!(f, "{e}"),
             Self::InvalidKey => write!(f, "invalid API key"),
             Self::ExpiredKey => write!(f, "API key has expired"),
+            Self::KeyRequired("") => write!(f, "API key required"),
+            Self::KeyRequired(kind) => write!(f, "{kind} API key required"),
             Self::WrongKind { expected } => write!(f, "invalid API key: {expected} key required"),
             Self::NotKeyAdmin => write!(f, "permission denied to manage this API key"),
             Self::AdminOnly(what) => {
@@ -144,6 +150,7 @@ impl fmt::Display for ApiError {
             Self::NotPreloaded(what) => {
                 write!(f, "{what} needs pg_apikey in shared_preload_libraries")
             }
+            Self::NotRecoverable(why) => write!(f, "{why}"),
             Self::DuplicateFormat(name) => write!(
                 f,
                 "key format \"{name}\" already exists or uses the same prefix"

@@ -5,5 +5,7 @@ pub mod checksum;
 pub mod digest;
 pub mod errors;
 pub mod format;
+pub mod gcra;
 pub mod scope;
+pub mod seal;
 pub mod window;

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# `make bench`: speed, printed as ratios against baselines measured in the same run.
+#   1. in-SQL verifications per second: apikey.verify vs the PL/pgSQL sha256() recipe vs bcrypt;
+#   2. pgbench transactions per second (prepared, 1 and 2 clients): SELECT 1 (the ceiling),
+#      apikey.verify, the PL/pgSQL recipe, bcrypt.
+# Not a test: nothing here passes or fails on a number.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PORT=${BENCH_PORT:-54343}
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+"$ROOT/tests/cluster.sh" start bench "$PORT" "fsync = on"
+trap '"$ROOT/tests/cluster.sh" stop bench' EXIT
+dir=$("$ROOT/tests/cluster.sh" dir bench)
+PSQL=(psql -X -q -h "$dir" -p "$PORT" -U postgres)
+"${PSQL[@]}" -d postgres -c "CREATE DATABASE bench"
+"${PSQL[@]}" -d bench -c "CREATE EXTENSION pg_apikey"
+"${PSQL[@]}" -d bench -f "$ROOT/bench/setup.sql" >/dev/null
+
+echo "== in-SQL throughput (one statement, one transaction)"
+"${PSQL[@]}" -d bench -f "$ROOT/bench/insql.sql"
+
+key=$("${PSQL[@]}" -d bench -Atc "SELECT api_key FROM bench.keys ORDER BY id LIMIT 1")
+work=$(mktemp -d); chmod 755 "$work"
+echo 'SELECT 1;' > "$work/select1.sql"
+echo 'SELECT * FROM apikey.verify(:key);' > "$work/verify.sql"
+echo 'SELECT * FROM bench.plpgsql_verify(:key);' > "$work/plpgsql.sql"
+echo 'SELECT * FROM bench.bcrypt_verify(:key);' > "$work/bcrypt.sql"
+for extra in "$ROOT"/bench/extra/*.sh; do [ -f "$extra" ] && . "$extra"; done
+
+tps() { # script clients seconds
+    "$PGBIN/pgbench" -n -M prepared -h "$dir" -p "$PORT" -U postgres -c "$2" -j "$2" -T "$3" \
+        -D key="$key" -f "$work/$1.sql" bench 2>/dev/null | awk '/^tps/ {print int($3)}'
+}
+echo
+echo "== pgbench, -M prepared, ${SECONDS_PER_RUN}s per run (key passed as a bind parameter)"
+printf '%-22s %8s %8s %14s %14s\n' "script" "1 client" "2 clients" "ratio (1c)" "ratio (2c)"
+declare -A base
+for s in select1 verify plpgsql bcrypt $BENCH_EXTRA_SCRIPTS; do
+    secs=$SECONDS_PER_RUN; [ "$s" = bcrypt ] && secs=3
+    one=$(tps "$s" 1 "$secs"); two=$(tps "$s" 2 "$secs")
+    [ "$s" = select1 ] && base[1]=$one && base[2]=$two
+    printf '%-22s %8s %8s %14s %14s\n' "$s" "$one" "$two" \
+        "$(awk -v a="$one" -v b="${base[1]}" 'BEGIN{printf "%.3f", a/b}')" \
+        "$(awk -v a="$two" -v b="${base[2]}" 'BEGIN{printf "%.3f", a/b}')"
+done
+echo "(ratios are against SELECT 1 at the same client count, measured in this run)"
+rm -rf "$work"
