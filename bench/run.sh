@@ -23,9 +23,9 @@ echo "== in-SQL throughput (one statement, one transaction)"
 key=$("${PSQL[@]}" -d bench -Atc "SELECT api_key FROM bench.keys ORDER BY id LIMIT 1")
 work=$(mktemp -d); chmod 755 "$work"
 echo 'SELECT 1;' > "$work/select1.sql"
-echo 'SELECT * FROM apikey.verify(:key);' > "$work/verify.sql"
-echo 'SELECT * FROM bench.plpgsql_verify(:key);' > "$work/plpgsql.sql"
-echo 'SELECT * FROM bench.bcrypt_verify(:key);' > "$work/bcrypt.sql"
+echo 'SELECT id, owner FROM apikey.verify(:key);' > "$work/verify.sql"
+echo 'SELECT id, owner FROM bench.plpgsql_verify(:key);' > "$work/plpgsql.sql"
+echo 'SELECT id, owner FROM bench.bcrypt_verify(:key);' > "$work/bcrypt.sql"
 for extra in "$ROOT"/bench/extra/*.sh; do [ -f "$extra" ] && . "$extra"; done
 
 tps() { # script clients seconds
@@ -36,7 +36,7 @@ echo
 echo "== pgbench, -M prepared, ${SECONDS_PER_RUN}s per run (key passed as a bind parameter)"
 printf '%-22s %8s %8s %14s %14s\n' "script" "1 client" "2 clients" "ratio (1c)" "ratio (2c)"
 declare -A base
-for s in select1 verify plpgsql bcrypt $BENCH_EXTRA_SCRIPTS; do
+for s in select1 verify plpgsql bcrypt ${BENCH_EXTRA_SCRIPTS:-}; do
     secs=$SECONDS_PER_RUN; [ "$s" = bcrypt ] && secs=3
     one=$(tps "$s" 1 "$secs"); two=$(tps "$s" 2 "$secs")
     [ "$s" = select1 ] && base[1]=$one && base[2]=$two

@@ -5,15 +5,15 @@
 //! standby), then compares digests in constant time. Every change writes an audit row in the same
 //! transaction. All table access runs as the extension owner (see `privilege`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
-use pg_apikey_core::digest::{ct_eq, sha256};
+use pg_apikey_core::digest::{ct_eq, sha256, DIGEST_LEN};
 use pg_apikey_core::errors::ApiError;
 use pg_apikey_core::format::{last_chars, Format};
 use pg_apikey_core::scope;
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
-use pgrx::{pg_sys, JsonB, PgOid};
+use pgrx::{pg_sys, JsonB};
 use serde_json::json;
 
 use crate::errors::{raise, spi};
@@ -34,76 +34,220 @@ pub struct KeyRow {
     pub resource: Option<String>,
     pub created_at: TimestampWithTimeZone,
     pub expires_at: Option<TimestampWithTimeZone>,
-    pub metadata: serde_json::Value,
+    pub metadata: RawJsonb,
+}
+
+/// A cached lookup: the row plus what `judge` needs, as raw timestamps.
+struct Cached {
+    row: KeyRow,
+    digest: [u8; DIGEST_LEN],
+    revoked_at: Option<pg_sys::TimestampTz>,
+    expires_at: Option<pg_sys::TimestampTz>,
 }
 
 const LOOKUP_SQL: &str = "
 SELECT id, owner, name, kind, format, scopes, resource, created_at, expires_at, metadata, digest,
-       revoked_at IS NOT NULL AND revoked_at <= pg_catalog.statement_timestamp() AS revoked,
-       expires_at IS NOT NULL AND expires_at <= pg_catalog.statement_timestamp() AS expired
+       revoked_at, 'apikey.keys'::pg_catalog.regclass::pg_catalog.oid
   FROM apikey.keys
  WHERE digest = $1";
 
+/// Enough for every active key of a large deployment; past it the cache starts over.
+const CACHE_CAPACITY: usize = 50_000;
+
 thread_local! {
-    static LOOKUP_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+    static LOOKUP_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
+    /// Recently verified keys by digest. Dropped whole by the relcache callback whenever
+    /// apikey.keys changes (a statement trigger queues the invalidation; it reaches every backend
+    /// at commit, and is replayed locally on abort).
+    static CACHE: RefCell<HashMap<[u8; DIGEST_LEN], Cached>> = RefCell::new(HashMap::new());
+    static KEYS_RELID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
 
-pub fn relcache_changed(_relid: pg_sys::Oid) {}
+pub fn relcache_changed(relid: pg_sys::Oid) {
+    let ours = KEYS_RELID.get();
+    if relid == pg_sys::InvalidOid || relid == ours || ours == pg_sys::InvalidOid {
+        CACHE.with_borrow_mut(|c| c.clear());
+    }
+}
+
+/// The lookup, through raw SPI so it can run under the latest committed snapshot rather than
+/// the transaction's: an authorization decision must see a revoke that committed after a
+/// REPEATABLE READ transaction began (Postgres' own foreign-key checks do the same). The
+/// snapshot still includes this transaction's own changes.
+fn fetch(digest: &[u8; DIGEST_LEN]) -> Option<Cached> {
+    use pgrx::{FromDatum, IntoDatum};
+    privilege::as_owner(|| unsafe {
+        if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+            pgrx::error!("pg_apikey: SPI_connect failed");
+        }
+        let mut plan = LOOKUP_PLAN.get();
+        if plan.is_null() {
+            let sql = std::ffi::CString::new(LOOKUP_SQL).expect("no NUL in SQL");
+            let mut argtypes = [pg_sys::BYTEAOID];
+            plan = pg_sys::SPI_prepare(sql.as_ptr(), 1, argtypes.as_mut_ptr());
+            if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
+                pgrx::error!("pg_apikey: could not prepare the key lookup");
+            }
+            LOOKUP_PLAN.set(plan);
+        }
+        let mut values = [digest.to_vec().into_datum().expect("bytea datum")];
+        let nulls = [b' ' as std::ffi::c_char];
+        let rc = pg_sys::SPI_execute_snapshot(
+            plan,
+            values.as_mut_ptr(),
+            nulls.as_ptr(),
+            pg_sys::GetLatestSnapshot(),
+            std::ptr::null_mut(),
+            true,
+            false,
+            1,
+        );
+        if rc != pg_sys::SPI_OK_SELECT as i32 {
+            pgrx::error!("pg_apikey: key lookup failed ({rc})");
+        }
+        let found = if pg_sys::SPI_processed == 0 {
+            None
+        } else {
+            let table = &*pg_sys::SPI_tuptable;
+            let tuple = *table.vals;
+            let col = |n: i32| {
+                let mut is_null = false;
+                let d = pg_sys::SPI_getbinval(tuple, table.tupdesc, n, &mut is_null);
+                (d, is_null)
+            };
+            macro_rules! get {
+                ($n:expr, $t:ty) => {{
+                    let (d, is_null) = col($n);
+                    <$t>::from_polymorphic_datum(d, is_null, pg_sys::InvalidOid)
+                }};
+            }
+            if let Some(relid) = get!(13, pg_sys::Oid) {
+                KEYS_RELID.set(relid);
+            }
+            let stored: Vec<u8> = get!(11, Vec<u8>).unwrap_or_default();
+            let expires_at = get!(9, TimestampWithTimeZone);
+            Some(Cached {
+                digest: stored.try_into().unwrap_or([0; DIGEST_LEN]),
+                revoked_at: get!(12, TimestampWithTimeZone).map(Into::into),
+                expires_at: expires_at.map(Into::into),
+                row: KeyRow {
+                    id: get!(1, i64).unwrap_or_default(),
+                    owner: get!(2, String).unwrap_or_default(),
+                    name: get!(3, String).unwrap_or_default(),
+                    kind: get!(4, String).unwrap_or_default(),
+                    format: get!(5, String).unwrap_or_default(),
+                    scopes: get!(6, Vec<String>),
+                    resource: get!(7, String),
+                    created_at: get!(8, TimestampWithTimeZone).expect("created_at is NOT NULL"),
+                    expires_at,
+                    metadata: get!(10, RawJsonb).unwrap_or_default(),
+                },
+            })
+        };
+        pg_sys::SPI_finish();
+        found
+    })
+}
 
 /// Find the key by digest and judge it. Unknown, revoked and deleted keys are the same error;
 /// "expired" is told only to a caller who proved they hold the key (the digest matched).
+/// Times are compared with the statement's start, so a key expiring mid-transaction stops
+/// working at the next statement.
 pub fn lookup(key: &ApiKey) -> KeyRow {
     let digest = sha256(key.as_str().as_bytes());
-    let found = privilege::as_owner(|| {
-        spi(Spi::connect(|c| {
-            let missing = LOOKUP_PLAN.with_borrow(|p| p.is_none());
-            if missing {
-                let plan = c
-                    .prepare(LOOKUP_SQL, &[PgOid::from(pg_sys::BYTEAOID)])?
-                    .keep();
-                LOOKUP_PLAN.with_borrow_mut(|p| *p = Some(plan));
+    // Apply any invalidations other sessions have committed, so a revoke or delete is seen at
+    // our next statement even inside a long transaction that takes no new locks.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+    let hit = CACHE.with_borrow(|c| c.get(&digest).map(|e| judge(e, &digest)));
+    if let Some(row) = hit {
+        return row;
+    }
+    let Some(found) = fetch(&digest) else {
+        raise(ApiError::InvalidKey)
+    };
+    let row = judge(&found, &digest);
+    // A transaction that wrote anything may be looking at its own uncommitted keys: keep those
+    // out of the cache. Read-only transactions (every verify-only request) populate it.
+    let wrote = unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId;
+    if !wrote {
+        CACHE.with_borrow_mut(|c| {
+            if c.len() >= CACHE_CAPACITY {
+                c.clear();
             }
-            LOOKUP_PLAN.with_borrow(|p| {
-                let plan = p.as_ref().expect("prepared above");
-                let table = c.select(plan, Some(1), &[digest.to_vec().into()])?;
-                if table.is_empty() {
-                    return Ok(None);
-                }
-                let row = table.first();
-                let stored: Vec<u8> = row.get(11)?.unwrap_or_default();
-                Ok(Some((
-                    KeyRow {
-                        id: row.get(1)?.unwrap_or_default(),
-                        owner: row.get(2)?.unwrap_or_default(),
-                        name: row.get(3)?.unwrap_or_default(),
-                        kind: row.get(4)?.unwrap_or_default(),
-                        format: row.get(5)?.unwrap_or_default(),
-                        scopes: row.get(6)?,
-                        resource: row.get(7)?,
-                        created_at: row.get(8)?.expect("created_at is NOT NULL"),
-                        expires_at: row.get(9)?,
-                        metadata: row.get::<JsonB>(10)?.map(|j| j.0).unwrap_or_default(),
-                    },
-                    stored,
-                    row.get::<bool>(12)?.unwrap_or(true),
-                    row.get::<bool>(13)?.unwrap_or(true),
-                )))
-            })
-        }))
-    });
-    match found {
-        Some((row, stored, revoked, expired)) if ct_eq(&stored, &digest) => {
-            if revoked {
-                raise(ApiError::InvalidKey)
-            }
-            if expired {
-                raise(ApiError::ExpiredKey)
-            }
-            row
+            c.insert(digest, found);
+        });
+    }
+    row
+}
+
+fn judge(entry: &Cached, digest: &[u8; DIGEST_LEN]) -> KeyRow {
+    if !ct_eq(&entry.digest, digest) {
+        raise(ApiError::InvalidKey)
+    }
+    let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    if entry.revoked_at.is_some_and(|t| t <= now) {
+        raise(ApiError::InvalidKey)
+    }
+    if entry.expires_at.is_some_and(|t| t <= now) {
+        raise(ApiError::ExpiredKey)
+    }
+    entry.row.clone()
+}
+
+/// A jsonb value carried as its bytes, so returning cached metadata costs a copy, not a parse.
+#[derive(Clone, Default)]
+pub struct RawJsonb(Vec<u8>);
+
+impl pgrx::FromDatum for RawJsonb {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _: pg_sys::Oid,
+    ) -> Option<Self> {
+        if is_null {
+            return None;
         }
-        _ => raise(ApiError::InvalidKey),
+        unsafe {
+            let detoasted = pg_sys::pg_detoast_datum(datum.cast_mut_ptr());
+            let len = pgrx::varlena::varsize_any(detoasted);
+            Some(RawJsonb(
+                std::slice::from_raw_parts(detoasted as *const u8, len).to_vec(),
+            ))
+        }
     }
 }
+
+impl pgrx::IntoDatum for RawJsonb {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        if self.0.is_empty() {
+            return JsonB(serde_json::json!({})).into_datum();
+        }
+        unsafe {
+            let ptr = pg_sys::palloc(self.0.len()) as *mut u8;
+            std::ptr::copy_nonoverlapping(self.0.as_ptr(), ptr, self.0.len());
+            Some(pg_sys::Datum::from(ptr))
+        }
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+unsafe impl pgrx::callconv::BoxRet for RawJsonb {
+    unsafe fn box_into<'fcx>(
+        self,
+        fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
+    ) -> pgrx::datum::Datum<'fcx> {
+        use pgrx::IntoDatum;
+        match self.into_datum() {
+            Some(d) => unsafe { fcinfo.return_raw_datum(d) },
+            None => fcinfo.return_null(),
+        }
+    }
+}
+
+pgrx::impl_sql_translatable!(RawJsonb, "jsonb");
 
 /// Check a key and return its record; raises 28000 for an unknown, revoked, deleted or expired key.
 // pgrx reads the column names from this literal type, so it cannot be an alias.
@@ -123,7 +267,7 @@ fn verify(
         name!(resource, Option<String>),
         name!(created_at, TimestampWithTimeZone),
         name!(expires_at, Option<TimestampWithTimeZone>),
-        name!(metadata, JsonB),
+        name!(metadata, RawJsonb),
     ),
 > {
     let r = lookup(&key);
@@ -137,7 +281,7 @@ fn verify(
         r.resource,
         r.created_at,
         r.expires_at,
-        JsonB(r.metadata),
+        r.metadata,
     ))
 }
 

@@ -101,3 +101,49 @@ def test_many_sessions_create_distinct_keys_that_all_verify(db):
     check = db()
     owners = {verify_owner(check, k) for k in keys}
     assert owners == {f"owner{i}" for i in range(8)}
+
+
+@pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ"])
+def test_a_revoke_reaches_a_session_inside_its_open_transaction(db, isolation):
+    """The backend-local key cache is invalidated at the other session's commit, even for a
+    transaction that was already open and takes no new locks."""
+    admin, reader = db(), db(autocommit=False)
+    key_id, key = create(admin)
+    reader.execute(f"BEGIN ISOLATION LEVEL {isolation}")
+    assert verify_owner(reader, key) == "alice"
+    assert verify_owner(reader, key) == "alice"
+    admin.execute("SELECT apikey.revoke(%s)", (key_id,))
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+        verify_owner(reader, key)
+    reader.rollback()
+
+
+def test_a_direct_update_by_a_superuser_invalidates_cached_keys(db):
+    admin, reader = db(), db()
+    key_id, key = create(admin)
+    assert verify_owner(reader, key) == "alice"
+    admin.execute("UPDATE apikey.keys SET expires_at = now() - interval '1 second' WHERE id = %s", (key_id,))
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="API key has expired"):
+        verify_owner(reader, key)
+
+
+def test_a_key_created_and_used_in_a_rolled_back_transaction_does_not_survive(db):
+    conn = db(autocommit=False)
+    key = create(conn)[1]
+    assert verify_owner(conn, key) == "alice"
+    assert verify_owner(conn, key) == "alice"
+    conn.rollback()
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+        verify_owner(conn, key)
+    conn.rollback()
+
+
+def test_a_grace_period_ends_for_sessions_that_cached_the_key(db):
+    admin, reader = db(), db()
+    key_id, key = create(admin)
+    assert verify_owner(reader, key) == "alice"
+    admin.execute("SELECT apikey.rotate(%s, '1 second')", (key_id,))
+    assert verify_owner(reader, key) == "alice"
+    reader.execute("SELECT pg_sleep(1.1)")
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="invalid API key"):
+        verify_owner(reader, key)
