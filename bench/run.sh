@@ -2,7 +2,8 @@
 # `make bench`: speed, printed as ratios against baselines measured in the same run.
 #   1. in-SQL verifications per second: apikey.verify vs the PL/pgSQL sha256() recipe vs bcrypt;
 #   2. pgbench transactions per second (prepared, 1 and 2 clients): SELECT 1 (the ceiling),
-#      apikey.verify, the PL/pgSQL recipe, bcrypt.
+#      apikey.verify in the select list and in FROM, apikey.authenticate, the PL/pgSQL recipe
+#      (in FROM), bcrypt.
 # Not a test: nothing here passes or fails on a number.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +24,9 @@ echo "== in-SQL throughput (one statement, one transaction)"
 key=$("${PSQL[@]}" -d bench -Atc "SELECT api_key FROM bench.keys ORDER BY id LIMIT 1")
 work=$(mktemp -d); chmod 755 "$work"
 echo 'SELECT 1;' > "$work/select1.sql"
-echo 'SELECT id, owner FROM apikey.verify(:key);' > "$work/verify.sql"
+echo 'SELECT id, owner FROM apikey.verify(:key);' > "$work/verify_from.sql"
+echo 'SELECT (apikey.verify(:key)).owner;' > "$work/verify_target.sql"
+echo 'SELECT apikey.authenticate(:key);' > "$work/authenticate.sql"
 echo 'SELECT id, owner FROM bench.plpgsql_verify(:key);' > "$work/plpgsql.sql"
 echo 'SELECT id, owner FROM bench.bcrypt_verify(:key);' > "$work/bcrypt.sql"
 for extra in "$ROOT"/bench/extra/*.sh; do [ -f "$extra" ] && . "$extra"; done
@@ -36,7 +39,7 @@ echo
 echo "== pgbench, -M prepared, ${SECONDS_PER_RUN}s per run (key passed as a bind parameter)"
 printf '%-22s %8s %8s %14s %14s\n' "script" "1 client" "2 clients" "ratio (1c)" "ratio (2c)"
 declare -A base
-for s in select1 verify plpgsql bcrypt ${BENCH_EXTRA_SCRIPTS:-}; do
+for s in select1 verify_target verify_from authenticate plpgsql bcrypt ${BENCH_EXTRA_SCRIPTS:-}; do
     secs=$SECONDS_PER_RUN; [ "$s" = bcrypt ] && secs=3
     one=$(tps "$s" 1 "$secs"); two=$(tps "$s" 2 "$secs")
     [ "$s" = select1 ] && base[1]=$one && base[2]=$two
@@ -44,5 +47,6 @@ for s in select1 verify plpgsql bcrypt ${BENCH_EXTRA_SCRIPTS:-}; do
         "$(awk -v a="$one" -v b="${base[1]}" 'BEGIN{printf "%.3f", a/b}')" \
         "$(awk -v a="$two" -v b="${base[2]}" 'BEGIN{printf "%.3f", a/b}')"
 done
-echo "(ratios are against SELECT 1 at the same client count, measured in this run)"
+echo "(ratios are against SELECT 1 at the same client count, measured in this run;"
+echo " verify_from and plpgsql use the FROM-clause form, whose function-scan setup is Postgres' cost)"
 rm -rf "$work"

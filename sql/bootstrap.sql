@@ -75,6 +75,20 @@ COMMENT ON COLUMN apikey.audit_log.actor IS 'The role that called the function (
 COMMENT ON COLUMN apikey.audit_log.session_actor IS 'session_user: the login role (for PostgREST, the authenticator).';
 COMMENT ON COLUMN apikey.audit_log.actor_key_id IS 'The key the caller had authenticated with in that transaction, if any.';
 
+CREATE TYPE apikey.key_info AS (
+    id         bigint,
+    owner      text,
+    name       text,
+    kind       text,
+    format     text,
+    scopes     text[],
+    resource   text,
+    created_at timestamptz,
+    expires_at timestamptz,
+    metadata   jsonb
+);
+COMMENT ON TYPE apikey.key_info IS 'What apikey.verify returns about a valid key.';
+
 CREATE TABLE apikey.rate_limits (
     bucket     text PRIMARY KEY,
     hits       bigint[] NOT NULL DEFAULT '{}',

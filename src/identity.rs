@@ -26,9 +26,14 @@ pub fn current() -> Option<Identity> {
     STACK.with_borrow(|s| s.last().map(|(_, id)| id.clone()))
 }
 
+/// Authenticating again in the same (sub)transaction replaces the identity rather than stacking
+/// it, so a loop of authenticates does not grow the stack.
 pub fn set(identity: Identity) {
     let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    STACK.with_borrow_mut(|s| s.push((sub, identity)));
+    STACK.with_borrow_mut(|s| match s.last_mut() {
+        Some(top) if top.0 == sub => top.1 = identity,
+        _ => s.push((sub, identity)),
+    });
 }
 
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {

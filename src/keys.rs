@@ -64,6 +64,7 @@ thread_local! {
 }
 
 pub fn relcache_changed(relid: pg_sys::Oid) {
+    key_info_changed(relid);
     let ours = KEYS_RELID.get();
     if relid == pg_sys::InvalidOid || relid == ours || ours == pg_sys::InvalidOid {
         CACHE.with_borrow_mut(|c| c.clear());
@@ -249,40 +250,75 @@ unsafe impl pgrx::callconv::BoxRet for RawJsonb {
 
 pgrx::impl_sql_translatable!(RawJsonb, "jsonb");
 
+/// `apikey.key_info` as a datum. `verify` returns one composite value rather than a set: a
+/// set-returning function costs a multi-call context and a result tuple descriptor per call,
+/// which was most of verify's time over the wire.
+pub struct KeyInfo(pg_sys::Datum);
+
+unsafe impl pgrx::callconv::BoxRet for KeyInfo {
+    unsafe fn box_into<'fcx>(
+        self,
+        fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
+    ) -> pgrx::datum::Datum<'fcx> {
+        unsafe { fcinfo.return_raw_datum(self.0) }
+    }
+}
+
+pgrx::impl_sql_translatable!(KeyInfo, "apikey.key_info");
+
+thread_local! {
+    /// The blessed descriptor of apikey.key_info and the type's relation, kept in
+    /// TopMemoryContext; forgotten when that relation's relcache entry is invalidated.
+    static KEY_INFO_DESC: Cell<(pg_sys::TupleDesc, pg_sys::Oid)> =
+        const { Cell::new((std::ptr::null_mut(), pg_sys::InvalidOid)) };
+}
+
+fn key_info_desc() -> pg_sys::TupleDesc {
+    let (desc, _) = KEY_INFO_DESC.get();
+    if !desc.is_null() {
+        return desc;
+    }
+    unsafe {
+        let typoid = pgrx::wrappers::regtypein("apikey.key_info");
+        let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+        let desc = pg_sys::BlessTupleDesc(pg_sys::lookup_rowtype_tupdesc_copy(typoid, -1));
+        pg_sys::MemoryContextSwitchTo(old);
+        KEY_INFO_DESC.set((desc, pg_sys::typeidTypeRelid(typoid)));
+        desc
+    }
+}
+
+fn key_info_changed(relid: pg_sys::Oid) {
+    let (desc, typrelid) = KEY_INFO_DESC.get();
+    if !desc.is_null() && (relid == pg_sys::InvalidOid || relid == typrelid) {
+        KEY_INFO_DESC.set((std::ptr::null_mut(), pg_sys::InvalidOid));
+    }
+}
+
 /// Check a key and return its record; raises 28000 for an unknown, revoked, deleted or expired key.
-// pgrx reads the column names from this literal type, so it cannot be an alias.
-#[allow(clippy::type_complexity)]
 #[pg_extern(stable, strict, parallel_restricted, requires = ["api_key_type"])]
-fn verify(
-    key: ApiKey,
-) -> TableIterator<
-    'static,
-    (
-        name!(id, i64),
-        name!(owner, String),
-        name!(name, String),
-        name!(kind, String),
-        name!(format, String),
-        name!(scopes, Option<Vec<String>>),
-        name!(resource, Option<String>),
-        name!(created_at, TimestampWithTimeZone),
-        name!(expires_at, Option<TimestampWithTimeZone>),
-        name!(metadata, RawJsonb),
-    ),
-> {
+fn verify(key: ApiKey) -> KeyInfo {
+    use pgrx::IntoDatum;
     let r = lookup(&key);
-    TableIterator::once((
-        r.id,
-        r.owner,
-        r.name,
-        r.kind,
-        r.format,
-        r.scopes,
-        r.resource,
-        r.created_at,
-        r.expires_at,
-        r.metadata,
-    ))
+    let desc = key_info_desc();
+    let columns = [
+        r.id.into_datum(),
+        r.owner.into_datum(),
+        r.name.into_datum(),
+        r.kind.into_datum(),
+        r.format.into_datum(),
+        r.scopes.into_datum(),
+        r.resource.into_datum(),
+        r.created_at.into_datum(),
+        r.expires_at.into_datum(),
+        r.metadata.into_datum(),
+    ];
+    let mut values = columns.map(|d| d.unwrap_or(pg_sys::Datum::from(0)));
+    let mut nulls = columns.map(|d| d.is_none());
+    unsafe {
+        let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        KeyInfo(pg_sys::heap_copy_tuple_as_datum(tuple, desc))
+    }
 }
 
 /// Who is calling a management function, captured before switching to the extension owner.
