@@ -49,11 +49,19 @@ SELECT k.id,
        k.last_used_at,
        k.revoked_at,
        k.rotated_from,
+       k.rate_limit,
+       k.rate_period,
+       k.rate_burst,
        k.metadata
   FROM apikey.keys k
  WHERE pg_catalog.pg_has_role(current_user, 'apikey_admin', 'USAGE')
     OR k.owner = apikey.current_owner();
 COMMENT ON VIEW apikey.key_list IS 'Keys masked as prefix…last4 with status active/expired/revoked. Admins see all keys, others the keys of the owner they authenticated as.';
+
+-- What the shared-memory limiter holds for this database. Bucket names may name users
+-- ("login:bob"), so only administrators see them.
+CREATE VIEW apikey.rate_limit_state AS SELECT * FROM apikey.rate_limit_buckets();
+COMMENT ON VIEW apikey.rate_limit_state IS 'Buckets of the shared-memory rate limiter in this database, with seconds until each is full again.';
 
 -- Privileges. Tables: none for ordinary roles (the functions switch to the extension owner).
 REVOKE ALL ON ALL TABLES IN SCHEMA apikey FROM PUBLIC;
@@ -62,6 +70,10 @@ GRANT USAGE ON SCHEMA apikey TO PUBLIC;
 GRANT SELECT ON apikey.formats TO PUBLIC;
 GRANT SELECT ON apikey.key_list TO PUBLIC;
 GRANT SELECT ON apikey.audit_log TO apikey_admin;
+REVOKE ALL ON apikey.rate_limit_state FROM PUBLIC;
+GRANT SELECT ON apikey.rate_limit_state TO apikey_admin;
+REVOKE ALL ON FUNCTION apikey.rate_limit_buckets() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apikey.rate_limit_buckets() TO apikey_admin;
 REVOKE ALL ON FUNCTION apikey.audit_log_is_append_only() FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikey.invalidate_caches() FROM PUBLIC;
 

@@ -24,10 +24,19 @@ fn identity_of(row: KeyRow, app: Option<(i64, String)>) -> Identity {
     }
 }
 
+/// A key's request limit is charged only once it has proved valid; a refusal raises 53400 and
+/// leaves the identity as it was.
+fn charge(row: &KeyRow) {
+    if let Some(rate) = &row.rate {
+        crate::limiter::charge_key(row.id, rate);
+    }
+}
+
 /// Verify `key` and make its owner the identity of the current transaction. Returns the owner.
 #[pg_extern(volatile, strict, parallel_unsafe, requires = ["api_key_type"])]
 fn authenticate(key: ApiKey) -> String {
     let row = keys::lookup(&key);
+    charge(&row);
     let owner = row.owner.clone();
     identity::set(identity_of(row, None));
     owner
@@ -49,6 +58,8 @@ fn authenticate_app_user(app_key: Option<ApiKey>, user_key: Option<ApiKey>) -> S
     if user.kind != "user" {
         raise(ApiError::WrongKind { expected: "user" });
     }
+    charge(&app);
+    charge(&user);
     let owner = user.owner.clone();
     identity::set(identity_of(user, Some((app.id, app.owner))));
     owner

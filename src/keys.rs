@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use pg_apikey_core::digest::{ct_eq, sha256, DIGEST_LEN};
 use pg_apikey_core::errors::ApiError;
 use pg_apikey_core::format::{last_chars, Format};
+use pg_apikey_core::gcra::Rate;
 use pg_apikey_core::scope;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB};
@@ -35,6 +36,8 @@ pub struct KeyRow {
     pub created_at: TimestampWithTimeZone,
     pub expires_at: Option<TimestampWithTimeZone>,
     pub metadata: RawJsonb,
+    /// The per-key request limit, if any.
+    pub rate: Option<Rate>,
 }
 
 /// A cached lookup: the row plus what `judge` needs, as raw timestamps.
@@ -47,7 +50,8 @@ struct Cached {
 
 const LOOKUP_SQL: &str = "
 SELECT id, owner, name, kind, format, scopes, resource, created_at, expires_at, metadata, digest,
-       revoked_at, 'apikey.keys'::pg_catalog.regclass::pg_catalog.oid
+       revoked_at, 'apikey.keys'::pg_catalog.regclass::pg_catalog.oid,
+       rate_limit, rate_period, rate_burst
   FROM apikey.keys
  WHERE digest = $1";
 
@@ -127,6 +131,16 @@ fn fetch(digest: &[u8; DIGEST_LEN]) -> Option<Cached> {
             }
             let stored: Vec<u8> = get!(11, Vec<u8>).unwrap_or_default();
             let expires_at = get!(9, TimestampWithTimeZone);
+            // Stored limits passed the same checks at creation; a row edited by hand into an
+            // invalid limit is refused rather than treated as unlimited.
+            let rate = match (get!(14, i32), get!(15, pgrx::datum::Interval)) {
+                (Some(limit), Some(period)) => Some(crate::limiter::rate_from(
+                    limit as i64,
+                    period,
+                    get!(16, i32).map(i64::from),
+                )),
+                _ => None,
+            };
             Some(Cached {
                 digest: stored.try_into().unwrap_or([0; DIGEST_LEN]),
                 revoked_at: get!(12, TimestampWithTimeZone).map(Into::into),
@@ -142,6 +156,7 @@ fn fetch(digest: &[u8; DIGEST_LEN]) -> Option<Cached> {
                     created_at: get!(8, TimestampWithTimeZone).expect("created_at is NOT NULL"),
                     expires_at,
                     metadata: get!(10, RawJsonb).unwrap_or_default(),
+                    rate,
                 },
             })
         };
@@ -453,6 +468,9 @@ fn create(
     kind: default!(Option<&str>, "'user'"),
     format: default!(Option<&str>, "NULL"),
     metadata: default!(Option<JsonB>, "NULL"),
+    rate_limit: default!(Option<i32>, "NULL"),
+    rate_period: default!(Option<Interval>, "NULL"),
+    rate_burst: default!(Option<i32>, "NULL"),
 ) -> TableIterator<'static, (name!(id, i64), name!(api_key, ApiKey))> {
     let caller = Caller::get();
     let owner = required(owner, "owner");
@@ -479,6 +497,15 @@ fn create(
             invalid("metadata must be a JSON object");
         }
     }
+    match (rate_limit, rate_period) {
+        (Some(limit), Some(period)) => {
+            crate::limiter::rate_from(limit as i64, period, rate_burst.map(i64::from));
+        }
+        (None, None) if rate_burst.is_none() => {}
+        _ => invalid(
+            "a request limit needs both rate_limit and rate_period (rate_burst is optional)",
+        ),
+    }
     if !caller.may_manage(owner) {
         raise(ApiError::NotKeyAdmin);
     }
@@ -496,9 +523,10 @@ fn create(
         let id: i64 = spi(Spi::connect_mut(|c| {
             c.update(
                 "INSERT INTO apikey.keys (owner, name, format, kind, scopes, resource, display_prefix, last4,
-                                         digest, expires_in, expires_at, created_by, metadata, sealed)
+                                         digest, expires_in, expires_at, created_by, metadata, sealed,
+                                         rate_limit, rate_period, rate_burst)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, pg_catalog.now() + $10, $11,
-                         COALESCE($12, '{}'::jsonb), $13)
+                         COALESCE($12, '{}'::jsonb), $13, $14, $15, $16)
                  RETURNING id",
                 Some(1),
                 &[
@@ -515,6 +543,9 @@ fn create(
                     caller.name.clone().into(),
                     metadata.map(|m| JsonB(m.0)).into(),
                     sealed.clone().into(),
+                    rate_limit.into(),
+                    rate_period.into(),
+                    rate_burst.into(),
                 ],
             )?
             .first()
@@ -631,9 +662,11 @@ fn rotate(
             let new_id = c
                 .update(
                     "INSERT INTO apikey.keys (owner, name, format, kind, scopes, resource, display_prefix, last4,
-                                             digest, expires_in, expires_at, created_by, metadata, rotated_from, sealed)
+                                             digest, expires_in, expires_at, created_by, metadata, rotated_from, sealed,
+                                             rate_limit, rate_period, rate_burst)
                      SELECT owner, name, format, kind, scopes, resource, $2, $3, $4, expires_in,
-                            pg_catalog.now() + expires_in, $5, metadata, id, $6
+                            pg_catalog.now() + expires_in, $5, metadata, id, $6,
+                            rate_limit, rate_period, rate_burst
                        FROM apikey.keys WHERE id = $1
                      RETURNING id",
                     Some(1),

@@ -13,6 +13,7 @@ mod gucs;
 mod identity;
 mod key_type;
 mod keys;
+mod limiter;
 mod privilege;
 mod ratelimit;
 mod recovery;
@@ -28,6 +29,7 @@ pub extern "C-unwind" fn _PG_init() {
     errors::init();
     formats::init();
     identity::init();
+    limiter::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -29,7 +29,8 @@ start)
         echo "port = $port"
         echo "listen_addresses = '127.0.0.1'"
         echo "unix_socket_directories = '$dir'"
-        echo "shared_preload_libraries = 'pg_apikey'"
+        # NO_PRELOAD=1 starts a cluster without the library preloaded (to test that path).
+        [ -n "${NO_PRELOAD:-}" ] || echo "shared_preload_libraries = 'pg_apikey'"
         echo "logging_collector = on"
         echo "log_directory = '$dir'"
         echo "log_filename = 'server.log'"

@@ -1,0 +1,121 @@
+"""Per-key request limits and apikey.rate_limit under real concurrency, and after the wait."""
+
+import concurrent.futures
+import json
+import threading
+import time
+
+import psycopg
+import pytest
+
+
+def test_sixteen_sessions_never_get_more_than_the_burst(db):
+    conn = db()
+    key = conn.execute(
+        "SELECT api_key::text FROM apikey.create('busy', 'k', rate_limit => 10, rate_period => '1 hour')"
+    ).fetchone()[0]
+    barrier = threading.Barrier(16)
+
+    def hammer(_):
+        admitted = 0
+        with db() as c:
+            barrier.wait()
+            for _ in range(20):
+                try:
+                    c.execute("BEGIN READ ONLY")
+                    c.execute("SELECT apikey.authenticate(%s)", (key,))
+                    admitted += 1
+                except psycopg.errors.ConfigurationLimitExceeded as e:
+                    assert json.loads(e.diag.message_detail)["retry_after"] >= 1
+                finally:
+                    c.execute("ROLLBACK")
+        return admitted
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        total = sum(pool.map(hammer, range(16)))
+    assert total == 10
+
+
+def test_a_limited_key_works_again_after_retry_after(db):
+    conn = db()
+    key = conn.execute(
+        "SELECT api_key::text FROM apikey.create('again', 'k', rate_limit => 1, rate_period => '2 seconds')"
+    ).fetchone()[0]
+    conn.execute("SELECT apikey.authenticate(%s)", (key,))
+    with pytest.raises(psycopg.errors.ConfigurationLimitExceeded) as e:
+        conn.execute("SELECT apikey.authenticate(%s)", (key,))
+    wait = json.loads(e.value.diag.message_detail)["retry_after"]
+    assert 1 <= wait <= 2
+    assert f"try again in {wait} seconds" in e.value.diag.message_primary
+    time.sleep(wait + 0.05)
+    conn.execute("SELECT apikey.authenticate(%s)", (key,))
+
+
+def test_rate_limit_buckets_are_exact_under_concurrency(db):
+    barrier = threading.Barrier(8)
+
+    def hammer(_):
+        ok = 0
+        with db() as c:
+            barrier.wait()
+            for _ in range(50):
+                try:
+                    c.execute("SELECT apikey.rate_limit('login:bob', 25, '1 hour')")
+                    ok += 1
+                except psycopg.errors.ConfigurationLimitExceeded:
+                    pass
+        return ok
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(hammer, range(8))) == 25
+
+
+def test_buckets_are_per_database(db, cluster):
+    a = db()
+    other = db.name + "_b"
+    a.execute(f'CREATE DATABASE "{other}"')
+    try:
+        with db(dbname=other) as b:
+            b.execute("CREATE EXTENSION pg_apikey")
+            a.execute("SELECT apikey.rate_limit('shared-name', 1, '1 hour')")
+            b.execute("SELECT apikey.rate_limit('shared-name', 1, '1 hour')")
+            with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
+                a.execute("SELECT apikey.rate_limit('shared-name', 1, '1 hour')")
+    finally:
+        a.execute(f'DROP DATABASE "{other}" WITH (FORCE)')
+
+
+def test_a_full_table_evicts_rather_than_fails(db):
+    conn = db()
+    # 16 partitions x 256 slots: push well past capacity; no error, and fresh buckets still admit.
+    conn.execute("SELECT count(apikey.rate_limit('fill:' || g, 1, '1 hour')) FROM generate_series(1, 5000) g")
+    assert conn.execute("SELECT count(*) FROM apikey.rate_limit_state").fetchone()[0] == 16 * 256
+    assert conn.execute("SELECT apikey.rate_limit('after-fill', 2, '1 hour')").fetchone()[0] == 1
+
+
+def test_without_preload_limits_fail_with_the_fix_and_keys_still_verify(tmp_path):
+    import os
+    import subprocess
+
+    from conftest import ROOT
+
+    port = "54344"
+    env = dict(os.environ, NO_PRELOAD="1")
+    subprocess.run([str(ROOT / "tests/cluster.sh"), "start", "nopreload", port], check=True, env=env)
+    try:
+        dsn = f"host={ROOT / '.run/nopreload'} port={port} user=postgres dbname=postgres"
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("CREATE EXTENSION pg_apikey")
+            key = c.execute("SELECT api_key::text FROM apikey.create('np', 'k')").fetchone()[0]
+            assert c.execute("SELECT owner FROM apikey.verify(%s)", (key,)).fetchone()[0] == "np"
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+                c.execute("SELECT apikey.rate_limit('b', 1, '1 hour')")
+            assert "shared_preload_libraries" in e.value.diag.message_primary
+            assert "restart" in e.value.diag.message_hint
+            limited = c.execute(
+                "SELECT api_key::text FROM apikey.create('np', 'limited', rate_limit => 5, rate_period => '1 minute')"
+            ).fetchone()[0]
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+                c.execute("SELECT apikey.authenticate(%s)", (limited,))
+    finally:
+        subprocess.run([str(ROOT / "tests/cluster.sh"), "stop", "nopreload"], check=False)
