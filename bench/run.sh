@@ -3,7 +3,8 @@
 #   1. in-SQL verifications per second: apikey.verify vs the PL/pgSQL sha256() recipe vs bcrypt;
 #   2. pgbench transactions per second (prepared, 1 and 2 clients): SELECT 1 (the ceiling),
 #      apikey.verify in the select list and in FROM, apikey.authenticate, the PL/pgSQL recipe
-#      (in FROM), bcrypt.
+#      (in FROM), bcrypt; the shared-memory limiter against a one-row UPDATE counter;
+#   3. in-SQL limiter decisions per second against the same UPDATE counter table.
 # Not a test: nothing here passes or fails on a number.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,6 +22,10 @@ PSQL=(psql -X -q -h "$dir" -p "$PORT" -U postgres)
 echo "== in-SQL throughput (one statement, one transaction)"
 "${PSQL[@]}" -d bench -f "$ROOT/bench/insql.sql"
 
+echo
+echo "== in-SQL limiter throughput (one statement, one transaction)"
+"${PSQL[@]}" -d bench -f "$ROOT/bench/limiter.sql"
+
 key=$("${PSQL[@]}" -d bench -Atc "SELECT api_key FROM bench.keys ORDER BY id LIMIT 1")
 work=$(mktemp -d); chmod 755 "$work"
 echo 'SELECT 1;' > "$work/select1.sql"
@@ -29,7 +34,8 @@ echo 'SELECT (apikey.verify(:key)).owner;' > "$work/verify_target.sql"
 echo 'SELECT apikey.authenticate(:key);' > "$work/authenticate.sql"
 echo 'SELECT id, owner FROM bench.plpgsql_verify(:key);' > "$work/plpgsql.sql"
 echo 'SELECT id, owner FROM bench.bcrypt_verify(:key);' > "$work/bcrypt.sql"
-for extra in "$ROOT"/bench/extra/*.sh; do [ -f "$extra" ] && . "$extra"; done
+echo "SELECT apikey.rate_limit('one-bucket', 2000000000, '1 second');" > "$work/rate_limit.sql"
+echo "SELECT bench.counter_hit('b1');" > "$work/counter_update.sql"
 
 tps() { # script clients seconds
     "$PGBIN/pgbench" -n -M prepared -h "$dir" -p "$PORT" -U postgres -c "$2" -j "$2" -T "$3" \
@@ -39,14 +45,18 @@ echo
 echo "== pgbench, -M prepared, ${SECONDS_PER_RUN}s per run (key passed as a bind parameter)"
 printf '%-22s %8s %8s %14s %14s\n' "script" "1 client" "2 clients" "ratio (1c)" "ratio (2c)"
 declare -A base
-for s in select1 verify_target verify_from authenticate plpgsql bcrypt ${BENCH_EXTRA_SCRIPTS:-}; do
+for s in select1 verify_target verify_from authenticate plpgsql bcrypt rate_limit counter_update; do
     secs=$SECONDS_PER_RUN; [ "$s" = bcrypt ] && secs=3
     one=$(tps "$s" 1 "$secs"); two=$(tps "$s" 2 "$secs")
     [ "$s" = select1 ] && base[1]=$one && base[2]=$two
+    echo "$s $one $two" >> "$work/table"
     printf '%-22s %8s %8s %14s %14s\n' "$s" "$one" "$two" \
         "$(awk -v a="$one" -v b="${base[1]}" 'BEGIN{printf "%.3f", a/b}')" \
         "$(awk -v a="$two" -v b="${base[2]}" 'BEGIN{printf "%.3f", a/b}')"
 done
 echo "(ratios are against SELECT 1 at the same client count, measured in this run;"
-echo " verify_from and plpgsql use the FROM-clause form, whose function-scan setup is Postgres' cost)"
+echo " verify_from and plpgsql use the FROM-clause form, whose function-scan setup is Postgres' cost;"
+echo " rate_limit and counter_update hit one bucket / one row from every client)"
+rl2=$(awk '$1=="rate_limit"{print $3}' "$work/table"); cu2=$(awk '$1=="counter_update"{print $3}' "$work/table")
+echo "rate_limit / counter_update at 2 clients: $(awk -v a="$rl2" -v b="$cu2" 'BEGIN{printf "%.1f", a/b}')x"
 rm -rf "$work"

@@ -50,3 +50,9 @@ BEGIN
 END
 $$;
 GRANT USAGE ON SCHEMA bench TO PUBLIC;
+
+-- The table-counter baseline for the limiter: one row per bucket, one UPDATE per decision.
+CREATE TABLE bench.counters (bucket text PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
+INSERT INTO bench.counters SELECT 'b' || g, 0 FROM generate_series(0, 99) g;
+CREATE FUNCTION bench.counter_hit(b text) RETURNS bigint LANGUAGE sql AS
+$$ UPDATE bench.counters SET n = n + 1 WHERE bucket = b RETURNING n $$;
