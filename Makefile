@@ -13,6 +13,7 @@ demo: install
 	bash examples/demo.sh
 
 demo-stop:
+	-bash examples/api.sh stop demo
 	bash tests/cluster.sh stop demo
 
 test: setup

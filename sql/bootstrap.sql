@@ -48,6 +48,7 @@ CREATE TABLE apikey.keys (
     rate_limit     integer CHECK (rate_limit > 0),
     rate_period    interval CHECK (rate_period > interval '0'),
     rate_burst     integer CHECK (rate_burst > 0),
+    db_role        text,
     metadata       jsonb NOT NULL DEFAULT '{}',
     CHECK ((rate_limit IS NULL) = (rate_period IS NULL)),
     CHECK (rate_burst IS NULL OR rate_limit IS NOT NULL)
@@ -59,6 +60,7 @@ COMMENT ON TABLE apikey.keys IS 'API keys: SHA-256 digests and metadata, never t
 COMMENT ON COLUMN apikey.keys.digest IS 'SHA-256 of the whole key text.';
 COMMENT ON COLUMN apikey.keys.sealed IS 'Recoverable formats only: the key sealed with XChaCha20-Poly1305 under apikey.encryption_key, bound to the digest.';
 COMMENT ON COLUMN apikey.keys.rate_limit IS 'Per-key request limit: rate_limit requests per rate_period, bursts of rate_burst (default rate_limit), checked by apikey.authenticate in shared memory.';
+COMMENT ON COLUMN apikey.keys.db_role IS 'Database role apikey.pre_request switches to for this key (NULL: apikey.default_role).';
 COMMENT ON COLUMN apikey.keys.revoked_at IS 'When the key stops working; in the future while a rotated key is in its grace period.';
 
 CREATE SEQUENCE apikey.audit_log_id_seq;

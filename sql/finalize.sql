@@ -52,6 +52,7 @@ SELECT k.id,
        k.rate_limit,
        k.rate_period,
        k.rate_burst,
+       k.db_role,
        k.metadata
   FROM apikey.keys k
  WHERE pg_catalog.pg_has_role(current_user, 'apikey_admin', 'USAGE')
@@ -88,3 +89,96 @@ SELECT pg_catalog.pg_extension_config_dump('apikey.rate_limits', '');
 -- Text converts to api_key implicitly (through the checking input function), so callers can pass
 -- a text column, a header value or an untyped parameter straight to verify/authenticate.
 CREATE CAST (text AS apikey.api_key) WITH INOUT AS IMPLICIT;
+
+-- The PostgREST adapter. PL/pgSQL because PostgREST's custom statuses need
+-- RAISE SQLSTATE 'PGRST', a code only PL/pgSQL can raise (pgrx raises standard codes only).
+
+-- Raise an HTTP answer through PostgREST: a JSON body {code, message, details, hint} (details
+-- carries the short error title, as the seeds' {"error": …} does) and headers such as
+-- Retry-After. Never includes a key.
+CREATE FUNCTION apikey.http_error(status integer, error text, message text, retry_after integer DEFAULT NULL)
+    RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
+$$
+BEGIN
+    RAISE SQLSTATE 'PGRST' USING
+        message = json_build_object('code', 'APIKEY' || status, 'message', message,
+                                    'details', error, 'hint', NULL)::text,
+        detail = json_build_object('status', status, 'headers',
+                                   CASE WHEN retry_after IS NULL THEN '{}'::json
+                                        ELSE json_build_object('Retry-After', retry_after::text) END)::text;
+END
+$$;
+COMMENT ON FUNCTION apikey.http_error(integer, text, text, integer) IS
+    'Raise an HTTP error through PostgREST (RAISE SQLSTATE ''PGRST''): status, JSON body and Retry-After.';
+
+-- Turn one of pg_apikey's (or the application's) errors into the HTTP answer the seeds document:
+-- 28000 / 22P02 → 401 (403 for two-key requests), 42501 → 403, P0002 → 404, 22023 / 22004 → 400,
+-- 53400 → 429 with Retry-After from the DETAIL. Anything else becomes a 500.
+CREATE FUNCTION apikey.raise_http(sqlstate text, message text, detail text DEFAULT NULL, two_key boolean DEFAULT false)
+    RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE
+    retry integer;
+BEGIN
+    CASE
+        WHEN sqlstate IN ('28000', '22P02') THEN
+            PERFORM apikey.http_error(CASE WHEN two_key THEN 403 ELSE 401 END,
+                                      CASE WHEN two_key THEN 'Forbidden' ELSE 'Unauthorized' END,
+                                      CASE WHEN sqlstate = '22P02' THEN 'invalid API key' ELSE message END);
+        WHEN sqlstate = '42501' THEN
+            PERFORM apikey.http_error(403, 'Forbidden', message);
+        WHEN sqlstate = 'P0002' THEN
+            PERFORM apikey.http_error(404, 'Not Found', message);
+        WHEN sqlstate IN ('22023', '22004') THEN
+            PERFORM apikey.http_error(400, 'Bad Request', message);
+        WHEN sqlstate = '53400' THEN
+            retry := greatest(1, coalesce((detail::json ->> 'retry_after')::integer, 1));
+            PERFORM apikey.http_error(429, 'Rate limit exceeded', message, retry);
+        ELSE
+            RAISE SQLSTATE '58000' USING message = message;  -- 500, without the original detail
+    END CASE;
+END
+$$;
+COMMENT ON FUNCTION apikey.raise_http(text, text, text, boolean) IS
+    'Map a pg_apikey SQLSTATE to the documented HTTP answer through PostgREST.';
+
+-- PostgREST's db-pre-request: authenticate from the request headers and switch to the key's
+-- database role. x-api-key carries one key; x-api-app-authorization + x-api-authorization carry
+-- the Cool Farm Tool pair. Without a key the request stays anonymous (PostgREST's anon role);
+-- endpoints that need a key say 401 themselves. An invalid or expired key is 401 (403 for the
+-- two-key pair), a rate-limited key 429 with Retry-After.
+CREATE FUNCTION apikey.pre_request() RETURNS void
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE
+    headers json := coalesce(nullif(current_setting('request.headers', true), ''), '{}')::json;
+    single text := nullif(headers ->> 'x-api-key', '');
+    app_key text := nullif(headers ->> 'x-api-app-authorization', '');
+    user_key text := nullif(headers ->> 'x-api-authorization', '');
+    two_key boolean := app_key IS NOT NULL OR user_key IS NOT NULL;
+    role text;
+    state text;
+    msg text;
+    det text;
+BEGIN
+    IF single IS NULL AND NOT two_key THEN
+        RETURN;
+    END IF;
+    BEGIN
+        IF two_key THEN
+            PERFORM apikey.authenticate(app_key::apikey.api_key, user_key::apikey.api_key);
+        ELSE
+            PERFORM apikey.authenticate(single::apikey.api_key);
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL;
+        PERFORM apikey.raise_http(state, msg, det, two_key);
+    END;
+    role := apikey.current_db_role();
+    IF role IS NOT NULL THEN
+        EXECUTE pg_catalog.format('SET LOCAL ROLE %I', role);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION apikey.pre_request() IS
+    'PostgREST db-pre-request: authenticate from x-api-key (or the x-api-app-authorization + x-api-authorization pair) and SET LOCAL ROLE to the key''s role.';

@@ -21,6 +21,7 @@ fn identity_of(row: KeyRow, app: Option<(i64, String)>) -> Identity {
         scopes: row.scopes,
         resource: row.resource,
         app,
+        db_role: row.db_role,
     }
 }
 
@@ -87,6 +88,18 @@ fn current_scopes() -> Option<Vec<String>> {
 #[pg_extern(stable, parallel_restricted)]
 fn current_resource() -> Option<String> {
     identity::current().and_then(|i| i.resource)
+}
+
+/// The database role for this transaction's key: its own, else `apikey.default_role`, else NULL.
+#[pg_extern(stable, parallel_restricted)]
+fn current_db_role() -> Option<String> {
+    let me = identity::current()?;
+    me.db_role.or_else(|| {
+        crate::gucs::DEFAULT_ROLE
+            .get()
+            .and_then(|c| c.into_string().ok())
+            .filter(|r| !r.is_empty())
+    })
 }
 
 /// For a two-key request, the application (owner of the app key); otherwise NULL.

@@ -13,7 +13,18 @@ pub static DEFAULT_FORMAT: GucSetting<Option<CString>> =
 /// (reloadable, superuser-only, hidden from SHOW ALL); never stored in a table.
 pub static ENCRYPTION_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// `apikey.default_role`: the role `apikey.pre_request` switches to for keys without their own.
+pub static DEFAULT_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 pub fn init() {
+    GucRegistry::define_string_guc(
+        c"apikey.default_role",
+        c"Database role apikey.pre_request switches to for keys that name none.",
+        c"Empty: stay in the role PostgREST chose. The login role must be a member of it.",
+        &DEFAULT_ROLE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"apikey.encryption_key",
         c"Server key (64 hex characters) that seals keys of recoverable formats.",

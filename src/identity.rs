@@ -15,6 +15,8 @@ pub struct Identity {
     pub resource: Option<String>,
     /// For two-key requests: the application key's id and owner (the application).
     pub app: Option<(i64, String)>,
+    /// The database role the key asks for (NULL: apikey.default_role).
+    pub db_role: Option<String>,
 }
 
 thread_local! {

@@ -38,6 +38,7 @@ pub struct KeyRow {
     pub metadata: RawJsonb,
     /// The per-key request limit, if any.
     pub rate: Option<Rate>,
+    pub db_role: Option<String>,
 }
 
 /// A cached lookup: the row plus what `judge` needs, as raw timestamps.
@@ -51,7 +52,7 @@ struct Cached {
 const LOOKUP_SQL: &str = "
 SELECT id, owner, name, kind, format, scopes, resource, created_at, expires_at, metadata, digest,
        revoked_at, 'apikey.keys'::pg_catalog.regclass::pg_catalog.oid,
-       rate_limit, rate_period, rate_burst
+       rate_limit, rate_period, rate_burst, db_role
   FROM apikey.keys
  WHERE digest = $1";
 
@@ -157,6 +158,7 @@ fn fetch(digest: &[u8; DIGEST_LEN]) -> Option<Cached> {
                     expires_at,
                     metadata: get!(10, RawJsonb).unwrap_or_default(),
                     rate,
+                    db_role: get!(17, String),
                 },
             })
         };
@@ -471,6 +473,7 @@ fn create(
     rate_limit: default!(Option<i32>, "NULL"),
     rate_period: default!(Option<Interval>, "NULL"),
     rate_burst: default!(Option<i32>, "NULL"),
+    db_role: default!(Option<&str>, "NULL"),
 ) -> TableIterator<'static, (name!(id, i64), name!(api_key, ApiKey))> {
     let caller = Caller::get();
     let owner = required(owner, "owner");
@@ -510,6 +513,12 @@ fn create(
         raise(ApiError::NotKeyAdmin);
     }
     check_no_escalation(&caller, &scopes, resource, kind);
+    if db_role.is_some() && !caller.admin {
+        raise(ApiError::AdminOnly("give a key its own database role"));
+    }
+    if db_role.is_some_and(|r| r.is_empty()) {
+        invalid("db_role must not be empty; pass NULL for apikey.default_role");
+    }
     let format = formats::by_name(
         &format
             .map(str::to_owned)
@@ -524,9 +533,9 @@ fn create(
             c.update(
                 "INSERT INTO apikey.keys (owner, name, format, kind, scopes, resource, display_prefix, last4,
                                          digest, expires_in, expires_at, created_by, metadata, sealed,
-                                         rate_limit, rate_period, rate_burst)
+                                         rate_limit, rate_period, rate_burst, db_role)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, pg_catalog.now() + $10, $11,
-                         COALESCE($12, '{}'::jsonb), $13, $14, $15, $16)
+                         COALESCE($12, '{}'::jsonb), $13, $14, $15, $16, $17)
                  RETURNING id",
                 Some(1),
                 &[
@@ -546,6 +555,7 @@ fn create(
                     rate_limit.into(),
                     rate_period.into(),
                     rate_burst.into(),
+                    db_role.into(),
                 ],
             )?
             .first()
@@ -663,10 +673,10 @@ fn rotate(
                 .update(
                     "INSERT INTO apikey.keys (owner, name, format, kind, scopes, resource, display_prefix, last4,
                                              digest, expires_in, expires_at, created_by, metadata, rotated_from, sealed,
-                                             rate_limit, rate_period, rate_burst)
+                                             rate_limit, rate_period, rate_burst, db_role)
                      SELECT owner, name, format, kind, scopes, resource, $2, $3, $4, expires_in,
                             pg_catalog.now() + expires_in, $5, metadata, id, $6,
-                            rate_limit, rate_period, rate_burst
+                            rate_limit, rate_period, rate_burst, db_role
                        FROM apikey.keys WHERE id = $1
                      RETURNING id",
                     Some(1),

