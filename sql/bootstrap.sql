@@ -83,6 +83,18 @@ COMMENT ON COLUMN apikey.audit_log.actor IS 'The role that called the function (
 COMMENT ON COLUMN apikey.audit_log.session_actor IS 'session_user: the login role (for PostgREST, the authenticator).';
 COMMENT ON COLUMN apikey.audit_log.actor_key_id IS 'The key the caller had authenticated with in that transaction, if any.';
 
+CREATE TABLE apikey.usage (
+    key_id       bigint NOT NULL,
+    bucket       timestamptz NOT NULL,
+    uses         bigint NOT NULL DEFAULT 0,
+    expired      bigint NOT NULL DEFAULT 0,
+    revoked      bigint NOT NULL DEFAULT 0,
+    rate_limited bigint NOT NULL DEFAULT 0,
+    denied       bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, bucket)
+);
+COMMENT ON TABLE apikey.usage IS 'Per-key counts per minute (the minute of the flush that wrote them): uses and refusals by reason. Written by the pg_apikey usage worker.';
+
 CREATE TYPE apikey.key_info AS (
     id         bigint,
     owner      text,

@@ -9,8 +9,15 @@ SELECT name, prefix, alphabet, body_length, checksum, true, description
 CREATE TRIGGER formats_invalidate_caches
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apikey.formats
     FOR EACH STATEMENT EXECUTE FUNCTION apikey.invalidate_caches();
+-- The usage worker's last_used_at updates change nothing a backend caches, so they do not
+-- invalidate (every other column does).
 CREATE TRIGGER keys_invalidate_caches
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apikey.keys
+    AFTER INSERT OR DELETE OR TRUNCATE ON apikey.keys
+    FOR EACH STATEMENT EXECUTE FUNCTION apikey.invalidate_caches();
+CREATE TRIGGER keys_invalidate_caches_on_update
+    AFTER UPDATE OF id, owner, name, format, kind, scopes, resource, display_prefix, last4, digest,
+                    expires_in, created_at, created_by, expires_at, revoked_at, rotated_from, sealed,
+                    rate_limit, rate_period, rate_burst, db_role, metadata ON apikey.keys
     FOR EACH STATEMENT EXECUTE FUNCTION apikey.invalidate_caches();
 
 CREATE FUNCTION apikey.audit_log_is_append_only() RETURNS trigger
@@ -27,6 +34,10 @@ CREATE TRIGGER audit_log_append_only
 CREATE TRIGGER audit_log_no_truncate
     BEFORE TRUNCATE ON apikey.audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION apikey.audit_log_is_append_only();
+
+-- Usage still in shared memory (not flushed yet), for this database.
+CREATE VIEW apikey.usage_live AS SELECT * FROM apikey.usage_pending();
+COMMENT ON VIEW apikey.usage_live IS 'Usage in shared memory not yet written to apikey.usage: exact last use between flushes and on a standby.';
 
 -- The psql admin view: keys masked to prefix and last four, never the digest. Administrators see
 -- every key; anyone else sees the keys of the owner they authenticated as.
@@ -46,7 +57,7 @@ SELECT k.id,
        k.resource,
        k.created_at,
        k.expires_at,
-       k.last_used_at,
+       GREATEST(k.last_used_at, (SELECT u.last_used_at FROM apikey.usage_live u WHERE u.key_id = k.id)) AS last_used_at,
        k.revoked_at,
        k.rotated_from,
        k.rate_limit,
@@ -71,6 +82,7 @@ GRANT USAGE ON SCHEMA apikey TO PUBLIC;
 GRANT SELECT ON apikey.formats TO PUBLIC;
 GRANT SELECT ON apikey.key_list TO PUBLIC;
 GRANT SELECT ON apikey.audit_log TO apikey_admin;
+GRANT SELECT ON apikey.usage, apikey.usage_live TO apikey_admin;
 REVOKE ALL ON apikey.rate_limit_state FROM PUBLIC;
 GRANT SELECT ON apikey.rate_limit_state TO apikey_admin;
 REVOKE ALL ON FUNCTION apikey.rate_limit_buckets() FROM PUBLIC;
@@ -85,6 +97,7 @@ SELECT pg_catalog.pg_extension_config_dump('apikey.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.audit_log_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.formats', 'WHERE NOT builtin');
 SELECT pg_catalog.pg_extension_config_dump('apikey.rate_limits', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.usage', '');
 
 -- Text converts to api_key implicitly (through the checking input function), so callers can pass
 -- a text column, a header value or an untyped parameter straight to verify/authenticate.

@@ -31,6 +31,15 @@ fn charge(row: &KeyRow) {
     if let Some(rate) = &row.rate {
         crate::limiter::charge_key(row.id, rate);
     }
+    crate::usage::record(row.id, crate::usage::Event::Use);
+}
+
+/// A refused scope or resource check, counted against the key that asked.
+fn denied(err: ApiError) -> ! {
+    if let Some(me) = identity::current() {
+        crate::usage::record(me.key_id, crate::usage::Event::Denied);
+    }
+    raise(err)
 }
 
 /// Verify `key` and make its owner the identity of the current transaction. Returns the owner.
@@ -127,7 +136,7 @@ fn require_scope(scope: &str) -> bool {
         raise(ApiError::KeyRequired(""));
     }
     if !has_scope(scope) {
-        raise(ApiError::MissingScope(scope.to_owned()));
+        denied(ApiError::MissingScope(scope.to_owned()));
     }
     true
 }
@@ -139,7 +148,7 @@ fn require_resource(resource: &str) -> bool {
         raise(ApiError::KeyRequired(""));
     }
     if !in_resource(resource) {
-        raise(ApiError::OutsideResource(resource.to_owned()));
+        denied(ApiError::OutsideResource(resource.to_owned()));
     }
     true
 }

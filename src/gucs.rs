@@ -16,7 +16,50 @@ pub static ENCRYPTION_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CSt
 /// `apikey.default_role`: the role `apikey.pre_request` switches to for keys without their own.
 pub static DEFAULT_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// `apikey.track_usage`: count uses and refusals in shared memory (on by default).
+pub static TRACK_USAGE: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// `apikey.usage_flush_interval`: milliseconds between flushes of usage to tables.
+pub static USAGE_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5000);
+/// `apikey.usage_databases`: comma-separated databases whose usage a worker flushes.
+pub static USAGE_DATABASES: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+pub fn usage_databases() -> Vec<String> {
+    USAGE_DATABASES
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .unwrap_or_default()
+        .split(',')
+        .map(|d| d.trim().to_owned())
+        .filter(|d| !d.is_empty())
+        .collect()
+}
+
 pub fn init() {
+    GucRegistry::define_bool_guc(
+        c"apikey.track_usage",
+        c"Record last-used times and usage counts in shared memory.",
+        c"Needs shared_preload_libraries; a worker writes them to apikey.keys and apikey.usage.",
+        &TRACK_USAGE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"apikey.usage_flush_interval",
+        c"How often the usage worker writes usage from shared memory to tables.",
+        c"A crash loses at most this much usage; a clean shutdown loses none.",
+        &USAGE_FLUSH_INTERVAL,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    // A postmaster-context setting can only be defined while preloading; without preload there
+    // is no worker to configure.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        define_usage_databases();
+    }
+
     GucRegistry::define_string_guc(
         c"apikey.default_role",
         c"Database role apikey.pre_request switches to for keys that name none.",
@@ -77,5 +120,16 @@ pub fn init_quota() {
         31 * 86400,
         GucContext::Suset,
         GucFlags::UNIT_S,
+    );
+}
+
+fn define_usage_databases() {
+    GucRegistry::define_string_guc(
+        c"apikey.usage_databases",
+        c"Databases (comma-separated) whose usage a background worker flushes.",
+        c"Read at server start, like pg_cron's cron.database_name. At most 8.",
+        &USAGE_DATABASES,
+        GucContext::Postmaster,
+        GucFlags::default(),
     );
 }

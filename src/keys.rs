@@ -204,9 +204,11 @@ fn judge(entry: &Cached, digest: &[u8; DIGEST_LEN]) -> KeyRow {
     }
     let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
     if entry.revoked_at.is_some_and(|t| t <= now) {
+        crate::usage::record(entry.row.id, crate::usage::Event::Revoked);
         raise(ApiError::InvalidKey)
     }
     if entry.expires_at.is_some_and(|t| t <= now) {
+        crate::usage::record(entry.row.id, crate::usage::Event::Expired);
         raise(ApiError::ExpiredKey)
     }
     entry.row.clone()
@@ -317,6 +319,7 @@ fn key_info_changed(relid: pg_sys::Oid) {
 fn verify(key: ApiKey) -> KeyInfo {
     use pgrx::IntoDatum;
     let r = lookup(&key);
+    crate::usage::record(r.id, crate::usage::Event::Use);
     let desc = key_info_desc();
     let columns = [
         r.id.into_datum(),

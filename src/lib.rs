@@ -17,6 +17,7 @@ mod limiter;
 mod privilege;
 mod ratelimit;
 mod recovery;
+mod usage;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -30,6 +31,7 @@ pub extern "C-unwind" fn _PG_init() {
     formats::init();
     identity::init();
     limiter::init();
+    usage::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

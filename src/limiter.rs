@@ -165,6 +165,7 @@ fn refuse(what: &str, retry_after: u64) -> ! {
 pub fn charge_key(key_id: i64, rate: &Rate) {
     let o = charge(&format!("key:{key_id}"), rate);
     if !o.allowed {
+        crate::usage::record(key_id, crate::usage::Event::RateLimited);
         refuse("API key", o.retry_after);
     }
 }

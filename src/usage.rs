@@ -1,0 +1,315 @@
+//! Last-used times and usage counts without a write on the request path.
+//!
+//! Every verify/authenticate (and every refusal where the key is known) bumps a slot in shared
+//! memory: one LWLock'd probe, no table write, so it works in READ ONLY transactions and on a
+//! standby. A background worker per database (listed in `apikey.usage_databases`, as pg_cron lists
+//! its database) flushes the slots every `apikey.usage_flush_interval`: one transaction writes
+//! `apikey.keys.last_used_at` and adds the counts to `apikey.usage` (one row per key and minute),
+//! so a key used 10,000 times between flushes costs one row write. Counts are subtracted from the
+//! slots only after that transaction commits: a failed flush loses nothing and is retried.
+//!
+//! Loss bound: a crash loses at most one flush interval of counts (shared memory is rebuilt); a
+//! clean shutdown flushes first (the worker flushes on SIGTERM). Keys are never lost: they live in
+//! tables. On a standby the worker does not write and `apikey.usage_live` shows memory.
+
+use std::time::Duration;
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::lwlock::PgLwLock;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::shmem::PGRXSharedMemory;
+
+use crate::gucs;
+
+const PARTS: usize = 8;
+const SLOTS: usize = 512;
+/// Counters per slot, in this order everywhere (SQL columns included).
+const KINDS: usize = 5;
+
+#[derive(Clone, Copy)]
+pub enum Event {
+    Use = 0,
+    Expired = 1,
+    Revoked = 2,
+    RateLimited = 3,
+    Denied = 4,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Slot {
+    db: u32,
+    key_id: i64,
+    last_used: i64,
+    flushed_last_used: i64,
+    counts: [u64; KINDS],
+}
+
+impl Slot {
+    const FREE: Slot = Slot {
+        db: 0,
+        key_id: 0,
+        last_used: 0,
+        flushed_last_used: 0,
+        counts: [0; KINDS],
+    };
+
+    fn pending(&self) -> bool {
+        self.last_used > self.flushed_last_used || self.counts.iter().any(|&c| c > 0)
+    }
+}
+
+unsafe impl PGRXSharedMemory for Slot {}
+
+type Part = [Slot; SLOTS];
+
+macro_rules! usage_parts {
+    ($($name:ident = $label:literal),* $(,)?) => {
+        $(static $name: PgLwLock<Part> = unsafe { PgLwLock::new($label) };)*
+        static TABLE: [&PgLwLock<Part>; PARTS] = [$(&$name),*];
+        fn init_parts() {
+            $(pgrx::pg_shmem_init!($name = [Slot::FREE; SLOTS]);)*
+        }
+    };
+}
+
+usage_parts!(
+    U0 = c"pg_apikey_usage_0",
+    U1 = c"pg_apikey_usage_1",
+    U2 = c"pg_apikey_usage_2",
+    U3 = c"pg_apikey_usage_3",
+    U4 = c"pg_apikey_usage_4",
+    U5 = c"pg_apikey_usage_5",
+    U6 = c"pg_apikey_usage_6",
+    U7 = c"pg_apikey_usage_7",
+);
+
+static mut PRELOADED: bool = false;
+const MAX_WORKERS: usize = 8;
+
+pub fn init() {
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    init_parts();
+    unsafe { PRELOADED = true };
+    for (i, db) in gucs::usage_databases()
+        .into_iter()
+        .take(MAX_WORKERS)
+        .enumerate()
+    {
+        BackgroundWorkerBuilder::new(&format!("pg_apikey usage flush ({db})"))
+            .set_type("pg_apikey usage flush")
+            .set_library("pg_apikey")
+            .set_function("pg_apikey_usage_worker")
+            .set_argument(Some(pg_sys::Datum::from(i)))
+            .enable_spi_access()
+            .set_restart_time(Some(Duration::from_secs(1)))
+            .load();
+    }
+}
+
+fn part_of(key_id: i64) -> (&'static PgLwLock<Part>, usize) {
+    let h = (key_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (TABLE[(h >> 60) as usize % PARTS], (h as usize) % SLOTS)
+}
+
+/// Count `event` for key `key_id` of the current database. A no-op without preload or with
+/// `apikey.track_usage = off`. When a partition is full of unflushed slots, the event is dropped
+/// (counted in no table) rather than blocking the request.
+pub fn record(key_id: i64, event: Event) {
+    if !unsafe { PRELOADED } || !gucs::TRACK_USAGE.get() {
+        return;
+    }
+    let db = u32::from(unsafe { pg_sys::MyDatabaseId });
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let (part, start) = part_of(key_id);
+    let mut slots = part.exclusive();
+    let mut target = None;
+    for i in 0..SLOTS {
+        let idx = (start + i) % SLOTS;
+        let s = &slots[idx];
+        if s.db == db && s.key_id == key_id {
+            target = Some(idx);
+            break;
+        }
+        if target.is_none() && (s.db == 0 || !s.pending()) {
+            target = Some(idx);
+        }
+    }
+    let Some(idx) = target else { return };
+    let s = &mut slots[idx];
+    if s.db != db || s.key_id != key_id {
+        *s = Slot {
+            db,
+            key_id,
+            ..Slot::FREE
+        };
+    }
+    s.counts[event as usize] += 1;
+    if matches!(event, Event::Use) {
+        s.last_used = s.last_used.max(now);
+    }
+}
+
+/// What this database's slots hold: (key id, last used, counts), pending ones only unless `all`.
+fn collect(all: bool) -> Vec<(i64, i64, [u64; KINDS])> {
+    let db = u32::from(unsafe { pg_sys::MyDatabaseId });
+    let mut out = Vec::new();
+    for part in TABLE.iter() {
+        let slots = part.share();
+        for s in slots.iter().filter(|s| s.db == db && (all || s.pending())) {
+            out.push((s.key_id, s.last_used, s.counts));
+        }
+    }
+    out
+}
+
+/// Subtract what a committed flush wrote.
+fn settle(flushed: &[(i64, i64, [u64; KINDS])]) {
+    let db = u32::from(unsafe { pg_sys::MyDatabaseId });
+    for &(key_id, last_used, counts) in flushed {
+        let (part, start) = part_of(key_id);
+        let mut slots = part.exclusive();
+        for i in 0..SLOTS {
+            let s = &mut slots[(start + i) % SLOTS];
+            if s.db == db && s.key_id == key_id {
+                for (c, f) in s.counts.iter_mut().zip(counts) {
+                    *c = c.saturating_sub(f);
+                }
+                s.flushed_last_used = s.flushed_last_used.max(last_used);
+                break;
+            }
+        }
+    }
+}
+
+fn pg_epoch_to_timestamptz(us: i64) -> Option<TimestampWithTimeZone> {
+    if us == 0 {
+        None
+    } else {
+        TimestampWithTimeZone::try_from(us).ok()
+    }
+}
+
+/// Write pending usage in one transaction. Returns how many keys were written.
+fn flush() -> usize {
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return 0;
+    }
+    let pending = collect(false);
+    if pending.is_empty() {
+        return 0;
+    }
+    let ids: Vec<i64> = pending.iter().map(|p| p.0).collect();
+    let used: Vec<Option<TimestampWithTimeZone>> = pending
+        .iter()
+        .map(|p| pg_epoch_to_timestamptz(p.1))
+        .collect();
+    let column = |k: usize| -> Vec<i64> { pending.iter().map(|p| p.2[k] as i64).collect() };
+    BackgroundWorker::transaction(|| {
+        Spi::connect_mut(|c| {
+            let installed = !c
+                .select("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_apikey'", None, &[])?
+                .is_empty();
+            if !installed {
+                return Ok::<_, pgrx::spi::SpiError>(());
+            }
+            c.update(
+                "UPDATE apikey.keys k SET last_used_at = GREATEST(k.last_used_at, u.at)
+                   FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.timestamptz[])) AS u(id, at)
+                  WHERE k.id = u.id AND u.at IS NOT NULL",
+                None,
+                &[ids.clone().into(), used.clone().into()],
+            )?;
+            c.update(
+                "INSERT INTO apikey.usage AS u (key_id, bucket, uses, expired, revoked, rate_limited, denied)
+                 SELECT x.id, pg_catalog.date_trunc('minute', pg_catalog.now()), x.uses, x.expired, x.revoked, x.limited, x.denied
+                   FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int8[]),
+                                   pg_catalog.unnest($3::pg_catalog.int8[]), pg_catalog.unnest($4::pg_catalog.int8[]),
+                                   pg_catalog.unnest($5::pg_catalog.int8[]), pg_catalog.unnest($6::pg_catalog.int8[]))
+                        AS x(id, uses, expired, revoked, limited, denied)
+                  WHERE x.uses + x.expired + x.revoked + x.limited + x.denied > 0
+                 ON CONFLICT (key_id, bucket) DO UPDATE
+                    SET uses = u.uses + excluded.uses, expired = u.expired + excluded.expired,
+                        revoked = u.revoked + excluded.revoked, rate_limited = u.rate_limited + excluded.rate_limited,
+                        denied = u.denied + excluded.denied",
+                None,
+                &[
+                    ids.clone().into(),
+                    column(0).into(),
+                    column(1).into(),
+                    column(2).into(),
+                    column(3).into(),
+                    column(4).into(),
+                ],
+            )?;
+            Ok(())
+        })
+        .unwrap_or_else(|e| pgrx::error!("pg_apikey usage flush failed: {e}"))
+    });
+    settle(&pending);
+    pending.len()
+}
+
+/// The flush worker's main. Exits with code 1 on SIGTERM (after a last flush) so the postmaster
+/// restarts it, unless the server itself is shutting down.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_apikey_usage_worker(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let index = arg.value();
+    let Some(db) = gucs::usage_databases().into_iter().nth(index) else {
+        return;
+    };
+    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    loop {
+        let interval = Duration::from_millis(gucs::USAGE_FLUSH_INTERVAL.get().max(10) as u64);
+        let alive = BackgroundWorker::wait_latch(Some(interval));
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        flush();
+        if !alive {
+            break;
+        }
+    }
+    unsafe { pg_sys::proc_exit(1) };
+}
+
+/// Usage in shared memory not yet written to tables, for this database: exact last use even
+/// between flushes and on a standby.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_restricted)]
+fn usage_pending() -> TableIterator<
+    'static,
+    (
+        name!(key_id, i64),
+        name!(last_used_at, Option<TimestampWithTimeZone>),
+        name!(uses, i64),
+        name!(expired, i64),
+        name!(revoked, i64),
+        name!(rate_limited, i64),
+        name!(denied, i64),
+    ),
+> {
+    if !unsafe { PRELOADED } {
+        return TableIterator::new(Vec::new());
+    }
+    let rows: Vec<_> = collect(true)
+        .into_iter()
+        .map(|(id, at, c)| {
+            (
+                id,
+                pg_epoch_to_timestamptz(at),
+                c[0] as i64,
+                c[1] as i64,
+                c[2] as i64,
+                c[3] as i64,
+                c[4] as i64,
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
