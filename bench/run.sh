@@ -5,7 +5,8 @@
 #      apikey.verify in the select list and in FROM, apikey.authenticate, the PL/pgSQL recipe
 #      (in FROM), bcrypt; the shared-memory limiter against a one-row UPDATE counter;
 #   3. in-SQL limiter decisions per second against the same UPDATE counter table;
-#   4. HTTP requests per second through PostgREST: API-key pre-request vs no-op vs JWT.
+#   4. HTTP requests per second through PostgREST: API-key pre-request vs no-op vs JWT;
+#   and authenticate with usage tracking on and off (apikey.track_usage).
 # Not a test: nothing here passes or fails on a number.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,16 +40,19 @@ echo "SELECT apikey.rate_limit('one-bucket', 2000000000, '1 second');" > "$work/
 echo "SELECT bench.counter_hit('b1');" > "$work/counter_update.sql"
 
 tps() { # script clients seconds
-    "$PGBIN/pgbench" -n -M prepared -h "$dir" -p "$PORT" -U postgres -c "$2" -j "$2" -T "$3" \
+    PGOPTIONS="${PGOPTIONS_EXTRA:-}" "$PGBIN/pgbench" -n -M prepared -h "$dir" -p "$PORT" -U postgres -c "$2" -j "$2" -T "$3" \
         -D key="$key" -f "$work/$1.sql" bench 2>/dev/null | awk '/^tps/ {print int($3)}'
 }
 echo
 echo "== pgbench, -M prepared, ${SECONDS_PER_RUN}s per run (key passed as a bind parameter)"
 printf '%-22s %8s %8s %14s %14s\n' "script" "1 client" "2 clients" "ratio (1c)" "ratio (2c)"
 declare -A base
-for s in select1 verify_target verify_from authenticate plpgsql bcrypt rate_limit counter_update; do
+for s in select1 verify_target verify_from authenticate authenticate_untracked plpgsql bcrypt rate_limit counter_update; do
     secs=$SECONDS_PER_RUN; [ "$s" = bcrypt ] && secs=3
-    one=$(tps "$s" 1 "$secs"); two=$(tps "$s" 2 "$secs")
+    script=$s; PGOPTIONS_EXTRA=""
+    # The same authenticate with usage tracking switched off, to price the tracking.
+    if [ "$s" = authenticate_untracked ]; then script=authenticate; PGOPTIONS_EXTRA="-c apikey.track_usage=off"; fi
+    one=$(PGOPTIONS_EXTRA=$PGOPTIONS_EXTRA tps "$script" 1 "$secs"); two=$(PGOPTIONS_EXTRA=$PGOPTIONS_EXTRA tps "$script" 2 "$secs")
     [ "$s" = select1 ] && base[1]=$one && base[2]=$two
     echo "$s $one $two" >> "$work/table"
     printf '%-22s %8s %8s %14s %14s\n' "$s" "$one" "$two" \
@@ -59,6 +63,8 @@ echo "(ratios are against SELECT 1 at the same client count, measured in this ru
 echo " verify_from and plpgsql use the FROM-clause form, whose function-scan setup is Postgres' cost;"
 echo " rate_limit and counter_update hit one bucket / one row from every client)"
 rl2=$(awk '$1=="rate_limit"{print $3}' "$work/table"); cu2=$(awk '$1=="counter_update"{print $3}' "$work/table")
+at=$(awk '$1=="authenticate"{print $2+$3}' "$work/table"); au=$(awk '$1=="authenticate_untracked"{print $2+$3}' "$work/table")
+echo "authenticate with usage tracking / without (1+2 clients): $(awk -v a="$at" -v b="$au" 'BEGIN{printf "%.3f", a/b}')"
 echo "rate_limit / counter_update at 2 clients: $(awk -v a="$rl2" -v b="$cu2" 'BEGIN{printf "%.1f", a/b}')x"
 
 # 4. Requests per second through PostgREST (wrk, 2 threads, 8 connections) on one endpoint

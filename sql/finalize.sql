@@ -159,37 +159,18 @@ COMMENT ON FUNCTION apikey.raise_http(text, text, text, boolean) IS
 -- database role. x-api-key carries one key; x-api-app-authorization + x-api-authorization carry
 -- the Cool Farm Tool pair. Without a key the request stays anonymous (PostgREST's anon role);
 -- endpoints that need a key say 401 themselves. An invalid or expired key is 401 (403 for the
--- two-key pair), a rate-limited key 429 with Retry-After.
+-- two-key pair), a rate-limited key 429 with Retry-After. The work is in
+-- apikey.authenticate_request, which reports failures instead of raising them, so the common path
+-- runs without an exception block (a subtransaction per request).
 CREATE FUNCTION apikey.pre_request() RETURNS void
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
 $$
 DECLARE
-    headers json := coalesce(nullif(current_setting('request.headers', true), ''), '{}')::json;
-    single text := nullif(headers ->> 'x-api-key', '');
-    app_key text := nullif(headers ->> 'x-api-app-authorization', '');
-    user_key text := nullif(headers ->> 'x-api-authorization', '');
-    two_key boolean := app_key IS NOT NULL OR user_key IS NOT NULL;
-    role text;
-    state text;
-    msg text;
-    det text;
+    failure json := apikey.authenticate_request()::json;
 BEGIN
-    IF single IS NULL AND NOT two_key THEN
-        RETURN;
-    END IF;
-    BEGIN
-        IF two_key THEN
-            PERFORM apikey.authenticate(app_key::apikey.api_key, user_key::apikey.api_key);
-        ELSE
-            PERFORM apikey.authenticate(single::apikey.api_key);
-        END IF;
-    EXCEPTION WHEN OTHERS THEN
-        GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL;
-        PERFORM apikey.raise_http(state, msg, det, two_key);
-    END;
-    role := apikey.current_db_role();
-    IF role IS NOT NULL THEN
-        EXECUTE pg_catalog.format('SET LOCAL ROLE %I', role);
+    IF failure IS NOT NULL THEN
+        PERFORM apikey.raise_http(failure ->> 'sqlstate', failure ->> 'message', failure ->> 'detail',
+                                  (failure ->> 'two_key')::boolean);
     END IF;
 END
 $$;

@@ -7,6 +7,7 @@
 
 use pg_apikey_core::errors::ApiError;
 use pg_apikey_core::scope;
+use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::errors::raise;
@@ -25,13 +26,14 @@ fn identity_of(row: KeyRow, app: Option<(i64, String)>) -> Identity {
     }
 }
 
-/// A key's request limit is charged only once it has proved valid; a refusal raises 53400 and
-/// leaves the identity as it was.
-fn charge(row: &KeyRow) {
+/// A key's request limit is charged only once it has proved valid; a refusal leaves the
+/// identity as it was.
+fn charge(row: &KeyRow) -> Result<(), ApiError> {
     if let Some(rate) = &row.rate {
-        crate::limiter::charge_key(row.id, rate);
+        crate::limiter::charge_key(row.id, rate)?;
     }
     crate::usage::record(row.id, crate::usage::Event::Use);
+    Ok(())
 }
 
 /// A refused scope or resource check, counted against the key that asked.
@@ -42,13 +44,43 @@ fn denied(err: ApiError) -> ! {
     raise(err)
 }
 
+/// Check a presented key's shape, then look it up.
+fn try_key(text: &str) -> Result<KeyRow, ApiError> {
+    crate::formats::with_formats(|all| pg_apikey_core::format::detect(all, text).map(|_| ()))
+        .map_err(ApiError::MalformedKey)?;
+    keys::try_lookup(text)
+}
+
+fn one_key(key: &str) -> Result<Identity, ApiError> {
+    let row = try_key(key)?;
+    charge(&row)?;
+    Ok(identity_of(row, None))
+}
+
+fn app_and_user(app_key: Option<&str>, user_key: Option<&str>) -> Result<Identity, ApiError> {
+    let app_key = app_key.ok_or(ApiError::KeyRequired("application"))?;
+    let user_key = user_key.ok_or(ApiError::KeyRequired("user"))?;
+    let app = try_key(app_key)?;
+    if app.kind != "app" {
+        return Err(ApiError::WrongKind {
+            expected: "application",
+        });
+    }
+    let user = try_key(user_key)?;
+    if user.kind != "user" {
+        return Err(ApiError::WrongKind { expected: "user" });
+    }
+    charge(&app)?;
+    charge(&user)?;
+    Ok(identity_of(user, Some((app.id, app.owner))))
+}
+
 /// Verify `key` and make its owner the identity of the current transaction. Returns the owner.
 #[pg_extern(volatile, strict, parallel_unsafe, requires = ["api_key_type"])]
 fn authenticate(key: ApiKey) -> String {
-    let row = keys::lookup(&key);
-    charge(&row);
-    let owner = row.owner.clone();
-    identity::set(identity_of(row, None));
+    let id = one_key(key.as_str()).unwrap_or_else(|e| raise(e));
+    let owner = id.owner.clone();
+    identity::set(id);
     owner
 }
 
@@ -56,23 +88,79 @@ fn authenticate(key: ApiKey) -> String {
 /// The identity is the user's, and `current_app()` names the application. Returns the user.
 #[pg_extern(name = "authenticate", volatile, parallel_unsafe, requires = ["api_key_type"])]
 fn authenticate_app_user(app_key: Option<ApiKey>, user_key: Option<ApiKey>) -> String {
-    let app_key = app_key.unwrap_or_else(|| raise(ApiError::KeyRequired("application")));
-    let user_key = user_key.unwrap_or_else(|| raise(ApiError::KeyRequired("user")));
-    let app = keys::lookup(&app_key);
-    if app.kind != "app" {
-        raise(ApiError::WrongKind {
-            expected: "application",
-        });
-    }
-    let user = keys::lookup(&user_key);
-    if user.kind != "user" {
-        raise(ApiError::WrongKind { expected: "user" });
-    }
-    charge(&app);
-    charge(&user);
-    let owner = user.owner.clone();
-    identity::set(identity_of(user, Some((app.id, app.owner))));
+    let id = app_and_user(
+        app_key.as_ref().map(ApiKey::as_str),
+        user_key.as_ref().map(ApiKey::as_str),
+    )
+    .unwrap_or_else(|e| raise(e));
+    let owner = id.owner.clone();
+    identity::set(id);
     owner
+}
+
+/// The work of `apikey.pre_request`: read PostgREST's `request.headers`, authenticate
+/// (`x-api-key`, or the `x-api-app-authorization` + `x-api-authorization` pair) and switch to
+/// the key's role. A bad, expired or rate-limited key is *returned* as JSON
+/// `{sqlstate, message, detail, two_key}` for `apikey.pre_request` to answer over HTTP, so the
+/// common path needs no exception block (a subtransaction per request). NULL: done, or no key.
+#[pg_extern(volatile, parallel_unsafe)]
+fn authenticate_request() -> Option<String> {
+    let headers = unsafe {
+        let raw = pg_sys::GetConfigOption(c"request.headers".as_ptr(), true, false);
+        if raw.is_null() {
+            return None;
+        }
+        std::ffi::CStr::from_ptr(raw).to_string_lossy().into_owned()
+    };
+    let headers: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&headers).unwrap_or_default();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+    let (single, app, user) = (
+        header("x-api-key"),
+        header("x-api-app-authorization"),
+        header("x-api-authorization"),
+    );
+    let two_key = app.is_some() || user.is_some();
+    let outcome = match (single, two_key) {
+        (_, true) => app_and_user(app, user),
+        (Some(key), false) => one_key(key),
+        (None, false) => return None,
+    };
+    match outcome {
+        Ok(id) => {
+            identity::set(id);
+            if let Some(role) = current_db_role() {
+                let role = std::ffi::CString::new(role).unwrap_or_default();
+                unsafe {
+                    pg_sys::set_config_option(
+                        c"role".as_ptr(),
+                        role.as_ptr(),
+                        pg_sys::GucContext::PGC_USERSET,
+                        pg_sys::GucSource::PGC_S_SESSION,
+                        pg_sys::GucAction::GUC_ACTION_LOCAL,
+                        true,
+                        0,
+                        false,
+                    )
+                };
+            }
+            None
+        }
+        Err(e) => Some(
+            serde_json::json!({
+                "sqlstate": e.sqlstate().code(),
+                "message": e.to_string(),
+                "detail": e.detail(),
+                "two_key": two_key,
+            })
+            .to_string(),
+        ),
+    }
 }
 
 /// The authenticated owner of this transaction, or NULL.

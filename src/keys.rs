@@ -172,7 +172,12 @@ fn fetch(digest: &[u8; DIGEST_LEN]) -> Option<Cached> {
 /// Times are compared with the statement's start, so a key expiring mid-transaction stops
 /// working at the next statement.
 pub fn lookup(key: &ApiKey) -> KeyRow {
-    let digest = sha256(key.as_str().as_bytes());
+    try_lookup(key.as_str()).unwrap_or_else(|e| raise(e))
+}
+
+/// `lookup` for a well-formed key, reporting rather than raising the caller's mistakes.
+pub fn try_lookup(key: &str) -> Result<KeyRow, ApiError> {
+    let digest = sha256(key.as_bytes());
     // Apply any invalidations other sessions have committed, so a revoke or delete is seen at
     // our next statement even inside a long transaction that takes no new locks.
     unsafe { pg_sys::AcceptInvalidationMessages() };
@@ -181,7 +186,7 @@ pub fn lookup(key: &ApiKey) -> KeyRow {
         return row;
     }
     let Some(found) = fetch(&digest) else {
-        raise(ApiError::InvalidKey)
+        return Err(ApiError::InvalidKey);
     };
     let row = judge(&found, &digest);
     // A transaction that wrote anything may be looking at its own uncommitted keys: keep those
@@ -198,20 +203,20 @@ pub fn lookup(key: &ApiKey) -> KeyRow {
     row
 }
 
-fn judge(entry: &Cached, digest: &[u8; DIGEST_LEN]) -> KeyRow {
+fn judge(entry: &Cached, digest: &[u8; DIGEST_LEN]) -> Result<KeyRow, ApiError> {
     if !ct_eq(&entry.digest, digest) {
-        raise(ApiError::InvalidKey)
+        return Err(ApiError::InvalidKey);
     }
     let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
     if entry.revoked_at.is_some_and(|t| t <= now) {
         crate::usage::record(entry.row.id, crate::usage::Event::Revoked);
-        raise(ApiError::InvalidKey)
+        return Err(ApiError::InvalidKey);
     }
     if entry.expires_at.is_some_and(|t| t <= now) {
         crate::usage::record(entry.row.id, crate::usage::Event::Expired);
-        raise(ApiError::ExpiredKey)
+        return Err(ApiError::ExpiredKey);
     }
-    entry.row.clone()
+    Ok(entry.row.clone())
 }
 
 /// A jsonb value carried as its bytes, so returning cached metadata costs a copy, not a parse.

@@ -154,20 +154,21 @@ pub fn rate_from(limit: i64, period: pgrx::datum::Interval, burst: Option<i64>) 
         .unwrap_or_else(|e| raise(ApiError::InvalidArgument(e.to_string())))
 }
 
-fn refuse(what: &str, retry_after: u64) -> ! {
-    raise(ApiError::RateLimited {
+fn rate_limited(what: &str, retry_after: u64) -> ApiError {
+    ApiError::RateLimited {
         message: format!("{what} rate limit exceeded. Please try again in {retry_after} seconds."),
         retry_after,
-    })
+    }
 }
 
 /// The per-key request limit, checked by `authenticate`.
-pub fn charge_key(key_id: i64, rate: &Rate) {
+pub fn charge_key(key_id: i64, rate: &Rate) -> Result<(), ApiError> {
     let o = charge(&format!("key:{key_id}"), rate);
-    if !o.allowed {
-        crate::usage::record(key_id, crate::usage::Event::RateLimited);
-        refuse("API key", o.retry_after);
+    if o.allowed {
+        return Ok(());
     }
+    crate::usage::record(key_id, crate::usage::Event::RateLimited);
+    Err(rate_limited("API key", o.retry_after))
 }
 
 /// An application's own limit: at most `max` calls per `per`, bursts of `burst` (default `max`).
@@ -189,7 +190,7 @@ fn rate_limit(
     let rate = rate_from(max as i64, per, burst.map(i64::from));
     let o = charge(&format!("app:{bucket}"), &rate);
     if !o.allowed {
-        refuse("Request", o.retry_after);
+        raise(rate_limited("Request", o.retry_after));
     }
     o.remaining as i32
 }
