@@ -17,6 +17,7 @@ mod limiter;
 mod privilege;
 mod ratelimit;
 mod recovery;
+mod shmem;
 mod usage;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -26,6 +27,7 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    shmem::init();
     gucs::init();
     errors::init();
     formats::init();

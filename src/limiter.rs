@@ -1,7 +1,7 @@
 //! Request limits kept in shared memory, so they hold where a table write cannot: inside READ ONLY
 //! transactions (every PostgREST GET) and on a hot standby.
 //!
-//! One GCRA state (a TAT) per bucket, in a fixed table of `PARTITIONS` × `SLOTS` slots; each
+//! One GCRA state (a TAT) per bucket, in a fixed table of 16 partitions × `SLOTS` slots; each
 //! partition has its own LWLock, so backends charging different buckets rarely meet. A bucket is
 //! identified by its database and a 64-bit SipHash of its name ("key:<id>" for per-key limits).
 //!
@@ -14,14 +14,12 @@ use std::hash::{Hash, Hasher};
 
 use pg_apikey_core::errors::ApiError;
 use pg_apikey_core::gcra::{self, Outcome, Rate};
-use pgrx::lwlock::PgLwLock;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 
 use crate::errors::raise;
 
-const PARTITIONS: usize = 16;
 const SLOTS: usize = 256;
 const LABEL: usize = 48;
 
@@ -49,46 +47,39 @@ unsafe impl PGRXSharedMemory for Slot {}
 
 type Partition = [Slot; SLOTS];
 
-macro_rules! partitions {
-    ($($name:ident = $label:literal),* $(,)?) => {
-        $(static $name: PgLwLock<Partition> = unsafe { PgLwLock::new($label) };)*
-        static TABLE: [&PgLwLock<Partition>; PARTITIONS] = [$(&$name),*];
-        fn init_partitions() {
-            $(pgrx::pg_shmem_init!($name = [Slot::FREE; SLOTS]);)*
-        }
-    };
-}
-
-partitions!(
-    P0 = c"pg_apikey_limiter_0",
-    P1 = c"pg_apikey_limiter_1",
-    P2 = c"pg_apikey_limiter_2",
-    P3 = c"pg_apikey_limiter_3",
-    P4 = c"pg_apikey_limiter_4",
-    P5 = c"pg_apikey_limiter_5",
-    P6 = c"pg_apikey_limiter_6",
-    P7 = c"pg_apikey_limiter_7",
-    P8 = c"pg_apikey_limiter_8",
-    P9 = c"pg_apikey_limiter_9",
-    P10 = c"pg_apikey_limiter_10",
-    P11 = c"pg_apikey_limiter_11",
-    P12 = c"pg_apikey_limiter_12",
-    P13 = c"pg_apikey_limiter_13",
-    P14 = c"pg_apikey_limiter_14",
-    P15 = c"pg_apikey_limiter_15",
+crate::shmem::partitioned_table!(
+    TABLE,
+    init_partitions,
+    Partition,
+    [Slot::FREE; SLOTS],
+    [
+        P0 = c"pg_apikey_limiter_0",
+        P1 = c"pg_apikey_limiter_1",
+        P2 = c"pg_apikey_limiter_2",
+        P3 = c"pg_apikey_limiter_3",
+        P4 = c"pg_apikey_limiter_4",
+        P5 = c"pg_apikey_limiter_5",
+        P6 = c"pg_apikey_limiter_6",
+        P7 = c"pg_apikey_limiter_7",
+        P8 = c"pg_apikey_limiter_8",
+        P9 = c"pg_apikey_limiter_9",
+        P10 = c"pg_apikey_limiter_10",
+        P11 = c"pg_apikey_limiter_11",
+        P12 = c"pg_apikey_limiter_12",
+        P13 = c"pg_apikey_limiter_13",
+        P14 = c"pg_apikey_limiter_14",
+        P15 = c"pg_apikey_limiter_15",
+    ]
 );
 
-static mut PRELOADED: bool = false;
-
 pub fn init() {
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    if crate::shmem::preloaded() {
         init_partitions();
-        unsafe { PRELOADED = true };
     }
 }
 
 fn require_preload(what: &'static str) {
-    if !unsafe { PRELOADED } {
+    if !crate::shmem::preloaded() {
         raise(ApiError::NotPreloaded(what));
     }
 }
@@ -108,8 +99,8 @@ pub fn charge(name: &str, rate: &Rate) -> Outcome {
     require_preload("rate limiting");
     let db = u32::from(unsafe { pg_sys::MyDatabaseId });
     let hash = bucket_hash(name);
-    let part = TABLE[(hash as usize) % PARTITIONS];
-    let start = (hash as usize / PARTITIONS) % SLOTS;
+    let part = TABLE[(hash as usize) % TABLE.len()];
+    let start = (hash as usize / TABLE.len()) % SLOTS;
     let now = now_us();
     let mut slots = part.exclusive();
     let mut found = None;

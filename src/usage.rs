@@ -22,7 +22,6 @@ use pgrx::shmem::PGRXSharedMemory;
 
 use crate::gucs;
 
-const PARTS: usize = 8;
 const SLOTS: usize = 512;
 /// Counters per slot, in this order everywhere (SQL columns included).
 const KINDS: usize = 5;
@@ -64,36 +63,30 @@ unsafe impl PGRXSharedMemory for Slot {}
 
 type Part = [Slot; SLOTS];
 
-macro_rules! usage_parts {
-    ($($name:ident = $label:literal),* $(,)?) => {
-        $(static $name: PgLwLock<Part> = unsafe { PgLwLock::new($label) };)*
-        static TABLE: [&PgLwLock<Part>; PARTS] = [$(&$name),*];
-        fn init_parts() {
-            $(pgrx::pg_shmem_init!($name = [Slot::FREE; SLOTS]);)*
-        }
-    };
-}
-
-usage_parts!(
-    U0 = c"pg_apikey_usage_0",
-    U1 = c"pg_apikey_usage_1",
-    U2 = c"pg_apikey_usage_2",
-    U3 = c"pg_apikey_usage_3",
-    U4 = c"pg_apikey_usage_4",
-    U5 = c"pg_apikey_usage_5",
-    U6 = c"pg_apikey_usage_6",
-    U7 = c"pg_apikey_usage_7",
+crate::shmem::partitioned_table!(
+    TABLE,
+    init_parts,
+    Part,
+    [Slot::FREE; SLOTS],
+    [
+        U0 = c"pg_apikey_usage_0",
+        U1 = c"pg_apikey_usage_1",
+        U2 = c"pg_apikey_usage_2",
+        U3 = c"pg_apikey_usage_3",
+        U4 = c"pg_apikey_usage_4",
+        U5 = c"pg_apikey_usage_5",
+        U6 = c"pg_apikey_usage_6",
+        U7 = c"pg_apikey_usage_7",
+    ]
 );
 
-static mut PRELOADED: bool = false;
 const MAX_WORKERS: usize = 8;
 
 pub fn init() {
-    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    if !crate::shmem::preloaded() {
         return;
     }
     init_parts();
-    unsafe { PRELOADED = true };
     for (i, db) in gucs::usage_databases()
         .into_iter()
         .take(MAX_WORKERS)
@@ -112,14 +105,17 @@ pub fn init() {
 
 fn part_of(key_id: i64) -> (&'static PgLwLock<Part>, usize) {
     let h = (key_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (TABLE[(h >> 60) as usize % PARTS], (h as usize) % SLOTS)
+    (
+        TABLE[(h >> 60) as usize % TABLE.len()],
+        (h as usize) % SLOTS,
+    )
 }
 
 /// Count `event` for key `key_id` of the current database. A no-op without preload or with
 /// `apikey.track_usage = off`. When a partition is full of unflushed slots, the event is dropped
 /// (counted in no table) rather than blocking the request.
 pub fn record(key_id: i64, event: Event) {
-    if !unsafe { PRELOADED } || !gucs::TRACK_USAGE.get() {
+    if !crate::shmem::preloaded() || !gucs::TRACK_USAGE.get() {
         return;
     }
     let db = u32::from(unsafe { pg_sys::MyDatabaseId });
@@ -294,7 +290,7 @@ fn usage_pending() -> TableIterator<
         name!(denied, i64),
     ),
 > {
-    if !unsafe { PRELOADED } {
+    if !crate::shmem::preloaded() {
         return TableIterator::new(Vec::new());
     }
     let rows: Vec<_> = collect(true)
