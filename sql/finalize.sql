@@ -126,6 +126,7 @@ COMMENT ON FUNCTION apikey.http_error(integer, text, text, integer) IS
 
 -- Turn one of pg_apikey's (or the application's) errors into the HTTP answer the seeds document:
 -- 28000 / 22P02 → 401 (403 for two-key requests), 42501 → 403, P0002 → 404, 22023 / 22004 → 400,
+-- 25006 (a change on a standby) → 503,
 -- 53400 → 429 with Retry-After from the DETAIL. Anything else becomes a 500.
 CREATE FUNCTION apikey.raise_http(sqlstate text, message text, detail text DEFAULT NULL, two_key boolean DEFAULT false)
     RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
@@ -144,6 +145,8 @@ BEGIN
             PERFORM apikey.http_error(404, 'Not Found', message);
         WHEN sqlstate IN ('22023', '22004') THEN
             PERFORM apikey.http_error(400, 'Bad Request', message);
+        WHEN sqlstate = '25006' THEN
+            PERFORM apikey.http_error(503, 'Service Unavailable', message);
         WHEN sqlstate = '53400' THEN
             retry := greatest(1, coalesce((detail::json ->> 'retry_after')::integer, 1));
             PERFORM apikey.http_error(429, 'Rate limit exceeded', message, retry);

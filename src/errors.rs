@@ -26,6 +26,7 @@ fn pg_code(state: Sqlstate) -> PgSqlErrorCode {
         Sqlstate::RateLimited => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
         Sqlstate::NotInPrerequisiteState => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         Sqlstate::DuplicateObject => ERRCODE_DUPLICATE_OBJECT,
+        Sqlstate::ReadOnly => ERRCODE_READ_ONLY_SQL_TRANSACTION,
     }
 }
 

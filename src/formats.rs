@@ -135,6 +135,7 @@ fn add_format(
     recoverable: default!(bool, false),
     description: default!(Option<&str>, "NULL"),
 ) -> String {
+    crate::privilege::require_primary("add key formats");
     if !crate::privilege::caller_is_admin() {
         raise(ApiError::AdminOnly("add key formats"));
     }
@@ -196,6 +197,7 @@ fn add_format(
 /// keep what they have.
 #[pg_extern(volatile, strict)]
 fn alter_format(name: &str, recoverable: bool) -> bool {
+    crate::privilege::require_primary("alter key formats");
     if !crate::privilege::caller_is_admin() {
         raise(ApiError::AdminOnly("alter key formats"));
     }

@@ -483,6 +483,7 @@ fn create(
     rate_burst: default!(Option<i32>, "NULL"),
     db_role: default!(Option<&str>, "NULL"),
 ) -> TableIterator<'static, (name!(id, i64), name!(api_key, ApiKey))> {
+    privilege::require_primary("create API keys");
     let caller = Caller::get();
     let owner = required(owner, "owner");
     let name = required(name, "name");
@@ -622,6 +623,7 @@ fn lock_for_change(caller: &Caller, id: i64) -> Locked {
 /// Revoke a key now. Returns false if it was already revoked.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn revoke(id: i64) -> bool {
+    privilege::require_primary("revoke API keys");
     let caller = Caller::get();
     privilege::as_owner(|| {
         let key = lock_for_change(&caller, id);
@@ -645,6 +647,7 @@ fn revoke(id: i64) -> bool {
 /// its history.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn delete(id: i64) -> bool {
+    privilege::require_primary("delete API keys");
     let caller = Caller::get();
     privilege::as_owner(|| {
         let key = lock_for_change(&caller, id);
@@ -664,6 +667,7 @@ fn rotate(
     id: i64,
     grace: default!(Option<Interval>, "'0'"),
 ) -> TableIterator<'static, (name!(id, i64), name!(api_key, ApiKey))> {
+    privilege::require_primary("rotate API keys");
     let caller = Caller::get();
     let grace = grace.unwrap_or_else(|| Interval::from_micros(0));
     if grace.as_micros() < 0 {

@@ -58,6 +58,14 @@ pub fn caller_name() -> String {
     }
 }
 
+/// Refuse a change on a hot standby with 25006 and a hint, before anything tries to assign a
+/// transaction id (which would fail with an internal error instead).
+pub fn require_primary(what: &'static str) {
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        crate::errors::raise(pg_apikey_core::errors::ApiError::OnStandby(what));
+    }
+}
+
 /// Superusers and members of `apikey_admin` (with its privileges) manage every key.
 pub fn caller_is_admin() -> bool {
     unsafe {

@@ -137,6 +137,7 @@ fn verify_callback_signature(
 /// Show a recoverable key again, to its owner only (authenticated in this transaction). Audited.
 #[pg_extern(volatile, strict, parallel_unsafe, requires = ["api_key_type"])]
 fn reveal(id: i64) -> ApiKey {
+    privilege::require_primary("reveal API keys (every reveal is audited)");
     let caller = privilege::caller_name();
     let me = identity::current();
     let key = privilege::as_owner(|| load_sealed(id));

@@ -6,7 +6,7 @@ SELECT id AS k_id, api_key AS k FROM apikey.create('limited', 'three per hour', 
 SELECT rate_limit, rate_period, rate_burst FROM apikey.keys WHERE id = :k_id;
 -- Three requests pass, the fourth is refused with the seconds to wait; nothing else changes.
 SELECT apikey.authenticate(:'k') FROM generate_series(1, 3);
-\set VERBOSITY verbose
+\set VERBOSITY default
 SELECT apikey.authenticate(:'k');
 \set VERBOSITY terse
 SELECT apikey.current_owner() AS identity_after_refusal;

@@ -28,6 +28,8 @@ pub enum Sqlstate {
     NotInPrerequisiteState,
     /// 42710 duplicate_object.
     DuplicateObject,
+    /// 25006 read_only_sql_transaction: a change attempted on a hot standby.
+    ReadOnly,
 }
 
 impl Sqlstate {
@@ -42,6 +44,7 @@ impl Sqlstate {
             Self::RateLimited => "53400",
             Self::NotInPrerequisiteState => "55000",
             Self::DuplicateObject => "42710",
+            Self::ReadOnly => "25006",
         }
     }
 }
@@ -74,6 +77,8 @@ pub enum ApiError {
     DuplicateFormat(String),
     /// A recoverable key could not be sealed or opened (no or wrong server key).
     NotRecoverable(String),
+    /// A change attempted on a hot standby.
+    OnStandby(&'static str),
 }
 
 impl ApiError {
@@ -94,6 +99,7 @@ impl ApiError {
             Self::RateLimited { .. } => Sqlstate::RateLimited,
             Self::NotPreloaded(_) | Self::NotRecoverable(_) => Sqlstate::NotInPrerequisiteState,
             Self::DuplicateFormat(_) => Sqlstate::DuplicateObject,
+            Self::OnStandby(_) => Sqlstate::ReadOnly,
         }
     }
 
@@ -113,6 +119,9 @@ impl ApiError {
                 "Check that the whole key was copied, without spaces or line breaks.".into(),
             ),
             Self::ExpiredKey => Some("Create a new key to restore access.".into()),
+            Self::OnStandby(_) => Some(
+                "Keys verify and authenticate on a standby; create and change them on the primary.".into(),
+            ),
             Self::NotKeyAdmin => Some(
                 "Members of apikey_admin manage every key; a key's owner manages its own keys after apikey.authenticate().".into(),
             ),
@@ -151,6 +160,7 @@ impl fmt::Display for ApiError {
                 write!(f, "{what} needs pg_apikey in shared_preload_libraries")
             }
             Self::NotRecoverable(why) => write!(f, "{why}"),
+            Self::OnStandby(what) => write!(f, "cannot {what} on a hot standby"),
             Self::DuplicateFormat(name) => write!(
                 f,
                 "key format \"{name}\" already exists or uses the same prefix"

@@ -1,0 +1,95 @@
+"""A real hot standby (pg_basebackup, streaming replication): keys verify and authenticate there,
+rate limits and usage tracking work from shared memory, a revoke on the primary reaches the
+standby's key caches through WAL replay, and writes fail with the standby's own error."""
+
+import subprocess
+import time
+
+import psycopg
+import pytest
+
+from conftest import ROOT
+
+PRIMARY_PORT, STANDBY_PORT = "54348", "54349"
+PGBIN = "/usr/lib/postgresql/15/bin"
+
+
+def connect(name, port):
+    return psycopg.connect(f"host={ROOT / '.run' / name} port={port} user=postgres dbname=postgres", autocommit=True)
+
+
+def wait_for(predicate, timeout=15.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except psycopg.Error:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture(scope="module")
+def pair():
+    standby = ROOT / ".run/standby"
+    subprocess.run([str(ROOT / "tests/cluster.sh"), "start", "primary", PRIMARY_PORT], check=True)
+    try:
+        with connect("primary", PRIMARY_PORT) as c:
+            c.execute("CREATE EXTENSION pg_apikey")
+        subprocess.run(["rm", "-rf", str(standby)], check=True)
+        standby.mkdir(parents=True)
+        subprocess.run(["chown", "postgres:", str(standby)], check=True)
+        subprocess.run(["runuser", "-u", "postgres", "--", f"{PGBIN}/pg_basebackup", "-h", str(ROOT / ".run/primary"),
+                        "-p", PRIMARY_PORT, "-U", "postgres", "-D", str(standby / "data"), "-R", "-X", "stream"],
+                       check=True, capture_output=True)
+        with open(standby / "data/postgresql.conf", "a") as conf:
+            conf.write(f"port = {STANDBY_PORT}\nunix_socket_directories = '{standby}'\nlog_directory = '{standby}'\n"
+                       "hot_standby = on\n")
+        subprocess.run(["runuser", "-u", "postgres", "--", "env", "RUST_BACKTRACE=0", f"{PGBIN}/pg_ctl", "-D",
+                        str(standby / "data"), "-l", str(standby / "startup.log"), "-w", "start"],
+                       check=True, capture_output=True)
+        yield
+    finally:
+        subprocess.run(["runuser", "-u", "postgres", "--", f"{PGBIN}/pg_ctl", "-D", str(standby / "data"),
+                        "-m", "fast", "-w", "stop"], check=False, capture_output=True)
+        subprocess.run([str(ROOT / "tests/cluster.sh"), "stop", "primary"], check=False)
+
+
+def test_keys_work_on_the_standby_and_revokes_reach_it(pair):
+    with connect("primary", PRIMARY_PORT) as p, connect("standby", STANDBY_PORT) as s:
+        assert s.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        key_id, key = p.execute(
+            "SELECT id, api_key::text FROM apikey.create('replica', 'k', rate_limit => 2, rate_period => '1 hour')"
+        ).fetchone()
+        owner = wait_for(lambda: s.execute("SELECT owner FROM apikey.verify(%s)", (key,)).fetchone()[0])
+        assert owner == "replica"
+        # Rate limits and usage live in the standby's own shared memory.
+        s.execute("SELECT apikey.authenticate(%s)", (key,))
+        s.execute("SELECT apikey.authenticate(%s)", (key,))
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
+            s.execute("SELECT apikey.authenticate(%s)", (key,))
+        assert s.execute("SELECT apikey.rate_limit('standby-bucket', 1, '1 minute')").fetchone()[0] == 0
+        uses = s.execute("SELECT uses FROM apikey.usage_live WHERE key_id = %s", (key_id,)).fetchone()[0]
+        assert uses == 3  # one verify, two authenticates
+        # Writes are the standby's to refuse.
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction) as e:
+            s.execute("SELECT apikey.create('replica', 'on standby')")
+        assert e.value.diag.message_primary == "cannot create API keys on a hot standby"
+        assert "primary" in e.value.diag.message_hint
+        for change in ("revoke", "delete", "rotate"):
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                s.execute(f"SELECT apikey.{change}(%s)", (key_id,))
+        # A revoke on the primary invalidates the standby's cached key through WAL replay.
+        assert s.execute("SELECT owner FROM apikey.verify(%s)", (key,)).fetchone()[0] == "replica"
+        p.execute("SELECT apikey.revoke(%s)", (key_id,))
+
+        def revoked():
+            try:
+                s.execute("SELECT apikey.verify(%s)", (key,))
+                return False
+            except psycopg.errors.InvalidAuthorizationSpecification:
+                return True
+
+        wait_for(revoked)
