@@ -44,29 +44,36 @@ fn denied(err: ApiError) -> ! {
     raise(err)
 }
 
-/// Check a presented key's shape, then look it up.
-fn try_key(text: &str) -> Result<KeyRow, ApiError> {
-    crate::formats::with_formats(|all| pg_apikey_core::format::detect(all, text).map(|_| ()))
-        .map_err(ApiError::MalformedKey)?;
+/// How a presented key is found: `keys::try_lookup` for an `api_key` value (its input function
+/// has checked the shape already), `unchecked_key` for raw header text.
+type Find = fn(&str) -> Result<KeyRow, ApiError>;
+
+/// Check the shape of a key that did not come through the `api_key` type, then look it up.
+fn unchecked_key(text: &str) -> Result<KeyRow, ApiError> {
+    crate::formats::try_detect(text)?;
     keys::try_lookup(text)
 }
 
-fn one_key(key: &str) -> Result<Identity, ApiError> {
-    let row = try_key(key)?;
+fn one_key(key: &str, find: Find) -> Result<Identity, ApiError> {
+    let row = find(key)?;
     charge(&row)?;
     Ok(identity_of(row, None))
 }
 
-fn app_and_user(app_key: Option<&str>, user_key: Option<&str>) -> Result<Identity, ApiError> {
+fn app_and_user(
+    app_key: Option<&str>,
+    user_key: Option<&str>,
+    find: Find,
+) -> Result<Identity, ApiError> {
     let app_key = app_key.ok_or(ApiError::KeyRequired("application"))?;
     let user_key = user_key.ok_or(ApiError::KeyRequired("user"))?;
-    let app = try_key(app_key)?;
+    let app = find(app_key)?;
     if app.kind != "app" {
         return Err(ApiError::WrongKind {
             expected: "application",
         });
     }
-    let user = try_key(user_key)?;
+    let user = find(user_key)?;
     if user.kind != "user" {
         return Err(ApiError::WrongKind { expected: "user" });
     }
@@ -78,7 +85,7 @@ fn app_and_user(app_key: Option<&str>, user_key: Option<&str>) -> Result<Identit
 /// Verify `key` and make its owner the identity of the current transaction. Returns the owner.
 #[pg_extern(volatile, strict, parallel_unsafe, requires = ["api_key_type"])]
 fn authenticate(key: ApiKey) -> String {
-    let id = one_key(key.as_str()).unwrap_or_else(|e| raise(e));
+    let id = one_key(key.as_str(), keys::try_lookup).unwrap_or_else(|e| raise(e));
     let owner = id.owner.clone();
     identity::set(id);
     owner
@@ -91,6 +98,7 @@ fn authenticate_app_user(app_key: Option<ApiKey>, user_key: Option<ApiKey>) -> S
     let id = app_and_user(
         app_key.as_ref().map(ApiKey::as_str),
         user_key.as_ref().map(ApiKey::as_str),
+        keys::try_lookup,
     )
     .unwrap_or_else(|e| raise(e));
     let owner = id.owner.clone();
@@ -127,8 +135,8 @@ fn authenticate_request() -> Option<String> {
     );
     let two_key = app.is_some() || user.is_some();
     let outcome = match (single, two_key) {
-        (_, true) => app_and_user(app, user),
-        (Some(key), false) => one_key(key),
+        (_, true) => app_and_user(app, user, unchecked_key),
+        (Some(key), false) => one_key(key, unchecked_key),
         (None, false) => return None,
     };
     match outcome {

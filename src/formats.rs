@@ -86,10 +86,12 @@ pub fn with_formats<R>(f: impl FnOnce(&[Format]) -> R) -> R {
 
 /// The format a presented key is in; a malformed key raises 22P02 naming what is wrong.
 pub fn detect(key: &str) -> Format {
-    with_formats(|all| match format::detect(all, key) {
-        Ok(f) => f.clone(),
-        Err(e) => raise(ApiError::MalformedKey(e)),
-    })
+    try_detect(key).unwrap_or_else(|e| raise(e))
+}
+
+/// `detect` that reports a malformed key instead of raising it.
+pub fn try_detect(key: &str) -> Result<Format, ApiError> {
+    with_formats(|all| format::detect(all, key).cloned()).map_err(ApiError::MalformedKey)
 }
 
 pub fn by_name(name: &str) -> Format {
