@@ -1,7 +1,7 @@
 -- The seeds' HTTP API on PostgREST, over examples/surveys_rls.sql (load that first, as a
 -- superuser, with pgcrypto available). PostgREST serves schema api; nginx (examples/nginx.conf)
--- maps the seeds' paths onto it. Every endpoint that needs a key says 401 itself when there is
--- none; authentication happens in apikey.pre_request, configured as PostgREST's db-pre-request.
+-- maps the seeds' paths onto it. apikey.pre_request, PostgREST's db-pre-request, authenticates and
+-- answers 401 to a request without a key (except on apikey.anonymous_paths); endpoints check again.
 
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 
@@ -22,6 +22,8 @@ $$;
 GRANT web_anon, api_user, jwt_user TO authenticator;
 -- Keys switch to api_user unless they name a role of their own.
 ALTER ROLE authenticator SET apikey.default_role = 'api_user';
+-- Every request needs a key (401 without one), except the seed's login endpoint, which issues keys.
+ALTER ROLE authenticator SET apikey.anonymous_paths = '/rpc/user_key';
 -- Keys travel in request.headers, a bind parameter: keep parameters out of the log.
 ALTER ROLE authenticator SET log_parameter_max_length = 0;
 ALTER ROLE authenticator SET log_parameter_max_length_on_error = 0;

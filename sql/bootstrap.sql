@@ -1,17 +1,52 @@
 -- pg_apikey bootstrap: the shell type and the tables. CREATE EXTENSION runs this with
 -- search_path = apikey; every name is qualified anyway.
 
-CREATE TYPE apikey.api_key;
-
--- Members manage every key and read the audit log. Roles are cluster-wide, so another database
--- may have created it already.
+-- Adopt nothing: CREATE EXTENSION installs into an existing schema called apikey, and whoever
+-- controls a schema controls every name in it (an overloaded apikey.verify(text) would see
+-- plaintext keys). Go on only if the schema is what CREATE EXTENSION itself would have made: owned
+-- by a superuser, empty, with no CREATE right or default privileges for anyone else. (pg_dump
+-- writes CREATE SCHEMA apikey before CREATE EXTENSION, as the restoring superuser: that passes.)
+-- Operators and functions are qualified: the schema in question is on the search_path here.
 DO $$
+DECLARE
+    nsp pg_catalog.oid;
+    nsp_owner pg_catalog.oid;
+    owner_is_super boolean;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'apikey_admin') THEN
-        CREATE ROLE apikey_admin NOLOGIN;
+    SELECT n.oid, n.nspowner, r.rolsuper INTO nsp, nsp_owner, owner_is_super
+      FROM pg_catalog.pg_namespace n
+      JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) n.nspowner
+     WHERE n.nspname OPERATOR(pg_catalog.=) 'apikey'::pg_catalog.name;
+    IF NOT owner_is_super
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                   WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass
+                     AND d.refobjid OPERATOR(pg_catalog.=) nsp
+                     AND d.classid OPERATOR(pg_catalog.<>) 'pg_catalog.pg_extension'::pg_catalog.regclass)
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
+                   WHERE n.oid OPERATOR(pg_catalog.=) nsp
+                     AND a.grantee OPERATOR(pg_catalog.<>) nsp_owner
+                     AND a.privilege_type OPERATOR(pg_catalog.=) 'CREATE')
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_default_acl da
+                   WHERE da.defaclnamespace OPERATOR(pg_catalog.=) nsp)
+    THEN
+        RAISE EXCEPTION 'schema "apikey" already exists and was not made for pg_apikey'
+            USING ERRCODE = '42P06',
+                  DETAIL = 'pg_apikey installs only into a new schema, or an empty one owned by a superuser that grants CREATE to nobody else.',
+                  HINT = 'Drop or rename the existing schema apikey, then run CREATE EXTENSION pg_apikey again.';
     END IF;
 END
 $$;
+
+CREATE TYPE apikey.api_key;
+
+-- Administrators of this database (roles are cluster-wide; this list is not). Changed only by
+-- apikey.grant_admin / apikey.revoke_admin, which superusers call.
+CREATE TABLE apikey.admins (
+    role       name PRIMARY KEY,
+    granted_by text NOT NULL,
+    granted_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE apikey.admins IS 'pg_apikey administrators of this database: these roles and their members manage every key here. Use apikey.grant_admin(role) and apikey.revoke_admin(role).';
 
 CREATE TABLE apikey.formats (
     name        text PRIMARY KEY,
@@ -49,7 +84,8 @@ CREATE TABLE apikey.keys (
     rate_period    interval CHECK (rate_period > interval '0'),
     rate_burst     integer CHECK (rate_burst > 0),
     db_role        text,
-    metadata       jsonb NOT NULL DEFAULT '{}',
+    metadata       jsonb NOT NULL DEFAULT '{}'
+                   CHECK (pg_catalog.octet_length(metadata::text) <= 65536),
     CHECK ((rate_limit IS NULL) = (rate_period IS NULL)),
     CHECK (rate_burst IS NULL OR rate_limit IS NOT NULL)
 );

@@ -57,7 +57,11 @@ SELECT k.id,
        k.resource,
        k.created_at,
        k.expires_at,
-       GREATEST(k.last_used_at, (SELECT u.last_used_at FROM apikey.usage_live u WHERE u.key_id = k.id)) AS last_used_at,
+       -- Live (unflushed) usage is for administrators; owners see the last flush (seconds old).
+       CASE WHEN (SELECT apikey.is_admin())
+            THEN GREATEST(k.last_used_at, (SELECT u.last_used_at FROM apikey.usage_live u WHERE u.key_id = k.id))
+            ELSE k.last_used_at
+       END AS last_used_at,
        k.revoked_at,
        k.rotated_from,
        k.rate_limit,
@@ -66,8 +70,8 @@ SELECT k.id,
        k.db_role,
        k.metadata
   FROM apikey.keys k
- WHERE pg_catalog.pg_has_role(current_user, 'apikey_admin', 'USAGE')
-    OR k.owner = apikey.current_owner();
+ WHERE (SELECT apikey.is_admin())
+    OR k.owner = (SELECT apikey.current_owner());
 COMMENT ON VIEW apikey.key_list IS 'Keys masked as prefix…last4 with status active/expired/revoked. Admins see all keys, others the keys of the owner they authenticated as.';
 
 -- What the shared-memory limiter holds for this database. Bucket names may name users
@@ -81,16 +85,16 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA apikey FROM PUBLIC;
 GRANT USAGE ON SCHEMA apikey TO PUBLIC;
 GRANT SELECT ON apikey.formats TO PUBLIC;
 GRANT SELECT ON apikey.key_list TO PUBLIC;
-GRANT SELECT ON apikey.audit_log TO apikey_admin;
-GRANT SELECT ON apikey.usage, apikey.usage_live TO apikey_admin;
-REVOKE ALL ON apikey.rate_limit_state FROM PUBLIC;
-GRANT SELECT ON apikey.rate_limit_state TO apikey_admin;
-REVOKE ALL ON FUNCTION apikey.rate_limit_buckets() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION apikey.rate_limit_buckets() TO apikey_admin;
+-- audit_log, usage, usage_live and rate_limit_state: apikey.grant_admin(role) grants SELECT.
+REVOKE ALL ON apikey.usage_live, apikey.rate_limit_state FROM PUBLIC;
+-- The functions behind those views check for administrator rights themselves (a view calls a
+-- function with the invoker's EXECUTE right), so EXECUTE stays with PUBLIC.
+REVOKE ALL ON FUNCTION apikey.grant_admin(text), apikey.revoke_admin(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikey.audit_log_is_append_only() FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikey.invalidate_caches() FROM PUBLIC;
 
 -- pg_dump keeps the keys, their history and admin-added formats.
+SELECT pg_catalog.pg_extension_config_dump('apikey.admins', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.keys', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.keys_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.audit_log', '');
@@ -148,7 +152,9 @@ BEGIN
         WHEN sqlstate = '25006' THEN
             PERFORM apikey.http_error(503, 'Service Unavailable', message);
         WHEN sqlstate = '53400' THEN
-            retry := greatest(1, coalesce((detail::json ->> 'retry_after')::integer, 1));
+            -- Clamped: a limit's retry-after is at most its period (31 days), but DETAIL is text
+            -- from anywhere and must never turn a 429 into a 500.
+            retry := least(greatest(1, coalesce((detail::json ->> 'retry_after')::numeric, 1)), 2147483647)::integer;
             PERFORM apikey.http_error(429, 'Rate limit exceeded', message, retry);
         ELSE
             RAISE SQLSTATE '58000' USING message = message;  -- 500, without the original detail
@@ -160,8 +166,8 @@ COMMENT ON FUNCTION apikey.raise_http(text, text, text, boolean) IS
 
 -- PostgREST's db-pre-request: authenticate from the request headers and switch to the key's
 -- database role. x-api-key carries one key; x-api-app-authorization + x-api-authorization carry
--- the Cool Farm Tool pair. Without a key the request stays anonymous (PostgREST's anon role);
--- endpoints that need a key say 401 themselves. An invalid or expired key is 401 (403 for the
+-- the Cool Farm Tool pair. Without a key the request is refused with 401 "API key required",
+-- unless PostgREST authenticated it with a JWT or its path is listed in apikey.anonymous_paths. An invalid or expired key is 401 (403 for the
 -- two-key pair), a rate-limited key 429 with Retry-After. The work is in
 -- apikey.authenticate_request, which reports failures instead of raising them, so the common path
 -- runs without an exception block (a subtransaction per request).

@@ -6,6 +6,7 @@
 //! share, so they must run in the leader. None is LEAKPROOF.
 
 use pg_apikey_core::errors::ApiError;
+use pg_apikey_core::rights::KeyKind;
 use pg_apikey_core::scope;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -16,14 +17,7 @@ use crate::key_type::ApiKey;
 use crate::keys::{self, KeyRow};
 
 fn identity_of(row: KeyRow, app: Option<(i64, String)>) -> Identity {
-    Identity {
-        key_id: row.id,
-        owner: row.owner,
-        scopes: row.scopes,
-        resource: row.resource,
-        app,
-        db_role: row.db_role,
-    }
+    row.identity(app)
 }
 
 /// A key's request limit is charged only once it has proved valid; a refusal leaves the
@@ -68,13 +62,13 @@ fn app_and_user(
     let app_key = app_key.ok_or(ApiError::KeyRequired("application"))?;
     let user_key = user_key.ok_or(ApiError::KeyRequired("user"))?;
     let app = find(app_key)?;
-    if app.kind != "app" {
+    if app.kind != KeyKind::App {
         return Err(ApiError::WrongKind {
             expected: "application",
         });
     }
     let user = find(user_key)?;
-    if user.kind != "user" {
+    if user.kind != KeyKind::User {
         return Err(ApiError::WrongKind { expected: "user" });
     }
     charge(&app)?;
@@ -106,20 +100,41 @@ fn authenticate_app_user(app_key: Option<ApiKey>, user_key: Option<ApiKey>) -> S
     owner
 }
 
+fn request_setting(name: &std::ffi::CStr) -> Option<String> {
+    // SAFETY: GetConfigOption(missing_ok = true) returns NULL or a NUL-terminated string owned by
+    // the GUC machinery, valid until the setting changes; we copy it at once.
+    unsafe {
+        let raw = pg_sys::GetConfigOption(name.as_ptr(), true, false);
+        (!raw.is_null()).then(|| std::ffi::CStr::from_ptr(raw).to_string_lossy().into_owned())
+    }
+}
+
+/// May a request without an API key go on as PostgREST's anonymous role? Only where the
+/// administrator said so in `apikey.anonymous_paths` ('*' for every path), or when PostgREST
+/// already authenticated it with a JWT (it refuses a bad one before the pre-request runs).
+fn anonymous_allowed(headers: &serde_json::Map<String, serde_json::Value>) -> bool {
+    let jwt = headers
+        .get("authorization")
+        .and_then(|v| v.as_str())
+        .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "));
+    if jwt {
+        return true;
+    }
+    let path = request_setting(c"request.path").unwrap_or_default();
+    crate::gucs::anonymous_paths()
+        .iter()
+        .any(|p| p == "*" || *p == path)
+}
+
 /// The work of `apikey.pre_request`: read PostgREST's `request.headers`, authenticate
 /// (`x-api-key`, or the `x-api-app-authorization` + `x-api-authorization` pair) and switch to
-/// the key's role. A bad, expired or rate-limited key is *returned* as JSON
-/// `{sqlstate, message, detail, two_key}` for `apikey.pre_request` to answer over HTTP, so the
-/// common path needs no exception block (a subtransaction per request). NULL: done, or no key.
+/// the key's role. A bad, expired or rate-limited key, or a missing one where anonymous requests
+/// are not allowed, is *returned* as JSON `{sqlstate, message, detail, two_key}` for
+/// `apikey.pre_request` to answer over HTTP, so the common path needs no exception block (a
+/// subtransaction per request). NULL: authenticated, or an allowed anonymous request.
 #[pg_extern(volatile, parallel_unsafe)]
 fn authenticate_request() -> Option<String> {
-    let headers = unsafe {
-        let raw = pg_sys::GetConfigOption(c"request.headers".as_ptr(), true, false);
-        if raw.is_null() {
-            return None;
-        }
-        std::ffi::CStr::from_ptr(raw).to_string_lossy().into_owned()
-    };
+    let headers = request_setting(c"request.headers").unwrap_or_default();
     let headers: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&headers).unwrap_or_default();
     let header = |name: &str| {
@@ -137,13 +152,17 @@ fn authenticate_request() -> Option<String> {
     let outcome = match (single, two_key) {
         (_, true) => app_and_user(app, user, unchecked_key),
         (Some(key), false) => one_key(key, unchecked_key),
-        (None, false) => return None,
+        (None, false) if anonymous_allowed(&headers) => return None,
+        (None, false) => Err(ApiError::KeyRequired("")),
     };
     match outcome {
         Ok(id) => {
             identity::set(id);
             if let Some(role) = current_db_role() {
                 let role = std::ffi::CString::new(role).unwrap_or_default();
+                // SAFETY: SET LOCAL role through the GUC machinery, with the caller's rights
+                // (membership is checked by the role GUC's check hook); the string outlives the
+                // call, which copies it.
                 unsafe {
                     pg_sys::set_config_option(
                         c"role".as_ptr(),

@@ -2,13 +2,17 @@
 //!
 //! Postgres logs the text of a failing statement (`log_min_error_statement = error` by default). For
 //! `SELECT apikey.verify('cfk_…')` that statement *is* the secret, so every error we raise carries
-//! the text domain `pg_apikey`, and an `emit_log_hook` marks those errors `hide_stmt` before the
-//! server logs them. pgrx's `ErrorReport` has no `errhidestmt`, which is why this is a hook.
+//! the text domain `pg_apikey`, and an `emit_log_hook` marks those errors before the server logs
+//! them: no statement, no CONTEXT lines (a PL/pgSQL `PERFORM` or a DO block quotes the call, key
+//! included) and no internal query. Errors raised by Postgres inside our own statements are
+//! marked the same way by the error-context callback of `privilege::Elevated`. pgrx's
+//! `ErrorReport` has no `errhidestmt`, which is why this is a hook.
 
 use std::ffi::CStr;
 
 use pg_apikey_core::errors::{ApiError, Sqlstate};
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
@@ -27,6 +31,7 @@ fn pg_code(state: Sqlstate) -> PgSqlErrorCode {
         Sqlstate::NotInPrerequisiteState => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         Sqlstate::DuplicateObject => ERRCODE_DUPLICATE_OBJECT,
         Sqlstate::ReadOnly => ERRCODE_READ_ONLY_SQL_TRANSACTION,
+        Sqlstate::Internal => ERRCODE_INTERNAL_ERROR,
     }
 }
 
@@ -49,25 +54,45 @@ pub fn raise(err: ApiError) -> ! {
 pub fn spi<T>(r: Result<T, pgrx::spi::SpiError>) -> T {
     match r {
         Ok(v) => v,
-        Err(e) => pgrx::error!("pg_apikey: internal query failed: {e}"),
+        Err(_) => raise(ApiError::Internal("an internal query failed")),
     }
+}
+
+/// A line in the server log only (LOG level is not sent to clients by default), outside any
+/// transaction's fate: it stays even if the caller rolls back. Never give it a key.
+pub fn log_line(message: String) {
+    ErrorReport::new(PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, message, "pg_apikey")
+        .set_domain(DOMAIN.to_str().expect("ASCII"))
+        .report(PgLogLevel::LOG);
 }
 
 static mut PREV_EMIT_LOG_HOOK: pg_sys::emit_log_hook_type = None;
 
+#[pg_guard]
 unsafe extern "C-unwind" fn hide_statement_of_own_errors(edata: *mut pg_sys::ErrorData) {
+    // SAFETY: Postgres passes the ErrorData being emitted, valid for the duration of the call;
+    // we only set flags and clear a pointer it owns (the string stays in ErrorContext memory,
+    // reset after the report). PREV_EMIT_LOG_HOOK is written once, in _PG_init, before any
+    // error can be emitted through this hook.
     unsafe {
         let domain = (*edata).domain;
         if !domain.is_null() && CStr::from_ptr(domain) == DOMAIN {
             (*edata).hide_stmt = true;
+            (*edata).hide_ctx = true;
+            (*edata).internalquery = std::ptr::null_mut();
         }
         if let Some(prev) = PREV_EMIT_LOG_HOOK {
+            // The previous hook is another module's `#[pg_guard]`ed or C function: Postgres
+            // errors unwind through it exactly as they would without us.
+            #[allow(ffi_unwind_calls)]
             prev(edata);
         }
     }
 }
 
 pub fn init() {
+    // SAFETY: _PG_init runs once per process before any query; chaining the previous hook is the
+    // documented protocol for emit_log_hook.
     unsafe {
         PREV_EMIT_LOG_HOOK = pg_sys::emit_log_hook;
         pg_sys::emit_log_hook = Some(hide_statement_of_own_errors);

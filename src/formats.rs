@@ -46,10 +46,11 @@ pub fn is_recoverable(name: &str) -> bool {
 }
 
 fn load_rows() -> Vec<Row> {
+    FORMATS_RELID.set(crate::catalog::get().relation("formats"));
     spi(Spi::connect(|c| {
         let mut rows = Vec::new();
         for row in c.select(
-            "SELECT name, prefix, alphabet, body_length, checksum, 'apikey.formats'::pg_catalog.regclass::pg_catalog.oid, recoverable
+            "SELECT name, prefix, alphabet, body_length, checksum, recoverable
                FROM apikey.formats ORDER BY name",
             None,
             &[],
@@ -59,12 +60,9 @@ fn load_rows() -> Vec<Row> {
             let alphabet = row.get::<String>(3)?.and_then(|a| Alphabet::parse(&a));
             let body_len = row.get::<i32>(4)?.unwrap_or(0);
             let checksum = row.get::<String>(5)?.and_then(|c| Checksum::parse(&c));
-            if let Some(relid) = row.get::<pg_sys::Oid>(6)? {
-                FORMATS_RELID.set(relid);
-            }
             // Rows are validated by apikey.add_format; a row edited by hand into an invalid
             // shape is skipped rather than trusted.
-            let recoverable = row.get::<bool>(7)?.unwrap_or(false);
+            let recoverable = row.get::<bool>(6)?.unwrap_or(false);
             if let (Some(a), Some(cs)) = (alphabet, checksum) {
                 if let Ok(format) = Format::new(&name, &prefix, a, body_len.max(0) as usize, cs) {
                     rows.push(Row { format, recoverable });
@@ -102,16 +100,20 @@ pub fn by_name(name: &str) -> Format {
     })
 }
 
+/// The one relcache callback of the extension: every backend-local cache of table contents or
+/// catalog facts is dropped from here.
+#[pg_guard]
 unsafe extern "C-unwind" fn relcache_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     let ours = FORMATS_RELID.get();
     if relid == pg_sys::InvalidOid || relid == ours || ours == pg_sys::InvalidOid {
         FORMATS.with_borrow_mut(|c| *c = None);
-        crate::privilege::invalidate();
     }
+    crate::catalog::invalidate(relid);
     crate::keys::relcache_changed(relid);
 }
 
 pub fn init() {
+    // SAFETY: registers a static callback once, from _PG_init.
     unsafe {
         pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), pg_sys::Datum::from(0))
     };
@@ -122,11 +124,12 @@ pub fn init() {
 fn invalidate_caches<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    // SAFETY: queues a relcache invalidation for the trigger's own table, sent at commit.
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(trigger.relid()?) };
     Ok(None)
 }
 
-/// Add a key format. Superusers and apikey_admin members only.
+/// Add a key format. Superusers and this database's pg_apikey administrators only.
 #[pg_extern(volatile)]
 fn add_format(
     name: &str,

@@ -35,7 +35,42 @@ pub fn usage_databases() -> Vec<String> {
         .collect()
 }
 
+/// `apikey.max_rotation_grace`: the longest grace `apikey.rotate` accepts, in seconds.
+pub static MAX_ROTATION_GRACE: GucSetting<i32> = GucSetting::<i32>::new(7 * 86400);
+
+/// `apikey.anonymous_paths`: PostgREST request paths that may be called without a key.
+pub static ANONYMOUS_PATHS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+pub fn anonymous_paths() -> Vec<String> {
+    ANONYMOUS_PATHS
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .unwrap_or_default()
+        .split(',')
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"apikey.max_rotation_grace",
+        c"Longest grace period apikey.rotate accepts.",
+        c"During the grace both keys work; a rotation with a grace counts against the creation quota.",
+        &MAX_ROTATION_GRACE,
+        0,
+        365 * 86400,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_string_guc(
+        c"apikey.anonymous_paths",
+        c"PostgREST request paths apikey.pre_request lets through without an API key.",
+        c"Comma-separated request.path values such as /rpc/user_key, or * for every path. Empty (the default): every request without a key gets 401.",
+        &ANONYMOUS_PATHS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_bool_guc(
         c"apikey.track_usage",
         c"Record last-used times and usage counts in shared memory.",
@@ -56,7 +91,7 @@ pub fn init() {
     );
     // A postmaster-context setting can only be defined while preloading; without preload there
     // is no worker to configure.
-    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+    if crate::shmem::preloaded() {
         define_usage_databases();
     }
 
@@ -85,6 +120,8 @@ pub fn init() {
         GucFlags::default(),
     );
     init_quota();
+    // SAFETY: called from _PG_init after our settings are defined; removes (with a WARNING) any
+    // placeholder apikey.* a session set before the library loaded.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"apikey".as_ptr()) };
 }
 

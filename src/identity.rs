@@ -5,18 +5,40 @@
 
 use std::cell::RefCell;
 
+use pg_apikey_core::gcra::Rate;
+use pg_apikey_core::rights::{KeyKind, Rights};
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 
 #[derive(Clone, Debug)]
 pub struct Identity {
     pub key_id: i64,
     pub owner: String,
+    pub kind: KeyKind,
     pub scopes: Option<Vec<String>>,
     pub resource: Option<String>,
     /// For two-key requests: the application key's id and owner (the application).
     pub app: Option<(i64, String)>,
     /// The database role the key asks for (NULL: apikey.default_role).
     pub db_role: Option<String>,
+    /// The key's expiry (microseconds, Postgres epoch), which bounds keys it manages.
+    pub expires_at: Option<i64>,
+    /// The key's own request limit, which bounds keys it creates.
+    pub rate: Option<Rate>,
+}
+
+impl Identity {
+    /// What the key holds, for the "rights never widen" rule.
+    pub fn rights(&self) -> Rights {
+        Rights {
+            kind: self.kind,
+            scopes: self.scopes.clone(),
+            resource: self.resource.clone(),
+            expires_at: self.expires_at,
+            rate: self.rate,
+            db_role: self.db_role.clone(),
+        }
+    }
 }
 
 thread_local! {
@@ -31,6 +53,7 @@ pub fn current() -> Option<Identity> {
 /// Authenticating again in the same (sub)transaction replaces the identity rather than stacking
 /// it, so a loop of authenticates does not grow the stack.
 pub fn set(identity: Identity) {
+    // SAFETY: reads a backend global of the transaction state; no preconditions.
     let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
     STACK.with_borrow_mut(|s| match s.last_mut() {
         Some(top) if top.0 == sub => top.1 = identity,
@@ -38,6 +61,7 @@ pub fn set(identity: Identity) {
     });
 }
 
+#[pg_guard]
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
     if matches!(
@@ -52,6 +76,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     }
 }
 
+#[pg_guard]
 unsafe extern "C-unwind" fn on_subxact(
     event: pg_sys::SubXactEvent::Type,
     my_subid: pg_sys::SubTransactionId,
@@ -71,6 +96,7 @@ unsafe extern "C-unwind" fn on_subxact(
 }
 
 pub fn init() {
+    // SAFETY: registering static callbacks once, from _PG_init.
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());

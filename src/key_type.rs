@@ -40,6 +40,7 @@ impl FromDatum for ApiKey {
         is_null: bool,
         typoid: pg_sys::Oid,
     ) -> Option<Self> {
+        // SAFETY: api_key is a text varlena (LIKE text), so the text conversion applies.
         unsafe { String::from_polymorphic_datum(datum, is_null, typoid).map(ApiKey) }
     }
 }
@@ -54,16 +55,21 @@ impl IntoDatum for ApiKey {
     }
 }
 
+// SAFETY: unboxes through FromDatum, which handles the text varlena api_key is.
 unsafe impl<'fcx> ArgAbi<'fcx> for ApiKey {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
-        unsafe { arg.unbox_arg_using_from_datum() }
-            .unwrap_or_else(|| pgrx::error!("api_key argument must not be null"))
+        // SAFETY: the argument is an api_key (text) datum, as the SQL signature declares.
+        unsafe { arg.unbox_arg_using_from_datum() }.unwrap_or_else(|| {
+            crate::errors::raise(pg_apikey_core::errors::ApiError::NullArgument("api_key"))
+        })
     }
 }
 
+// SAFETY: returns a text varlena datum (or NULL), matching the declared api_key return type.
 unsafe impl BoxRet for ApiKey {
     unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {
         match self.into_datum() {
+            // SAFETY: a text datum for a function declared to return api_key (a text varlena).
             Some(d) => unsafe { fcinfo.return_raw_datum(d) },
             None => fcinfo.return_null(),
         }
@@ -86,10 +92,12 @@ fn api_key_out(key: ApiKey) -> CString {
 
 #[pg_extern(stable, strict, parallel_restricted, requires = ["bootstrap"])]
 fn api_key_recv(mut buf: pgrx::Internal) -> ApiKey {
+    // SAFETY: the receive function's argument is the StringInfo of the message; we read the
+    // unread bytes [cursor, len) and mark them consumed, as textrecv does.
     let text = unsafe {
-        let buf = buf
-            .get_mut::<pg_sys::StringInfoData>()
-            .unwrap_or_else(|| pgrx::error!("api_key_recv: no buffer"));
+        let buf = buf.get_mut::<pg_sys::StringInfoData>().unwrap_or_else(|| {
+            crate::errors::raise(pg_apikey_core::errors::ApiError::NullArgument("api_key"))
+        });
         let bytes = std::slice::from_raw_parts(
             buf.data.add(buf.cursor as usize) as *const u8,
             (buf.len - buf.cursor) as usize,

@@ -4,9 +4,13 @@
 //! `pg_apikey_core` crate; the modules here are the Postgres glue, one concern each, and each with
 //! its own `init()` that `_PG_init` calls.
 
+#![deny(unsafe_op_in_unsafe_fn, ffi_unwind_calls, clippy::undocumented_unsafe_blocks)]
+
 use pgrx::prelude::*;
 
+mod admin;
 mod auth;
+mod catalog;
 mod errors;
 mod formats;
 mod gucs;

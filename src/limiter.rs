@@ -3,25 +3,34 @@
 //!
 //! One GCRA state (a TAT) per bucket, in a fixed table of 16 partitions × `SLOTS` slots; each
 //! partition has its own LWLock, so backends charging different buckets rarely meet. A bucket is
-//! identified by its database and a 64-bit SipHash of its name ("key:<id>" for per-key limits).
+//! identified by its database and a keyed 64-bit SipHash of its namespace and name, under a secret
+//! drawn at server start (so nobody can work out offline which names share a partition).
+//!
+//! Who can touch what: per-key buckets ("key:<id>") live in partitions 0–7, which only a valid key
+//! can reach; `apikey.rate_limit` buckets live in partitions 8–15 and are namespaced by database
+//! and by the calling role, so one role cannot fill, lock or reset another's `login:bob`.
 //!
 //! Lifetime: the table starts empty at server start and after a crash restart (limits restart
-//! fresh). When a partition is full, the slot whose TAT is lowest (the bucket closest to being
-//! full again, so the least state is lost) is reused: a full table can only make limits more
-//! lenient for that one bucket, never refuse a bucket that has room, and it never errors.
-
-use std::hash::{Hash, Hasher};
+//! fresh). A slot is reused only when its bucket is idle (full again: its TAT is in the past), so
+//! no bucket that still holds a limit is ever evicted. When a partition has no free or idle slot,
+//! a new bucket is refused (53400, retry after 1 s): the table fails closed.
 
 use pg_apikey_core::errors::ApiError;
 use pg_apikey_core::gcra::{self, Outcome, Rate};
+use pg_apikey_core::slots::{keyed_hash, probe, Probe};
+use pgrx::lwlock::PgLwLock;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
+use std::cell::Cell;
 
 use crate::errors::raise;
 
 const SLOTS: usize = 256;
 const LABEL: usize = 48;
+/// The longest period a limit may have: a bucket refills within it, so its slot becomes
+/// reclaimable, and a retry-after never exceeds it.
+pub const MAX_PERIOD_US: i64 = 31 * 86_400 * 1_000_000;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -43,6 +52,7 @@ impl Slot {
     };
 }
 
+// SAFETY: a plain #[repr(C)] value with no pointers; every bit pattern is a valid Slot.
 unsafe impl PGRXSharedMemory for Slot {}
 
 type Partition = [Slot; SLOTS];
@@ -72,10 +82,39 @@ crate::shmem::partitioned_table!(
     ]
 );
 
+// SAFETY: const construction of a named shared-memory lock; it is registered with
+// pg_shmem_init! in init() before any backend uses it.
+static SECRET: PgLwLock<[u64; 2]> = unsafe { PgLwLock::new(c"pg_apikey_limiter_secret") };
+
+fn fresh_secret() -> [u64; 2] {
+    let mut bytes = [0u8; 16];
+    // A failure here leaves the secret zero: still a working table, only the partitions become
+    // predictable, so it is not worth refusing to start the server over.
+    let _ = pg_apikey_core::format::os_random(&mut bytes);
+    [
+        u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
+        u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes")),
+    ]
+}
+
 pub fn init() {
     if crate::shmem::preloaded() {
         init_partitions();
+        pgrx::pg_shmem_init!(SECRET = fresh_secret());
     }
+}
+
+thread_local! {
+    static SECRET_COPY: Cell<Option<[u64; 2]>> = const { Cell::new(None) };
+}
+
+fn secret() -> [u64; 2] {
+    if let Some(s) = SECRET_COPY.get() {
+        return s;
+    }
+    let s = *SECRET.share();
+    SECRET_COPY.set(Some(s));
+    s
 }
 
 fn require_preload(what: &'static str) {
@@ -84,45 +123,53 @@ fn require_preload(what: &'static str) {
     }
 }
 
-fn bucket_hash(name: &str) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    name.hash(&mut h);
-    h.finish().max(1)
-}
-
 fn now_us() -> i64 {
+    // SAFETY: reads the system clock; no preconditions.
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
-/// Charge one request to bucket `name` of the current database.
-pub fn charge(name: &str, rate: &Rate) -> Outcome {
+fn current_db() -> u32 {
+    // SAFETY: reads a backend global set at connection.
+    u32::from(unsafe { pg_sys::MyDatabaseId })
+}
+
+/// Which half of the table, and whose names: a key's own limit, or a role's named bucket.
+#[derive(Clone, Copy)]
+pub enum Namespace {
+    Key,
+    Role(pg_sys::Oid),
+}
+
+/// Charge one request to bucket `name` of the current database. Fails closed with
+/// `ApiError::LimiterFull` when a new bucket finds no free or idle slot.
+pub fn charge(ns: Namespace, name: &str, rate: &Rate) -> Result<Outcome, ApiError> {
     require_preload("rate limiting");
-    let db = u32::from(unsafe { pg_sys::MyDatabaseId });
-    let hash = bucket_hash(name);
-    let part = TABLE[(hash as usize) % TABLE.len()];
+    let db = current_db();
+    let (tag, half) = match ns {
+        Namespace::Key => (0u32, 0),
+        Namespace::Role(r) => (u32::from(r), 1),
+    };
+    let hash = keyed_hash(
+        secret(),
+        &[&db.to_le_bytes(), &tag.to_le_bytes(), &[half as u8], name.as_bytes()],
+    );
+    let per_half = TABLE.len() / 2;
+    let part = TABLE[half * per_half + (hash as usize) % per_half];
     let start = (hash as usize / TABLE.len()) % SLOTS;
     let now = now_us();
     let mut slots = part.exclusive();
-    let mut found = None;
-    let mut free = None;
-    let mut oldest: Option<usize> = None;
-    for i in 0..SLOTS {
-        let idx = (start + i) % SLOTS;
-        let s = &slots[idx];
-        if s.db == db && s.hash == hash {
-            found = Some(idx);
-            break;
-        }
-        if s.db == 0 {
-            free.get_or_insert(idx);
-        } else if oldest.is_none_or(|o| s.tat < slots[o].tat) {
-            oldest = Some(idx);
-        }
-    }
-    let (idx, tat) = match (found, free) {
-        (Some(i), _) => (i, Some(slots[i].tat)),
-        (None, Some(i)) => (i, None),
-        (None, None) => (oldest.unwrap_or(start), None),
+    let idx = match probe(
+        SLOTS,
+        start,
+        |i| slots[i].db == db && slots[i].hash == hash,
+        |i| slots[i].db == 0 || slots[i].tat <= now,
+    ) {
+        Probe::Found(i) => Some((i, Some(slots[i].tat))),
+        Probe::Vacant(i) => Some((i, None)),
+        Probe::Full => None,
+    };
+    let Some((idx, tat)) = idx else {
+        return Err(ApiError::LimiterFull);
     };
     let outcome = gcra::charge(rate, tat, now);
     if outcome.allowed {
@@ -136,11 +183,16 @@ pub fn charge(name: &str, rate: &Rate) -> Outcome {
             label,
         };
     }
-    outcome
+    Ok(outcome)
 }
 
 pub fn rate_from(limit: i64, period: pgrx::datum::Interval, burst: Option<i64>) -> Rate {
     let micros = period.as_micros().clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+    if micros > MAX_PERIOD_US {
+        raise(ApiError::InvalidArgument(
+            "rate limit period must be at most 31 days".into(),
+        ));
+    }
     Rate::new(limit, micros, burst)
         .unwrap_or_else(|e| raise(ApiError::InvalidArgument(e.to_string())))
 }
@@ -154,7 +206,7 @@ fn rate_limited(what: &str, retry_after: u64) -> ApiError {
 
 /// The per-key request limit, checked by `authenticate`.
 pub fn charge_key(key_id: i64, rate: &Rate) -> Result<(), ApiError> {
-    let o = charge(&format!("key:{key_id}"), rate);
+    let o = charge(Namespace::Key, &format!("key:{key_id}"), rate)?;
     if o.allowed {
         return Ok(());
     }
@@ -162,8 +214,9 @@ pub fn charge_key(key_id: i64, rate: &Rate) -> Result<(), ApiError> {
     Err(rate_limited("API key", o.retry_after))
 }
 
-/// An application's own limit: at most `max` calls per `per`, bursts of `burst` (default `max`).
-/// Returns how many more calls would pass now; over the limit it raises 53400 with the seconds to wait in DETAIL.
+/// An application's own limit: at most `max` calls per `per` (at most 31 days), bursts of `burst`
+/// (default `max`). Returns how many more calls would pass now; over the limit it raises 53400
+/// with the seconds to wait in DETAIL. Buckets belong to the calling role in this database.
 /// State is in shared memory: works in READ ONLY transactions and on standbys.
 #[pg_extern(volatile, parallel_unsafe)]
 fn rate_limit(
@@ -179,7 +232,12 @@ fn rate_limit(
         raise(ApiError::InvalidArgument("bucket must not be empty".into()));
     }
     let rate = rate_from(max as i64, per, burst.map(i64::from));
-    let o = charge(&format!("app:{bucket}"), &rate);
+    let o = charge(
+        Namespace::Role(crate::privilege::caller()),
+        &format!("app:{bucket}"),
+        &rate,
+    )
+    .unwrap_or_else(|e| raise(e));
     if !o.allowed {
         raise(rate_limited("Request", o.retry_after));
     }
@@ -192,7 +250,10 @@ fn rate_limit(
 fn rate_limit_buckets(
 ) -> TableIterator<'static, (name!(bucket, String), name!(reset_after_seconds, f64))> {
     require_preload("the rate limiter state");
-    let db = u32::from(unsafe { pg_sys::MyDatabaseId });
+    if !crate::privilege::caller_is_admin() {
+        raise(ApiError::AdminOnly("read the rate limiter state"));
+    }
+    let db = current_db();
     let now = now_us();
     let mut rows = Vec::new();
     for part in TABLE.iter() {

@@ -1,56 +1,39 @@
 //! Who is calling, and running our table access as the extension's owner.
 //!
 //! The management functions are not `SECURITY DEFINER`: inside a definer function `current_user`
-//! is the definer, so the function could neither tell an `apikey_admin` member from anyone else nor
+//! is the definer, so the function could neither tell an administrator from anyone else nor
 //! record the real caller in the audit log. Instead each function notes the caller, then switches
-//! to the extension owner for its own queries exactly as a definer function would
-//! (`SetUserIdAndSecContext` plus a pinned `search_path = pg_catalog, pg_temp`). Transaction and
-//! subtransaction abort restore both, so an error inside cannot leave the session elevated.
+//! to the extension owner for its own statements through one guard type, [`Elevated`].
+//!
+//! ## The invariant of `Elevated`
+//! While an `Elevated` lives, the user id is the extension owner (with
+//! `SECURITY_LOCAL_USERID_CHANGE`, as a definer function has), `search_path` is
+//! `pg_catalog, pg_temp` at a GUC nest level of its own, and an error-context callback marks every
+//! error raised inside as "hide statement, context and internal query" in the server log. When it
+//! drops, on return or while a Rust panic (a Postgres error caught at a pgrx boundary) unwinds,
+//! the user id, security context, GUC nest level and error-context stack are restored, in that
+//! order. If Postgres itself aborts the (sub)transaction, `AbortTransaction` /
+//! `AbortSubTransaction` restore the user id and GUCs saved at (sub)transaction start as well, so
+//! no error path leaves the session elevated. `tests/test_privilege.py` checks both paths.
 
-use std::cell::Cell;
 use std::ffi::CStr;
 
+use pg_apikey_core::errors::ApiError;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::errors::spi;
-
-thread_local! {
-    static OWNER: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
-}
-
-const ADMIN_ROLE: &CStr = c"apikey_admin";
-
-fn extension_owner() -> pg_sys::Oid {
-    let cached = OWNER.get();
-    if cached != pg_sys::InvalidOid {
-        return cached;
-    }
-    let owner = spi(Spi::connect(|c| {
-        c.select(
-            "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pg_apikey'",
-            Some(1),
-            &[],
-        )?
-        .first()
-        .get_one::<pg_sys::Oid>()
-    }))
-    .unwrap_or_else(|| pgrx::error!("pg_apikey: extension is not installed in this database"));
-    OWNER.set(owner);
-    owner
-}
-
-/// Forget cached catalog facts (the extension may have been dropped and created again).
-pub fn invalidate() {
-    OWNER.set(pg_sys::InvalidOid);
-}
+use crate::catalog;
+use crate::errors::{raise, spi};
 
 /// The role calling us (what `current_user` says outside our functions).
 pub fn caller() -> pg_sys::Oid {
+    // SAFETY: reads a backend global; no preconditions.
     unsafe { pg_sys::GetUserId() }
 }
 
 pub fn caller_name() -> String {
+    // SAFETY: GetUserNameFromId(noerr = false) returns a palloc'd, NUL-terminated name or raises;
+    // the role is the current user, which exists.
     unsafe {
         CStr::from_ptr(pg_sys::GetUserNameFromId(caller(), false))
             .to_string_lossy()
@@ -61,56 +44,167 @@ pub fn caller_name() -> String {
 /// Refuse a change on a hot standby with 25006 and a hint, before anything tries to assign a
 /// transaction id (which would fail with an internal error instead).
 pub fn require_primary(what: &'static str) {
+    // SAFETY: reads shared state under its own spinlock; callable in any backend.
     if unsafe { pg_sys::RecoveryInProgress() } {
-        crate::errors::raise(pg_apikey_core::errors::ApiError::OnStandby(what));
+        raise(ApiError::OnStandby(what));
     }
 }
 
-/// Superusers and members of `apikey_admin` (with its privileges) manage every key.
+/// Superusers, and roles listed in this database's `apikey.admins` (and their members), manage
+/// every key of this database. Roles are cluster-wide, so the list is a table: being an
+/// administrator in one database says nothing about another.
 pub fn caller_is_admin() -> bool {
-    unsafe {
-        let admin = pg_sys::get_role_oid(ADMIN_ROLE.as_ptr(), true);
-        if admin == pg_sys::InvalidOid {
-            return pg_sys::superuser();
+    // SAFETY: superuser() checks the current user id against the syscache; no preconditions.
+    if unsafe { pg_sys::superuser() } {
+        return true;
+    }
+    let me = caller();
+    let admins = as_owner(|| {
+        spi(Spi::connect(|c| {
+            let mut roles = Vec::new();
+            for row in c.select("SELECT role::pg_catalog.text FROM apikey.admins", None, &[])? {
+                if let Some(r) = row.get::<String>(1)? {
+                    roles.push(r);
+                }
+            }
+            Ok::<_, pgrx::spi::SpiError>(roles)
+        }))
+    });
+    admins.into_iter().any(|name| {
+        let Ok(name) = std::ffi::CString::new(name) else {
+            return false;
+        };
+        // SAFETY: get_role_oid(missing_ok = true) returns InvalidOid for a role that no longer
+        // exists; has_privs_of_role only reads the role-membership cache.
+        unsafe {
+            let role = pg_sys::get_role_oid(name.as_ptr(), true);
+            role != pg_sys::InvalidOid && pg_sys::has_privs_of_role(me, role)
         }
-        pg_sys::has_privs_of_role(caller(), admin)
+    })
+}
+
+/// Does the current user have superuser rights?
+pub fn caller_is_superuser() -> bool {
+    // SAFETY: as in caller_is_admin.
+    unsafe { pg_sys::superuser() }
+}
+
+/// The switch described in the module comment. Create it with [`Elevated::to_owner`] or
+/// [`Elevated::pinned`]; dropping it restores everything.
+pub struct Elevated {
+    saved_user: pg_sys::Oid,
+    saved_context: i32,
+    switched_user: bool,
+    nest_level: i32,
+    callback: Box<pg_sys::ErrorContextCallback>,
+}
+
+/// Marks an error raised inside an `Elevated` section so the server log gets neither the
+/// statement, nor its CONTEXT lines, nor the internal query: a key may be any of them.
+#[pg_guard]
+unsafe extern "C-unwind" fn hide_in_log(_arg: *mut std::ffi::c_void) {
+    // SAFETY: error-context callbacks run inside errfinish/errcontext handling, where these
+    // functions act on the error being built; they only set fields of it.
+    unsafe {
+        pg_sys::errhidestmt(true);
+        pg_sys::errhidecontext(true);
+        pg_sys::internalerrquery(std::ptr::null());
+    }
+}
+
+impl Elevated {
+    /// Pin `search_path` (and mark errors hidden) without changing the user.
+    pub fn pinned() -> Self {
+        Self::enter(None)
+    }
+
+    /// Become the extension owner, with the pinned `search_path`.
+    pub fn to_owner() -> Self {
+        let owner = catalog::get().owner;
+        Self::enter(Some(owner))
+    }
+
+    /// Become `role`: the usage worker's way to act as the extension owner.
+    pub fn to_role(role: pg_sys::Oid) -> Self {
+        Self::enter(Some(role))
+    }
+
+    fn enter(role: Option<pg_sys::Oid>) -> Self {
+        let mut saved_user = pg_sys::InvalidOid;
+        let mut saved_context = 0;
+        // SAFETY: out-parameters are valid locals.
+        unsafe { pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context) };
+        let mut callback = Box::new(pg_sys::ErrorContextCallback {
+            // SAFETY: reading the global error-context stack head.
+            previous: unsafe { pg_sys::error_context_stack },
+            callback: Some(hide_in_log),
+            arg: std::ptr::null_mut(),
+        });
+        // SAFETY: the callback lives in a Box owned by the guard, so its address is stable until
+        // Drop pops it (restoring `previous`) before freeing it.
+        unsafe { pg_sys::error_context_stack = &mut *callback };
+        if let Some(role) = role {
+            // SAFETY: switching the current user id exactly as fmgr_security_definer does; the
+            // previous values are restored in Drop or by transaction abort.
+            unsafe {
+                pg_sys::SetUserIdAndSecContext(
+                    role,
+                    saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+                )
+            };
+        }
+        // SAFETY: NewGUCNestLevel opens a GUC nest level that AtEOXact_GUC(true, level) closes in
+        // Drop; set_config_option with GUC_ACTION_SAVE ties the value to that level. The value
+        // is a valid, NUL-terminated constant.
+        let nest_level = unsafe {
+            let level = pg_sys::NewGUCNestLevel();
+            pg_sys::set_config_option(
+                c"search_path".as_ptr(),
+                c"pg_catalog, pg_temp".as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+            level
+        };
+        Elevated {
+            saved_user,
+            saved_context,
+            switched_user: role.is_some(),
+            nest_level,
+            callback,
+        }
+    }
+}
+
+impl Drop for Elevated {
+    fn drop(&mut self) {
+        // SAFETY: undoes `enter` in reverse order. AtEOXact_GUC only pops values saved at our
+        // level (it raises no error for search_path); SetUserIdAndSecContext just stores two
+        // globals; the error-context stack gets back the head it had before we pushed.
+        unsafe {
+            pg_sys::AtEOXact_GUC(true, self.nest_level);
+            if self.switched_user {
+                pg_sys::SetUserIdAndSecContext(self.saved_user, self.saved_context);
+            }
+            // Unconditionally, as PG_CATCH does: anything pushed above us is gone with our frame.
+            pg_sys::error_context_stack = self.callback.previous;
+        }
     }
 }
 
 /// Run `f` with `search_path = pg_catalog, pg_temp`, so no object a caller created can capture an
 /// unqualified operator or function in our queries.
 pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
-    unsafe {
-        let nest_level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        let result = f();
-        pg_sys::AtEOXact_GUC(true, nest_level);
-        result
-    }
+    let _guard = Elevated::pinned();
+    f()
 }
 
 /// Run `f` as the extension owner, with the pinned `search_path`.
 pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
-    let owner = extension_owner();
-    unsafe {
-        let mut saved_user = pg_sys::InvalidOid;
-        let mut saved_context = 0;
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
-        let result = with_pinned_search_path(f);
-        pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
-        result
-    }
+    let _guard = Elevated::to_owner();
+    f()
 }

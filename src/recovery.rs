@@ -14,11 +14,17 @@ use pgrx::prelude::*;
 
 use crate::errors::{raise, spi};
 use crate::formats;
-use crate::identity;
 use crate::key_type::ApiKey;
+use crate::keys::{audit, target, Caller};
 use crate::privilege;
+use serde_json::json;
 
 fn server_key() -> [u8; 32] {
+    // Without preload the setting is an ordinary placeholder until the library loads in a
+    // session, and any role can read a placeholder with current_setting(): refuse to use it.
+    if !crate::shmem::preloaded() {
+        raise(ApiError::NotPreloaded("recoverable keys"));
+    }
     let text = crate::gucs::ENCRYPTION_KEY
         .get()
         .and_then(|c| c.into_string().ok())
@@ -41,9 +47,13 @@ pub fn seal_for(format: &str, plaintext: &str) -> Option<Vec<u8>> {
     if !formats::is_recoverable(format) {
         return None;
     }
-    Some(seal::seal(&server_key(), plaintext).unwrap_or_else(|_| {
-        pgrx::error!("pg_apikey: the operating system's random generator failed")
-    }))
+    Some(
+        seal::seal(&server_key(), plaintext).unwrap_or_else(|_| {
+            raise(ApiError::Internal(
+                "the operating system's random generator failed",
+            ))
+        }),
+    )
 }
 
 fn open(id: i64, blob: &[u8], digest: &[u8]) -> String {
@@ -54,22 +64,16 @@ fn open(id: i64, blob: &[u8], digest: &[u8]) -> String {
     })
 }
 
-/// A stored key's sealed form, for keys that are valid now.
-struct Sealed {
-    owner: String,
-    name: String,
-    kind: String,
-    blob: Option<Vec<u8>>,
-    digest: Vec<u8>,
-}
-
-fn load_sealed(id: i64) -> Option<Sealed> {
+/// An application key's sealed form, for keys that are valid now.
+fn load_sealed_app(id: i64) -> Option<(Vec<u8>, Vec<u8>)> {
     spi(Spi::connect(|c| {
         let t = c.select(
-            "SELECT owner, name, kind, sealed, digest FROM apikey.keys
-              WHERE id = $1
-                AND (revoked_at IS NULL OR revoked_at > pg_catalog.statement_timestamp())
-                AND (expires_at IS NULL OR expires_at > pg_catalog.statement_timestamp())",
+            "SELECT sealed, digest FROM apikey.keys
+              WHERE id OPERATOR(pg_catalog.=) $1
+                AND kind OPERATOR(pg_catalog.=) 'app'
+                AND sealed IS NOT NULL
+                AND (revoked_at IS NULL OR revoked_at OPERATOR(pg_catalog.>) pg_catalog.statement_timestamp())
+                AND (expires_at IS NULL OR expires_at OPERATOR(pg_catalog.>) pg_catalog.statement_timestamp())",
             Some(1),
             &[id.into()],
         )?;
@@ -77,13 +81,10 @@ fn load_sealed(id: i64) -> Option<Sealed> {
             return Ok(None);
         }
         let r = t.first();
-        Ok(Some(Sealed {
-            owner: r.get(1)?.unwrap_or_default(),
-            name: r.get(2)?.unwrap_or_default(),
-            kind: r.get(3)?.unwrap_or_default(),
-            blob: r.get(4)?,
-            digest: r.get(5)?.unwrap_or_default(),
-        }))
+        Ok(Some((
+            r.get::<Vec<u8>>(1)?.unwrap_or_default(),
+            r.get::<Vec<u8>>(2)?.unwrap_or_default(),
+        )))
     }))
 }
 
@@ -100,8 +101,9 @@ fn callback_signature_hmac_sha256(app_key: ApiKey, callback_url: &str) -> String
     callback_signature_hmac(app_key.as_str(), callback_url)
 }
 
-/// Check a callback signature for application key `app_id`, in constant time. False for an
-/// unknown, revoked, expired or non-application key. `method` is 'sha256' (the seed's) or 'hmac'.
+/// Check a callback signature for application key `app_id`, in constant time. False, the same
+/// way, for an unknown, revoked, expired, non-application or non-recoverable key: the answer says
+/// only whether the signature is right. `method` is 'sha256' (the seed's) or 'hmac'.
 #[pg_extern(stable, strict, parallel_restricted)]
 fn verify_callback_signature(
     app_id: i64,
@@ -114,18 +116,10 @@ fn verify_callback_signature(
             "method must be \"sha256\" or \"hmac\"".into(),
         ));
     }
-    let Some(key) = privilege::as_owner(|| load_sealed(app_id)) else {
+    let Some((blob, digest)) = privilege::as_owner(|| load_sealed_app(app_id)) else {
         return false;
     };
-    if key.kind != "app" {
-        return false;
-    }
-    let Some(blob) = key.blob else {
-        raise(ApiError::NotRecoverable(format!(
-            "application key {app_id} is not recoverable: mark its format with apikey.alter_format(name, true) before creating it"
-        )))
-    };
-    let app_key = open(app_id, &blob, &key.digest);
+    let app_key = open(app_id, &blob, &digest);
     let expected = if method == "hmac" {
         callback_signature_hmac(&app_key, callback_url)
     } else {
@@ -134,39 +128,39 @@ fn verify_callback_signature(
     signature_matches(&expected, signature)
 }
 
-/// Show a recoverable key again, to its owner only (authenticated in this transaction). Audited.
+/// Show a recoverable key again, to a holder of a key of the same owner whose rights cover it
+/// (or an administrator). Audited in the table, and also in the server log, which keeps the
+/// line even if the caller rolls back.
 #[pg_extern(volatile, strict, parallel_unsafe, requires = ["api_key_type"])]
 fn reveal(id: i64) -> ApiKey {
     privilege::require_primary("reveal API keys (every reveal is audited)");
-    let caller = privilege::caller_name();
-    let me = identity::current();
-    let key = privilege::as_owner(|| load_sealed(id));
-    let key = match (key, &me) {
-        (Some(k), Some(i)) if i.owner == k.owner => k,
-        _ => raise(ApiError::KeyNotFound(id)),
+    // Reveal is for key holders only: administrators manage keys but never read them.
+    let caller = Caller {
+        admin: false,
+        ..Caller::get()
     };
-    let Some(blob) = &key.blob else {
+    let key = privilege::as_owner(|| {
+        let t = target(&caller, id, false);
+        if t.revoked || t.expired {
+            raise(ApiError::KeyNotFound(id));
+        }
+        t
+    });
+    let Some(blob) = &key.sealed else {
         raise(ApiError::NotRecoverable(format!(
             "API key {id} is not recoverable: it is stored only as a digest"
         )))
     };
     let plaintext = open(id, blob, &key.digest);
-    privilege::as_owner(|| {
-        spi(Spi::connect_mut(|c| {
-            c.update(
-                "INSERT INTO apikey.audit_log (action, key_id, owner, key_name, actor, session_actor, actor_key_id)
-                 VALUES ('reveal', $1, $2, $3, $4, session_user, $5)",
-                None,
-                &[
-                    id.into(),
-                    key.owner.clone().into(),
-                    key.name.clone().into(),
-                    caller.into(),
-                    me.as_ref().map(|i| i.key_id).into(),
-                ],
-            )
-            .map(|_| ())
-        }))
-    });
+    crate::errors::log_line(format!(
+        "pg_apikey: API key {id} of owner \"{}\" revealed to role \"{}\" (authenticated key {})",
+        key.owner,
+        caller.name,
+        caller
+            .identity
+            .as_ref()
+            .map_or("none".to_owned(), |i| i.key_id.to_string())
+    ));
+    privilege::as_owner(|| audit(&caller, "reveal", id, &key.owner, &key.name, json!({})));
     ApiKey::from_generated(plaintext)
 }

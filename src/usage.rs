@@ -12,17 +12,23 @@
 //! clean shutdown flushes first (the worker flushes on SIGTERM). Keys are never lost: they live in
 //! tables. On a standby the worker does not write and `apikey.usage_live` shows memory.
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use pg_apikey_core::errors::ApiError;
+use pg_apikey_core::slots::{probe, Probe};
+use pgrx::atomics::PgAtomic;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::lwlock::PgLwLock;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 
+use crate::errors::raise;
 use crate::gucs;
 
-const SLOTS: usize = 512;
+const SLOTS: usize = 1024;
 /// Counters per slot, in this order everywhere (SQL columns included).
 const KINDS: usize = 5;
 
@@ -59,15 +65,29 @@ impl Slot {
     }
 }
 
-unsafe impl PGRXSharedMemory for Slot {}
+/// One database's share of the table: each database listed in `apikey.usage_databases` owns one
+/// partition, so a database whose usage is never flushed cannot pin slots another one needs.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Part {
+    slots: [Slot; SLOTS],
+    /// Events that found every slot pending (a flush is late or failing, or a standby).
+    dropped: u64,
+}
 
-type Part = [Slot; SLOTS];
+// SAFETY: plain #[repr(C)] values with no pointers; every bit pattern is valid.
+unsafe impl PGRXSharedMemory for Slot {}
+// SAFETY: as above.
+unsafe impl PGRXSharedMemory for Part {}
 
 crate::shmem::partitioned_table!(
     TABLE,
     init_parts,
     Part,
-    [Slot::FREE; SLOTS],
+    Part {
+        slots: [Slot::FREE; SLOTS],
+        dropped: 0
+    },
     [
         U0 = c"pg_apikey_usage_0",
         U1 = c"pg_apikey_usage_1",
@@ -80,6 +100,10 @@ crate::shmem::partitioned_table!(
     ]
 );
 
+// SAFETY: const construction of a named shared-memory atomic, registered in init().
+static UNLISTED_DROPPED: PgAtomic<AtomicU64> =
+    unsafe { PgAtomic::new(c"pg_apikey_usage_unlisted") };
+
 const MAX_WORKERS: usize = 8;
 
 pub fn init() {
@@ -87,6 +111,7 @@ pub fn init() {
         return;
     }
     init_parts();
+    pgrx::pg_shmem_init!(UNLISTED_DROPPED);
     for (i, db) in gucs::usage_databases()
         .into_iter()
         .take(MAX_WORKERS)
@@ -103,46 +128,78 @@ pub fn init() {
     }
 }
 
-fn part_of(key_id: i64) -> (&'static PgLwLock<Part>, usize) {
-    let h = (key_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (
-        TABLE[(h >> 60) as usize % TABLE.len()],
-        (h as usize) % SLOTS,
-    )
+fn current_db() -> u32 {
+    // SAFETY: reads a backend global set at connection.
+    u32::from(unsafe { pg_sys::MyDatabaseId })
+}
+
+thread_local! {
+    /// This database's partition: Some(Some(i)) listed as the i-th usage database,
+    /// Some(None) not listed, None not looked up yet.
+    static MY_PART: Cell<Option<Option<usize>>> = const { Cell::new(None) };
+}
+
+fn my_part() -> Option<&'static PgLwLock<Part>> {
+    let index = MY_PART.get().unwrap_or_else(|| {
+        // SAFETY: get_database_name returns a palloc'd copy of the name, or NULL for a database
+        // that no longer exists.
+        let name = unsafe {
+            let p = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+            (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+        };
+        let index = name.and_then(|n| {
+            gucs::usage_databases()
+                .iter()
+                .take(MAX_WORKERS)
+                .position(|d| *d == n)
+        });
+        MY_PART.set(Some(index));
+        index
+    });
+    index.map(|i| TABLE[i])
+}
+
+fn start_of(key_id: i64) -> usize {
+    ((key_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % SLOTS
 }
 
 /// Count `event` for key `key_id` of the current database. A no-op without preload or with
-/// `apikey.track_usage = off`. When a partition is full of unflushed slots, the event is dropped
-/// (counted in no table) rather than blocking the request.
+/// `apikey.track_usage = off`. Databases without a flush worker record nothing (their counts could
+/// never be written) and count the event as dropped; when this database's partition is full of
+/// unflushed slots, the event is dropped and counted rather than blocking the request.
 pub fn record(key_id: i64, event: Event) {
     if !crate::shmem::preloaded() || !gucs::TRACK_USAGE.get() {
         return;
     }
-    let db = u32::from(unsafe { pg_sys::MyDatabaseId });
+    let Some(part) = my_part() else {
+        UNLISTED_DROPPED.get().fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let db = current_db();
+    // SAFETY: reads the system clock.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    let (part, start) = part_of(key_id);
-    let mut slots = part.exclusive();
-    let mut target = None;
-    for i in 0..SLOTS {
-        let idx = (start + i) % SLOTS;
-        let s = &slots[idx];
-        if s.db == db && s.key_id == key_id {
-            target = Some(idx);
-            break;
+    let mut p = part.exclusive();
+    let idx = match probe(
+        SLOTS,
+        start_of(key_id),
+        |i| p.slots[i].db == db && p.slots[i].key_id == key_id,
+        |i| p.slots[i].db == 0 || !p.slots[i].pending(),
+    ) {
+        Probe::Found(i) => i,
+        Probe::Vacant(i) => {
+            p.slots[i] = Slot {
+                db,
+                key_id,
+                ..Slot::FREE
+            };
+            i
         }
-        if target.is_none() && (s.db == 0 || !s.pending()) {
-            target = Some(idx);
+        Probe::Full => {
+            p.dropped += 1;
+            return;
         }
-    }
-    let Some(idx) = target else { return };
-    let s = &mut slots[idx];
-    if s.db != db || s.key_id != key_id {
-        *s = Slot {
-            db,
-            key_id,
-            ..Slot::FREE
-        };
-    }
+    };
+    let s = &mut p.slots[idx];
     s.counts[event as usize] += 1;
     if matches!(event, Event::Use) {
         s.last_used = s.last_used.max(now);
@@ -151,32 +208,35 @@ pub fn record(key_id: i64, event: Event) {
 
 /// What this database's slots hold: (key id, last used, counts), pending ones only unless `all`.
 fn collect(all: bool) -> Vec<(i64, i64, [u64; KINDS])> {
-    let db = u32::from(unsafe { pg_sys::MyDatabaseId });
-    let mut out = Vec::new();
-    for part in TABLE.iter() {
-        let slots = part.share();
-        for s in slots.iter().filter(|s| s.db == db && (all || s.pending())) {
-            out.push((s.key_id, s.last_used, s.counts));
-        }
-    }
-    out
+    let Some(part) = my_part() else {
+        return Vec::new();
+    };
+    let db = current_db();
+    let p = part.share();
+    p.slots
+        .iter()
+        .filter(|s| s.db == db && (all || s.pending()))
+        .map(|s| (s.key_id, s.last_used, s.counts))
+        .collect()
 }
 
 /// Subtract what a committed flush wrote.
 fn settle(flushed: &[(i64, i64, [u64; KINDS])]) {
-    let db = u32::from(unsafe { pg_sys::MyDatabaseId });
+    let Some(part) = my_part() else { return };
+    let db = current_db();
+    let mut p = part.exclusive();
     for &(key_id, last_used, counts) in flushed {
-        let (part, start) = part_of(key_id);
-        let mut slots = part.exclusive();
-        for i in 0..SLOTS {
-            let s = &mut slots[(start + i) % SLOTS];
-            if s.db == db && s.key_id == key_id {
-                for (c, f) in s.counts.iter_mut().zip(counts) {
-                    *c = c.saturating_sub(f);
-                }
-                s.flushed_last_used = s.flushed_last_used.max(last_used);
-                break;
+        if let Probe::Found(i) = probe(
+            SLOTS,
+            start_of(key_id),
+            |i| p.slots[i].db == db && p.slots[i].key_id == key_id,
+            |_| false,
+        ) {
+            let s = &mut p.slots[i];
+            for (c, f) in s.counts.iter_mut().zip(counts) {
+                *c = c.saturating_sub(f);
             }
+            s.flushed_last_used = s.flushed_last_used.max(last_used);
         }
     }
 }
@@ -191,6 +251,7 @@ fn pg_epoch_to_timestamptz(us: i64) -> Option<TimestampWithTimeZone> {
 
 /// Write pending usage in one transaction. Returns how many keys were written.
 fn flush() -> usize {
+    // SAFETY: reads shared recovery state.
     if unsafe { pg_sys::RecoveryInProgress() } {
         return 0;
     }
@@ -205,17 +266,18 @@ fn flush() -> usize {
         .collect();
     let column = |k: usize| -> Vec<i64> { pending.iter().map(|p| p.2[k] as i64).collect() };
     BackgroundWorker::transaction(|| {
+        // The worker connected as the bootstrap superuser under the database's own settings,
+        // which its owner controls: find the extension by OID and act as its owner with the
+        // pinned search_path, exactly as a management function does.
+        let Some(catalog) = crate::catalog::installed() else {
+            return;
+        };
+        let _owner = crate::privilege::Elevated::to_role(catalog.owner);
         Spi::connect_mut(|c| {
-            let installed = !c
-                .select("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_apikey'", None, &[])?
-                .is_empty();
-            if !installed {
-                return Ok::<_, pgrx::spi::SpiError>(());
-            }
             c.update(
                 "UPDATE apikey.keys k SET last_used_at = GREATEST(k.last_used_at, u.at)
                    FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.timestamptz[])) AS u(id, at)
-                  WHERE k.id = u.id AND u.at IS NOT NULL",
+                  WHERE k.id OPERATOR(pg_catalog.=) u.id AND u.at IS NOT NULL",
                 None,
                 &[ids.clone().into(), used.clone().into()],
             )?;
@@ -226,11 +288,13 @@ fn flush() -> usize {
                                    pg_catalog.unnest($3::pg_catalog.int8[]), pg_catalog.unnest($4::pg_catalog.int8[]),
                                    pg_catalog.unnest($5::pg_catalog.int8[]), pg_catalog.unnest($6::pg_catalog.int8[]))
                         AS x(id, uses, expired, revoked, limited, denied)
-                  WHERE x.uses + x.expired + x.revoked + x.limited + x.denied > 0
+                  WHERE GREATEST(x.uses, x.expired, x.revoked, x.limited, x.denied) OPERATOR(pg_catalog.>) 0
                  ON CONFLICT (key_id, bucket) DO UPDATE
-                    SET uses = u.uses + excluded.uses, expired = u.expired + excluded.expired,
-                        revoked = u.revoked + excluded.revoked, rate_limited = u.rate_limited + excluded.rate_limited,
-                        denied = u.denied + excluded.denied",
+                    SET uses = u.uses OPERATOR(pg_catalog.+) excluded.uses,
+                        expired = u.expired OPERATOR(pg_catalog.+) excluded.expired,
+                        revoked = u.revoked OPERATOR(pg_catalog.+) excluded.revoked,
+                        rate_limited = u.rate_limited OPERATOR(pg_catalog.+) excluded.rate_limited,
+                        denied = u.denied OPERATOR(pg_catalog.+) excluded.denied",
                 None,
                 &[
                     ids.clone().into(),
@@ -241,9 +305,9 @@ fn flush() -> usize {
                     column(4).into(),
                 ],
             )?;
-            Ok(())
+            Ok::<_, pgrx::spi::SpiError>(())
         })
-        .unwrap_or_else(|e| pgrx::error!("pg_apikey usage flush failed: {e}"))
+        .unwrap_or_else(|_| raise(ApiError::Internal("the usage flush failed")))
     });
     settle(&pending);
     pending.len()
@@ -260,10 +324,14 @@ pub extern "C-unwind" fn pg_apikey_usage_worker(arg: pg_sys::Datum) {
         return;
     };
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    // The worker flushes the partition of the database it serves (it knows its index; looking
+    // the name up would need a transaction).
+    MY_PART.set(Some(Some(index)));
     loop {
         let interval = Duration::from_millis(gucs::USAGE_FLUSH_INTERVAL.get().max(10) as u64);
         let alive = BackgroundWorker::wait_latch(Some(interval));
         if BackgroundWorker::sighup_received() {
+            // SAFETY: rereads postgresql.conf, as every process does on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         flush();
@@ -271,11 +339,12 @@ pub extern "C-unwind" fn pg_apikey_usage_worker(arg: pg_sys::Datum) {
             break;
         }
     }
+    // SAFETY: ends this worker process; the postmaster restarts it after set_restart_time.
     unsafe { pg_sys::proc_exit(1) };
 }
 
 /// Usage in shared memory not yet written to tables, for this database: exact last use even
-/// between flushes and on a standby.
+/// between flushes and on a standby. Administrators only (it names every key in use).
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_restricted)]
 fn usage_pending() -> TableIterator<
@@ -290,6 +359,9 @@ fn usage_pending() -> TableIterator<
         name!(denied, i64),
     ),
 > {
+    if !crate::privilege::caller_is_admin() {
+        raise(ApiError::AdminOnly("read live usage"));
+    }
     if !crate::shmem::preloaded() {
         return TableIterator::new(Vec::new());
     }
@@ -308,4 +380,21 @@ fn usage_pending() -> TableIterator<
         })
         .collect();
     TableIterator::new(rows)
+}
+
+/// Usage events this database could not record: its partition was full of unflushed counts, or
+/// (for a database not in `apikey.usage_databases`) it has no flush worker. Administrators only.
+#[pg_extern(volatile, parallel_restricted)]
+fn usage_dropped() -> i64 {
+    if !crate::privilege::caller_is_admin() {
+        raise(ApiError::AdminOnly("read usage statistics"));
+    }
+    if !crate::shmem::preloaded() {
+        return 0;
+    }
+    let n = match my_part() {
+        Some(part) => part.share().dropped,
+        None => UNLISTED_DROPPED.get().load(Ordering::Relaxed),
+    };
+    n.min(i64::MAX as u64) as i64
 }

@@ -68,13 +68,14 @@ SELECT o.revoked_at - n.created_at AS grace, n.rotated_from = o.id AS linked
 SELECT id AS k6_id, api_key AS k6 FROM apikey.rotate(:k5_id) \gset
 SELECT * FROM apikey.verify(:'k5');
 SELECT name FROM apikey.verify(:'k6');
--- The grace period never outlives the old key's own expiry.
+-- An expired key cannot be rotated (it would come back to life as a new key).
 UPDATE apikey.keys SET expires_at = now() - interval '1 second' WHERE id = :k6_id;
-SELECT id AS k7_id FROM apikey.rotate(:k6_id, '1 day') \gset
+SELECT * FROM apikey.rotate(:k6_id, '1 day');
 SELECT * FROM apikey.verify(:'k6');
--- Refusals.
+-- Refusals: a revoked key, a negative grace, a grace past apikey.max_rotation_grace (7 days).
 SELECT * FROM apikey.rotate(:k1_id);
-SELECT * FROM apikey.rotate(:k7_id, '-1 hour');
+SELECT * FROM apikey.rotate(:k6_id, '-1 hour');
+SELECT * FROM apikey.rotate(:k6_id, '8 days');
 
 -- The audit log: one row per change, in order, with the caller, never a secret.
 SELECT action, key_id, owner, key_name, actor, session_actor, detail ? 'new_key_id' AS names_successor

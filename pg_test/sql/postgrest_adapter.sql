@@ -22,12 +22,32 @@ SELECT set_config('request.headers', json_build_object('x-api-key', :'own_role')
 SELECT apikey.pre_request();
 SELECT current_user;
 ROLLBACK;
--- No key: nothing happens (the request stays in PostgREST's anon role).
+-- No key: 401 "API key required", secure by default.
 BEGIN;
 SELECT set_config('request.headers', '{"accept": "*/*"}', true) IS NOT NULL AS headers_set;
+SELECT set_config('request.path', '/surveys', true) IS NOT NULL AS path_set;
+SELECT apikey.pre_request();
+ROLLBACK;
+-- ... unless the path is listed in apikey.anonymous_paths (then it stays PostgREST's anon role),
+BEGIN;
+SET LOCAL apikey.anonymous_paths = '/rpc/user_key, /rpc/health';
+SELECT set_config('request.headers', '{"accept": "*/*"}', true) IS NOT NULL AS headers_set;
+SELECT set_config('request.path', '/rpc/user_key', true) IS NOT NULL AS path_set;
 SELECT apikey.pre_request();
 SELECT current_user, apikey.current_owner();
+SELECT set_config('request.path', '/rpc/user_keys', true) IS NOT NULL AS other_path;
+SELECT apikey.pre_request();
 ROLLBACK;
+-- ... or PostgREST authenticated the request with a JWT (it rejects a bad one itself).
+BEGIN;
+SELECT set_config('request.headers', '{"authorization": "Bearer eyJ.x.y"}', true) IS NOT NULL AS headers_set;
+SELECT apikey.pre_request();
+SELECT apikey.current_owner();
+ROLLBACK;
+-- Only a superuser sets it.
+SET ROLE regress_attacker;
+SET apikey.anonymous_paths = '*';
+RESET ROLE;
 
 \set VERBOSITY default
 -- Invalid, malformed and expired keys are 401 with a JSON body; the key is never in it.

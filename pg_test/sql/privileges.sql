@@ -1,5 +1,5 @@
 -- Who may do what. Ordinary roles cannot read the keys table or its digests; they manage only
--- the keys of the owner they authenticated as; apikey_admin members manage every key.
+-- the keys of the owner they authenticated as; administrators (apikey.grant_admin) manage every key.
 \set VERBOSITY terse
 SET apikey.creation_limit = 0;
 SELECT id AS a_id, api_key AS a_key FROM apikey.create('alice', 'alice key') \gset

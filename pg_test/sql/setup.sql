@@ -7,7 +7,7 @@ DO $$ BEGIN
   CREATE ROLE regress_app LOGIN;
   CREATE ROLE regress_attacker LOGIN;
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-GRANT apikey_admin TO regress_admin;
+SELECT apikey.grant_admin('regress_admin');
 SELECT extname, extversion, extrelocatable FROM pg_extension WHERE extname = 'pg_apikey';
 -- The control file fixes the schema.
 SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_apikey';

@@ -6,6 +6,7 @@
 use std::fmt;
 
 use crate::format::KeyError;
+use crate::rights::Widening;
 
 /// The SQLSTATEs we use. All are standard codes: pgrx can only raise codes Postgres itself defines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +31,8 @@ pub enum Sqlstate {
     DuplicateObject,
     /// 25006 read_only_sql_transaction: a change attempted on a hot standby.
     ReadOnly,
+    /// XX000 internal_error: a damaged install or a bug; never caused by input alone.
+    Internal,
 }
 
 impl Sqlstate {
@@ -45,6 +48,7 @@ impl Sqlstate {
             Self::NotInPrerequisiteState => "55000",
             Self::DuplicateObject => "42710",
             Self::ReadOnly => "25006",
+            Self::Internal => "XX000",
         }
     }
 }
@@ -61,7 +65,7 @@ pub enum ApiError {
         expected: &'static str,
     },
     NotKeyAdmin,
-    /// Something only superusers and apikey_admin members may do.
+    /// Something only superusers and administrators of this database may do.
     AdminOnly(&'static str),
     MissingScope(String),
     OutsideResource(String),
@@ -79,6 +83,19 @@ pub enum ApiError {
     NotRecoverable(String),
     /// A change attempted on a hot standby.
     OnStandby(&'static str),
+    /// A key holder asked for more than the key they authenticated with holds.
+    Widens(Widening),
+    /// An expired key cannot be rotated (create a new one).
+    KeyExpired(i64),
+    /// The extension is not installed in this database (a stale call path).
+    NotInstalled,
+    /// The shared-memory rate limiter has no idle slot for a new bucket: refuse rather than evict
+    /// a bucket that still holds a limit.
+    LimiterFull,
+    /// Something that cannot happen in a sound install; fails closed without detail.
+    Internal(&'static str),
+    /// Something only a superuser may do (granting administrator rights).
+    SuperuserOnly(&'static str),
 }
 
 impl ApiError {
@@ -91,12 +108,17 @@ impl ApiError {
             Self::NotKeyAdmin
             | Self::AdminOnly(_)
             | Self::MissingScope(_)
-            | Self::OutsideResource(_) => Sqlstate::InsufficientPrivilege,
+            | Self::OutsideResource(_)
+            | Self::Widens(_)
+            | Self::SuperuserOnly(_) => Sqlstate::InsufficientPrivilege,
             Self::KeyNotFound(_) => Sqlstate::NoDataFound,
-            Self::KeyRevoked(_) => Sqlstate::NotInPrerequisiteState,
+            Self::KeyRevoked(_) | Self::KeyExpired(_) | Self::NotInstalled => {
+                Sqlstate::NotInPrerequisiteState
+            }
             Self::InvalidArgument(_) => Sqlstate::InvalidParameterValue,
             Self::NullArgument(_) => Sqlstate::NullValueNotAllowed,
-            Self::RateLimited { .. } => Sqlstate::RateLimited,
+            Self::RateLimited { .. } | Self::LimiterFull => Sqlstate::RateLimited,
+            Self::Internal(_) => Sqlstate::Internal,
             Self::NotPreloaded(_) | Self::NotRecoverable(_) => Sqlstate::NotInPrerequisiteState,
             Self::DuplicateFormat(_) => Sqlstate::DuplicateObject,
             Self::OnStandby(_) => Sqlstate::ReadOnly,
@@ -109,6 +131,7 @@ impl ApiError {
             Self::RateLimited { retry_after, .. } => {
                 Some(format!("{{\"retry_after\": {retry_after}}}"))
             }
+            Self::LimiterFull => Some("{\"retry_after\": 1}".into()),
             _ => None,
         }
     }
@@ -123,7 +146,7 @@ impl ApiError {
                 "Keys verify and authenticate on a standby; create and change them on the primary.".into(),
             ),
             Self::NotKeyAdmin => Some(
-                "Members of apikey_admin manage every key; a key's owner manages its own keys after apikey.authenticate().".into(),
+                "Administrators (apikey.grant_admin) manage every key of their database; a key's owner manages its own keys after apikey.authenticate().".into(),
             ),
             Self::NotPreloaded(_) => Some(
                 "Add pg_apikey to shared_preload_libraries in postgresql.conf and restart the server.".into(),
@@ -146,7 +169,7 @@ impl fmt::Display for ApiError {
             Self::AdminOnly(what) => {
                 write!(
                     f,
-                    "permission denied to {what}: apikey_admin membership required"
+                    "permission denied to {what}: pg_apikey administrator rights in this database required"
                 )
             }
             Self::MissingScope(s) => write!(f, "API key lacks the scope \"{s}\""),
@@ -161,6 +184,19 @@ impl fmt::Display for ApiError {
             }
             Self::NotRecoverable(why) => write!(f, "{why}"),
             Self::OnStandby(what) => write!(f, "cannot {what} on a hot standby"),
+            Self::Widens(w) => write!(
+                f,
+                "an API key can only act within its own rights: {}",
+                w.describe()
+            ),
+            Self::KeyExpired(id) => write!(f, "API key {id} has expired"),
+            Self::NotInstalled => write!(f, "pg_apikey is not installed in this database"),
+            Self::LimiterFull => write!(
+                f,
+                "the rate limiter is full: no idle slot for a new limit. Please try again in 1 second."
+            ),
+            Self::Internal(what) => write!(f, "pg_apikey internal error: {what}"),
+            Self::SuperuserOnly(what) => write!(f, "permission denied to {what}: superuser required"),
             Self::DuplicateFormat(name) => write!(
                 f,
                 "key format \"{name}\" already exists or uses the same prefix"

@@ -541,3 +541,9 @@ mod tests {
         assert_eq!(last_chars(&key), &key[64..]);
     }
 }
+
+/// Fill `buf` from the operating system's CSPRNG.
+pub fn os_random(buf: &mut [u8]) -> Result<(), rand::rngs::SysError> {
+    use rand::TryRng;
+    rand::rngs::SysRng.try_fill_bytes(buf)
+}

@@ -6,6 +6,8 @@ pub mod digest;
 pub mod errors;
 pub mod format;
 pub mod gcra;
+pub mod rights;
 pub mod scope;
 pub mod seal;
+pub mod slots;
 pub mod window;

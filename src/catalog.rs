@@ -1,0 +1,156 @@
+//! The extension's own objects, found by OID.
+//!
+//! Every privileged statement names `apikey.keys`, `apikey.formats` and so on. A name is only as
+//! trustworthy as whoever controls the schema it is resolved in, so before those statements run we
+//! check, once per backend and again after any relcache invalidation, that each name resolves to
+//! the very relation that `CREATE EXTENSION pg_apikey` created: a member of the extension (by
+//! `pg_depend`), in the extension's own namespace, a plain table, and that the namespace is still
+//! owned by the extension's owner. A relation swapped for a view, renamed or re-created by someone
+//! else fails closed with an internal error before any statement reads or writes through it.
+//!
+//! The lookups themselves run with `search_path = pg_catalog, pg_temp` and qualified operators, so
+//! nothing a caller or a database owner created can take part in them.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use pg_apikey_core::errors::ApiError;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::errors::{raise, spi};
+
+/// The tables every module reads or writes, by the name they have in SQL.
+pub const TABLES: [&str; 7] = [
+    "keys",
+    "formats",
+    "audit_log",
+    "usage",
+    "rate_limits",
+    "admins",
+    "keys_id_seq",
+];
+
+#[derive(Debug)]
+pub struct Catalog {
+    pub owner: pg_sys::Oid,
+    /// (name, oid) of every table in `TABLES` that exists, checked as described above.
+    relations: Vec<(String, pg_sys::Oid)>,
+}
+
+impl Catalog {
+    pub fn relation(&self, name: &str) -> pg_sys::Oid {
+        self.relations
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, oid)| *oid)
+            .unwrap_or_else(|| raise(ApiError::Internal("an extension table is missing")))
+    }
+
+    pub fn is_ours(&self, relid: pg_sys::Oid) -> bool {
+        self.relations.iter().any(|(_, oid)| *oid == relid)
+    }
+}
+
+thread_local! {
+    static CATALOG: RefCell<Option<Rc<Catalog>>> = const { RefCell::new(None) };
+}
+
+/// The checked catalog facts; raises 55000 when the extension is not installed here.
+pub fn get() -> Rc<Catalog> {
+    if let Some(c) = CATALOG.with_borrow(|c| c.clone()) {
+        return c;
+    }
+    let loaded = Rc::new(crate::privilege::with_pinned_search_path(load));
+    CATALOG.with_borrow_mut(|c| *c = Some(loaded.clone()));
+    loaded
+}
+
+/// Like `get`, but None when the extension is not installed in this database (the worker asks).
+pub fn installed() -> Option<Rc<Catalog>> {
+    // SAFETY: a plain catalog lookup by name; missing_ok = true, so it returns InvalidOid rather
+    // than raising when the extension is absent.
+    let oid = unsafe { pg_sys::get_extension_oid(c"pg_apikey".as_ptr(), true) };
+    (oid != pg_sys::InvalidOid).then(get)
+}
+
+/// Forget everything (a relcache invalidation may mean a DROP/CREATE EXTENSION or a swap).
+pub fn invalidate(relid: pg_sys::Oid) {
+    CATALOG.with_borrow_mut(|c| {
+        let drop_it = match c {
+            None => false,
+            Some(cat) => relid == pg_sys::InvalidOid || cat.is_ours(relid),
+        };
+        if drop_it {
+            *c = None;
+        }
+    });
+}
+
+fn load() -> Catalog {
+    const EXTENSION: &str = "
+SELECT e.oid, e.extowner, e.extnamespace, n.nspowner
+  FROM pg_catalog.pg_extension e
+  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+ WHERE e.extname OPERATOR(pg_catalog.=) 'pg_apikey'::pg_catalog.name";
+    // Members of the extension in its own namespace, with the OID that their qualified name
+    // resolves to now (to_regclass under the pinned search_path): the two must agree.
+    const MEMBERS: &str = "
+SELECT c.relname::pg_catalog.text, c.oid, c.relkind::pg_catalog.text,
+       pg_catalog.to_regclass(pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.'
+                              OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname))::pg_catalog.oid
+  FROM pg_catalog.pg_depend d
+  JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.objid
+  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+ WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+   AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+   AND d.refobjid OPERATOR(pg_catalog.=) $1
+   AND d.deptype OPERATOR(pg_catalog.=) 'e'
+   AND c.relnamespace OPERATOR(pg_catalog.=) $2";
+    let found = spi(Spi::connect(|c| {
+        let t = c.select(EXTENSION, Some(1), &[])?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = t.first();
+        let ext: pg_sys::Oid = r.get(1)?.unwrap_or(pg_sys::InvalidOid);
+        let owner: pg_sys::Oid = r.get(2)?.unwrap_or(pg_sys::InvalidOid);
+        let namespace: pg_sys::Oid = r.get(3)?.unwrap_or(pg_sys::InvalidOid);
+        let nsp_owner: pg_sys::Oid = r.get(4)?.unwrap_or(pg_sys::InvalidOid);
+        let mut relations = Vec::new();
+        for row in c.select(MEMBERS, None, &[ext.into(), namespace.into()])? {
+            let name: String = row.get(1)?.unwrap_or_default();
+            let oid: pg_sys::Oid = row.get(2)?.unwrap_or(pg_sys::InvalidOid);
+            let kind: String = row.get(3)?.unwrap_or_default();
+            let resolves_to: Option<pg_sys::Oid> = row.get(4)?;
+            if !TABLES.contains(&name.as_str()) {
+                continue;
+            }
+            let expected_kind = if name.ends_with("_seq") { "S" } else { "r" };
+            if kind != expected_kind || resolves_to != Some(oid) {
+                return Ok(Some(Err(())));
+            }
+            relations.push((name, oid));
+        }
+        Ok::<_, pgrx::spi::SpiError>(Some(Ok((
+            Catalog { owner, relations },
+            nsp_owner,
+        ))))
+    }));
+    match found {
+        None => raise(ApiError::NotInstalled),
+        Some(Err(())) => raise(ApiError::Internal(
+            "an extension table was replaced; reinstall pg_apikey",
+        )),
+        Some(Ok((cat, nsp_owner))) => {
+            // Only the extension's owner may hold its schema: anyone else could create, rename
+            // or drop the names our statements use.
+            if nsp_owner != cat.owner {
+                raise(ApiError::Internal(
+                    "the apikey schema is no longer owned by the extension's owner",
+                ));
+            }
+            cat
+        }
+    }
+}
