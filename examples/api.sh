@@ -39,10 +39,11 @@ CONF
     sed -e "s|@RUN@|$run|g" -e "s|@NGINX_PORT@|$nginx_port|g" -e "s|@POSTGREST_PORT@|$pgrst_port|g" \
         "$ROOT/examples/nginx.conf" > "$run/nginx.conf"
     nginx -c "$run/nginx.conf" -p "$run" -e "$run/nginx-error.log"
-    # PostgREST answers 503 until its schema cache is loaded.
+    # PostgREST answers 503 until its schema cache is loaded; then the root answers 200, or 401
+    # when the pre-request refuses requests without a key (the default).
     for _ in $(seq 1 100); do
         code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$pgrst_port/" || true)
-        [ "$code" = 200 ] && exit 0
+        case "$code" in 200|401) exit 0 ;; esac
         sleep 0.1
     done
     echo "api.sh: PostgREST did not become ready; see $run/postgrest.log" >&2

@@ -22,8 +22,9 @@ $$;
 GRANT web_anon, api_user, jwt_user TO authenticator;
 -- Keys switch to api_user unless they name a role of their own.
 ALTER ROLE authenticator SET apikey.default_role = 'api_user';
--- Every request needs a key (401 without one), except the seed's login endpoint, which issues keys.
-ALTER ROLE authenticator SET apikey.anonymous_paths = '/rpc/user_key';
+-- Every request needs a key (401 without one), except the seed's login endpoint, which issues keys,
+-- and the Cool Farm Tool endpoint, which answers 403 itself as that seed documents.
+ALTER ROLE authenticator SET apikey.anonymous_paths = '/rpc/user_key, /rpc/cft_user';
 -- Keys travel in request.headers, a bind parameter: keep parameters out of the log.
 ALTER ROLE authenticator SET log_parameter_max_length = 0;
 ALTER ROLE authenticator SET log_parameter_max_length_on_error = 0;

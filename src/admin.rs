@@ -14,7 +14,8 @@ use crate::errors::{raise, spi};
 use crate::privilege;
 
 /// What an administrator may read directly (everything else goes through functions).
-const ADMIN_READS: &str = "apikey.audit_log, apikey.usage, apikey.usage_live, apikey.rate_limit_state";
+const ADMIN_READS: &str =
+    "apikey.audit_log, apikey.usage, apikey.usage_live, apikey.rate_limit_state";
 
 /// The role's quoted name, raising Postgres' own 42704 for an unknown role.
 fn role(name: &str) -> String {
@@ -51,7 +52,11 @@ fn grant_admin(role_name: &str) -> bool {
                 None,
                 &[role_name.into(), actor.into()],
             )?;
-            c.update(&format!("GRANT SELECT ON {ADMIN_READS} TO {name}"), None, &[])?;
+            c.update(
+                &format!("GRANT SELECT ON {ADMIN_READS} TO {name}"),
+                None,
+                &[],
+            )?;
             Ok::<_, pgrx::spi::SpiError>(!added.is_empty())
         }))
     })
@@ -70,7 +75,11 @@ fn revoke_admin(role_name: &str) -> bool {
                 None,
                 &[role_name.into()],
             )?;
-            c.update(&format!("REVOKE SELECT ON {ADMIN_READS} FROM {name}"), None, &[])?;
+            c.update(
+                &format!("REVOKE SELECT ON {ADMIN_READS} FROM {name}"),
+                None,
+                &[],
+            )?;
             Ok::<_, pgrx::spi::SpiError>(!removed.is_empty())
         }))
     })

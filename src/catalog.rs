@@ -132,10 +132,7 @@ SELECT c.relname::pg_catalog.text, c.oid, c.relkind::pg_catalog.text,
             }
             relations.push((name, oid));
         }
-        Ok::<_, pgrx::spi::SpiError>(Some(Ok((
-            Catalog { owner, relations },
-            nsp_owner,
-        ))))
+        Ok::<_, pgrx::spi::SpiError>(Some(Ok((Catalog { owner, relations }, nsp_owner))))
     }));
     match found {
         None => raise(ApiError::NotInstalled),

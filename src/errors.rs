@@ -12,8 +12,8 @@ use std::ffi::CStr;
 
 use pg_apikey_core::errors::{ApiError, Sqlstate};
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 const DOMAIN: &CStr = c"pg_apikey";
@@ -61,9 +61,13 @@ pub fn spi<T>(r: Result<T, pgrx::spi::SpiError>) -> T {
 /// A line in the server log only (LOG level is not sent to clients by default), outside any
 /// transaction's fate: it stays even if the caller rolls back. Never give it a key.
 pub fn log_line(message: String) {
-    ErrorReport::new(PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, message, "pg_apikey")
-        .set_domain(DOMAIN.to_str().expect("ASCII"))
-        .report(PgLogLevel::LOG);
+    ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        message,
+        "pg_apikey",
+    )
+    .set_domain(DOMAIN.to_str().expect("ASCII"))
+    .report(PgLogLevel::LOG);
 }
 
 static mut PREV_EMIT_LOG_HOOK: pg_sys::emit_log_hook_type = None;

@@ -65,7 +65,10 @@ fn load_rows() -> Vec<Row> {
             let recoverable = row.get::<bool>(6)?.unwrap_or(false);
             if let (Some(a), Some(cs)) = (alphabet, checksum) {
                 if let Ok(format) = Format::new(&name, &prefix, a, body_len.max(0) as usize, cs) {
-                    rows.push(Row { format, recoverable });
+                    rows.push(Row {
+                        format,
+                        recoverable,
+                    });
                 }
             }
         }

@@ -697,7 +697,9 @@ const TARGET_COLUMNS: &str = "owner, name, format, kind, scopes, resource, expir
 /// 42501. Runs inside `privilege::as_owner`.
 pub fn target(caller: &Caller, id: i64, lock: bool) -> Target {
     let lock_clause = if lock { " FOR UPDATE" } else { "" };
-    let holder = (!caller.admin).then_some(caller.identity.as_ref()).flatten();
+    let holder = (!caller.admin)
+        .then_some(caller.identity.as_ref())
+        .flatten();
     if !caller.admin && holder.is_none() {
         raise(ApiError::KeyNotFound(id));
     }

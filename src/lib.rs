@@ -4,7 +4,11 @@
 //! `pg_apikey_core` crate; the modules here are the Postgres glue, one concern each, and each with
 //! its own `init()` that `_PG_init` calls.
 
-#![deny(unsafe_op_in_unsafe_fn, ffi_unwind_calls, clippy::undocumented_unsafe_blocks)]
+#![deny(
+    unsafe_op_in_unsafe_fn,
+    ffi_unwind_calls,
+    clippy::undocumented_unsafe_blocks
+)]
 
 use pgrx::prelude::*;
 

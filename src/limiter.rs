@@ -151,7 +151,12 @@ pub fn charge(ns: Namespace, name: &str, rate: &Rate) -> Result<Outcome, ApiErro
     };
     let hash = keyed_hash(
         secret(),
-        &[&db.to_le_bytes(), &tag.to_le_bytes(), &[half as u8], name.as_bytes()],
+        &[
+            &db.to_le_bytes(),
+            &tag.to_le_bytes(),
+            &[half as u8],
+            name.as_bytes(),
+        ],
     );
     let per_half = TABLE.len() / 2;
     let part = TABLE[half * per_half + (hash as usize) % per_half];

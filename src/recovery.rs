@@ -47,13 +47,11 @@ pub fn seal_for(format: &str, plaintext: &str) -> Option<Vec<u8>> {
     if !formats::is_recoverable(format) {
         return None;
     }
-    Some(
-        seal::seal(&server_key(), plaintext).unwrap_or_else(|_| {
-            raise(ApiError::Internal(
-                "the operating system's random generator failed",
-            ))
-        }),
-    )
+    Some(seal::seal(&server_key(), plaintext).unwrap_or_else(|_| {
+        raise(ApiError::Internal(
+            "the operating system's random generator failed",
+        ))
+    }))
 }
 
 fn open(id: i64, blob: &[u8], digest: &[u8]) -> String {

@@ -85,12 +85,36 @@ def test_buckets_are_per_database(db, cluster):
         a.execute(f'DROP DATABASE "{other}" WITH (FORCE)')
 
 
-def test_a_full_table_evicts_rather_than_fails(db):
+def test_a_full_table_fails_closed_and_never_evicts_a_live_bucket(db):
     conn = db()
-    # 16 partitions x 256 slots: push well past capacity; no error, and fresh buckets still admit.
-    conn.execute("SELECT count(apikey.rate_limit('fill:' || g, 1, '1 hour')) FROM generate_series(1, 5000) g")
-    assert conn.execute("SELECT count(*) FROM apikey.rate_limit_state").fetchone()[0] == 16 * 256
-    assert conn.execute("SELECT apikey.rate_limit('after-fill', 2, '1 hour')").fetchone()[0] == 1
+    key_id, key = conn.execute(
+        "SELECT id, api_key::text FROM apikey.create('victim', 'k', rate_limit => 1, rate_period => '1 hour')"
+    ).fetchone()
+    conn.execute("SELECT apikey.authenticate(%s)", (key,))
+    with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
+        conn.execute("SELECT apikey.authenticate(%s)", (key,))
+    # The rate_limit buckets (8 partitions x 256 slots) fill up; past that a new bucket is refused
+    # (53400, retry after 1 s) rather than taking a slot that still holds a limit.
+    filled = 0
+    for start in range(0, 6000, 500):
+        try:
+            conn.execute(
+                "SELECT count(apikey.rate_limit('fill:' || g, 1, '1 hour')) FROM generate_series(%s::int, %s::int) g",
+                (start, start + 499),
+            )
+            filled += 500
+        except psycopg.errors.ConfigurationLimitExceeded as e:
+            assert "rate limiter is full" in str(e) and e.diag.message_detail == '{"retry_after": 1}'
+            break
+    else:
+        pytest.fail("the limiter never filled up")
+    assert 0 < filled <= 8 * 256
+    # Every bucket that was admitted is still there and still limits.
+    with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="Request rate limit exceeded"):
+        conn.execute("SELECT apikey.rate_limit('fill:0', 1, '1 hour')")
+    # The victim's per-key limit lives in the other half and was not reset.
+    with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="API key rate limit exceeded"):
+        conn.execute("SELECT apikey.authenticate(%s)", (key,))
 
 
 def test_without_preload_limits_fail_with_the_fix_and_keys_still_verify(tmp_path):
@@ -101,7 +125,9 @@ def test_without_preload_limits_fail_with_the_fix_and_keys_still_verify(tmp_path
 
     port = "54344"
     env = dict(os.environ, NO_PRELOAD="1")
-    subprocess.run([str(ROOT / "tests/cluster.sh"), "start", "nopreload", port], check=True, env=env)
+    # A server key in postgresql.conf without preload would be a placeholder any role can read.
+    subprocess.run([str(ROOT / "tests/cluster.sh"), "start", "nopreload", port,
+                    "apikey.encryption_key = '" + "cd" * 32 + "'"], check=True, env=env)
     try:
         dsn = f"host={ROOT / '.run/nopreload'} port={port} user=postgres dbname=postgres"
         with psycopg.connect(dsn, autocommit=True) as c:
@@ -117,5 +143,9 @@ def test_without_preload_limits_fail_with_the_fix_and_keys_still_verify(tmp_path
             ).fetchone()[0]
             with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
                 c.execute("SELECT apikey.authenticate(%s)", (limited,))
+            # Recoverable keys are refused without preload: the server key is not protected then.
+            c.execute("SELECT apikey.alter_format('ct_live', true)")
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="recoverable keys"):
+                c.execute("SELECT * FROM apikey.create('np', 'sealed', format => 'ct_live')")
     finally:
         subprocess.run([str(ROOT / "tests/cluster.sh"), "stop", "nopreload"], check=False)

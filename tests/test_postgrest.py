@@ -236,3 +236,30 @@ def test_no_key_reached_the_server_log(api):
     log = (ROOT / ".run" / CLUSTER / "server.log").read_text(errors="replace")
     for key in api.values():
         assert key[-30:] not in log
+
+
+def test_a_request_without_a_key_is_401_even_where_anon_may_read(api):
+    """Fail closed at the HTTP edge: a table that PostgREST's anonymous role may read, under an RLS
+    policy keyed on the owner, must not answer 200 with an empty list to a request with no key."""
+    dsn = f"host={ROOT / '.run' / CLUSTER} port={PG_PORT} user=postgres dbname={DB}"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE IF NOT EXISTS api.notes (owner text, body text)")
+        c.execute("ALTER TABLE api.notes ENABLE ROW LEVEL SECURITY")
+        c.execute("DROP POLICY IF EXISTS mine ON api.notes")
+        c.execute("CREATE POLICY mine ON api.notes USING (owner = (SELECT apikey.current_owner()))")
+        c.execute("GRANT SELECT ON api.notes TO web_anon, api_user")
+        c.execute("INSERT INTO api.notes VALUES ('alice', 'hello')")
+        c.execute("NOTIFY pgrst, 'reload schema'")
+    url = f"http://127.0.0.1:{PGRST_PORT}/notes"
+    for _ in range(50):
+        status, _, body = curl(url)
+        if status != 404:
+            break
+        import time
+        time.sleep(0.1)
+    assert status == 401 and json.loads(body)["message"] == "API key required"
+    status, _, body = curl("-H", f"X-Api-Key: {api['alice']}", url)
+    assert status == 200 and json.loads(body) == [{"owner": "alice", "body": "hello"}]
+    # The login endpoint stays open because the example lists it in apikey.anonymous_paths.
+    r = requests.post(f"{BASE}/user/key/", data={"username": "nobody", "password": "x"})
+    assert r.status_code == 403

@@ -1,6 +1,8 @@
 //! The server-independent core of pg_apikey: nothing here knows about Postgres, so all of it is
 //! unit-tested (and fuzzed) without a server. The extension crate is glue around these functions.
 
+#![forbid(unsafe_code)]
+
 pub mod checksum;
 pub mod digest;
 pub mod errors;

@@ -183,7 +183,10 @@ mod tests {
         let cases: [(fn(&mut Rights), Widening); 8] = [
             (|r| r.kind = KeyKind::App, Widening::Kind),
             (|r| r.scopes = None, Widening::Scope),
-            (|r| r.scopes = Some(vec!["surveys:*".into()]), Widening::Scope),
+            (
+                |r| r.scopes = Some(vec!["surveys:*".into()]),
+                Widening::Scope,
+            ),
             (|r| r.resource = None, Widening::Resource),
             (|r| r.expires_at = None, Widening::Expiry),
             (|r| r.expires_at = Some(1_001), Widening::Expiry),
