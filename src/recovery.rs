@@ -23,7 +23,7 @@ fn server_key() -> [u8; 32] {
     // Without preload the setting is an ordinary placeholder until the library loads in a
     // session, and any role can read a placeholder with current_setting(): refuse to use it.
     if !crate::shmem::preloaded() {
-        raise(ApiError::NotPreloaded("recoverable keys"));
+        raise(ApiError::NotPreloaded("using recoverable keys"));
     }
     let text = crate::gucs::ENCRYPTION_KEY
         .get()

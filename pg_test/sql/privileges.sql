@@ -31,7 +31,9 @@ SELECT * FROM apikey.create('bob', 'not mine');
 ROLLBACK;
 BEGIN;
 SELECT apikey.authenticate(:'s_key') AS owner;
-SELECT * FROM apikey.create('alice', 'wider');
+-- What the key does not say is inherited from the key that creates it.
+SELECT id AS inh_id FROM apikey.create('alice', 'inherits') \gset
+SELECT scopes, resource FROM apikey.key_list WHERE id = :inh_id;
 SELECT * FROM apikey.create('alice', 'wider', scopes => '{surveys:*}', resource => 'agency-1');
 SELECT * FROM apikey.create('alice', 'elsewhere', scopes => '{surveys:read}', resource => 'agency-2');
 SELECT count(*) AS narrower_ok FROM apikey.create('alice', 'narrow', scopes => '{surveys:read}', resource => 'agency-1');
