@@ -213,7 +213,7 @@ fn alter_format(name: &str, recoverable: bool) -> bool {
     crate::privilege::as_owner(|| {
         spi(Spi::connect_mut(|c| {
             c.update(
-                "UPDATE apikey.formats SET recoverable = $2 WHERE name = $1",
+                "UPDATE apikey.formats SET recoverable = $2 WHERE name OPERATOR(pg_catalog.=) $1",
                 None,
                 &[name.into(), recoverable.into()],
             )

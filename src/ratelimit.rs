@@ -28,8 +28,8 @@ pub fn charge_creation(owner: &str) {
         )?;
         let row = c
             .select(
-                "SELECT hits, (EXTRACT(epoch FROM pg_catalog.clock_timestamp()) * 1000000)::int8
-                   FROM apikey.rate_limits WHERE bucket = $1 FOR UPDATE",
+                "SELECT hits, (EXTRACT(epoch FROM pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8
+                   FROM apikey.rate_limits WHERE bucket OPERATOR(pg_catalog.=) $1 FOR UPDATE",
                 Some(1),
                 &[bucket.clone().into()],
             )?
@@ -39,7 +39,7 @@ pub fn charge_creation(owner: &str) {
         match admit(&log, now, limit as usize, period_us) {
             Decision::Allowed(log) => {
                 c.update(
-                    "UPDATE apikey.rate_limits SET hits = $2, updated_at = pg_catalog.now() WHERE bucket = $1",
+                    "UPDATE apikey.rate_limits SET hits = $2, updated_at = pg_catalog.now() WHERE bucket OPERATOR(pg_catalog.=) $1",
                     None,
                     &[bucket.into(), log.into()],
                 )?;
