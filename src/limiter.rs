@@ -16,8 +16,9 @@
 //! a new bucket is refused (53400, retry after 1 s): the table fails closed.
 
 use pg_apikey_core::errors::ApiError;
-use pg_apikey_core::gcra::{self, Outcome, Rate};
-use pg_apikey_core::slots::{keyed_hash, probe, Probe};
+use pg_apikey_core::gcra::{Outcome, Rate};
+use pg_apikey_core::limiter_table::{self, Bucket};
+use pg_apikey_core::slots::keyed_hash;
 use pgrx::lwlock::PgLwLock;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -27,41 +28,24 @@ use std::cell::Cell;
 use crate::errors::raise;
 
 const SLOTS: usize = 256;
-const LABEL: usize = 48;
 /// The longest period a limit may have: a bucket refills within it, so its slot becomes
 /// reclaimable, and a retry-after never exceeds it.
 pub const MAX_PERIOD_US: i64 = 31 * 86_400 * 1_000_000;
 
+/// One partition: the core's buckets, in shared memory.
 #[derive(Clone, Copy)]
 #[repr(C)]
-struct Slot {
-    /// 0 = free (no database has oid 0).
-    db: u32,
-    hash: u64,
-    tat: i64,
-    /// The bucket's name, truncated, for the state view.
-    label: [u8; LABEL],
-}
+struct Partition([Bucket; SLOTS]);
 
-impl Slot {
-    const FREE: Slot = Slot {
-        db: 0,
-        hash: 0,
-        tat: 0,
-        label: [0; LABEL],
-    };
-}
-
-// SAFETY: a plain #[repr(C)] value with no pointers; every bit pattern is a valid Slot.
-unsafe impl PGRXSharedMemory for Slot {}
-
-type Partition = [Slot; SLOTS];
+// SAFETY: a plain #[repr(C)] array of plain #[repr(C)] values with no pointers; every bit pattern
+// is a valid Bucket.
+unsafe impl PGRXSharedMemory for Partition {}
 
 crate::shmem::partitioned_table!(
     TABLE,
     init_partitions,
     Partition,
-    [Slot::FREE; SLOTS],
+    Partition([Bucket::FREE; SLOTS]),
     [
         P0 = c"pg_apikey_limiter_0",
         P1 = c"pg_apikey_limiter_1",
@@ -163,32 +147,8 @@ pub fn charge(ns: Namespace, name: &str, rate: &Rate) -> Result<Outcome, ApiErro
     let start = (hash as usize / TABLE.len()) % SLOTS;
     let now = now_us();
     let mut slots = part.exclusive();
-    let idx = match probe(
-        SLOTS,
-        start,
-        |i| slots[i].db == db && slots[i].hash == hash,
-        |i| slots[i].db == 0 || slots[i].tat <= now,
-    ) {
-        Probe::Found(i) => Some((i, Some(slots[i].tat))),
-        Probe::Vacant(i) => Some((i, None)),
-        Probe::Full => None,
-    };
-    let Some((idx, tat)) = idx else {
-        return Err(ApiError::LimiterFull);
-    };
-    let outcome = gcra::charge(rate, tat, now);
-    if outcome.allowed {
-        let mut label = [0u8; LABEL];
-        let n = name.len().min(LABEL);
-        label[..n].copy_from_slice(&name.as_bytes()[..n]);
-        slots[idx] = Slot {
-            db,
-            hash,
-            tat: outcome.tat,
-            label,
-        };
-    }
-    Ok(outcome)
+    limiter_table::charge(&mut slots.0, start, db, hash, name, rate, now)
+        .map_err(|limiter_table::Full| ApiError::LimiterFull)
 }
 
 pub fn rate_from(limit: i64, period: pgrx::datum::Interval, burst: Option<i64>) -> Rate {
@@ -263,10 +223,9 @@ fn rate_limit_buckets(
     let mut rows = Vec::new();
     for part in TABLE.iter() {
         let slots = part.share();
-        for s in slots.iter().filter(|s| s.db == db) {
-            let end = s.label.iter().position(|&b| b == 0).unwrap_or(LABEL);
+        for s in slots.0.iter().filter(|s| s.db == db) {
             rows.push((
-                String::from_utf8_lossy(&s.label[..end]).into_owned(),
+                String::from_utf8_lossy(s.label()).into_owned(),
                 ((s.tat - now).max(0) as f64) / 1e6,
             ));
         }

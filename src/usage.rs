@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pg_apikey_core::errors::ApiError;
-use pg_apikey_core::slots::{probe, Probe};
+use pg_apikey_core::usage_table::{self, Slot, KINDS};
 use pgrx::atomics::PgAtomic;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::lwlock::PgLwLock;
@@ -29,41 +29,8 @@ use crate::errors::raise;
 use crate::gucs;
 
 const SLOTS: usize = 1024;
-/// Counters per slot, in this order everywhere (SQL columns included).
-const KINDS: usize = 5;
 
-#[derive(Clone, Copy)]
-pub enum Event {
-    Use = 0,
-    Expired = 1,
-    Revoked = 2,
-    RateLimited = 3,
-    Denied = 4,
-}
-
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct Slot {
-    db: u32,
-    key_id: i64,
-    last_used: i64,
-    flushed_last_used: i64,
-    counts: [u64; KINDS],
-}
-
-impl Slot {
-    const FREE: Slot = Slot {
-        db: 0,
-        key_id: 0,
-        last_used: 0,
-        flushed_last_used: 0,
-        counts: [0; KINDS],
-    };
-
-    fn pending(&self) -> bool {
-        self.last_used > self.flushed_last_used || self.counts.iter().any(|&c| c > 0)
-    }
-}
+pub use pg_apikey_core::usage_table::Event;
 
 /// One database's share of the table: each database listed in `apikey.usage_databases` owns one
 /// partition, so a database whose usage is never flushed cannot pin slots another one needs.
@@ -76,8 +43,6 @@ struct Part {
 }
 
 // SAFETY: plain #[repr(C)] values with no pointers; every bit pattern is valid.
-unsafe impl PGRXSharedMemory for Slot {}
-// SAFETY: as above.
 unsafe impl PGRXSharedMemory for Part {}
 
 crate::shmem::partitioned_table!(
@@ -159,10 +124,6 @@ fn my_part() -> Option<&'static PgLwLock<Part>> {
     index.map(|i| TABLE[i])
 }
 
-fn start_of(key_id: i64) -> usize {
-    ((key_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % SLOTS
-}
-
 /// Count `event` for key `key_id` of the current database. A no-op without preload or with
 /// `apikey.track_usage = off`. Databases without a flush worker record nothing (their counts could
 /// never be written) and count the event as dropped; when this database's partition is full of
@@ -175,69 +136,26 @@ pub fn record(key_id: i64, event: Event) {
         UNLISTED_DROPPED.get().fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let db = current_db();
     // SAFETY: reads the system clock.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let mut p = part.exclusive();
-    let idx = match probe(
-        SLOTS,
-        start_of(key_id),
-        |i| p.slots[i].db == db && p.slots[i].key_id == key_id,
-        |i| p.slots[i].db == 0 || !p.slots[i].pending(),
-    ) {
-        Probe::Found(i) => i,
-        Probe::Vacant(i) => {
-            p.slots[i] = Slot {
-                db,
-                key_id,
-                ..Slot::FREE
-            };
-            i
-        }
-        Probe::Full => {
-            p.dropped += 1;
-            return;
-        }
-    };
-    let s = &mut p.slots[idx];
-    s.counts[event as usize] += 1;
-    if matches!(event, Event::Use) {
-        s.last_used = s.last_used.max(now);
+    if !usage_table::record(&mut p.slots, current_db(), key_id, event, now) {
+        p.dropped += 1;
     }
 }
 
 /// What this database's slots hold: (key id, last used, counts), pending ones only unless `all`.
 fn collect(all: bool) -> Vec<(i64, i64, [u64; KINDS])> {
-    let Some(part) = my_part() else {
-        return Vec::new();
-    };
-    let db = current_db();
-    let p = part.share();
-    p.slots
-        .iter()
-        .filter(|s| s.db == db && (all || s.pending()))
-        .map(|s| (s.key_id, s.last_used, s.counts))
-        .collect()
+    match my_part() {
+        Some(part) => usage_table::collect(&part.share().slots, current_db(), all),
+        None => Vec::new(),
+    }
 }
 
 /// Subtract what a committed flush wrote.
 fn settle(flushed: &[(i64, i64, [u64; KINDS])]) {
-    let Some(part) = my_part() else { return };
-    let db = current_db();
-    let mut p = part.exclusive();
-    for &(key_id, last_used, counts) in flushed {
-        if let Probe::Found(i) = probe(
-            SLOTS,
-            start_of(key_id),
-            |i| p.slots[i].db == db && p.slots[i].key_id == key_id,
-            |_| false,
-        ) {
-            let s = &mut p.slots[i];
-            for (c, f) in s.counts.iter_mut().zip(counts) {
-                *c = c.saturating_sub(f);
-            }
-            s.flushed_last_used = s.flushed_last_used.max(last_used);
-        }
+    if let Some(part) = my_part() {
+        usage_table::settle(&mut part.exclusive().slots, current_db(), flushed);
     }
 }
 

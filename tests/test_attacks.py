@@ -87,7 +87,7 @@ def test_hostile_operators_on_the_search_path_never_run_inside_pg_apikey(db):
 @pytest.fixture(scope="module")
 def tenant_cluster():
     """A cluster whose usage worker serves a database owned by an ordinary role."""
-    port = "54349"
+    port = "54351"
     subprocess.run([str(ROOT / "tests/cluster.sh"), "start", "tenants", port,
                     "apikey.usage_databases = 'tenant'", "apikey.usage_flush_interval = 200",
                     "apikey.encryption_key = '" + "ab" * 32 + "'"], check=True)

@@ -1,0 +1,155 @@
+//! One partition of the shared-memory limiter: GCRA buckets in fixed slots.
+//!
+//! The extension keeps these partitions in shared memory behind LWLocks and calls [`charge`] with
+//! the lock held; everything that decides what happens to a slot is here, tested without a server.
+//! The eviction rule is the one of [`crate::slots`]: a slot is taken only when free or *idle* (its
+//! bucket is full again, so forgetting it changes no decision); a partition without such a slot
+//! refuses a new bucket.
+
+use crate::gcra::{self, Outcome, Rate};
+use crate::slots::{probe, Probe};
+
+pub const LABEL: usize = 48;
+
+/// One bucket. `db == 0` marks a free slot (no database has OID 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct Bucket {
+    pub db: u32,
+    pub hash: u64,
+    /// The GCRA theoretical arrival time, microseconds.
+    pub tat: i64,
+    /// The bucket's name, truncated, for the administrators' state view.
+    pub label: [u8; LABEL],
+}
+
+impl Bucket {
+    pub const FREE: Bucket = Bucket {
+        db: 0,
+        hash: 0,
+        tat: 0,
+        label: [0; LABEL],
+    };
+
+    /// Holds no limit any more: free, or full again at `now`.
+    pub fn idle(&self, now: i64) -> bool {
+        self.db == 0 || self.tat <= now
+    }
+
+    pub fn label(&self) -> &[u8] {
+        let end = self.label.iter().position(|&b| b == 0).unwrap_or(LABEL);
+        &self.label[..end]
+    }
+}
+
+/// The partition had no free or idle slot for a new bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Full;
+
+/// Charge one request at `now` to the bucket (`db`, `hash`), probing from `start`.
+pub fn charge(
+    part: &mut [Bucket],
+    start: usize,
+    db: u32,
+    hash: u64,
+    name: &str,
+    rate: &Rate,
+    now: i64,
+) -> Result<Outcome, Full> {
+    let (idx, tat) = match probe(
+        part.len(),
+        start,
+        |i| part[i].db == db && part[i].hash == hash,
+        |i| part[i].idle(now),
+    ) {
+        Probe::Found(i) => (i, Some(part[i].tat)),
+        Probe::Vacant(i) => (i, None),
+        Probe::Full => return Err(Full),
+    };
+    let outcome = gcra::charge(rate, tat, now);
+    if outcome.allowed {
+        let mut label = [0u8; LABEL];
+        let n = name.len().min(LABEL);
+        label[..n].copy_from_slice(&name.as_bytes()[..n]);
+        part[idx] = Bucket {
+            db,
+            hash,
+            tat: outcome.tat,
+            label,
+        };
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000;
+
+    #[test]
+    fn a_refused_request_changes_nothing() {
+        let rate = Rate::new(1, 60 * S, None).unwrap();
+        let mut part = [Bucket::FREE; 4];
+        assert!(charge(&mut part, 0, 1, 7, "b", &rate, 0).unwrap().allowed);
+        let before = part;
+        assert!(!charge(&mut part, 0, 1, 7, "b", &rate, S).unwrap().allowed);
+        assert_eq!(part, before);
+    }
+
+    #[test]
+    fn a_full_partition_refuses_new_buckets_until_one_is_idle() {
+        let rate = Rate::new(1, 60 * S, None).unwrap();
+        let mut part = [Bucket::FREE; 3];
+        for h in 1..=3 {
+            assert!(charge(&mut part, 0, 1, h, "x", &rate, 0).is_ok());
+        }
+        assert_eq!(charge(&mut part, 0, 1, 99, "new", &rate, S), Err(Full));
+        // A minute later the first buckets are full again: their slots may be reused.
+        assert!(
+            charge(&mut part, 0, 1, 99, "new", &rate, 61 * S)
+                .unwrap()
+                .allowed
+        );
+    }
+
+    #[test]
+    fn never_evicts_a_bucket_that_still_holds_a_limit() {
+        // Random buckets, rates and times against a small partition: after every charge, each
+        // bucket that was limiting someone (TAT in the future) is still there, unchanged unless
+        // it was the one charged.
+        let mut seed: u64 = 0xDEADBEEF;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut part = [Bucket::FREE; 8];
+        let mut now = 0i64;
+        for _ in 0..50_000 {
+            now += (next() % (5 * S as u64)) as i64;
+            let hash = 1 + next() % 20;
+            let db = 1 + (next() % 3) as u32;
+            let rate = Rate::new(
+                1 + (next() % 5) as i64,
+                (1 + (next() % 30) as i64) * S,
+                None,
+            )
+            .unwrap();
+            let before = part;
+            let _ = charge(&mut part, (next() % 8) as usize, db, hash, "n", &rate, now);
+            for (b, a) in before.iter().zip(&part) {
+                if b.db != 0 && b.tat > now && !(b.db == db && b.hash == hash) {
+                    assert_eq!(b, a, "a live bucket was evicted");
+                }
+            }
+            // No bucket appears twice.
+            for (i, x) in part.iter().enumerate().filter(|(_, x)| x.db != 0) {
+                assert!(!part[i + 1..]
+                    .iter()
+                    .any(|y| y.db == x.db && y.hash == x.hash));
+            }
+        }
+    }
+}
