@@ -4,20 +4,23 @@ INSERT INTO apikey.formats (name, prefix, alphabet, body_length, checksum, built
 SELECT name, prefix, alphabet, body_length, checksum, true, description
   FROM apikey.builtin_formats();
 
--- Backends cache formats and look keys up through prepared plans; these triggers tell every
--- backend to drop its cache when the tables change.
+-- Backends cache formats and keys. A change to apikey.formats drops every backend's format cache
+-- at commit (statement trigger); a change to one key drops that key from every backend's key
+-- cache at commit (row trigger, a per-key invalidation that standbys replay too). Creating a key
+-- drops nothing. The usage worker's last_used_at updates change nothing a backend caches.
 CREATE TRIGGER formats_invalidate_caches
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apikey.formats
     FOR EACH STATEMENT EXECUTE FUNCTION apikey.invalidate_caches();
--- The usage worker's last_used_at updates change nothing a backend caches, so they do not
--- invalidate (every other column does).
-CREATE TRIGGER keys_invalidate_caches
-    AFTER INSERT OR DELETE OR TRUNCATE ON apikey.keys
-    FOR EACH STATEMENT EXECUTE FUNCTION apikey.invalidate_caches();
-CREATE TRIGGER keys_invalidate_caches_on_update
+CREATE TRIGGER keys_invalidate_key
+    AFTER DELETE ON apikey.keys
+    FOR EACH ROW EXECUTE FUNCTION apikey.invalidate_key_trigger();
+CREATE TRIGGER keys_invalidate_key_on_update
     AFTER UPDATE OF id, owner, name, format, kind, scopes, resource, display_prefix, last4, digest,
                     expires_in, created_at, created_by, expires_at, revoked_at, rotated_from, sealed,
                     rate_limit, rate_period, rate_burst, db_role, metadata ON apikey.keys
+    FOR EACH ROW EXECUTE FUNCTION apikey.invalidate_key_trigger();
+CREATE TRIGGER keys_invalidate_caches
+    AFTER TRUNCATE ON apikey.keys
     FOR EACH STATEMENT EXECUTE FUNCTION apikey.invalidate_caches();
 
 CREATE FUNCTION apikey.audit_log_is_append_only() RETURNS trigger
@@ -91,7 +94,7 @@ REVOKE ALL ON apikey.usage_live, apikey.rate_limit_state FROM PUBLIC;
 -- function with the invoker's EXECUTE right), so EXECUTE stays with PUBLIC.
 REVOKE ALL ON FUNCTION apikey.grant_admin(text), apikey.revoke_admin(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikey.audit_log_is_append_only() FROM PUBLIC;
-REVOKE ALL ON FUNCTION apikey.invalidate_caches() FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikey.invalidate_caches(), apikey.invalidate_key_trigger() FROM PUBLIC;
 
 -- pg_dump keeps the keys, their history and admin-added formats.
 SELECT pg_catalog.pg_extension_config_dump('apikey.admins', '');
@@ -152,9 +155,14 @@ BEGIN
         WHEN sqlstate = '25006' THEN
             PERFORM apikey.http_error(503, 'Service Unavailable', message);
         WHEN sqlstate = '53400' THEN
-            -- Clamped: a limit's retry-after is at most its period (31 days), but DETAIL is text
-            -- from anywhere and must never turn a 429 into a 500.
-            retry := least(greatest(1, coalesce((detail::json ->> 'retry_after')::numeric, 1)), 2147483647)::integer;
+            -- Clamped, and parsed defensively: a limit's retry-after is at most 31 days, but
+            -- DETAIL is text from anywhere and must never turn a 429 into a 500. (The exception
+            -- block costs a subtransaction on this path only.)
+            BEGIN
+                retry := least(greatest(1, coalesce((detail::json ->> 'retry_after')::numeric, 1)), 2147483647)::integer;
+            EXCEPTION WHEN OTHERS THEN
+                retry := 1;
+            END;
             PERFORM apikey.http_error(429, 'Rate limit exceeded', message, retry);
         ELSE
             RAISE SQLSTATE '58000' USING message = message;  -- 500, without the original detail

@@ -10,12 +10,9 @@ use pg_apikey_core::errors::ApiError;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::errors::{raise, spi};
+use crate::errors::raise;
 use crate::privilege;
-
-/// What an administrator may read directly (everything else goes through functions).
-const ADMIN_READS: &str =
-    "apikey.audit_log, apikey.usage, apikey.usage_live, apikey.rate_limit_state";
+use crate::store;
 
 /// The role's quoted name, raising Postgres' own 42704 for an unknown role.
 fn role(name: &str) -> String {
@@ -42,24 +39,9 @@ fn require_superuser(what: &'static str) {
 fn grant_admin(role_name: &str) -> bool {
     privilege::require_primary("grant administrator rights");
     require_superuser("grant pg_apikey administrator rights");
-    let name = role(role_name);
+    let quoted = role(role_name);
     let actor = privilege::caller_name();
-    privilege::as_owner(|| {
-        spi(Spi::connect_mut(|c| {
-            let added = c.update(
-                "INSERT INTO apikey.admins (role, granted_by) VALUES ($1::pg_catalog.name, $2)
-                 ON CONFLICT (role) DO NOTHING RETURNING role",
-                None,
-                &[role_name.into(), actor.into()],
-            )?;
-            c.update(
-                &format!("GRANT SELECT ON {ADMIN_READS} TO {name}"),
-                None,
-                &[],
-            )?;
-            Ok::<_, pgrx::spi::SpiError>(!added.is_empty())
-        }))
-    })
+    store::as_owner(|| store::add_admin(role_name, &quoted, &actor))
 }
 
 /// Take administrator rights in this database away from `role`. Superusers only.
@@ -67,26 +49,12 @@ fn grant_admin(role_name: &str) -> bool {
 fn revoke_admin(role_name: &str) -> bool {
     privilege::require_primary("revoke administrator rights");
     require_superuser("revoke pg_apikey administrator rights");
-    let name = role(role_name);
-    privilege::as_owner(|| {
-        spi(Spi::connect_mut(|c| {
-            let removed = c.update(
-                "DELETE FROM apikey.admins WHERE role OPERATOR(pg_catalog.=) $1::pg_catalog.name RETURNING role",
-                None,
-                &[role_name.into()],
-            )?;
-            c.update(
-                &format!("REVOKE SELECT ON {ADMIN_READS} FROM {name}"),
-                None,
-                &[],
-            )?;
-            Ok::<_, pgrx::spi::SpiError>(!removed.is_empty())
-        }))
-    })
+    let quoted = role(role_name);
+    store::as_owner(|| store::remove_admin(role_name, &quoted))
 }
 
 /// Is the current role a pg_apikey administrator in this database (or a superuser)?
 #[pg_extern(stable, parallel_restricted)]
 fn is_admin() -> bool {
-    privilege::caller_is_admin()
+    crate::policy::caller_is_admin()
 }

@@ -14,16 +14,20 @@ use pgrx::prelude::*;
 use crate::errors::raise;
 use crate::identity::{self, Identity};
 use crate::key_type::ApiKey;
-use crate::keys::{self, KeyRow};
+use crate::lookup;
+use crate::store::StoredKey;
 
-fn identity_of(row: KeyRow, app: Option<(i64, String)>) -> Identity {
+fn identity_of(row: StoredKey, app: Option<(i64, String)>) -> Identity {
     row.identity(app)
 }
 
 /// A key's request limit is charged only once it has proved valid; a refusal leaves the
-/// identity as it was.
-fn charge(row: &KeyRow) -> Result<(), ApiError> {
-    if let Some(rate) = &row.rate {
+/// identity as it was. A key created by this very transaction is not charged: nobody else can
+/// use it before it commits, and shared memory does not roll back, so charging it would let a
+/// transaction that creates, uses and rolls back keys fill the limiter with buckets of keys
+/// that never existed.
+fn charge(row: &StoredKey) -> Result<(), ApiError> {
+    if let Some(rate) = row.rate.as_ref().filter(|_| !row.created_here) {
         crate::limiter::charge_key(row.id, rate)?;
     }
     crate::usage::record(row.id, crate::usage::Event::Use);
@@ -38,14 +42,14 @@ fn denied(err: ApiError) -> ! {
     raise(err)
 }
 
-/// How a presented key is found: `keys::try_lookup` for an `api_key` value (its input function
+/// How a presented key is found: `lookup::try_lookup` for an `api_key` value (its input function
 /// has checked the shape already), `unchecked_key` for raw header text.
-type Find = fn(&str) -> Result<KeyRow, ApiError>;
+type Find = fn(&str) -> Result<StoredKey, ApiError>;
 
 /// Check the shape of a key that did not come through the `api_key` type, then look it up.
-fn unchecked_key(text: &str) -> Result<KeyRow, ApiError> {
+fn unchecked_key(text: &str) -> Result<StoredKey, ApiError> {
     crate::formats::try_detect(text)?;
-    keys::try_lookup(text)
+    lookup::try_lookup(text)
 }
 
 fn one_key(key: &str, find: Find) -> Result<Identity, ApiError> {
@@ -79,7 +83,7 @@ fn app_and_user(
 /// Verify `key` and make its owner the identity of the current transaction. Returns the owner.
 #[pg_extern(volatile, strict, parallel_unsafe, requires = ["api_key_type"])]
 fn authenticate(key: ApiKey) -> String {
-    let id = one_key(key.as_str(), keys::try_lookup).unwrap_or_else(|e| raise(e));
+    let id = one_key(key.as_str(), lookup::try_lookup).unwrap_or_else(|e| raise(e));
     let owner = id.owner.clone();
     identity::set(id);
     owner
@@ -92,7 +96,7 @@ fn authenticate_app_user(app_key: Option<ApiKey>, user_key: Option<ApiKey>) -> S
     let id = app_and_user(
         app_key.as_ref().map(ApiKey::as_str),
         user_key.as_ref().map(ApiKey::as_str),
-        keys::try_lookup,
+        lookup::try_lookup,
     )
     .unwrap_or_else(|e| raise(e));
     let owner = id.owner.clone();

@@ -36,6 +36,32 @@ pub struct Catalog {
     pub owner: pg_sys::Oid,
     /// (name, oid) of every table in `TABLES` that exists, checked as described above.
     relations: Vec<(String, pg_sys::Oid)>,
+    /// The unique index on `apikey.keys (digest)`.
+    digest_index: pg_sys::Oid,
+    key_columns: Option<KeyColumns>,
+}
+
+/// Attribute numbers of `apikey.keys`, found by name, for the direct index probe.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyColumns {
+    pub id: i16,
+    pub owner: i16,
+    pub name: i16,
+    pub format: i16,
+    pub kind: i16,
+    pub scopes: i16,
+    pub resource: i16,
+    pub digest: i16,
+    pub created_at: i16,
+    pub expires_at: i16,
+    pub revoked_at: i16,
+    pub rate_limit: i16,
+    pub rate_period: i16,
+    pub rate_burst: i16,
+    pub db_role: i16,
+    pub metadata: i16,
+    /// The highest of them: how far a slot must be deformed.
+    pub max: i16,
 }
 
 impl Catalog {
@@ -48,8 +74,68 @@ impl Catalog {
     }
 
     pub fn is_ours(&self, relid: pg_sys::Oid) -> bool {
-        self.relations.iter().any(|(_, oid)| *oid == relid)
+        relid == self.digest_index || self.relations.iter().any(|(_, oid)| *oid == relid)
     }
+
+    pub fn digest_index(&self) -> pg_sys::Oid {
+        if self.digest_index == pg_sys::InvalidOid {
+            raise(ApiError::Internal(
+                "the unique index on apikey.keys (digest) is missing",
+            ));
+        }
+        self.digest_index
+    }
+
+    pub fn key_columns(&self) -> KeyColumns {
+        self.key_columns
+            .unwrap_or_else(|| raise(ApiError::Internal("apikey.keys lacks a column")))
+    }
+}
+
+/// Attribute numbers by name; None if any is missing.
+fn key_columns(attrs: &[(String, i16)]) -> Option<KeyColumns> {
+    let a = |name: &str| attrs.iter().find(|(n, _)| n == name).map(|(_, n)| *n);
+    let mut k = KeyColumns {
+        id: a("id")?,
+        owner: a("owner")?,
+        name: a("name")?,
+        format: a("format")?,
+        kind: a("kind")?,
+        scopes: a("scopes")?,
+        resource: a("resource")?,
+        digest: a("digest")?,
+        created_at: a("created_at")?,
+        expires_at: a("expires_at")?,
+        revoked_at: a("revoked_at")?,
+        rate_limit: a("rate_limit")?,
+        rate_period: a("rate_period")?,
+        rate_burst: a("rate_burst")?,
+        db_role: a("db_role")?,
+        metadata: a("metadata")?,
+        max: 0,
+    };
+    k.max = [
+        k.id,
+        k.owner,
+        k.name,
+        k.format,
+        k.kind,
+        k.scopes,
+        k.resource,
+        k.digest,
+        k.created_at,
+        k.expires_at,
+        k.revoked_at,
+        k.rate_limit,
+        k.rate_period,
+        k.rate_burst,
+        k.db_role,
+        k.metadata,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0);
+    Some(k)
 }
 
 thread_local! {
@@ -107,6 +193,16 @@ SELECT c.relname::pg_catalog.text, c.oid, c.relkind::pg_catalog.text,
    AND d.refobjid OPERATOR(pg_catalog.=) $1
    AND d.deptype OPERATOR(pg_catalog.=) 'e'
    AND c.relnamespace OPERATOR(pg_catalog.=) $2";
+    const COLUMNS: &str = "
+SELECT attname::pg_catalog.text, attnum FROM pg_catalog.pg_attribute
+ WHERE attrelid OPERATOR(pg_catalog.=) $1 AND attnum OPERATOR(pg_catalog.>) 0 AND NOT attisdropped";
+    // The index verify probes: unique, valid, on digest alone, no expression or predicate.
+    const DIGEST_INDEX: &str = "
+SELECT i.indexrelid FROM pg_catalog.pg_index i
+ WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisunique AND i.indisvalid
+   AND i.indnatts OPERATOR(pg_catalog.=) 1 AND i.indkey[0] OPERATOR(pg_catalog.=) $2
+   AND i.indexprs IS NULL AND i.indpred IS NULL
+ LIMIT 1";
     let found = spi(Spi::connect(|c| {
         let t = c.select(EXTENSION, Some(1), &[])?;
         if t.is_empty() {
@@ -132,7 +228,36 @@ SELECT c.relname::pg_catalog.text, c.oid, c.relkind::pg_catalog.text,
             }
             relations.push((name, oid));
         }
-        Ok::<_, pgrx::spi::SpiError>(Some(Ok((Catalog { owner, relations }, nsp_owner))))
+        let keys = relations.iter().find(|(n, _)| n == "keys").map(|(_, o)| *o);
+        let (mut digest_index, mut columns) = (pg_sys::InvalidOid, None);
+        if let Some(keys) = keys {
+            let mut attrs = Vec::new();
+            for row in c.select(COLUMNS, None, &[keys.into()])? {
+                attrs.push((
+                    row.get::<String>(1)?.unwrap_or_default(),
+                    row.get::<i16>(2)?.unwrap_or_default(),
+                ));
+            }
+            columns = key_columns(&attrs);
+            if let Some(cols) = columns {
+                let t = c.select(DIGEST_INDEX, Some(1), &[keys.into(), cols.digest.into()])?;
+                if !t.is_empty() {
+                    digest_index = t
+                        .first()
+                        .get_one::<pg_sys::Oid>()?
+                        .unwrap_or(pg_sys::InvalidOid);
+                }
+            }
+        }
+        Ok::<_, pgrx::spi::SpiError>(Some(Ok((
+            Catalog {
+                owner,
+                relations,
+                digest_index,
+                key_columns: columns,
+            },
+            nsp_owner,
+        ))))
     }));
     match found {
         None => raise(ApiError::NotInstalled),

@@ -1,9 +1,9 @@
 //! The key formats table, cached per backend.
 //!
 //! The `api_key` input function consults the formats on every key it parses, so they are read once
-//! and kept. Any change to `apikey.formats` (or `apikey.keys`) fires a statement trigger that queues
-//! a relcache invalidation for the table; Postgres delivers it to every backend at its next
-//! transaction or lock, and our relcache callback drops the cache. Aborted changes are undone the
+//! and kept. Any change to `apikey.formats` fires a statement trigger that queues a relcache
+//! invalidation for the table; Postgres delivers it to every backend at its next transaction or
+//! lock, and `keycache`'s relcache callback calls [`invalidate`]. Aborted changes are undone the
 //! same way, so a cache never holds rows that did not commit.
 
 use std::cell::{Cell, RefCell};
@@ -13,7 +13,7 @@ use pg_apikey_core::format::{self, Alphabet, Checksum, Format};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::errors::{raise, spi};
+use crate::errors::raise;
 
 /// A format row: its shape, and whether its keys are also stored sealed (recoverable).
 struct Row {
@@ -47,33 +47,27 @@ pub fn is_recoverable(name: &str) -> bool {
 
 fn load_rows() -> Vec<Row> {
     FORMATS_RELID.set(crate::catalog::get().relation("formats"));
-    spi(Spi::connect(|c| {
-        let mut rows = Vec::new();
-        for row in c.select(
-            "SELECT name, prefix, alphabet, body_length, checksum, recoverable
-               FROM apikey.formats ORDER BY name",
-            None,
-            &[],
-        )? {
-            let name: String = row.get(1)?.unwrap_or_default();
-            let prefix: String = row.get(2)?.unwrap_or_default();
-            let alphabet = row.get::<String>(3)?.and_then(|a| Alphabet::parse(&a));
-            let body_len = row.get::<i32>(4)?.unwrap_or(0);
-            let checksum = row.get::<String>(5)?.and_then(|c| Checksum::parse(&c));
+    crate::store::formats()
+        .into_iter()
+        .filter_map(|r| {
             // Rows are validated by apikey.add_format; a row edited by hand into an invalid
             // shape is skipped rather than trusted.
-            let recoverable = row.get::<bool>(6)?.unwrap_or(false);
-            if let (Some(a), Some(cs)) = (alphabet, checksum) {
-                if let Ok(format) = Format::new(&name, &prefix, a, body_len.max(0) as usize, cs) {
-                    rows.push(Row {
-                        format,
-                        recoverable,
-                    });
-                }
-            }
-        }
-        Ok::<_, pgrx::spi::SpiError>(rows)
-    }))
+            let alphabet = Alphabet::parse(&r.alphabet)?;
+            let checksum = Checksum::parse(&r.checksum)?;
+            Format::new(
+                &r.name,
+                &r.prefix,
+                alphabet,
+                r.body_length.max(0) as usize,
+                checksum,
+            )
+            .ok()
+            .map(|format| Row {
+                format,
+                recoverable: r.recoverable,
+            })
+        })
+        .collect()
 }
 
 pub fn with_formats<R>(f: impl FnOnce(&[Format]) -> R) -> R {
@@ -103,23 +97,12 @@ pub fn by_name(name: &str) -> Format {
     })
 }
 
-/// The one relcache callback of the extension: every backend-local cache of table contents or
-/// catalog facts is dropped from here.
-#[pg_guard]
-unsafe extern "C-unwind" fn relcache_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+/// Drop the cache when `apikey.formats` (or everything) is invalidated.
+pub fn invalidate(relid: pg_sys::Oid) {
     let ours = FORMATS_RELID.get();
     if relid == pg_sys::InvalidOid || relid == ours || ours == pg_sys::InvalidOid {
         FORMATS.with_borrow_mut(|c| *c = None);
     }
-    crate::catalog::invalidate(relid);
-    crate::keys::relcache_changed(relid);
-}
-
-pub fn init() {
-    // SAFETY: registers a static callback once, from _PG_init.
-    unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), pg_sys::Datum::from(0))
-    };
 }
 
 /// Statement trigger on the cached tables: tell every backend to drop its cache at commit.
@@ -144,7 +127,7 @@ fn add_format(
     description: default!(Option<&str>, "NULL"),
 ) -> String {
     crate::privilege::require_primary("add key formats");
-    if !crate::privilege::caller_is_admin() {
+    if !crate::policy::caller_is_admin() {
         raise(ApiError::AdminOnly("add key formats"));
     }
     let alphabet = Alphabet::parse(alphabet).unwrap_or_else(|| {
@@ -179,24 +162,18 @@ fn add_format(
     if let Some(existing) = clash {
         raise(ApiError::DuplicateFormat(existing));
     }
-    crate::privilege::as_owner(|| {
-        spi(Spi::connect_mut(|c| {
-            c.update(
-                "INSERT INTO apikey.formats (name, prefix, alphabet, body_length, checksum, recoverable, description)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                None,
-                &[
-                    f.name.clone().into(),
-                    f.prefix.clone().into(),
-                    f.alphabet.name().into(),
-                    body_length.into(),
-                    f.checksum.name().into(),
-                    recoverable.into(),
-                    description.into(),
-                ],
-            )
-            .map(|_| ())
-        }))
+    crate::store::as_owner(|| {
+        crate::store::insert_format(
+            &crate::store::FormatRow {
+                name: f.name.clone(),
+                prefix: f.prefix.clone(),
+                alphabet: f.alphabet.name().to_owned(),
+                body_length,
+                checksum: f.checksum.name().to_owned(),
+                recoverable,
+            },
+            description,
+        )
     });
     f.name
 }
@@ -206,20 +183,11 @@ fn add_format(
 #[pg_extern(volatile, strict)]
 fn alter_format(name: &str, recoverable: bool) -> bool {
     crate::privilege::require_primary("alter key formats");
-    if !crate::privilege::caller_is_admin() {
+    if !crate::policy::caller_is_admin() {
         raise(ApiError::AdminOnly("alter key formats"));
     }
     by_name(name);
-    crate::privilege::as_owner(|| {
-        spi(Spi::connect_mut(|c| {
-            c.update(
-                "UPDATE apikey.formats SET recoverable = $2 WHERE name OPERATOR(pg_catalog.=) $1",
-                None,
-                &[name.into(), recoverable.into()],
-            )
-            .map(|_| ())
-        }))
-    });
+    crate::store::as_owner(|| crate::store::set_format_recoverable(name, recoverable));
     true
 }
 

@@ -52,7 +52,20 @@ pub fn anonymous_paths() -> Vec<String> {
         .collect()
 }
 
+/// `apikey.key_cache_size`: kilobytes of keys each backend keeps in its cache.
+pub static KEY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
+
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"apikey.key_cache_size",
+        c"Memory each backend may use to cache verified keys.",
+        c"Entries are dropped one by one when their key changes, and an eighth at a time when the cache is full. 0 disables the cache.",
+        &KEY_CACHE_SIZE,
+        0,
+        4 * 1024 * 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
+    );
     GucRegistry::define_int_guc(
         c"apikey.max_rotation_grace",
         c"Longest grace period apikey.rotate accepts.",

@@ -20,13 +20,20 @@ mod formats;
 mod gucs;
 mod identity;
 mod key_type;
-mod keys;
+mod keycache;
+mod lifecycle;
 mod limiter;
+mod lookup;
+mod policy;
 mod privilege;
-mod ratelimit;
+mod quota;
+mod rates;
 mod recovery;
+mod sealing;
 mod shmem;
+mod store;
 mod usage;
+mod verify;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -38,7 +45,11 @@ pub extern "C-unwind" fn _PG_init() {
     shmem::init();
     gucs::init();
     errors::init();
-    formats::init();
+    keycache::init();
+    // Every other backend-local cache is dropped through keycache's one relcache callback.
+    keycache::register(formats::invalidate);
+    keycache::register(catalog::invalidate);
+    keycache::register(verify::key_info_changed);
     identity::init();
     limiter::init();
     usage::init();

@@ -28,9 +28,6 @@ use std::cell::Cell;
 use crate::errors::raise;
 
 const SLOTS: usize = 256;
-/// The longest period a limit may have: a bucket refills within it, so its slot becomes
-/// reclaimable, and a retry-after never exceeds it.
-pub const MAX_PERIOD_US: i64 = 31 * 86_400 * 1_000_000;
 
 /// One partition: the core's buckets, in shared memory.
 #[derive(Clone, Copy)]
@@ -147,19 +144,9 @@ pub fn charge(ns: Namespace, name: &str, rate: &Rate) -> Result<Outcome, ApiErro
     let start = (hash as usize / TABLE.len()) % SLOTS;
     let now = now_us();
     let mut slots = part.exclusive();
-    limiter_table::charge(&mut slots.0, start, db, hash, name, rate, now)
+    // Half of a partition at most per database: one tenant's flood leaves the other half free.
+    limiter_table::charge(&mut slots.0, start, db, hash, name, rate, now, SLOTS / 2)
         .map_err(|limiter_table::Full| ApiError::LimiterFull)
-}
-
-pub fn rate_from(limit: i64, period: pgrx::datum::Interval, burst: Option<i64>) -> Rate {
-    let micros = period.as_micros().clamp(i64::MIN as i128, i64::MAX as i128) as i64;
-    if micros > MAX_PERIOD_US {
-        raise(ApiError::InvalidArgument(
-            "rate limit period must be at most 31 days".into(),
-        ));
-    }
-    Rate::new(limit, micros, burst)
-        .unwrap_or_else(|e| raise(ApiError::InvalidArgument(e.to_string())))
 }
 
 fn rate_limited(what: &str, retry_after: u64) -> ApiError {
@@ -196,7 +183,7 @@ fn rate_limit(
     if bucket.is_empty() {
         raise(ApiError::InvalidArgument("bucket must not be empty".into()));
     }
-    let rate = rate_from(max as i64, per, burst.map(i64::from));
+    let rate = crate::rates::rate_from(max as i64, per, burst.map(i64::from));
     let o = charge(
         Namespace::Role(crate::privilege::caller()),
         &format!("app:{bucket}"),
@@ -215,7 +202,7 @@ fn rate_limit(
 fn rate_limit_buckets(
 ) -> TableIterator<'static, (name!(bucket, String), name!(reset_after_seconds, f64))> {
     require_preload("the rate limiter state");
-    if !crate::privilege::caller_is_admin() {
+    if !crate::policy::caller_is_admin() {
         raise(ApiError::AdminOnly("read the rate limiter state"));
     }
     let db = current_db();

@@ -22,8 +22,7 @@ use pg_apikey_core::errors::ApiError;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::catalog;
-use crate::errors::{raise, spi};
+use crate::errors::raise;
 
 /// The role calling us (what `current_user` says outside our functions).
 pub fn caller() -> pg_sys::Oid {
@@ -48,39 +47,6 @@ pub fn require_primary(what: &'static str) {
     if unsafe { pg_sys::RecoveryInProgress() } {
         raise(ApiError::OnStandby(what));
     }
-}
-
-/// Superusers, and roles listed in this database's `apikey.admins` (and their members), manage
-/// every key of this database. Roles are cluster-wide, so the list is a table: being an
-/// administrator in one database says nothing about another.
-pub fn caller_is_admin() -> bool {
-    // SAFETY: superuser() checks the current user id against the syscache; no preconditions.
-    if unsafe { pg_sys::superuser() } {
-        return true;
-    }
-    let me = caller();
-    let admins = as_owner(|| {
-        spi(Spi::connect(|c| {
-            let mut roles = Vec::new();
-            for row in c.select("SELECT role::pg_catalog.text FROM apikey.admins", None, &[])? {
-                if let Some(r) = row.get::<String>(1)? {
-                    roles.push(r);
-                }
-            }
-            Ok::<_, pgrx::spi::SpiError>(roles)
-        }))
-    });
-    admins.into_iter().any(|name| {
-        let Ok(name) = std::ffi::CString::new(name) else {
-            return false;
-        };
-        // SAFETY: get_role_oid(missing_ok = true) returns InvalidOid for a role that no longer
-        // exists; has_privs_of_role only reads the role-membership cache.
-        unsafe {
-            let role = pg_sys::get_role_oid(name.as_ptr(), true);
-            role != pg_sys::InvalidOid && pg_sys::has_privs_of_role(me, role)
-        }
-    })
 }
 
 /// Does the current user have superuser rights?
@@ -118,13 +84,8 @@ impl Elevated {
         Self::enter(None)
     }
 
-    /// Become the extension owner, with the pinned `search_path`.
-    pub fn to_owner() -> Self {
-        let owner = catalog::get().owner;
-        Self::enter(Some(owner))
-    }
-
-    /// Become `role`: the usage worker's way to act as the extension owner.
+    /// Become `role` (the extension owner: see `store::as_owner`), with the pinned
+    /// `search_path`.
     pub fn to_role(role: pg_sys::Oid) -> Self {
         Self::enter(Some(role))
     }
@@ -200,11 +161,5 @@ impl Drop for Elevated {
 /// unqualified operator or function in our queries.
 pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
     let _guard = Elevated::pinned();
-    f()
-}
-
-/// Run `f` as the extension owner, with the pinned `search_path`.
-pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
-    let _guard = Elevated::to_owner();
     f()
 }

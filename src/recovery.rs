@@ -1,90 +1,19 @@
-//! Recoverable keys and callback signatures (the Cool Farm Tool seed).
-//!
-//! Keys of formats marked recoverable are also stored sealed under `apikey.encryption_key`, a
-//! superuser-only setting kept out of the tables. That lets the server check the seed's callback
-//! hash (SHA-256 of app key ‖ URL), which needs the app key itself, and lets an owner look a key
-//! up again with `apikey.reveal`. Every reveal is audited.
+//! Callback signatures (the Cool Farm Tool seed) and `apikey.reveal`, both of which need a
+//! recoverable key's plaintext (see `sealing`).
 
 use pg_apikey_core::digest::{
     callback_signature_hmac, callback_signature_sha256, signature_matches,
 };
 use pg_apikey_core::errors::ApiError;
-use pg_apikey_core::seal;
 use pgrx::prelude::*;
-
-use crate::errors::{raise, spi};
-use crate::formats;
-use crate::key_type::ApiKey;
-use crate::keys::{audit, target, Caller};
-use crate::privilege;
 use serde_json::json;
 
-fn server_key() -> [u8; 32] {
-    // Without preload the setting is an ordinary placeholder until the library loads in a
-    // session, and any role can read a placeholder with current_setting(): refuse to use it.
-    if !crate::shmem::preloaded() {
-        raise(ApiError::NotPreloaded("using recoverable keys"));
-    }
-    let text = crate::gucs::ENCRYPTION_KEY
-        .get()
-        .and_then(|c| c.into_string().ok())
-        .unwrap_or_default();
-    if text.is_empty() {
-        raise(ApiError::NotRecoverable(
-            "recoverable keys need apikey.encryption_key (64 hex characters) in postgresql.conf"
-                .into(),
-        ));
-    }
-    seal::server_key(&text).unwrap_or_else(|_| {
-        raise(ApiError::NotRecoverable(
-            "apikey.encryption_key must be 64 hexadecimal characters".into(),
-        ))
-    })
-}
-
-/// The sealed form of a new key, if its format is recoverable.
-pub fn seal_for(format: &str, plaintext: &str) -> Option<Vec<u8>> {
-    if !formats::is_recoverable(format) {
-        return None;
-    }
-    Some(seal::seal(&server_key(), plaintext).unwrap_or_else(|_| {
-        raise(ApiError::Internal(
-            "the operating system's random generator failed",
-        ))
-    }))
-}
-
-fn open(id: i64, blob: &[u8], digest: &[u8]) -> String {
-    seal::open(&server_key(), blob, digest).unwrap_or_else(|_| {
-        raise(ApiError::NotRecoverable(format!(
-            "API key {id} cannot be unsealed: apikey.encryption_key differs from the one it was sealed with"
-        )))
-    })
-}
-
-/// An application key's sealed form, for keys that are valid now.
-fn load_sealed_app(id: i64) -> Option<(Vec<u8>, Vec<u8>)> {
-    spi(Spi::connect(|c| {
-        let t = c.select(
-            "SELECT sealed, digest FROM apikey.keys
-              WHERE id OPERATOR(pg_catalog.=) $1
-                AND kind OPERATOR(pg_catalog.=) 'app'
-                AND sealed IS NOT NULL
-                AND (revoked_at IS NULL OR revoked_at OPERATOR(pg_catalog.>) pg_catalog.statement_timestamp())
-                AND (expires_at IS NULL OR expires_at OPERATOR(pg_catalog.>) pg_catalog.statement_timestamp())",
-            Some(1),
-            &[id.into()],
-        )?;
-        if t.is_empty() {
-            return Ok(None);
-        }
-        let r = t.first();
-        Ok(Some((
-            r.get::<Vec<u8>>(1)?.unwrap_or_default(),
-            r.get::<Vec<u8>>(2)?.unwrap_or_default(),
-        )))
-    }))
-}
+use crate::errors::raise;
+use crate::key_type::ApiKey;
+use crate::policy::{self, Caller};
+use crate::privilege;
+use crate::sealing;
+use crate::store;
 
 /// The seed's callback hash: hex SHA-256 of the application key followed by the URL.
 #[pg_extern(immutable, strict, parallel_safe, requires = ["api_key_type"])]
@@ -114,10 +43,14 @@ fn verify_callback_signature(
             "method must be \"sha256\" or \"hmac\"".into(),
         ));
     }
-    let Some((blob, digest)) = privilege::as_owner(|| load_sealed_app(app_id)) else {
+    let Some((blob, digest)) = store::as_owner(|| store::sealed_app_key(app_id)) else {
         return false;
     };
-    let app_key = open(app_id, &blob, &digest);
+    // A key sealed under another server key answers like a missing one: no existence oracle
+    // when the server is misconfigured.
+    let Some(app_key) = sealing::try_open(&blob, &digest) else {
+        return false;
+    };
     let expected = if method == "hmac" {
         callback_signature_hmac(&app_key, callback_url)
     } else {
@@ -133,12 +66,9 @@ fn verify_callback_signature(
 fn reveal(id: i64) -> ApiKey {
     privilege::require_primary("reveal API keys (every reveal is audited)");
     // Reveal is for key holders only: administrators manage keys but never read them.
-    let caller = Caller {
-        admin: false,
-        ..Caller::get()
-    };
-    let key = privilege::as_owner(|| {
-        let t = target(&caller, id, false);
+    let caller = Caller::holder_only();
+    let key = store::as_owner(|| {
+        let t = policy::target(&caller, id, false);
         if t.revoked || t.expired {
             raise(ApiError::KeyNotFound(id));
         }
@@ -149,7 +79,7 @@ fn reveal(id: i64) -> ApiKey {
             "API key {id} is not recoverable: it is stored only as a digest"
         )))
     };
-    let plaintext = open(id, blob, &key.digest);
+    let plaintext = sealing::open(id, blob, &key.digest);
     crate::errors::log_line(format!(
         "pg_apikey: API key {id} of owner \"{}\" revealed to role \"{}\" (authenticated key {})",
         key.owner,
@@ -159,6 +89,6 @@ fn reveal(id: i64) -> ApiKey {
             .as_ref()
             .map_or("none".to_owned(), |i| i.key_id.to_string())
     ));
-    privilege::as_owner(|| audit(&caller, "reveal", id, &key.owner, &key.name, json!({})));
+    store::as_owner(|| policy::audit(&caller, "reveal", id, &key.owner, &key.name, json!({})));
     ApiKey::from_generated(plaintext)
 }

@@ -177,55 +177,24 @@ fn flush() -> usize {
     if pending.is_empty() {
         return 0;
     }
-    let ids: Vec<i64> = pending.iter().map(|p| p.0).collect();
-    let used: Vec<Option<TimestampWithTimeZone>> = pending
-        .iter()
-        .map(|p| pg_epoch_to_timestamptz(p.1))
-        .collect();
     let column = |k: usize| -> Vec<i64> { pending.iter().map(|p| p.2[k] as i64).collect() };
+    let batch = || crate::store::UsageBatch {
+        ids: pending.iter().map(|p| p.0).collect(),
+        last_used: pending
+            .iter()
+            .map(|p| pg_epoch_to_timestamptz(p.1))
+            .collect(),
+        counts: [column(0), column(1), column(2), column(3), column(4)],
+    };
     BackgroundWorker::transaction(|| {
         // The worker connected as the bootstrap superuser under the database's own settings,
         // which its owner controls: find the extension by OID and act as its owner with the
         // pinned search_path, exactly as a management function does.
-        let Some(catalog) = crate::catalog::installed() else {
+        if crate::catalog::installed().is_none() {
             return;
-        };
-        let _owner = crate::privilege::Elevated::to_role(catalog.owner);
-        Spi::connect_mut(|c| {
-            c.update(
-                "UPDATE apikey.keys k SET last_used_at = GREATEST(k.last_used_at, u.at)
-                   FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.timestamptz[])) AS u(id, at)
-                  WHERE k.id OPERATOR(pg_catalog.=) u.id AND u.at IS NOT NULL",
-                None,
-                &[ids.clone().into(), used.clone().into()],
-            )?;
-            c.update(
-                "INSERT INTO apikey.usage AS u (key_id, bucket, uses, expired, revoked, rate_limited, denied)
-                 SELECT x.id, pg_catalog.date_trunc('minute', pg_catalog.now()), x.uses, x.expired, x.revoked, x.limited, x.denied
-                   FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int8[]),
-                                   pg_catalog.unnest($3::pg_catalog.int8[]), pg_catalog.unnest($4::pg_catalog.int8[]),
-                                   pg_catalog.unnest($5::pg_catalog.int8[]), pg_catalog.unnest($6::pg_catalog.int8[]))
-                        AS x(id, uses, expired, revoked, limited, denied)
-                  WHERE GREATEST(x.uses, x.expired, x.revoked, x.limited, x.denied) OPERATOR(pg_catalog.>) 0
-                 ON CONFLICT (key_id, bucket) DO UPDATE
-                    SET uses = u.uses OPERATOR(pg_catalog.+) excluded.uses,
-                        expired = u.expired OPERATOR(pg_catalog.+) excluded.expired,
-                        revoked = u.revoked OPERATOR(pg_catalog.+) excluded.revoked,
-                        rate_limited = u.rate_limited OPERATOR(pg_catalog.+) excluded.rate_limited,
-                        denied = u.denied OPERATOR(pg_catalog.+) excluded.denied",
-                None,
-                &[
-                    ids.clone().into(),
-                    column(0).into(),
-                    column(1).into(),
-                    column(2).into(),
-                    column(3).into(),
-                    column(4).into(),
-                ],
-            )?;
-            Ok::<_, pgrx::spi::SpiError>(())
-        })
-        .unwrap_or_else(|_| raise(ApiError::Internal("the usage flush failed")))
+        }
+        crate::store::as_owner(|| crate::store::write_usage(batch()))
+            .unwrap_or_else(|_| raise(ApiError::Internal("the usage flush failed")))
     });
     settle(&pending);
     pending.len()
@@ -277,7 +246,7 @@ fn usage_pending() -> TableIterator<
         name!(denied, i64),
     ),
 > {
-    if !crate::privilege::caller_is_admin() {
+    if !crate::policy::caller_is_admin() {
         raise(ApiError::AdminOnly("read live usage"));
     }
     if !crate::shmem::preloaded() {
@@ -304,7 +273,7 @@ fn usage_pending() -> TableIterator<
 /// (for a database not in `apikey.usage_databases`) it has no flush worker. Administrators only.
 #[pg_extern(volatile, parallel_restricted)]
 fn usage_dropped() -> i64 {
-    if !crate::privilege::caller_is_admin() {
+    if !crate::policy::caller_is_admin() {
         raise(ApiError::AdminOnly("read usage statistics"));
     }
     if !crate::shmem::preloaded() {

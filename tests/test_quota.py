@@ -46,7 +46,7 @@ def test_a_refused_attempt_charges_nothing_and_other_owners_are_unaffected(db):
     for _ in range(3):
         with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
             conn.execute("SELECT apikey.create('q', 'over')")
-    hits = conn.execute("SELECT cardinality(hits) FROM apikey.rate_limits WHERE bucket = 'create:q'").fetchone()[0]
+    hits = conn.execute("SELECT cardinality(hits) FROM apikey.rate_limits WHERE bucket = 'admin-create:q'").fetchone()[0]
     assert hits == 2
     conn.execute("SELECT apikey.create('someone-else', 'k')")
 

@@ -87,6 +87,8 @@ pub enum ApiError {
     Widens(Widening),
     /// An expired key cannot be rotated (create a new one).
     KeyExpired(i64),
+    /// A key already in a rotation's grace period cannot be rotated again.
+    KeyInGrace(i64),
     /// The extension is not installed in this database (a stale call path).
     NotInstalled,
     /// The shared-memory rate limiter has no idle slot for a new bucket: refuse rather than evict
@@ -112,9 +114,10 @@ impl ApiError {
             | Self::Widens(_)
             | Self::SuperuserOnly(_) => Sqlstate::InsufficientPrivilege,
             Self::KeyNotFound(_) => Sqlstate::NoDataFound,
-            Self::KeyRevoked(_) | Self::KeyExpired(_) | Self::NotInstalled => {
-                Sqlstate::NotInPrerequisiteState
-            }
+            Self::KeyRevoked(_)
+            | Self::KeyExpired(_)
+            | Self::KeyInGrace(_)
+            | Self::NotInstalled => Sqlstate::NotInPrerequisiteState,
             Self::InvalidArgument(_) => Sqlstate::InvalidParameterValue,
             Self::NullArgument(_) => Sqlstate::NullValueNotAllowed,
             Self::RateLimited { .. } | Self::LimiterFull => Sqlstate::RateLimited,
@@ -190,6 +193,10 @@ impl fmt::Display for ApiError {
                 w.describe()
             ),
             Self::KeyExpired(id) => write!(f, "API key {id} has expired"),
+            Self::KeyInGrace(id) => write!(
+                f,
+                "API key {id} is already being replaced: rotate its successor instead"
+            ),
             Self::NotInstalled => write!(f, "pg_apikey is not installed in this database"),
             Self::LimiterFull => write!(
                 f,

@@ -42,11 +42,16 @@ impl Bucket {
     }
 }
 
-/// The partition had no free or idle slot for a new bucket.
+/// The partition had no free or idle slot for a new bucket, or the database already holds its
+/// share of live buckets there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Full;
 
-/// Charge one request at `now` to the bucket (`db`, `hash`), probing from `start`.
+/// Charge one request at `now` to the bucket (`db`, `hash`), probing from `start`. A new bucket
+/// is refused when `db` already holds `db_share` live buckets in this partition, so no single
+/// database can take a partition from the others (with a share of half, another database always
+/// finds room).
+#[allow(clippy::too_many_arguments)]
 pub fn charge(
     part: &mut [Bucket],
     start: usize,
@@ -55,6 +60,7 @@ pub fn charge(
     name: &str,
     rate: &Rate,
     now: i64,
+    db_share: usize,
 ) -> Result<Outcome, Full> {
     let (idx, tat) = match probe(
         part.len(),
@@ -63,7 +69,13 @@ pub fn charge(
         |i| part[i].idle(now),
     ) {
         Probe::Found(i) => (i, Some(part[i].tat)),
-        Probe::Vacant(i) => (i, None),
+        Probe::Vacant(i) => {
+            let held = part.iter().filter(|b| b.db == db && !b.idle(now)).count();
+            if held >= db_share {
+                return Err(Full);
+            }
+            (i, None)
+        }
         Probe::Full => return Err(Full),
     };
     let outcome = gcra::charge(rate, tat, now);
@@ -91,9 +103,17 @@ mod tests {
     fn a_refused_request_changes_nothing() {
         let rate = Rate::new(1, 60 * S, None).unwrap();
         let mut part = [Bucket::FREE; 4];
-        assert!(charge(&mut part, 0, 1, 7, "b", &rate, 0).unwrap().allowed);
+        assert!(
+            charge(&mut part, 0, 1, 7, "b", &rate, 0, 4)
+                .unwrap()
+                .allowed
+        );
         let before = part;
-        assert!(!charge(&mut part, 0, 1, 7, "b", &rate, S).unwrap().allowed);
+        assert!(
+            !charge(&mut part, 0, 1, 7, "b", &rate, S, 4)
+                .unwrap()
+                .allowed
+        );
         assert_eq!(part, before);
     }
 
@@ -102,12 +122,12 @@ mod tests {
         let rate = Rate::new(1, 60 * S, None).unwrap();
         let mut part = [Bucket::FREE; 3];
         for h in 1..=3 {
-            assert!(charge(&mut part, 0, 1, h, "x", &rate, 0).is_ok());
+            assert!(charge(&mut part, 0, 1, h, "x", &rate, 0, 3).is_ok());
         }
-        assert_eq!(charge(&mut part, 0, 1, 99, "new", &rate, S), Err(Full));
+        assert_eq!(charge(&mut part, 0, 1, 99, "new", &rate, S, 3), Err(Full));
         // A minute later the first buckets are full again: their slots may be reused.
         assert!(
-            charge(&mut part, 0, 1, 99, "new", &rate, 61 * S)
+            charge(&mut part, 0, 1, 99, "new", &rate, 61 * S, 3)
                 .unwrap()
                 .allowed
         );
@@ -138,18 +158,42 @@ mod tests {
             )
             .unwrap();
             let before = part;
-            let _ = charge(&mut part, (next() % 8) as usize, db, hash, "n", &rate, now);
+            let _ = charge(
+                &mut part,
+                (next() % 8) as usize,
+                db,
+                hash,
+                "n",
+                &rate,
+                now,
+                8,
+            );
             for (b, a) in before.iter().zip(&part) {
                 if b.db != 0 && b.tat > now && !(b.db == db && b.hash == hash) {
                     assert_eq!(b, a, "a live bucket was evicted");
                 }
             }
             // No bucket appears twice.
+
             for (i, x) in part.iter().enumerate().filter(|(_, x)| x.db != 0) {
                 assert!(!part[i + 1..]
                     .iter()
                     .any(|y| y.db == x.db && y.hash == x.hash));
             }
+        }
+    }
+
+    #[test]
+    fn one_database_cannot_take_a_partition_from_another() {
+        let rate = Rate::new(1, 3600 * S, None).unwrap();
+        let mut part = [Bucket::FREE; 8];
+        let taken = (1..=20u64)
+            .filter(|&h| charge(&mut part, 0, 1, h, "flood", &rate, 0, 4).is_ok())
+            .count();
+        assert_eq!(taken, 4, "the flooding database stops at its share");
+        for h in 1..=4u64 {
+            let o = charge(&mut part, h as usize, 2, 100 + h, "victim", &rate, S, 4);
+            assert!(o.unwrap().allowed);
         }
     }
 }

@@ -62,7 +62,9 @@ pub enum Widening {
 impl Widening {
     pub fn describe(self) -> &'static str {
         match self {
-            Self::Kind => "only user keys can be managed with a key",
+            Self::Kind => {
+                "only user keys manage keys, and only user keys can be managed with a key"
+            }
             Self::Scope => "a scope the calling key does not hold",
             Self::Resource => "a resource other than the calling key's",
             Self::Expiry => "an expiry later than the calling key's",
@@ -77,9 +79,10 @@ pub fn rate_within(outer: &Rate, inner: &Rate) -> bool {
     inner.emission_us >= outer.emission_us && inner.burst <= outer.burst
 }
 
-/// Does `target` hold no more than `caller`?
+/// Does `target` hold no more than `caller`? Only user keys manage keys: an application key (the
+/// more exposed half of a two-key pair) manages none, not even itself.
 pub fn within(caller: &Rights, target: &Rights) -> Result<(), Widening> {
-    if target.kind != KeyKind::User {
+    if caller.kind != KeyKind::User || target.kind != KeyKind::User {
         return Err(Widening::Kind);
     }
     if let Some(mine) = &caller.scopes {
@@ -201,6 +204,14 @@ mod tests {
         let mut no_limit = caller.clone();
         no_limit.rate = None;
         assert_eq!(within(&caller, &no_limit), Err(Widening::RateLimit));
+    }
+
+    #[test]
+    fn an_application_key_manages_nothing() {
+        let mut app = open();
+        app.kind = KeyKind::App;
+        assert_eq!(within(&app, &open()), Err(Widening::Kind));
+        assert_eq!(derive(&app, Request::default()), Err(Widening::Kind));
     }
 
     #[test]

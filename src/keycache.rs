@@ -1,0 +1,253 @@
+//! The backend's key cache, and the one invalidation registry of the extension.
+//!
+//! ## The cache
+//! Keys recently found by digest, bounded in bytes by `apikey.key_cache_size`. When an insert
+//! would pass the bound, about an eighth of the entries (chosen by digest, which is random) are
+//! dropped. Entries are dropped one by one when their key changes, and all at once when the keys
+//! table itself is invalidated (TRUNCATE, DDL, a lost invalidation queue).
+//!
+//! ## Per-key invalidation
+//! A change to a key (UPDATE of anything but `last_used_at`, DELETE) runs a row trigger that
+//! queues a *relcache invalidation* for a made-up relation OID derived from the key's digest
+//! ([`tag_of`]). Postgres sends it at commit to every backend of the database, writes it into the
+//! commit's WAL record (so standbys replay it), and applies it locally at the next command; each
+//! backend's relcache callback then drops the one entry with that tag. Creating a key invalidates
+//! nothing. A tag that happens to equal a real relation's OID costs that relation one relcache
+//! rebuild, nothing more.
+//!
+//! ## The race
+//! A miss looks the key up under the latest snapshot; if a revoke commits after that snapshot and
+//! its invalidation is processed before the entry is inserted, inserting would cache the revoked
+//! key. Every callback invocation bumps a counter; a miss inserts only if the counter did not move
+//! while it looked (`tests/test_cache.py` races revokers against readers).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use pg_apikey_core::digest::DIGEST_LEN;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::store::StoredKey;
+
+type Digest = [u8; DIGEST_LEN];
+
+struct Entry {
+    key: StoredKey,
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct Cache {
+    map: HashMap<Digest, Entry>,
+    by_tag: HashMap<u32, Vec<Digest>>,
+    bytes: usize,
+    /// Rotates which eighth of the entries an overflow drops.
+    sweep: u8,
+}
+
+impl Cache {
+    fn remove(&mut self, digest: &Digest) {
+        if let Some(e) = self.map.remove(digest) {
+            self.bytes -= e.bytes;
+            let tag = u32::from(tag_of(digest));
+            if let Some(v) = self.by_tag.get_mut(&tag) {
+                v.retain(|d| d != digest);
+                if v.is_empty() {
+                    self.by_tag.remove(&tag);
+                }
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.by_tag.clear();
+        self.bytes = 0;
+    }
+
+    fn make_room(&mut self, budget: usize) {
+        while self.bytes > budget && !self.map.is_empty() {
+            self.sweep = self.sweep.wrapping_add(1);
+            let eighth = self.sweep % 8;
+            let doomed: Vec<Digest> = self
+                .map
+                .keys()
+                .filter(|d| d[0] % 8 == eighth)
+                .copied()
+                .collect();
+            for d in doomed {
+                self.remove(&d);
+            }
+        }
+    }
+}
+
+thread_local! {
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    static GENERATION: Cell<u64> = const { Cell::new(0) };
+    static KEYS_RELID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    static INVALIDATORS: RefCell<Vec<fn(pg_sys::Oid)>> = const { RefCell::new(Vec::new()) };
+    /// (hits, misses) of this backend, for `apikey.key_cache_stats()`.
+    static COUNTS: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// The relcache OID that stands for a key: 32 bits of its digest, kept clear of the catalogs'
+/// OID range (Postgres treats invalidations of those specially).
+pub fn tag_of(digest: &Digest) -> pg_sys::Oid {
+    let raw = u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    let first_normal = pg_sys::FirstNormalObjectId;
+    pg_sys::Oid::from(first_normal + raw % (u32::MAX - first_normal))
+}
+
+/// Approximate memory of an entry: the row's variable parts plus a fixed overhead for the
+/// struct, the map slot and the allocator.
+fn size_of(k: &StoredKey) -> usize {
+    256 + k.owner.len()
+        + k.name.len()
+        + k.format.len()
+        + k.resource.as_ref().map_or(0, String::len)
+        + k.db_role.as_ref().map_or(0, String::len)
+        + k.scopes
+            .as_ref()
+            .map_or(0, |s| s.iter().map(|x| x.len() + 24).sum())
+        + k.metadata.0.len()
+}
+
+fn budget() -> usize {
+    crate::gucs::KEY_CACHE_SIZE.get().max(0) as usize * 1024
+}
+
+pub fn get(digest: &Digest) -> Option<StoredKey> {
+    let found = CACHE.with_borrow(|c| c.map.get(digest).map(|e| e.key.clone()));
+    let (hits, misses) = COUNTS.get();
+    COUNTS.set(if found.is_some() {
+        (hits + 1, misses)
+    } else {
+        (hits, misses + 1)
+    });
+    found
+}
+
+/// A counter that moves whenever an invalidation is processed; see "The race".
+pub fn generation() -> u64 {
+    GENERATION.get()
+}
+
+/// Cache `key` unless an invalidation was processed since `generation()` returned `since`.
+pub fn insert(digest: Digest, key: StoredKey, since: u64) {
+    if GENERATION.get() != since {
+        return;
+    }
+    let bytes = size_of(&key);
+    let budget = budget();
+    if bytes > budget {
+        return;
+    }
+    CACHE.with_borrow_mut(|c| {
+        c.remove(&digest);
+        c.make_room(budget.saturating_sub(bytes));
+        c.by_tag
+            .entry(u32::from(tag_of(&digest)))
+            .or_default()
+            .push(digest);
+        c.map.insert(digest, Entry { key, bytes });
+        c.bytes += bytes;
+    });
+}
+
+/// This backend's key cache: keys held, their approximate size, and lookups that hit or missed
+/// since the backend started. Says nothing about any key.
+#[pg_extern(volatile, parallel_restricted)]
+fn key_cache_stats() -> TableIterator<
+    'static,
+    (
+        name!(entries, i64),
+        name!(bytes, i64),
+        name!(hits, i64),
+        name!(misses, i64),
+    ),
+> {
+    let (entries, bytes) = CACHE.with_borrow(|c| (c.map.len() as i64, c.bytes as i64));
+    let (hits, misses) = COUNTS.get();
+    TableIterator::once((entries, bytes, hits as i64, misses as i64))
+}
+
+/// The OID of `apikey.keys`: its own invalidation (TRUNCATE, DDL) drops every entry.
+pub fn set_keys_relid(relid: pg_sys::Oid) {
+    KEYS_RELID.set(relid);
+}
+
+/// Another backend-local cache that must be dropped with relcache invalidations; each gets every
+/// relid (InvalidOid: everything) and decides itself.
+pub fn register(f: fn(pg_sys::Oid)) {
+    INVALIDATORS.with_borrow_mut(|v| v.push(f));
+}
+
+/// Queue the invalidation of the key with `digest` in every backend, at commit.
+pub fn invalidate_key(digest: &Digest) {
+    let tag = tag_of(digest);
+    // CacheInvalidateRelcacheByTuple reads only the `oid` and `relisshared` fields of the
+    // pg_class row it is given, then queues a transactional relcache invalidation for that OID.
+    // A zeroed row with our tag as its OID asks for exactly that.
+    let hoff = std::mem::offset_of!(pg_sys::HeapTupleHeaderData, t_bits).next_multiple_of(8);
+    let len = hoff + std::mem::size_of::<pg_sys::FormData_pg_class>();
+    let mut buf = vec![0u64; len.div_ceil(8)];
+    // SAFETY: `buf` is zeroed, 8-byte aligned and large enough for a tuple header followed (at
+    // t_hoff) by a FormData_pg_class; both are plain C structs for which all-zero is valid. The
+    // tuple lives until the call returns, and the callee copies what it keeps.
+    unsafe {
+        let header = buf.as_mut_ptr() as *mut pg_sys::HeapTupleHeaderData;
+        (*header).t_hoff = hoff as u8;
+        let class = (buf.as_mut_ptr() as *mut u8).add(hoff) as *mut pg_sys::FormData_pg_class;
+        (*class).oid = tag;
+        (*class).relisshared = false;
+        let mut tuple = pg_sys::HeapTupleData {
+            t_len: len as u32,
+            t_self: std::mem::zeroed(),
+            t_tableOid: pg_sys::RelationRelationId,
+            t_data: header,
+        };
+        pg_sys::CacheInvalidateRelcacheByTuple(&mut tuple);
+    }
+}
+
+/// Row trigger on apikey.keys (UPDATE of anything but last_used_at, DELETE): drop that key from
+/// every backend's cache at commit.
+#[pg_trigger]
+fn invalidate_key_trigger<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    for row in [trigger.old(), trigger.new()].into_iter().flatten() {
+        if let Ok(Some(d)) = row.get_by_name::<&[u8]>("digest") {
+            if let Ok(digest) = Digest::try_from(d) {
+                invalidate_key(&digest);
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The extension's one relcache callback.
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    GENERATION.set(GENERATION.get().wrapping_add(1));
+    let keys = KEYS_RELID.get();
+    CACHE.with_borrow_mut(|c| {
+        if relid == pg_sys::InvalidOid || relid == keys || keys == pg_sys::InvalidOid {
+            c.clear();
+        } else if let Some(doomed) = c.by_tag.get(&u32::from(relid)).cloned() {
+            for d in doomed {
+                c.remove(&d);
+            }
+        }
+    });
+    INVALIDATORS.with_borrow(|v| v.iter().for_each(|f| f(relid)));
+}
+
+pub fn init() {
+    // SAFETY: registers a static callback once, from _PG_init.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), pg_sys::Datum::from(0))
+    };
+}

@@ -1,0 +1,363 @@
+//! The key lifecycle's SQL API: create, revoke, delete, rotate. Each function only orchestrates:
+//! caller → policy (rights never widen) → store → audit.
+
+use pg_apikey_core::digest::sha256;
+use pg_apikey_core::errors::ApiError;
+use pg_apikey_core::format::{last_chars, Format};
+use pg_apikey_core::gcra::Rate;
+use pg_apikey_core::rights::{self, KeyKind};
+use pg_apikey_core::scope;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::json;
+
+use crate::errors::{raise, spi};
+use crate::formats;
+use crate::key_type::ApiKey;
+use crate::policy::{self, Caller};
+use crate::privilege;
+use crate::quota;
+use crate::sealing;
+use crate::store;
+
+fn invalid(msg: impl Into<String>) -> ! {
+    raise(ApiError::InvalidArgument(msg.into()))
+}
+
+fn internal(what: &'static str) -> ! {
+    raise(ApiError::Internal(what))
+}
+
+fn required<'a>(value: Option<&'a str>, arg: &'static str) -> &'a str {
+    match value {
+        None => raise(ApiError::NullArgument(arg)),
+        Some(v) if v.trim().is_empty() => invalid(format!("{arg} must not be empty")),
+        Some(v) if v.chars().count() > 200 => {
+            invalid(format!("{arg} must be at most 200 characters"))
+        }
+        Some(v) => v,
+    }
+}
+
+/// Metadata is returned by every verify and cached per backend, so it is bounded: key holders
+/// may attach at most this much (it is theirs to write, so nothing may trust it for
+/// authorization), administrators up to the table's own limit.
+const HOLDER_METADATA_BYTES: usize = 4096;
+const ADMIN_METADATA_BYTES: usize = 65536;
+
+/// A freshly generated key and the parts of it we store.
+struct NewKey {
+    plaintext: String,
+    digest: Vec<u8>,
+    display_prefix: String,
+    last4: String,
+}
+
+fn generate(format: &Format) -> NewKey {
+    let plaintext = format
+        .generate()
+        .unwrap_or_else(|_| internal("the operating system's random generator failed"));
+    NewKey {
+        digest: sha256(plaintext.as_bytes()).to_vec(),
+        display_prefix: format.display_prefix(&plaintext).to_owned(),
+        last4: last_chars(&plaintext).to_owned(),
+        plaintext,
+    }
+}
+
+/// `now() + interval` exactly as Postgres computes it (calendar months and days), in microseconds.
+fn now_plus(interval: Interval) -> i64 {
+    let t: Option<TimestampWithTimeZone> = spi(Spi::get_one_with_args(
+        "SELECT pg_catalog.now() OPERATOR(pg_catalog.+) $1",
+        &[interval.into()],
+    ));
+    t.map(Into::into)
+        .unwrap_or_else(|| internal("now() + interval was NULL"))
+}
+
+fn now() -> i64 {
+    // SAFETY: reads a backend global (what now() returns).
+    unsafe { pgrx::pg_sys::GetCurrentTransactionStartTimestamp() }
+}
+
+fn timestamptz(us: Option<i64>) -> Option<TimestampWithTimeZone> {
+    us.map(|t| {
+        TimestampWithTimeZone::try_from(t).unwrap_or_else(|_| invalid("expiry is out of range"))
+    })
+}
+
+/// The stored columns of an inherited limit: its period is its emission interval times its limit.
+fn stored_rate(rate: Option<&Rate>) -> (Option<i32>, Option<Interval>, Option<i32>) {
+    match rate {
+        None => (None, None, None),
+        Some(r) => (
+            Some(r.limit.min(i32::MAX as u32) as i32),
+            Some(Interval::from_micros(
+                r.emission_us.saturating_mul(r.limit as i64),
+            )),
+            Some(r.burst.min(i32::MAX as u32) as i32),
+        ),
+    }
+}
+
+/// Create a key. The plaintext is returned here and never again.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(volatile, parallel_unsafe, requires = ["api_key_type"])]
+fn create(
+    owner: Option<&str>,
+    name: Option<&str>,
+    expires_in: default!(Option<Interval>, "NULL"),
+    scopes: default!(Option<Vec<Option<String>>>, "NULL"),
+    resource: default!(Option<&str>, "NULL"),
+    kind: default!(Option<&str>, "'user'"),
+    format: default!(Option<&str>, "NULL"),
+    metadata: default!(Option<JsonB>, "NULL"),
+    rate_limit: default!(Option<i32>, "NULL"),
+    rate_period: default!(Option<Interval>, "NULL"),
+    rate_burst: default!(Option<i32>, "NULL"),
+    db_role: default!(Option<&str>, "NULL"),
+) -> TableIterator<'static, (name!(id, i64), name!(api_key, ApiKey))> {
+    privilege::require_primary("create API keys");
+    let caller = Caller::get();
+    let owner = required(owner, "owner");
+    let name = required(name, "name");
+    let scopes: Option<Vec<String>> = scopes.map(|list| {
+        list.into_iter()
+            .map(|s| s.unwrap_or_else(|| raise(ApiError::NullArgument("a scope"))))
+            .collect()
+    });
+    let wanted_expiry = expires_in.map(|i| {
+        let at = now_plus(i);
+        if i.as_micros() <= 0 || at <= now() {
+            invalid("expires_in must be a positive interval, or NULL for a key that never expires");
+        }
+        at
+    });
+    if let Some(list) = &scopes {
+        if let Some(bad) = list.iter().find(|s| !scope::is_valid(s)) {
+            invalid(format!("invalid scope \"{bad}\": use segments of [a-z0-9_.-] separated by \":\", with \"*\" only as a whole last segment"));
+        }
+    }
+    if resource.is_some_and(|r| r.trim().is_empty()) {
+        invalid("resource must not be empty; pass NULL for a key that reaches every resource");
+    }
+    let kind = KeyKind::parse(kind.unwrap_or("user"))
+        .unwrap_or_else(|| invalid("kind must be \"user\" or \"app\""));
+    if let Some(m) = &metadata {
+        if !m.0.is_object() {
+            invalid("metadata must be a JSON object");
+        }
+        let limit = if caller.admin {
+            ADMIN_METADATA_BYTES
+        } else {
+            HOLDER_METADATA_BYTES
+        };
+        if m.0.to_string().len() > limit {
+            invalid(format!("metadata must be at most {limit} bytes of JSON"));
+        }
+    }
+    let rate = match (rate_limit, rate_period) {
+        (Some(limit), Some(period)) => Some(crate::rates::rate_from(
+            limit as i64,
+            period,
+            rate_burst.map(i64::from),
+        )),
+        (None, None) if rate_burst.is_none() => None,
+        _ => invalid(
+            "a request limit needs both rate_limit and rate_period (rate_burst is optional)",
+        ),
+    };
+    if !caller.may_manage(owner) {
+        raise(ApiError::NotKeyAdmin);
+    }
+    if db_role.is_some() && !caller.admin {
+        raise(ApiError::AdminOnly("give a key its own database role"));
+    }
+    if db_role.is_some_and(|r| r.is_empty()) {
+        invalid("db_role must not be empty; pass NULL for apikey.default_role");
+    }
+    let format = formats::by_name(
+        &format
+            .map(str::to_owned)
+            .unwrap_or_else(crate::gucs::default_format),
+    );
+
+    // A key holder's new key is derived from the key they hold: what they did not give is
+    // inherited, and nothing may be wider. Its stored lifetime is the effective one, so a later
+    // rotation (by anyone) renews it for no longer than it was allowed to live.
+    let (scopes, resource, expires_at, expires_in, rate, db_role) = match caller.holder() {
+        Some(me) => {
+            if kind != KeyKind::User {
+                raise(ApiError::AdminOnly("create application keys"));
+            }
+            let r = rights::derive(
+                &me.rights(),
+                rights::Request {
+                    scopes: scopes.clone(),
+                    resource: resource.map(str::to_owned),
+                    expires_at: wanted_expiry,
+                    rate,
+                },
+            )
+            .unwrap_or_else(|w| raise(ApiError::Widens(w)));
+            let lifetime = match r.expires_at {
+                Some(at) if Some(at) != wanted_expiry => {
+                    Some(Interval::from_micros(at.saturating_sub(now()).max(1)))
+                }
+                _ => expires_in,
+            };
+            (
+                r.scopes,
+                r.resource,
+                r.expires_at,
+                lifetime,
+                r.rate,
+                r.db_role,
+            )
+        }
+        None => (
+            scopes,
+            resource.map(str::to_owned),
+            wanted_expiry,
+            expires_in,
+            rate,
+            db_role.map(str::to_owned),
+        ),
+    };
+    // Store what was asked for as given; a limit inherited from the caller's key is stored in
+    // the same columns, from its parsed form.
+    let (rate_limit, rate_period, rate_burst) = if rate_limit.is_some() {
+        (rate_limit, rate_period, rate_burst)
+    } else {
+        stored_rate(rate.as_ref())
+    };
+
+    let key = generate(&format);
+    let sealed = sealing::seal_for(&format.name, &key.plaintext);
+    let audit_detail = json!({"format": format.name, "kind": kind.name(), "scopes": scopes,
+                              "resource": resource, "expires_in": expires_in.map(|i| i.to_string())});
+    let id = store::as_owner(|| {
+        quota::charge_creation(owner, caller.admin);
+        let id = store::insert_key(store::NewKeyRow {
+            owner,
+            name,
+            format: &format.name,
+            kind,
+            scopes,
+            resource,
+            display_prefix: key.display_prefix.clone(),
+            last4: key.last4.clone(),
+            digest: key.digest.clone(),
+            expires_in,
+            expires_at: timestamptz(expires_at),
+            created_by: caller.name.clone(),
+            metadata: metadata.map(|m| m.0),
+            sealed,
+            rate_limit,
+            rate_period,
+            rate_burst,
+            db_role,
+        });
+        policy::audit(&caller, "create", id, owner, name, audit_detail);
+        id
+    });
+    TableIterator::once((id, ApiKey::from_generated(key.plaintext)))
+}
+
+/// Revoke a key now. Returns false if it was already revoked.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn revoke(id: i64) -> bool {
+    privilege::require_primary("revoke API keys");
+    let caller = Caller::get();
+    store::as_owner(|| {
+        let key = policy::target(&caller, id, true);
+        if key.revoked {
+            return false;
+        }
+        store::revoke_now(id);
+        policy::audit(&caller, "revoke", id, &key.owner, &key.name, json!({}));
+        true
+    })
+}
+
+/// Delete a key now; it is invalid in every session the moment this commits. The audit log keeps
+/// its history.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn delete(id: i64) -> bool {
+    privilege::require_primary("delete API keys");
+    let caller = Caller::get();
+    store::as_owner(|| {
+        let key = policy::target(&caller, id, true);
+        store::delete_key(id);
+        policy::audit(&caller, "delete", id, &key.owner, &key.name, json!({}));
+        true
+    })
+}
+
+/// Replace a key with a new one of the same owner, name and settings, shown once. The old key
+/// keeps working for `grace` (at most `apikey.max_rotation_grace`, never past its own expiry),
+/// then is revoked. A rotation with a grace adds a live key, so it counts against the creation
+/// quota like a `create`; an expired key, or one already in a rotation's grace, cannot be rotated.
+#[pg_extern(volatile, parallel_unsafe, requires = ["api_key_type"])]
+fn rotate(
+    id: i64,
+    grace: default!(Option<Interval>, "'0'"),
+) -> TableIterator<'static, (name!(id, i64), name!(api_key, ApiKey))> {
+    privilege::require_primary("rotate API keys");
+    let caller = Caller::get();
+    let grace = grace.unwrap_or_else(|| Interval::from_micros(0));
+    let grace_us = now_plus(grace) - now();
+    if grace.as_micros() < 0 || grace_us < 0 {
+        invalid("grace must not be negative");
+    }
+    let max_grace = crate::gucs::MAX_ROTATION_GRACE.get();
+    if grace_us > max_grace as i64 * 1_000_000 {
+        invalid(format!(
+            "grace must be at most apikey.max_rotation_grace ({max_grace} seconds)"
+        ));
+    }
+    let (new_id, plaintext) = store::as_owner(|| {
+        let old = policy::target(&caller, id, true);
+        if old.revoked {
+            raise(ApiError::KeyRevoked(id));
+        }
+        if old.expired {
+            raise(ApiError::KeyExpired(id));
+        }
+        if old.in_grace {
+            raise(ApiError::KeyInGrace(id));
+        }
+        if grace_us > 0 {
+            quota::charge_creation(&old.owner, caller.admin);
+        }
+        // The new key lives as long as the old one was meant to (expires_in from now), but a key
+        // holder's rotation never outlives the key they hold.
+        let mut expires_at = old.expires_in.map(now_plus);
+        if let Some(mine) = caller.holder().and_then(|i| i.expires_at) {
+            expires_at = Some(expires_at.map_or(mine, |e| e.min(mine)));
+        }
+        let key = generate(&formats::by_name(&old.format));
+        let new_id = store::rotate(
+            id,
+            store::Rotated {
+                display_prefix: key.display_prefix.clone(),
+                last4: key.last4.clone(),
+                digest: key.digest.clone(),
+                created_by: caller.name.clone(),
+                sealed: sealing::seal_for(&old.format, &key.plaintext),
+                expires_at: timestamptz(expires_at),
+            },
+            grace,
+        );
+        policy::audit(
+            &caller,
+            "rotate",
+            id,
+            &old.owner,
+            &old.name,
+            json!({"new_key_id": new_id, "grace": grace.to_string()}),
+        );
+        (new_id, key.plaintext)
+    });
+    TableIterator::once((new_id, ApiKey::from_generated(plaintext)))
+}

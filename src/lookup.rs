@@ -1,0 +1,87 @@
+//! The hot path: a presented key's digest → the backend cache → on a miss, a direct index probe →
+//! constant-time compare → status checks. No table write, so it works in READ ONLY transactions
+//! and on a standby.
+
+use pg_apikey_core::digest::{ct_eq, sha256, DIGEST_LEN};
+use pg_apikey_core::errors::ApiError;
+use pgrx::pg_sys;
+
+use crate::errors::raise;
+use crate::identity::Identity;
+use crate::key_type::ApiKey;
+use crate::keycache;
+use crate::store::{self, StoredKey};
+use crate::usage;
+
+impl StoredKey {
+    /// The identity this key gives its holder.
+    pub fn identity(self, app: Option<(i64, String)>) -> Identity {
+        Identity {
+            key_id: self.id,
+            owner: self.owner,
+            kind: self.kind,
+            scopes: self.scopes,
+            resource: self.resource,
+            app,
+            db_role: self.db_role,
+            expires_at: self.expires_at.map(Into::into),
+            rate: self.rate,
+        }
+    }
+}
+
+/// Find the key and judge it. Unknown, revoked and deleted keys are the same error; "expired" is
+/// told only to a caller who proved they hold the key (the digest matched). Times are compared
+/// with the statement's start, so a key expiring mid-transaction stops working at the next
+/// statement.
+pub fn lookup(key: &ApiKey) -> StoredKey {
+    try_lookup(key.as_str()).unwrap_or_else(|e| raise(e))
+}
+
+/// `lookup` for a well-formed key, reporting rather than raising the caller's mistakes.
+pub fn try_lookup(key: &str) -> Result<StoredKey, ApiError> {
+    let digest = sha256(key.as_bytes());
+    // Apply any invalidations other sessions have committed, so a revoke or delete is seen at
+    // our next statement even inside a long transaction that takes no new locks.
+    // SAFETY: processes the shared invalidation queue; callable at any point in a transaction.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+    if let Some(hit) = keycache::get(&digest) {
+        return judge(hit, &digest);
+    }
+    let since = keycache::generation();
+    let Some(found) = store::find_by_digest(&digest) else {
+        return Err(ApiError::InvalidKey);
+    };
+    keycache::set_keys_relid(crate::catalog::get().relation("keys"));
+    // A transaction that wrote anything may be looking at its own uncommitted keys: keep those
+    // out of the cache. Read-only transactions (every verify-only request) populate it.
+    // SAFETY: reads the transaction state; no preconditions.
+    let wrote = unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId;
+    if !wrote {
+        keycache::insert(digest, found.clone(), since);
+    }
+    judge(found, &digest)
+}
+
+fn judge(entry: StoredKey, digest: &[u8; DIGEST_LEN]) -> Result<StoredKey, ApiError> {
+    if !ct_eq(&entry.digest, digest) {
+        return Err(ApiError::InvalidKey);
+    }
+    // SAFETY: reads a backend global.
+    let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    if entry
+        .revoked_at
+        .is_some_and(|t| pg_sys::TimestampTz::from(t) <= now)
+    {
+        usage::record(entry.id, usage::Event::Revoked);
+        return Err(ApiError::InvalidKey);
+    }
+    if entry
+        .expires_at
+        .is_some_and(|t| pg_sys::TimestampTz::from(t) <= now)
+    {
+        usage::record(entry.id, usage::Event::Expired);
+        return Err(ApiError::ExpiredKey);
+    }
+    Ok(entry)
+}

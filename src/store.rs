@@ -1,0 +1,733 @@
+//! Every statement against the extension's tables, and nothing else.
+//!
+//! Rows come back as typed structs read by column name. The statements are written for the
+//! extension owner with `search_path = pg_catalog, pg_temp` and qualified operators; callers wrap
+//! them in [`as_owner`] (the catalog check of `catalog::get` runs first, so every name used here is
+//! known to be the extension's own table). The hot path, [`find_by_digest`], does not go through
+//! SQL at all: it probes the digest's unique index directly under the latest snapshot.
+
+use pg_apikey_core::digest::DIGEST_LEN;
+use pg_apikey_core::errors::ApiError;
+use pg_apikey_core::gcra::Rate;
+use pg_apikey_core::rights::{KeyKind, Rights};
+use pgrx::datum::Interval;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::spi::{SpiHeapTupleData, SpiResult};
+use pgrx::{FromDatum, IntoDatum, JsonB};
+
+use crate::catalog;
+use crate::errors::{raise, spi};
+use crate::privilege::Elevated;
+
+/// Run `f` as the extension owner with the pinned search_path (see `privilege::Elevated`).
+pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
+    let _guard = Elevated::to_role(catalog::get().owner);
+    f()
+}
+
+fn internal(what: &'static str) -> ! {
+    raise(ApiError::Internal(what))
+}
+
+/// A row read by column name: an iterated row, or the current row of a result.
+trait ByName {
+    fn by_name<T: IntoDatum + FromDatum>(&self, name: &str) -> SpiResult<Option<T>>;
+}
+
+impl ByName for SpiHeapTupleData<'_> {
+    fn by_name<T: IntoDatum + FromDatum>(&self, name: &str) -> SpiResult<Option<T>> {
+        self.get_by_name::<T, _>(name)
+    }
+}
+
+impl ByName for pgrx::spi::SpiTupleTable<'_> {
+    fn by_name<T: IntoDatum + FromDatum>(&self, name: &str) -> SpiResult<Option<T>> {
+        self.get_by_name::<T, _>(name)
+    }
+}
+
+fn col<T: IntoDatum + FromDatum>(row: &impl ByName, name: &str) -> SpiResult<Option<T>> {
+    row.by_name::<T>(name)
+}
+
+fn kind_of(text: Option<String>) -> KeyKind {
+    text.and_then(|k| KeyKind::parse(&k))
+        .unwrap_or_else(|| internal("a stored key has an unknown kind"))
+}
+
+fn rate_of(limit: Option<i32>, period: Option<Interval>, burst: Option<i32>) -> Option<Rate> {
+    match (limit, period) {
+        // Stored limits passed the same checks at creation; a row edited by hand into an invalid
+        // limit is refused rather than treated as unlimited.
+        (Some(limit), Some(period)) => Some(crate::rates::rate_from(
+            limit as i64,
+            period,
+            burst.map(i64::from),
+        )),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The key lookup: a direct probe of the unique index on digest.
+
+/// A key as the verify path needs it.
+#[derive(Clone)]
+pub struct StoredKey {
+    pub id: i64,
+    pub owner: String,
+    pub name: String,
+    pub kind: KeyKind,
+    pub format: String,
+    pub scopes: Option<Vec<String>>,
+    pub resource: Option<String>,
+    pub created_at: TimestampWithTimeZone,
+    pub expires_at: Option<TimestampWithTimeZone>,
+    pub revoked_at: Option<TimestampWithTimeZone>,
+    pub metadata: RawJsonb,
+    pub rate: Option<Rate>,
+    pub db_role: Option<String>,
+    pub digest: [u8; DIGEST_LEN],
+    /// Inserted by the current transaction (not committed): visible to nobody else yet.
+    pub created_here: bool,
+}
+
+/// Find the key whose digest is `digest`, under the latest committed snapshot (which includes
+/// this transaction's own changes). An authorization decision must see a revoke that committed
+/// after a REPEATABLE READ transaction began, so the transaction snapshot will not do: Postgres'
+/// own foreign-key checks read the same way.
+///
+/// Why not SPI: parse/plan caching aside, an SPI execution costs an executor start-up and
+/// shutdown per call; a direct index probe is a B-tree descent and one heap fetch.
+pub fn find_by_digest(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
+    let cat = catalog::get();
+    let keys = cat.relation("keys");
+    let index = cat.digest_index();
+    let a = cat.key_columns();
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    // SAFETY: the relation and index are opened and closed in this function (closing with NoLock
+    // keeps the lock to the end of the transaction, as the executor does); the lock is taken
+    // *before* the snapshot, so any invalidation queued by a concurrent commit is processed first
+    // (the cache's race counter sees it). The snapshot is registered for the scan and
+    // unregistered after. The scan key's datum is a bytea built from `digest` in the current
+    // memory context. Datums read from the slot are copied into Rust values before the slot is
+    // dropped. If Postgres raises an error anywhere here, transaction abort releases the scan,
+    // slot, relations and snapshot through their resource owners.
+    unsafe {
+        let heap = pg_sys::table_open(keys, lock);
+        let irel = pg_sys::index_open(index, lock);
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+        let mut skey: pg_sys::ScanKeyData = std::mem::zeroed();
+        let arg = digest
+            .to_vec()
+            .into_datum()
+            .unwrap_or_else(|| internal("bytea datum"));
+        pg_sys::ScanKeyInit(
+            &mut skey,
+            1,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::Oid::from(pg_sys::F_BYTEAEQ),
+            arg,
+        );
+        let scan = begin_index_scan(heap, irel, snapshot);
+        pg_sys::index_rescan(scan, &mut skey, 1, std::ptr::null_mut(), 0);
+        let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+        let found = if pg_sys::index_getnext_slot(
+            scan,
+            pg_sys::ScanDirection::ForwardScanDirection,
+            slot,
+        ) {
+            pg_sys::slot_getsomeattrs_int(slot, a.max as i32);
+            let values = (*slot).tts_values;
+            let nulls = (*slot).tts_isnull;
+            let get = |attnum: i16| {
+                let i = (attnum - 1) as usize;
+                (*values.add(i), *nulls.add(i))
+            };
+            macro_rules! read {
+                ($attnum:expr, $t:ty) => {{
+                    let (d, n) = get($attnum);
+                    <$t>::from_polymorphic_datum(d, n, pg_sys::InvalidOid)
+                }};
+            }
+            let mut should_free = false;
+            let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
+            let xmin = (*(*tuple).t_data).t_choice.t_heap.t_xmin;
+            let created_here = pg_sys::TransactionIdIsCurrentTransactionId(xmin);
+            if should_free {
+                pg_sys::heap_freetuple(tuple);
+            }
+            let stored: Vec<u8> = read!(a.digest, Vec<u8>).unwrap_or_default();
+            Some(StoredKey {
+                id: read!(a.id, i64).unwrap_or_default(),
+                owner: read!(a.owner, String).unwrap_or_default(),
+                name: read!(a.name, String).unwrap_or_default(),
+                kind: kind_of(read!(a.kind, String)),
+                format: read!(a.format, String).unwrap_or_default(),
+                scopes: read!(a.scopes, Vec<String>),
+                resource: read!(a.resource, String),
+                created_at: read!(a.created_at, TimestampWithTimeZone)
+                    .unwrap_or_else(|| internal("created_at is NOT NULL")),
+                expires_at: read!(a.expires_at, TimestampWithTimeZone),
+                revoked_at: read!(a.revoked_at, TimestampWithTimeZone),
+                metadata: read!(a.metadata, RawJsonb).unwrap_or_default(),
+                rate: rate_of(
+                    read!(a.rate_limit, i32),
+                    read!(a.rate_period, Interval),
+                    read!(a.rate_burst, i32),
+                ),
+                db_role: read!(a.db_role, String),
+                digest: stored.try_into().unwrap_or([0; DIGEST_LEN]),
+                created_here,
+            })
+        } else {
+            None
+        };
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_endscan(scan);
+        pg_sys::UnregisterSnapshot(snapshot);
+        pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+        found
+    }
+}
+
+#[cfg(not(feature = "pg18"))]
+unsafe fn begin_index_scan(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    snapshot: pg_sys::Snapshot,
+) -> pg_sys::IndexScanDesc {
+    // SAFETY: open relations and a registered snapshot, as the caller guarantees.
+    unsafe { pg_sys::index_beginscan(heap, index, snapshot, 1, 0) }
+}
+
+#[cfg(feature = "pg18")]
+unsafe fn begin_index_scan(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    snapshot: pg_sys::Snapshot,
+) -> pg_sys::IndexScanDesc {
+    // SAFETY: as above; PostgreSQL 18 adds an optional instrumentation pointer.
+    unsafe { pg_sys::index_beginscan(heap, index, snapshot, std::ptr::null_mut(), 1, 0) }
+}
+
+/// A jsonb value carried as its bytes, so returning cached metadata costs a copy, not a parse.
+#[derive(Clone, Default)]
+pub struct RawJsonb(pub Vec<u8>);
+
+impl FromDatum for RawJsonb {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _: pg_sys::Oid,
+    ) -> Option<Self> {
+        if is_null {
+            return None;
+        }
+        // SAFETY: a non-null jsonb datum; detoasting yields a varlena whose full size
+        // varsize_any reports, and we copy exactly that many bytes.
+        unsafe {
+            let detoasted = pg_sys::pg_detoast_datum(datum.cast_mut_ptr());
+            let len = pgrx::varlena::varsize_any(detoasted);
+            Some(RawJsonb(
+                std::slice::from_raw_parts(detoasted as *const u8, len).to_vec(),
+            ))
+        }
+    }
+}
+
+impl IntoDatum for RawJsonb {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        if self.0.is_empty() {
+            return JsonB(serde_json::json!({})).into_datum();
+        }
+        // SAFETY: the bytes are a whole jsonb varlena copied from a datum (see
+        // from_polymorphic_datum); palloc gives a buffer of exactly that size.
+        unsafe {
+            let ptr = pg_sys::palloc(self.0.len()) as *mut u8;
+            std::ptr::copy_nonoverlapping(self.0.as_ptr(), ptr, self.0.len());
+            Some(pg_sys::Datum::from(ptr))
+        }
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys: creation, the rows a change needs, changes.
+
+/// A new key's row.
+pub struct NewKeyRow<'a> {
+    pub owner: &'a str,
+    pub name: &'a str,
+    pub format: &'a str,
+    pub kind: KeyKind,
+    pub scopes: Option<Vec<String>>,
+    pub resource: Option<String>,
+    pub display_prefix: String,
+    pub last4: String,
+    pub digest: Vec<u8>,
+    pub expires_in: Option<Interval>,
+    pub expires_at: Option<TimestampWithTimeZone>,
+    pub created_by: String,
+    pub metadata: Option<serde_json::Value>,
+    pub sealed: Option<Vec<u8>>,
+    pub rate_limit: Option<i32>,
+    pub rate_period: Option<Interval>,
+    pub rate_burst: Option<i32>,
+    pub db_role: Option<String>,
+}
+
+pub fn insert_key(k: NewKeyRow) -> i64 {
+    spi(Spi::connect_mut(|c| {
+        c.update(
+            "INSERT INTO apikey.keys (owner, name, format, kind, scopes, resource, display_prefix, last4,
+                                     digest, expires_in, expires_at, created_by, metadata, sealed,
+                                     rate_limit, rate_period, rate_burst, db_role)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                     COALESCE($13, '{}'::pg_catalog.jsonb), $14, $15, $16, $17, $18)
+             RETURNING id",
+            Some(1),
+            &[
+                k.owner.into(),
+                k.name.into(),
+                k.format.into(),
+                k.kind.name().into(),
+                k.scopes.into(),
+                k.resource.into(),
+                k.display_prefix.into(),
+                k.last4.into(),
+                k.digest.into(),
+                k.expires_in.into(),
+                k.expires_at.into(),
+                k.created_by.into(),
+                k.metadata.map(JsonB).into(),
+                k.sealed.into(),
+                k.rate_limit.into(),
+                k.rate_period.into(),
+                k.rate_burst.into(),
+                k.db_role.into(),
+            ],
+        )?
+        .first()
+        .get_by_name::<i64, _>("id")
+    }))
+    .unwrap_or_else(|| internal("INSERT … RETURNING returned no row"))
+}
+
+/// A key someone wants to change or see, with what bounds it.
+pub struct Target {
+    pub owner: String,
+    pub name: String,
+    pub format: String,
+    pub revoked: bool,
+    /// Revocation scheduled for later: the key is in a rotation's grace period.
+    pub in_grace: bool,
+    pub expired: bool,
+    pub expires_in: Option<Interval>,
+    pub rights: Rights,
+    pub sealed: Option<Vec<u8>>,
+    pub digest: Vec<u8>,
+}
+
+const TARGET_COLUMNS: &str = "owner, name, format, kind, scopes, resource, expires_at, rate_limit,
+       rate_period, rate_burst, db_role, sealed, digest, expires_in,
+       revoked_at IS NOT NULL AND revoked_at OPERATOR(pg_catalog.<=) pg_catalog.now() AS revoked,
+       revoked_at IS NOT NULL AND revoked_at OPERATOR(pg_catalog.>) pg_catalog.now() AS in_grace,
+       expires_at IS NOT NULL AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.now() AS expired";
+
+/// Key `id` (locked FOR UPDATE when `lock`). With `owner`, the owner is part of the predicate and
+/// the id is deliberately not indexable: the statement reads (and locks) only that owner's rows,
+/// so neither the answer, the row locks nor the table's access statistics
+/// (`pg_stat_get_xact_tuples_fetched`) say whether another owner's id exists.
+pub fn load_target(id: i64, owner: Option<&str>, lock: bool) -> Option<Target> {
+    let lock_clause = if lock { " FOR UPDATE" } else { "" };
+    spi(Spi::connect_mut(|c| {
+        let t = match owner {
+            None => c.update(
+                &format!(
+                    "SELECT {TARGET_COLUMNS} FROM apikey.keys WHERE id OPERATOR(pg_catalog.=) $1{lock_clause}"
+                ),
+                Some(1),
+                &[id.into()],
+            )?,
+            Some(owner) => c.update(
+                &format!(
+                    "SELECT {TARGET_COLUMNS} FROM apikey.keys
+                      WHERE owner OPERATOR(pg_catalog.=) $2
+                        AND (id OPERATOR(pg_catalog.+) 0) OPERATOR(pg_catalog.=) $1{lock_clause}"
+                ),
+                Some(1),
+                &[id.into(), owner.into()],
+            )?,
+        };
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = &t.first();
+        Ok::<_, pgrx::spi::SpiError>(Some(Target {
+            owner: col(r, "owner")?.unwrap_or_default(),
+            name: col(r, "name")?.unwrap_or_default(),
+            format: col(r, "format")?.unwrap_or_default(),
+            rights: Rights {
+                kind: kind_of(col(r, "kind")?),
+                scopes: col(r, "scopes")?,
+                resource: col(r, "resource")?,
+                expires_at: col::<TimestampWithTimeZone>(r, "expires_at")?.map(Into::into),
+                rate: rate_of(
+                    col(r, "rate_limit")?,
+                    col(r, "rate_period")?,
+                    col(r, "rate_burst")?,
+                ),
+                db_role: col(r, "db_role")?,
+            },
+            sealed: col(r, "sealed")?,
+            digest: col(r, "digest")?.unwrap_or_default(),
+            expires_in: col(r, "expires_in")?,
+            revoked: col(r, "revoked")?.unwrap_or(false),
+            in_grace: col(r, "in_grace")?.unwrap_or(false),
+            expired: col(r, "expired")?.unwrap_or(false),
+        }))
+    }))
+}
+
+pub fn revoke_now(id: i64) {
+    spi(Spi::connect_mut(|c| {
+        c.update(
+            "UPDATE apikey.keys SET revoked_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1",
+            None,
+            &[id.into()],
+        )
+        .map(|_| ())
+    }))
+}
+
+pub fn delete_key(id: i64) {
+    spi(Spi::connect_mut(|c| {
+        c.update(
+            "DELETE FROM apikey.keys WHERE id OPERATOR(pg_catalog.=) $1",
+            None,
+            &[id.into()],
+        )
+        .map(|_| ())
+    }))
+}
+
+/// The parts of a rotated key that are new; the rest is copied from key `old_id`.
+pub struct Rotated {
+    pub display_prefix: String,
+    pub last4: String,
+    pub digest: Vec<u8>,
+    pub created_by: String,
+    pub sealed: Option<Vec<u8>>,
+    pub expires_at: Option<TimestampWithTimeZone>,
+}
+
+/// Insert the successor of `old_id` and schedule the old key's revocation after `grace`.
+pub fn rotate(old_id: i64, new: Rotated, grace: Interval) -> i64 {
+    spi(Spi::connect_mut(|c| {
+        let new_id = c
+            .update(
+                "INSERT INTO apikey.keys (owner, name, format, kind, scopes, resource, display_prefix, last4,
+                                         digest, expires_in, expires_at, created_by, metadata, rotated_from, sealed,
+                                         rate_limit, rate_period, rate_burst, db_role)
+                 SELECT owner, name, format, kind, scopes, resource, $2, $3, $4, expires_in,
+                        $7, $5, metadata, id, $6,
+                        rate_limit, rate_period, rate_burst, db_role
+                   FROM apikey.keys WHERE id OPERATOR(pg_catalog.=) $1
+                 RETURNING id",
+                Some(1),
+                &[
+                    old_id.into(),
+                    new.display_prefix.into(),
+                    new.last4.into(),
+                    new.digest.into(),
+                    new.created_by.into(),
+                    new.sealed.into(),
+                    new.expires_at.into(),
+                ],
+            )?
+            .first()
+            .get_by_name::<i64, _>("id")?;
+        c.update(
+            "UPDATE apikey.keys
+                SET revoked_at = LEAST(COALESCE(revoked_at, 'infinity'::pg_catalog.timestamptz),
+                                       pg_catalog.now() OPERATOR(pg_catalog.+) $2)
+              WHERE id OPERATOR(pg_catalog.=) $1",
+            None,
+            &[old_id.into(), grace.into()],
+        )?;
+        Ok::<_, pgrx::spi::SpiError>(new_id)
+    }))
+    .unwrap_or_else(|| internal("INSERT … RETURNING returned no row"))
+}
+
+/// An application key's sealed form, for keys that are valid now: (sealed, digest).
+pub fn sealed_app_key(id: i64) -> Option<(Vec<u8>, Vec<u8>)> {
+    spi(Spi::connect(|c| {
+        let t = c.select(
+            "SELECT sealed, digest FROM apikey.keys
+              WHERE id OPERATOR(pg_catalog.=) $1
+                AND kind OPERATOR(pg_catalog.=) 'app'
+                AND sealed IS NOT NULL
+                AND (revoked_at IS NULL OR revoked_at OPERATOR(pg_catalog.>) pg_catalog.statement_timestamp())
+                AND (expires_at IS NULL OR expires_at OPERATOR(pg_catalog.>) pg_catalog.statement_timestamp())",
+            Some(1),
+            &[id.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = t.first();
+        Ok(Some((
+            col::<Vec<u8>>(&r, "sealed")?.unwrap_or_default(),
+            col::<Vec<u8>>(&r, "digest")?.unwrap_or_default(),
+        )))
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The audit log.
+
+pub struct AuditRow<'a> {
+    pub action: &'a str,
+    pub key_id: i64,
+    pub owner: &'a str,
+    pub key_name: &'a str,
+    pub actor: &'a str,
+    pub actor_key_id: Option<i64>,
+    pub detail: serde_json::Value,
+}
+
+pub fn audit(row: AuditRow) {
+    spi(Spi::connect_mut(|c| {
+        c.update(
+            "INSERT INTO apikey.audit_log (action, key_id, owner, key_name, actor, session_actor, actor_key_id, detail)
+             VALUES ($1, $2, $3, $4, $5, session_user, $6, $7)",
+            None,
+            &[
+                row.action.into(),
+                row.key_id.into(),
+                row.owner.into(),
+                row.key_name.into(),
+                row.actor.into(),
+                row.actor_key_id.into(),
+                JsonB(row.detail).into(),
+            ],
+        )
+        .map(|_| ())
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Administrators.
+
+pub fn admin_roles() -> Vec<String> {
+    spi(Spi::connect(|c| {
+        let mut roles = Vec::new();
+        for row in c.select(
+            "SELECT role::pg_catalog.text AS role FROM apikey.admins",
+            None,
+            &[],
+        )? {
+            if let Some(r) = col::<String>(&row, "role")? {
+                roles.push(r);
+            }
+        }
+        Ok::<_, pgrx::spi::SpiError>(roles)
+    }))
+}
+
+/// What an administrator may read directly (everything else goes through functions).
+const ADMIN_READS: &str =
+    "apikey.audit_log, apikey.usage, apikey.usage_live, apikey.rate_limit_state";
+
+/// Add `role` (its quoted identifier is `quoted`) to the administrators; false if it was one.
+pub fn add_admin(role: &str, quoted: &str, granted_by: &str) -> bool {
+    spi(Spi::connect_mut(|c| {
+        let added = c.update(
+            "INSERT INTO apikey.admins (role, granted_by) VALUES ($1::pg_catalog.name, $2)
+             ON CONFLICT (role) DO NOTHING RETURNING role",
+            None,
+            &[role.into(), granted_by.into()],
+        )?;
+        c.update(
+            &format!("GRANT SELECT ON {ADMIN_READS} TO {quoted}"),
+            None,
+            &[],
+        )?;
+        Ok::<_, pgrx::spi::SpiError>(!added.is_empty())
+    }))
+}
+
+pub fn remove_admin(role: &str, quoted: &str) -> bool {
+    spi(Spi::connect_mut(|c| {
+        let removed = c.update(
+            "DELETE FROM apikey.admins WHERE role OPERATOR(pg_catalog.=) $1::pg_catalog.name RETURNING role",
+            None,
+            &[role.into()],
+        )?;
+        c.update(
+            &format!("REVOKE SELECT ON {ADMIN_READS} FROM {quoted}"),
+            None,
+            &[],
+        )?;
+        Ok::<_, pgrx::spi::SpiError>(!removed.is_empty())
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formats.
+
+pub struct FormatRow {
+    pub name: String,
+    pub prefix: String,
+    pub alphabet: String,
+    pub body_length: i32,
+    pub checksum: String,
+    pub recoverable: bool,
+}
+
+/// Read as the caller (formats are readable by everyone), with the pinned search_path.
+pub fn formats() -> Vec<FormatRow> {
+    spi(Spi::connect(|c| {
+        let mut rows = Vec::new();
+        for row in c.select(
+            "SELECT name, prefix, alphabet, body_length, checksum, recoverable
+               FROM apikey.formats ORDER BY name",
+            None,
+            &[],
+        )? {
+            rows.push(FormatRow {
+                name: col(&row, "name")?.unwrap_or_default(),
+                prefix: col(&row, "prefix")?.unwrap_or_default(),
+                alphabet: col(&row, "alphabet")?.unwrap_or_default(),
+                body_length: col(&row, "body_length")?.unwrap_or_default(),
+                checksum: col(&row, "checksum")?.unwrap_or_default(),
+                recoverable: col(&row, "recoverable")?.unwrap_or(false),
+            });
+        }
+        Ok::<_, pgrx::spi::SpiError>(rows)
+    }))
+}
+
+pub fn insert_format(f: &FormatRow, description: Option<&str>) {
+    spi(Spi::connect_mut(|c| {
+        c.update(
+            "INSERT INTO apikey.formats (name, prefix, alphabet, body_length, checksum, recoverable, description)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            None,
+            &[
+                f.name.clone().into(),
+                f.prefix.clone().into(),
+                f.alphabet.clone().into(),
+                f.body_length.into(),
+                f.checksum.clone().into(),
+                f.recoverable.into(),
+                description.into(),
+            ],
+        )
+        .map(|_| ())
+    }))
+}
+
+pub fn set_format_recoverable(name: &str, recoverable: bool) {
+    spi(Spi::connect_mut(|c| {
+        c.update(
+            "UPDATE apikey.formats SET recoverable = $2 WHERE name OPERATOR(pg_catalog.=) $1",
+            None,
+            &[name.into(), recoverable.into()],
+        )
+        .map(|_| ())
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The creation quota's durable log.
+
+/// Lock bucket `bucket`'s row (creating it), and return its event log and the clock, in
+/// microseconds. Concurrent creators queue on the row lock.
+pub fn lock_quota(bucket: &str) -> (Vec<i64>, i64) {
+    spi(Spi::connect_mut(|c| {
+        c.update(
+            "INSERT INTO apikey.rate_limits (bucket, hits) VALUES ($1, '{}') ON CONFLICT (bucket) DO NOTHING",
+            None,
+            &[bucket.into()],
+        )?;
+        let t = c.update(
+            "SELECT hits,
+                    (EXTRACT(epoch FROM pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8 AS now_us
+               FROM apikey.rate_limits WHERE bucket OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+            Some(1),
+            &[bucket.into()],
+        )?;
+        let r = t.first();
+        Ok::<_, pgrx::spi::SpiError>((
+            col::<Vec<i64>>(&r, "hits")?.unwrap_or_default(),
+            col::<i64>(&r, "now_us")?.unwrap_or_default(),
+        ))
+    }))
+}
+
+pub fn save_quota(bucket: &str, hits: Vec<i64>) {
+    spi(Spi::connect_mut(|c| {
+        c.update(
+            "UPDATE apikey.rate_limits SET hits = $2, updated_at = pg_catalog.now() WHERE bucket OPERATOR(pg_catalog.=) $1",
+            None,
+            &[bucket.into(), hits.into()],
+        )
+        .map(|_| ())
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Usage, written by the flush worker.
+
+pub struct UsageBatch {
+    pub ids: Vec<i64>,
+    pub last_used: Vec<Option<TimestampWithTimeZone>>,
+    /// One column per event kind, in `usage_table::Event` order.
+    pub counts: [Vec<i64>; 5],
+}
+
+pub fn write_usage(b: UsageBatch) -> Result<(), pgrx::spi::SpiError> {
+    let [uses, expired, revoked, limited, denied] = b.counts;
+    Spi::connect_mut(|c| {
+        c.update(
+            "UPDATE apikey.keys k SET last_used_at = GREATEST(k.last_used_at, u.at)
+               FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.timestamptz[])) AS u(id, at)
+              WHERE k.id OPERATOR(pg_catalog.=) u.id AND u.at IS NOT NULL",
+            None,
+            &[b.ids.clone().into(), b.last_used.into()],
+        )?;
+        c.update(
+            "INSERT INTO apikey.usage AS u (key_id, bucket, uses, expired, revoked, rate_limited, denied)
+             SELECT x.id, pg_catalog.date_trunc('minute', pg_catalog.now()), x.uses, x.expired, x.revoked, x.limited, x.denied
+               FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int8[]),
+                               pg_catalog.unnest($3::pg_catalog.int8[]), pg_catalog.unnest($4::pg_catalog.int8[]),
+                               pg_catalog.unnest($5::pg_catalog.int8[]), pg_catalog.unnest($6::pg_catalog.int8[]))
+                    AS x(id, uses, expired, revoked, limited, denied)
+              WHERE GREATEST(x.uses, x.expired, x.revoked, x.limited, x.denied) OPERATOR(pg_catalog.>) 0
+             ON CONFLICT (key_id, bucket) DO UPDATE
+                SET uses = u.uses OPERATOR(pg_catalog.+) excluded.uses,
+                    expired = u.expired OPERATOR(pg_catalog.+) excluded.expired,
+                    revoked = u.revoked OPERATOR(pg_catalog.+) excluded.revoked,
+                    rate_limited = u.rate_limited OPERATOR(pg_catalog.+) excluded.rate_limited,
+                    denied = u.denied OPERATOR(pg_catalog.+) excluded.denied",
+            None,
+            &[
+                b.ids.into(),
+                uses.into(),
+                expired.into(),
+                revoked.into(),
+                limited.into(),
+                denied.into(),
+            ],
+        )?;
+        Ok(())
+    })
+}
