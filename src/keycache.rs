@@ -141,10 +141,12 @@ pub fn insert(digest: Digest, key: StoredKey, since: u64) {
     }
     let bytes = size_of(&key);
     let budget = budget();
-    if bytes > budget {
-        return;
-    }
     CACHE.with_borrow_mut(|c| {
+        if bytes > budget {
+            // Too big to keep (or the cache was switched off): honour a lowered bound at least.
+            c.make_room(budget);
+            return;
+        }
         c.remove(&digest);
         c.make_room(budget.saturating_sub(bytes));
         c.by_tag

@@ -445,3 +445,92 @@ def test_an_error_inside_a_management_call_leaves_the_caller_as_they_were(db):
         assert row is not None
         assert c.execute("SELECT current_user, current_setting('search_path')").fetchone() == (caller, "public")
         assert sqlstate(c, "SELECT * FROM apikey.keys") == "42501"
+
+
+# --- Found by the independent review ------------------------------------------------------------
+
+def test_an_application_key_manages_no_keys(db):
+    su = db()
+    su.execute("SET apikey.creation_limit = 0")
+    _, app = key(su, "acme", "app", kind="app")
+    user_id, _ = key(su, "acme", "user")
+    holder = role(su)
+    c = db(user=holder, autocommit=False)
+    c.execute("SELECT apikey.authenticate(%s)", (app,))
+    for sql in ("SELECT * FROM apikey.create('acme', 'via-app')", f"SELECT apikey.revoke({user_id})",
+                f"SELECT * FROM apikey.rotate({user_id})", f"SELECT apikey.delete({user_id})"):
+        assert sqlstate(c, sql) == "42501", sql
+    c.rollback()
+
+
+def test_a_burst_cannot_pin_a_bucket_past_31_days(db):
+    c = db()
+    assert sqlstate(c, "SELECT apikey.rate_limit('pin', 1, '31 days', 100000)") == "22023"
+    assert sqlstate(c, "SELECT apikey.create('p', 'k', rate_limit => 1, rate_period => '31 days', rate_burst => 2)") == "22023"
+    assert sqlstate(c, "SELECT apikey.rate_limit('ok', 10, '31 days', 10)") is None
+
+
+def test_keys_of_a_rolled_back_transaction_never_reach_the_limiter(db):
+    """Create a limited key, use it, roll back, many times: shared memory keeps nothing of it."""
+    su = db()
+    su.execute("SET apikey.creation_limit = 0")
+    _, mine = key(su, "m")
+    holder = role(su)
+    c = db(user=holder)
+    c.execute("""DO $$ DECLARE k text; BEGIN
+        PERFORM apikey.authenticate(%s);
+        FOR i IN 1..300 LOOP
+          BEGIN
+            SELECT x.api_key INTO k FROM apikey.create('m', 'tmp', rate_limit => 1, rate_period => '31 days') x;
+            PERFORM apikey.authenticate(k::apikey.api_key);
+            RAISE EXCEPTION 'undo';
+          EXCEPTION WHEN raise_exception THEN NULL; END;
+        END LOOP; END $$""".replace("%s", "'" + mine + "'"))
+    assert su.execute("SELECT count(*) FROM apikey.rate_limit_state WHERE bucket LIKE 'key:%%'").fetchone()[0] == 0
+
+
+def test_one_database_cannot_fill_the_limiter_for_another(db):
+    su = db()
+    other = f"{db.name}_f"
+    su.execute(f'CREATE DATABASE "{other}"')
+    try:
+        with db(dbname=other) as o:
+            o.execute("CREATE EXTENSION pg_apikey")
+            with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="rate limiter is full"):
+                for start in range(0, 8000, 500):
+                    o.execute("SELECT count(apikey.rate_limit('f' || g, 1, '1 hour')) "
+                              "FROM generate_series(%s::int, %s::int) g", (start, start + 499))
+        # This database still gets buckets: the flood took at most half of each partition.
+        got = su.execute("SELECT count(apikey.rate_limit('mine' || g, 1, '1 hour')) "
+                         "FROM generate_series(1, 300) g").fetchone()[0]
+        assert got == 300
+    finally:
+        su.execute(f'DROP DATABASE "{other}" WITH (FORCE)')
+
+
+def test_a_derived_key_keeps_its_capped_lifetime_through_rotation(db, narrow):
+    c = as_holder(db, narrow, narrow["narrow"])
+    child = c.execute("SELECT id FROM apikey.create('alice', 'long', expires_in => '10 years')").fetchone()[0]
+    c.commit()
+    su = narrow["su"]
+    new_id = su.execute("SELECT id FROM apikey.rotate(%s)", (child,)).fetchone()[0]
+    within = su.execute("SELECT expires_at <= now() + interval '10 days 1 minute' FROM apikey.keys WHERE id = %s",
+                        (new_id,)).fetchone()[0]
+    assert within is True
+
+
+def test_bad_input_never_gives_an_internal_error(db):
+    c = db()
+    assert sqlstate(c, "SELECT apikey.create('x', 'y', scopes => ARRAY[NULL]::text[])") == "22004"
+    for detail in ("not json", '{"retry_after": "abc"}', None):
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("SELECT apikey.raise_http('53400', 'slow', %s)", (detail,))
+        assert e.value.sqlstate == "PGRST" and '"status" : 429' in e.value.diag.message_detail
+
+
+def test_a_key_in_its_grace_period_cannot_be_rotated_again(db):
+    su = db()
+    su.execute("SET apikey.creation_limit = 0")
+    kid, _ = key(su, "g")
+    su.execute("SELECT apikey.rotate(%s, '1 hour')", (kid,))
+    assert sqlstate(su, f"SELECT apikey.rotate({kid})") == "55000"

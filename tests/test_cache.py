@@ -1,0 +1,126 @@
+"""The backend key cache: per-key invalidation at commit (a change to one key evicts only that key,
+a new key evicts nothing), revocation seen at the very next statement in every session (REPEATABLE
+READ included), a bound in bytes, and no stale entry when revokes race with cache misses."""
+
+import random
+import threading
+import time
+
+import psycopg
+import pytest
+
+
+def stats(conn):
+    return conn.execute("SELECT entries, bytes, hits, misses FROM apikey.key_cache_stats()").fetchone()
+
+
+def make_keys(conn, n, owner="c"):
+    conn.execute("SET apikey.creation_limit = 0")
+    return conn.execute(
+        "SELECT id, api_key::text FROM generate_series(1, %s) g, LATERAL apikey.create(%s, 'k' || g) c",
+        (n, owner),
+    ).fetchall()
+
+
+def test_a_new_key_evicts_nothing_and_a_revoke_evicts_only_its_key(db):
+    admin = db()
+    (id1, k1), (id2, k2) = make_keys(admin, 2)
+    reader = db()
+    for k in (k1, k2):
+        reader.execute("SELECT apikey.verify(%s)", (k,))
+    _, _, hits0, misses0 = stats(reader)
+    make_keys(admin, 1, owner="someone-else")
+    reader.execute("SELECT apikey.verify(%s)", (k1,))
+    reader.execute("SELECT apikey.verify(%s)", (k2,))
+    _, _, hits1, misses1 = stats(reader)
+    assert (hits1 - hits0, misses1 - misses0) == (2, 0), "an unrelated create evicted cached keys"
+    admin.execute("SELECT apikey.revoke(%s)", (id2,))
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+        reader.execute("SELECT apikey.verify(%s)", (k2,))
+    reader.execute("SELECT apikey.verify(%s)", (k1,))
+    _, _, hits2, _ = stats(reader)
+    assert hits2 - hits1 == 1, "revoking one key evicted another"
+
+
+def test_a_revoke_is_seen_at_the_next_statement_even_in_repeatable_read(db):
+    admin = db()
+    (kid, k), = make_keys(admin, 1)
+    reader = db(autocommit=False)
+    reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    reader.execute("SELECT apikey.verify(%s)", (k,))
+    reader.execute("SELECT apikey.verify(%s)", (k,))
+    admin.execute("SELECT apikey.revoke(%s)", (kid,))
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+        reader.execute("SELECT apikey.verify(%s)", (k,))
+    reader.rollback()
+
+
+def test_the_cache_is_bounded_in_bytes(db):
+    admin = db()
+    keys = [k for _, k in make_keys(admin, 1500)]
+    reader = db()
+    reader.execute("SET apikey.key_cache_size = '64kB'")
+    reader.execute("SELECT count(apikey.verify(k)) FROM unnest(%s::text[]) k", (keys,))
+    entries, size, _, _ = stats(reader)
+    assert 0 < size <= 64 * 1024 and entries < 1500
+    reader.execute("SET apikey.key_cache_size = 0")
+    reader.execute("SELECT apikey.verify(%s)", (keys[0],))
+    assert stats(reader)[0] == 0
+
+
+def test_revokes_racing_with_cache_misses_never_leave_a_revoked_key_valid(db):
+    """Eight readers verify random keys out of 400 with a small cache (so misses are frequent)
+    while four sessions revoke them one by one. A verify that *starts* after a revoke's commit
+    returned must fail; any success is a stale cache entry."""
+    admin = db()
+    keys = make_keys(admin, 400)
+    revoked_at = {}
+    stop = threading.Event()
+    violations = []
+    lock = threading.Lock()
+
+    def reader(seed):
+        rnd = random.Random(seed)
+        with db() as c:
+            c.execute("SET apikey.key_cache_size = '32kB'")
+            while not stop.is_set():
+                kid, k = rnd.choice(keys)
+                started = time.monotonic()
+                try:
+                    c.execute("SELECT apikey.verify(%s)", (k,))
+                    ok = True
+                except psycopg.errors.InvalidAuthorizationSpecification:
+                    ok = False
+                with lock:
+                    done = revoked_at.get(kid)
+                if ok and done is not None and started > done:
+                    violations.append(kid)
+
+    def revoker(part):
+        with db() as c:
+            for kid, _ in part:
+                c.execute("SELECT apikey.revoke(%s)", (kid,))
+                with lock:
+                    revoked_at[kid] = time.monotonic()
+                time.sleep(0.002)
+
+    readers = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for t in readers:
+        t.start()
+    time.sleep(0.5)
+    revokers = [threading.Thread(target=revoker, args=(keys[i::4],)) for i in range(4)]
+    for t in revokers:
+        t.start()
+    for t in revokers:
+        t.join()
+    time.sleep(0.3)
+    stop.set()
+    for t in readers:
+        t.join()
+    assert len(revoked_at) == 400
+    assert violations == []
+    # And afterwards every key is refused in a fresh session too.
+    with db() as c:
+        for _, k in keys[::40]:
+            with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+                c.execute("SELECT apikey.verify(%s)", (k,))
