@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The scale sweep of `make bench`: verify of a *random* key out of N stored keys, as a ratio to the
+# same lookup without verify, for N = 10^3, 10^5, 10^6, and 10^6 while another connection creates
+# and revokes a key every 50 ms. Then usage tracking's cost on the same random-key authenticate.
+#
+# Keys are bulk-loaded straight into apikey.keys by a superuser (digest = SHA-256 of the key text,
+# computed in SQL; keys of format cfk) instead of a million apikey.create calls through the quota:
+# the documented bulk path for benchmarks and imports. The plaintext goes to bench.plain so a
+# pgbench script can pick one at random; the baseline script runs that same lookup alone.
+#
+# Usage: bench/sweep.sh PSQL_DIR PORT SECONDS  (called by bench/run.sh on its cluster)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+dir=$1 port=$2 secs=$3
+RUNS=${BENCH_RUNS:-3}
+PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d bench)
+work=$(mktemp -d); chmod 755 "$work"
+trap 'kill ${churn_pid:-0} 2>/dev/null || true; rm -rf "$work"' EXIT
+
+"${PSQL[@]}" <<'SQL'
+CREATE TABLE IF NOT EXISTS bench.plain (n integer PRIMARY KEY, k text NOT NULL);
+CREATE OR REPLACE FUNCTION bench.load_keys(upto integer) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE have integer := (SELECT coalesce(max(n), 0) FROM bench.plain);
+BEGIN
+    IF have >= upto THEN RETURN; END IF;
+    INSERT INTO bench.plain (n, k)
+    SELECT g, 'cfk_' || md5(g::text || random()::text) || md5(random()::text || g::text)
+      FROM generate_series(have + 1, upto) g;
+    -- The bulk path: rows as apikey.create would write them (masked parts, digest of the key).
+    INSERT INTO apikey.keys (owner, name, format, display_prefix, last4, digest, created_by)
+    SELECT 'bulk-' || (p.n % 1000), 'bulk key ' || p.n, 'cfk', left(p.k, 8), right(p.k, 4),
+           sha256(convert_to(p.k, 'UTF8')), 'bench'
+      FROM bench.plain p WHERE p.n > have;
+END $$;
+SQL
+
+echo 'SELECT 1;' > "$work/noop.sql"
+printf '\\set i random(1, :n)\nSELECT k FROM bench.plain WHERE n = :i;\n' > "$work/lookup.sql"
+printf '\\set i random(1, :n)\nSELECT (apikey.verify(k)).owner FROM bench.plain WHERE n = :i;\n' > "$work/verify.sql"
+printf '\\set i random(1, :n)\nSELECT apikey.authenticate(k) FROM bench.plain WHERE n = :i;\n' > "$work/authenticate.sql"
+
+tps() { # script n [pgoptions]
+    PGOPTIONS="${3:-}" "$PGBIN/pgbench" -n -M prepared -h "$dir" -p "$port" -U postgres -c 2 -j 2 -T "$secs" \
+        -D n="$2" -f "$work/$1.sql" bench 2>/dev/null | awk '/^tps/ {print $3}'
+}
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# The ratio of script A to script B, as the median of RUNS paired runs (each pair back to back).
+ratio() { # a b n [pgoptions]
+    for _ in $(seq "$RUNS"); do
+        a=$(tps "$1" "$3" "${4:-}"); b=$(tps "$2" "$3" "${4:-}")
+        awk -v a="$a" -v b="$b" 'BEGIN{printf "%.3f\n", a/b}'
+    done | median
+}
+
+start_churn() {
+    "${PSQL[@]}" -c "ALTER DATABASE bench SET apikey.creation_limit = 0" >/dev/null
+    (
+        while :; do
+            "${PSQL[@]}" -c "SELECT apikey.revoke(id) FROM apikey.create('churn', 'churn key')" >/dev/null
+            sleep 0.05
+        done
+    ) &
+    churn_pid=$!
+}
+
+echo "== verify of a random key out of N (pgbench -M prepared, 2 clients, ${secs}s, median of $RUNS)"
+echo "   ratio = (lookup + apikey.verify) / (the same lookup alone), measured back to back"
+printf '%-28s %10s %10s\n' "stored keys" "ratio" "vs 10^3"
+declare -A r
+for n in 1000 100000 1000000; do
+    "${PSQL[@]}" -c "SELECT bench.load_keys($n)" -c "VACUUM ANALYZE apikey.keys, bench.plain" >/dev/null
+    r[$n]=$(ratio verify lookup "$n")
+    printf '%-28s %10s %10s\n' "$n" "${r[$n]}" "$(awk -v a="${r[$n]}" -v b="${r[1000]}" 'BEGIN{printf "%.3f", a/b}')"
+done
+start_churn
+churned=$(ratio verify lookup 1000000)
+kill "$churn_pid" 2>/dev/null || true; wait "$churn_pid" 2>/dev/null || true; churn_pid=
+printf '%-28s %10s %10s\n' "1000000, create+revoke/50ms" "$churned" "$(awk -v a="$churned" -v b="${r[1000]}" 'BEGIN{printf "%.3f", a/b}')"
+
+echo
+echo "== usage tracking on authenticate of a random key out of 10^6 (median of $RUNS)"
+on_off=$(for _ in $(seq "$RUNS"); do
+    a=$(tps authenticate 1000000); b=$(tps authenticate 1000000 "-c apikey.track_usage=off")
+    awk -v a="$a" -v b="$b" 'BEGIN{printf "%.4f\n", a/b}'
+done | median)
+echo "authenticate with usage tracking / without: $on_off (cost $(awk -v r="$on_off" 'BEGIN{printf "%.1f", (1-r)*100}')%)"
