@@ -13,7 +13,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PORT=${BENCH_PORT:-54343}
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
-"$ROOT/tests/cluster.sh" start bench "$PORT" "fsync = on"
+"$ROOT/tests/cluster.sh" start bench "$PORT" "fsync = on" "shared_buffers = 1GB"
 trap '"$ROOT/examples/api.sh" stop bench; "$ROOT/tests/cluster.sh" stop bench; rm -rf "${work:-/nonexistent}"' EXIT
 dir=$("$ROOT/tests/cluster.sh" dir bench)
 PSQL=(psql -X -q -h "$dir" -p "$PORT" -U postgres)

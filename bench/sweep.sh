@@ -16,7 +16,8 @@ dir=$1 port=$2 secs=$3
 RUNS=${BENCH_RUNS:-3}
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d bench)
 work=$(mktemp -d); chmod 755 "$work"
-trap 'kill ${churn_pid:-0} 2>/dev/null || true; rm -rf "$work"' EXIT
+churn_pid=
+trap 'if [ -n "$churn_pid" ]; then kill "$churn_pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
 
 "${PSQL[@]}" <<'SQL'
 CREATE TABLE IF NOT EXISTS bench.plain (n integer PRIMARY KEY, k text NOT NULL);

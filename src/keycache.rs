@@ -6,6 +6,11 @@
 //! dropped. Entries are dropped one by one when their key changes, and all at once when the keys
 //! table itself is invalidated (TRUNCATE, DDL, a lost invalidation queue).
 //!
+//! ## Admission
+//! A key enters the cache on its second miss within a window (a "doorkeeper" bitset, cleared as it
+//! fills), so keys seen once — the long tail of a million-key workload — cost no insertion and
+//! evict nothing that is hot; a key used twice is cached from then on.
+//!
 //! ## Per-key invalidation
 //! A change to a key (UPDATE of anything but `last_used_at`, DELETE) runs a row trigger that
 //! queues a *relcache invalidation* for a made-up relation OID derived from the key's digest
@@ -83,8 +88,44 @@ impl Cache {
     }
 }
 
+/// Bits of the doorkeeper: about four times the entries a default-sized cache holds.
+const DOOR_BITS: usize = 1 << 18;
+
+struct Doorkeeper {
+    bits: Vec<u64>,
+    set: usize,
+}
+
+impl Doorkeeper {
+    /// Has `digest` been seen since the last reset? Marks it seen either way.
+    fn seen_before(&mut self, digest: &Digest) -> bool {
+        if self.bits.is_empty() {
+            self.bits = vec![0; DOOR_BITS / 64];
+        }
+        // The digest is SHA-256, so any of its bits serve as independent hashes.
+        let h1 =
+            u32::from_le_bytes([digest[4], digest[5], digest[6], digest[7]]) as usize % DOOR_BITS;
+        let h2 =
+            u32::from_le_bytes([digest[8], digest[9], digest[10], digest[11]]) as usize % DOOR_BITS;
+        let was =
+            self.bits[h1 / 64] >> (h1 % 64) & 1 == 1 && self.bits[h2 / 64] >> (h2 % 64) & 1 == 1;
+        if !was {
+            for h in [h1, h2] {
+                self.bits[h / 64] |= 1 << (h % 64);
+            }
+            self.set += 2;
+            if self.set > DOOR_BITS / 2 {
+                self.bits.fill(0);
+                self.set = 0;
+            }
+        }
+        was
+    }
+}
+
 thread_local! {
     static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    static DOOR: RefCell<Doorkeeper> = const { RefCell::new(Doorkeeper { bits: Vec::new(), set: 0 }) };
     static GENERATION: Cell<u64> = const { Cell::new(0) };
     static KEYS_RELID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
     static INVALIDATORS: RefCell<Vec<fn(pg_sys::Oid)>> = const { RefCell::new(Vec::new()) };
@@ -134,9 +175,13 @@ pub fn generation() -> u64 {
     GENERATION.get()
 }
 
-/// Cache `key` unless an invalidation was processed since `generation()` returned `since`.
+/// Cache `key` unless an invalidation was processed since `generation()` returned `since`, or
+/// this is the key's first miss in the doorkeeper's window.
 pub fn insert(digest: Digest, key: StoredKey, since: u64) {
     if GENERATION.get() != since {
+        return;
+    }
+    if !DOOR.with_borrow_mut(|d| d.seen_before(&digest)) {
         return;
     }
     let bytes = size_of(&key);

@@ -2,7 +2,7 @@
 //! recoverable key's plaintext (see `sealing`).
 
 use pg_apikey_core::digest::{
-    callback_signature_hmac, callback_signature_sha256, signature_matches,
+    callback_signature_hmac, callback_signature_sha256, signature_matches, SignatureMethod,
 };
 use pg_apikey_core::errors::ApiError;
 use pgrx::prelude::*;
@@ -38,11 +38,11 @@ fn verify_callback_signature(
     signature: &str,
     method: default!(&str, "'sha256'"),
 ) -> bool {
-    if method != "sha256" && method != "hmac" {
+    let method = SignatureMethod::parse(method).unwrap_or_else(|| {
         raise(ApiError::InvalidArgument(
             "method must be \"sha256\" or \"hmac\"".into(),
-        ));
-    }
+        ))
+    });
     let Some((blob, digest)) = store::as_owner(|| store::sealed_app_key(app_id)) else {
         return false;
     };
@@ -51,11 +51,7 @@ fn verify_callback_signature(
     let Some(app_key) = sealing::try_open(&blob, &digest) else {
         return false;
     };
-    let expected = if method == "hmac" {
-        callback_signature_hmac(&app_key, callback_url)
-    } else {
-        callback_signature_sha256(&app_key, callback_url)
-    };
+    let expected = method.sign(&app_key, callback_url);
     signature_matches(&expected, signature)
 }
 

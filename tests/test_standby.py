@@ -93,3 +93,45 @@ def test_keys_work_on_the_standby_and_revokes_reach_it(pair):
                 return True
 
         wait_for(revoked)
+
+
+def test_postgrest_on_primary_and_standby_and_remote_apply_makes_revokes_immediate(pair):
+    """The read-replica deployment: the seeds' API served by PostgREST on the primary and on the
+    standby, keys verified on both; a revoke committed with synchronous_commit = remote_apply is
+    refused by the standby at once (without it, after the replay lag)."""
+    import requests
+
+    from conftest import ROOT as root
+    psql = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(root / ".run/primary"), "-p", PRIMARY_PORT,
+            "-U", "postgres", "-d", "postgres"]
+    for f in ("surveys_rls.sql", "surveys_data.sql", "postgrest_api.sql"):
+        subprocess.run([*psql, "-f", str(root / "examples" / f)], check=True, capture_output=True)
+    apis = {"primary": (PRIMARY_PORT, "54382", "54383"), "standby": (STANDBY_PORT, "54384", "54385")}
+    try:
+        with connect("primary", PRIMARY_PORT) as p:
+            p.execute("SET apikey.creation_limit = 0")
+            key_id, key = p.execute("SELECT id, api_key::text FROM apikey.create('alice', 'replicated', format => 'ct_live')").fetchone()
+            lsn = p.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        with connect("standby", STANDBY_PORT) as s:
+            wait_for(lambda: s.execute("SELECT pg_last_wal_replay_lsn() >= %s", (lsn,)).fetchone()[0])
+        for name, (pg, pgrst, nginx) in apis.items():
+            subprocess.run([str(root / "examples/api.sh"), "start", name, pg, "postgres", pgrst, nginx], check=True)
+        for name, (_, _, nginx) in apis.items():
+            r = requests.get(f"http://127.0.0.1:{nginx}/api/surveys/", headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200, (name, r.text)
+        # Make the standby synchronous, then revoke with remote_apply: when the revoke returns,
+        # the standby has replayed it (and its per-key invalidation).
+        with connect("primary", PRIMARY_PORT) as p:
+            p.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+            p.execute("SELECT pg_reload_conf()")
+            wait_for(lambda: p.execute("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'").fetchone()[0])
+            p.execute("SET synchronous_commit = remote_apply")
+            p.execute("SELECT apikey.revoke(%s)", (key_id,))
+        r = requests.get(f"http://127.0.0.1:{apis['standby'][2]}/api/surveys/", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 401 and r.json()["message"] == "invalid API key"
+    finally:
+        for name in apis:
+            subprocess.run([str(root / "examples/api.sh"), "stop", name], check=False)
+        with connect("primary", PRIMARY_PORT) as p:
+            p.execute("ALTER SYSTEM RESET synchronous_standby_names")
+            p.execute("SELECT pg_reload_conf()")

@@ -49,6 +49,32 @@ pub fn callback_signature_hmac(app_key: &str, url: &str) -> String {
     hex::encode(hmac_sha256(app_key.as_bytes(), url.as_bytes()))
 }
 
+/// How a callback URL is signed with an application key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureMethod {
+    /// The seed's: hex SHA-256 of key ‖ URL.
+    Sha256,
+    /// The recommended: hex HMAC-SHA256 of the URL under the key.
+    Hmac,
+}
+
+impl SignatureMethod {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "sha256" => Some(Self::Sha256),
+            "hmac" => Some(Self::Hmac),
+            _ => None,
+        }
+    }
+
+    pub fn sign(self, app_key: &str, url: &str) -> String {
+        match self {
+            Self::Sha256 => callback_signature_sha256(app_key, url),
+            Self::Hmac => callback_signature_hmac(app_key, url),
+        }
+    }
+}
+
 /// Constant-time check of a hex signature against the expected one; malformed hex is unequal.
 pub fn signature_matches(expected_hex: &str, presented_hex: &str) -> bool {
     let lowered = presented_hex.to_ascii_lowercase();
