@@ -99,6 +99,9 @@ s = b(hmac.new(sys.argv[1].encode(), h + b"." + p, hashlib.sha256).digest())
 print((h + b"." + p + b"." + s).decode())' "pg_apikey-example-jwt-secret-0123456789abcdef")
     rps() { # pre_request extra_authorization
         "$ROOT/examples/api.sh" start bench "$PORT" bench 54392 54393 "$1" >/dev/null
+        # Warm up first (same for every configuration): new PostgREST, new backends, cold caches.
+        KEYS_FILE="$work/http_keys.txt" EXTRA_AUTH="$2" wrk -t2 -c16 -d"${SECONDS_PER_RUN}s" \
+            -s "$work/random_key.lua" http://127.0.0.1:54392/rpc/whoami >/dev/null 2>&1
         KEYS_FILE="$work/http_keys.txt" EXTRA_AUTH="$2" wrk -t2 -c16 -d"${SECONDS_PER_RUN}s" \
             -s "$work/random_key.lua" http://127.0.0.1:54392/rpc/whoami 2>/dev/null \
             | awk '/Requests\/sec/ {print int($2)}'
