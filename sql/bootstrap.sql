@@ -78,6 +78,7 @@ CREATE TABLE apikey.keys (
     expires_at     timestamptz,
     last_used_at   timestamptz,
     revoked_at     timestamptz,
+    disabled_at    timestamptz,
     rotated_from   bigint,
     sealed         bytea,
     rate_limit     integer CHECK (rate_limit > 0),
@@ -97,13 +98,14 @@ COMMENT ON COLUMN apikey.keys.digest IS 'SHA-256 of the whole key text.';
 COMMENT ON COLUMN apikey.keys.sealed IS 'Recoverable formats only: the key sealed with XChaCha20-Poly1305 under apikey.encryption_key, bound to the digest.';
 COMMENT ON COLUMN apikey.keys.rate_limit IS 'Per-key request limit: rate_limit requests per rate_period, bursts of rate_burst (default rate_limit), checked by apikey.authenticate in shared memory.';
 COMMENT ON COLUMN apikey.keys.db_role IS 'Database role apikey.pre_request switches to for this key (NULL: apikey.default_role).';
+COMMENT ON COLUMN apikey.keys.disabled_at IS 'Set while the key is disabled (apikey.disable); apikey.enable clears it. Unlike a revoke, reversible.';
 COMMENT ON COLUMN apikey.keys.revoked_at IS 'When the key stops working; in the future while a rotated key is in its grace period.';
 
 CREATE SEQUENCE apikey.audit_log_id_seq;
 CREATE TABLE apikey.audit_log (
     id            bigint PRIMARY KEY DEFAULT pg_catalog.nextval('apikey.audit_log_id_seq'),
     at            timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    action        text NOT NULL CHECK (action IN ('create', 'revoke', 'delete', 'rotate', 'reveal')),
+    action        text NOT NULL CHECK (action IN ('create', 'revoke', 'delete', 'rotate', 'reveal', 'disable', 'enable')),
     key_id        bigint NOT NULL,
     owner         text NOT NULL,
     key_name      text NOT NULL,

@@ -16,7 +16,7 @@ CREATE TRIGGER keys_invalidate_key
     FOR EACH ROW EXECUTE FUNCTION apikey.invalidate_key_trigger();
 CREATE TRIGGER keys_invalidate_key_on_update
     AFTER UPDATE OF id, owner, name, format, kind, scopes, resource, display_prefix, last4, digest,
-                    expires_in, created_at, created_by, expires_at, revoked_at, rotated_from, sealed,
+                    expires_in, created_at, created_by, expires_at, revoked_at, disabled_at, rotated_from, sealed,
                     rate_limit, rate_period, rate_burst, db_role, metadata ON apikey.keys
     FOR EACH ROW EXECUTE FUNCTION apikey.invalidate_key_trigger();
 CREATE TRIGGER keys_invalidate_caches
@@ -53,6 +53,7 @@ SELECT k.id,
        k.kind,
        CASE
            WHEN k.revoked_at IS NOT NULL AND k.revoked_at <= pg_catalog.now() THEN 'revoked'
+           WHEN k.disabled_at IS NOT NULL THEN 'disabled'
            WHEN k.expires_at IS NOT NULL AND k.expires_at <= pg_catalog.now() THEN 'expired'
            ELSE 'active'
        END AS status,
@@ -66,6 +67,7 @@ SELECT k.id,
             ELSE k.last_used_at
        END AS last_used_at,
        k.revoked_at,
+       k.disabled_at,
        k.rotated_from,
        k.rate_limit,
        k.rate_period,

@@ -280,6 +280,41 @@ fn revoke(id: i64) -> bool {
     })
 }
 
+/// Disable a key: refused with 28000 "API key is disabled" until `apikey.enable`. Same rights as
+/// revoke (administrators, or a holder of a key whose rights cover it). Returns false if it
+/// already was disabled. Audited.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn disable(id: i64) -> bool {
+    set_disabled(id, true)
+}
+
+/// Enable a disabled key again. Returns false if it was not disabled. Audited.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn enable(id: i64) -> bool {
+    set_disabled(id, false)
+}
+
+fn set_disabled(id: i64, disabled: bool) -> bool {
+    let action = if disabled { "disable" } else { "enable" };
+    privilege::require_primary(if disabled {
+        "disable API keys"
+    } else {
+        "enable API keys"
+    });
+    let caller = Caller::get();
+    store::as_owner(|| {
+        let key = policy::target(&caller, id, true);
+        if key.revoked {
+            raise(ApiError::KeyRevoked(id));
+        }
+        if !store::set_disabled(id, disabled) {
+            return false;
+        }
+        policy::audit(&caller, action, id, &key.owner, &key.name, json!({}));
+        true
+    })
+}
+
 /// Delete a key now; it is invalid in every session the moment this commits. The audit log keeps
 /// its history.
 #[pg_extern(volatile, strict, parallel_unsafe)]

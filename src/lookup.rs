@@ -30,8 +30,9 @@ impl StoredKey {
     }
 }
 
-/// Find the key and judge it. Unknown, revoked and deleted keys are the same error; "expired" is
-/// told only to a caller who proved they hold the key (the digest matched). Times are compared
+/// Find the key and judge it, in one documented order: unknown / revoked / deleted (one error) →
+/// disabled → expired. "Disabled" and "expired" are told only to a caller who proved they hold the
+/// key (the digest matched). Times are compared
 /// with the statement's start, so a key expiring mid-transaction stops working at the next
 /// statement.
 pub fn lookup(key: &ApiKey) -> StoredKey {
@@ -75,6 +76,10 @@ fn judge(entry: StoredKey, digest: &[u8; DIGEST_LEN]) -> Result<StoredKey, ApiEr
     {
         usage::record(entry.id, usage::Event::Revoked);
         return Err(ApiError::InvalidKey);
+    }
+    if entry.disabled {
+        usage::record(entry.id, usage::Event::Denied);
+        return Err(ApiError::DisabledKey);
     }
     if entry
         .expires_at

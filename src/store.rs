@@ -85,6 +85,7 @@ pub struct StoredKey {
     pub created_at: TimestampWithTimeZone,
     pub expires_at: Option<TimestampWithTimeZone>,
     pub revoked_at: Option<TimestampWithTimeZone>,
+    pub disabled: bool,
     pub metadata: RawJsonb,
     pub rate: Option<Rate>,
     pub db_role: Option<String>,
@@ -171,6 +172,7 @@ pub fn find_by_digest(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
                     .unwrap_or_else(|| internal("created_at is NOT NULL")),
                 expires_at: read!(a.expires_at, TimestampWithTimeZone),
                 revoked_at: read!(a.revoked_at, TimestampWithTimeZone),
+                disabled: read!(a.disabled_at, TimestampWithTimeZone).is_some(),
                 metadata: read!(a.metadata, RawJsonb).unwrap_or_default(),
                 rate: rate_of(
                     read!(a.rate_limit, i32),
@@ -395,6 +397,21 @@ pub fn load_target(id: i64, owner: Option<&str>, lock: bool) -> Option<Target> {
     }))
 }
 
+/// Disable (`true`) or enable key `id`; false when it already was.
+pub fn set_disabled(id: i64, disabled: bool) -> bool {
+    spi(Spi::connect_mut(|c| {
+        let changed = c.update(
+            "UPDATE apikey.keys
+                SET disabled_at = CASE WHEN $2 THEN pg_catalog.now() END
+              WHERE id OPERATOR(pg_catalog.=) $1 AND (disabled_at IS NOT NULL) OPERATOR(pg_catalog.<>) $2
+              RETURNING id",
+            None,
+            &[id.into(), disabled.into()],
+        )?;
+        Ok::<_, pgrx::spi::SpiError>(!changed.is_empty())
+    }))
+}
+
 pub fn revoke_now(id: i64) {
     spi(Spi::connect_mut(|c| {
         c.update(
@@ -474,6 +491,7 @@ pub fn sealed_app_key(id: i64) -> Option<(Vec<u8>, Vec<u8>)> {
               WHERE id OPERATOR(pg_catalog.=) $1
                 AND kind OPERATOR(pg_catalog.=) 'app'
                 AND sealed IS NOT NULL
+                AND disabled_at IS NULL
                 AND (revoked_at IS NULL OR revoked_at OPERATOR(pg_catalog.>) pg_catalog.statement_timestamp())
                 AND (expires_at IS NULL OR expires_at OPERATOR(pg_catalog.>) pg_catalog.statement_timestamp())",
             Some(1),

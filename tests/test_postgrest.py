@@ -263,3 +263,17 @@ def test_a_request_without_a_key_is_401_even_where_anon_may_read(api):
     # The login endpoint stays open because the example lists it in apikey.anonymous_paths.
     r = requests.post(f"{BASE}/user/key/", data={"username": "nobody", "password": "x"})
     assert r.status_code == 403
+
+
+def test_a_disabled_key_is_401_and_works_again_once_enabled(api):
+    dsn = f"host={ROOT / '.run' / CLUSTER} port={PG_PORT} user=postgres dbname={DB}"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SET apikey.creation_limit = 0")
+        kid, key = c.execute("SELECT id, api_key::text FROM apikey.create('alice', 'to disable', format => 'ct_live')").fetchone()
+        auth = {"Authorization": f"Bearer {key}"}
+        assert requests.get(f"{BASE}/api/surveys/", headers=auth).status_code == 200
+        c.execute("SELECT apikey.disable(%s)", (kid,))
+        r = requests.get(f"{BASE}/api/surveys/", headers=auth)
+        assert r.status_code == 401 and r.json()["message"] == "API key is disabled"
+        c.execute("SELECT apikey.enable(%s)", (kid,))
+        assert requests.get(f"{BASE}/api/surveys/", headers=auth).status_code == 200

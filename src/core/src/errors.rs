@@ -59,6 +59,8 @@ pub enum ApiError {
     /// Unknown, revoked or deleted: one message so the error is no oracle for which.
     InvalidKey,
     ExpiredKey,
+    /// Disabled by `apikey.disable`: reversible, unlike a revoke.
+    DisabledKey,
     /// No key was presented (or no transaction identity where one is required).
     KeyRequired(&'static str),
     WrongKind {
@@ -104,9 +106,11 @@ impl ApiError {
     pub fn sqlstate(&self) -> Sqlstate {
         match self {
             Self::MalformedKey(_) => Sqlstate::InvalidTextRepresentation,
-            Self::InvalidKey | Self::ExpiredKey | Self::KeyRequired(_) | Self::WrongKind { .. } => {
-                Sqlstate::InvalidAuthorization
-            }
+            Self::InvalidKey
+            | Self::ExpiredKey
+            | Self::DisabledKey
+            | Self::KeyRequired(_)
+            | Self::WrongKind { .. } => Sqlstate::InvalidAuthorization,
             Self::NotKeyAdmin
             | Self::AdminOnly(_)
             | Self::MissingScope(_)
@@ -165,6 +169,7 @@ impl fmt::Display for ApiError {
             Self::MalformedKey(e) => write!(f, "{e}"),
             Self::InvalidKey => write!(f, "invalid API key"),
             Self::ExpiredKey => write!(f, "API key has expired"),
+            Self::DisabledKey => write!(f, "API key is disabled"),
             Self::KeyRequired("") => write!(f, "API key required"),
             Self::KeyRequired(kind) => write!(f, "{kind} API key required"),
             Self::WrongKind { expected } => write!(f, "invalid API key: {expected} key required"),
