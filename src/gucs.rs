@@ -52,10 +52,35 @@ pub fn anonymous_paths() -> Vec<String> {
         .collect()
 }
 
+/// `apikey.default_lifetime`: seconds a new key lives when `create` gets no expiry (0: forever).
+pub static DEFAULT_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(0);
+/// `apikey.max_lifetime`: the longest lifetime a key may have, in seconds (0: no maximum).
+pub static MAX_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(0);
+
 /// `apikey.key_cache_size`: kilobytes of keys each backend keeps in its cache.
 pub static KEY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"apikey.default_lifetime",
+        c"Lifetime of a new key when apikey.create is given no expiry (0: the key never expires).",
+        c"Set per database by a superuser, e.g. ALTER DATABASE app SET apikey.default_lifetime = '90d'.",
+        &DEFAULT_LIFETIME,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"apikey.max_lifetime",
+        c"Longest lifetime a key may have (0: no maximum). Longer, or never expiring, is refused.",
+        c"Applies to apikey.create, to keys created by key holders, and to rotations (capped).",
+        &MAX_LIFETIME,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
     GucRegistry::define_int_guc(
         c"apikey.key_cache_size",
         c"Memory each backend may use to cache verified keys.",

@@ -86,6 +86,24 @@ fn timestamptz(us: Option<i64>) -> Option<TimestampWithTimeZone> {
     })
 }
 
+/// `apikey.max_lifetime`, when set, refuses a longer lifetime or a key that never expires.
+fn check_max_lifetime(expires_at: Option<i64>) {
+    let Some(max_us) = max_lifetime_us() else {
+        return;
+    };
+    if expires_at.is_none_or(|at| at - now() > max_us) {
+        invalid(format!(
+            "keys may live at most apikey.max_lifetime ({} seconds); give a shorter expires_in",
+            max_us / 1_000_000
+        ));
+    }
+}
+
+fn max_lifetime_us() -> Option<i64> {
+    let max = crate::gucs::MAX_LIFETIME.get();
+    (max > 0).then_some(max as i64 * 1_000_000)
+}
+
 /// The stored columns of an inherited limit: its period is its emission interval times its limit.
 fn stored_rate(rate: Option<&Rate>) -> (Option<i32>, Option<Interval>, Option<i32>) {
     match rate {
@@ -125,6 +143,11 @@ fn create(
         list.into_iter()
             .map(|s| s.unwrap_or_else(|| raise(ApiError::NullArgument("a scope"))))
             .collect()
+    });
+    // No expiry given: the database's default lifetime, if it has one.
+    let default_lifetime = crate::gucs::DEFAULT_LIFETIME.get();
+    let expires_in = expires_in.or_else(|| {
+        (default_lifetime > 0).then(|| Interval::from_micros(default_lifetime as i64 * 1_000_000))
     });
     let wanted_expiry = expires_in.map(|i| {
         let at = now_plus(i);
@@ -200,6 +223,7 @@ fn create(
                 },
             )
             .unwrap_or_else(|w| raise(ApiError::Widens(w)));
+            check_max_lifetime(r.expires_at);
             let lifetime = match r.expires_at {
                 Some(at) if Some(at) != wanted_expiry => {
                     Some(Interval::from_micros(at.saturating_sub(now()).max(1)))
@@ -215,14 +239,17 @@ fn create(
                 r.db_role,
             )
         }
-        None => (
-            scopes,
-            resource.map(str::to_owned),
-            wanted_expiry,
-            expires_in,
-            rate,
-            db_role.map(str::to_owned),
-        ),
+        None => {
+            check_max_lifetime(wanted_expiry);
+            (
+                scopes,
+                resource.map(str::to_owned),
+                wanted_expiry,
+                expires_in,
+                rate,
+                db_role.map(str::to_owned),
+            )
+        }
     };
     // Store what was asked for as given; a limit inherited from the caller's key is stored in
     // the same columns, from its parsed form.
@@ -370,6 +397,12 @@ fn rotate(
         let mut expires_at = old.expires_in.map(now_plus);
         if let Some(mine) = caller.holder().and_then(|i| i.expires_at) {
             expires_at = Some(expires_at.map_or(mine, |e| e.min(mine)));
+        }
+        // A rotation obeys apikey.max_lifetime by being capped to it (refusing would block the
+        // routine rotation of a key made before the maximum was set).
+        if let Some(max_us) = max_lifetime_us() {
+            let cap = now() + max_us;
+            expires_at = Some(expires_at.map_or(cap, |e| e.min(cap)));
         }
         let key = generate(&formats::by_name(&old.format));
         let new_id = store::rotate(
