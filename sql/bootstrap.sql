@@ -42,11 +42,13 @@ CREATE TYPE apikey.api_key;
 -- Administrators of this database (roles are cluster-wide; this list is not). Changed only by
 -- apikey.grant_admin / apikey.revoke_admin, which superusers call.
 CREATE TABLE apikey.admins (
-    role       name PRIMARY KEY,
+    role       oid PRIMARY KEY,
+    role_name  name NOT NULL,
     granted_by text NOT NULL,
     granted_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 COMMENT ON TABLE apikey.admins IS 'pg_apikey administrators of this database: these roles and their members manage every key here. Use apikey.grant_admin(role) and apikey.revoke_admin(role).';
+COMMENT ON COLUMN apikey.admins.role IS 'The role''s OID. The entry counts only while that role still has role_name: it is never adopted by a new role of the same name. After a restore into another cluster, grant again.';
 
 CREATE TABLE apikey.formats (
     name        text PRIMARY KEY,

@@ -22,6 +22,12 @@ CREATE TRIGGER keys_invalidate_key_on_update
 CREATE TRIGGER keys_invalidate_caches
     AFTER TRUNCATE ON apikey.keys
     FOR EACH STATEMENT EXECUTE FUNCTION apikey.invalidate_caches();
+-- Even under session_replication_role = replica (logical replication's apply workers): a change
+-- that reaches the table must reach the caches.
+ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_invalidate_key;
+ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_invalidate_key_on_update;
+ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_invalidate_caches;
+ALTER TABLE apikey.formats ENABLE ALWAYS TRIGGER formats_invalidate_caches;
 
 CREATE FUNCTION apikey.audit_log_is_append_only() RETURNS trigger
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
@@ -37,6 +43,8 @@ CREATE TRIGGER audit_log_append_only
 CREATE TRIGGER audit_log_no_truncate
     BEFORE TRUNCATE ON apikey.audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION apikey.audit_log_is_append_only();
+ALTER TABLE apikey.audit_log ENABLE ALWAYS TRIGGER audit_log_append_only;
+ALTER TABLE apikey.audit_log ENABLE ALWAYS TRIGGER audit_log_no_truncate;
 
 -- Usage still in shared memory (not flushed yet), for this database.
 CREATE VIEW apikey.usage_live AS SELECT * FROM apikey.usage_pending();

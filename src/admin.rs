@@ -14,17 +14,18 @@ use crate::errors::raise;
 use crate::privilege;
 use crate::store;
 
-/// The role's quoted name, raising Postgres' own 42704 for an unknown role.
-fn role(name: &str) -> String {
+/// The role's OID and quoted name, raising Postgres' own 42704 for an unknown role.
+fn role(name: &str) -> (pg_sys::Oid, String) {
     let c = std::ffi::CString::new(name)
         .unwrap_or_else(|_| raise(ApiError::InvalidArgument("invalid role name".into())));
     // SAFETY: get_role_oid(missing_ok = false) returns the OID or raises; quote_identifier
     // returns its argument or a palloc'd quoted copy, NUL-terminated; `c` outlives both calls.
     unsafe {
-        pg_sys::get_role_oid(c.as_ptr(), false);
-        std::ffi::CStr::from_ptr(pg_sys::quote_identifier(c.as_ptr()))
+        let oid = pg_sys::get_role_oid(c.as_ptr(), false);
+        let quoted = std::ffi::CStr::from_ptr(pg_sys::quote_identifier(c.as_ptr()))
             .to_string_lossy()
-            .into_owned()
+            .into_owned();
+        (oid, quoted)
     }
 }
 
@@ -39,9 +40,9 @@ fn require_superuser(what: &'static str) {
 fn grant_admin(role_name: &str) -> bool {
     privilege::require_primary("grant administrator rights");
     require_superuser("grant pg_apikey administrator rights");
-    let quoted = role(role_name);
+    let (oid, quoted) = role(role_name);
     let actor = privilege::caller_name();
-    store::as_owner(|| store::add_admin(role_name, &quoted, &actor))
+    store::as_owner(|| store::add_admin(oid, role_name, &quoted, &actor))
 }
 
 /// Take administrator rights in this database away from `role`. Superusers only.
@@ -49,8 +50,8 @@ fn grant_admin(role_name: &str) -> bool {
 fn revoke_admin(role_name: &str) -> bool {
     privilege::require_primary("revoke administrator rights");
     require_superuser("revoke pg_apikey administrator rights");
-    let quoted = role(role_name);
-    store::as_owner(|| store::remove_admin(role_name, &quoted))
+    let (oid, quoted) = role(role_name);
+    store::as_owner(|| store::remove_admin(oid, &quoted))
 }
 
 /// Is the current role a pg_apikey administrator in this database (or a superuser)?

@@ -7,7 +7,6 @@
 
 use pg_apikey_core::errors::ApiError;
 use pg_apikey_core::rights::KeyKind;
-use pg_apikey_core::scope;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -21,16 +20,21 @@ fn identity_of(row: StoredKey, app: Option<(i64, String)>) -> Identity {
     row.identity(app)
 }
 
-/// A key's request limit is charged only once it has proved valid; a refusal leaves the
-/// identity as it was. A key created by this very transaction is not charged: nobody else can
-/// use it before it commits, and shared memory does not roll back, so charging it would let a
-/// transaction that creates, uses and rolls back keys fill the limiter with buckets of keys
-/// that never existed.
-fn charge(row: &StoredKey) -> Result<(), ApiError> {
-    if let Some(rate) = row.rate.as_ref().filter(|_| !row.created_here) {
-        crate::limiter::charge_key(row.id, rate)?;
+/// The keys' request limits are charged only once every key has proved valid, all or nothing (a
+/// two-key request refused by the user key's limit spends no part of the application's). A key
+/// created by this very transaction is not charged: nobody else can use it before it commits, and
+/// shared memory does not roll back, so charging it would let a transaction that creates, uses and
+/// rolls back keys fill the limiter with buckets of keys that never existed.
+fn charge(rows: &[&StoredKey]) -> Result<(), ApiError> {
+    let limited: Vec<(i64, &pg_apikey_core::gcra::Rate)> = rows
+        .iter()
+        .filter(|r| !r.created_here)
+        .filter_map(|r| r.rate.as_ref().map(|rate| (r.id, rate)))
+        .collect();
+    crate::limiter::charge_keys(&limited)?;
+    for r in rows {
+        crate::usage::record(r.id, crate::usage::Event::Use);
     }
-    crate::usage::record(row.id, crate::usage::Event::Use);
     Ok(())
 }
 
@@ -52,9 +56,14 @@ fn unchecked_key(text: &str) -> Result<StoredKey, ApiError> {
     lookup::try_lookup(text)
 }
 
+/// One key: a user key. An application key alone never grants an identity (it is half of a
+/// two-key pair, and would otherwise manage its owner's user keys).
 fn one_key(key: &str, find: Find) -> Result<Identity, ApiError> {
     let row = find(key)?;
-    charge(&row)?;
+    if row.kind != KeyKind::User {
+        return Err(ApiError::WrongKind { expected: "user" });
+    }
+    charge(&[&row])?;
     Ok(identity_of(row, None))
 }
 
@@ -75,9 +84,12 @@ fn app_and_user(
     if user.kind != KeyKind::User {
         return Err(ApiError::WrongKind { expected: "user" });
     }
-    charge(&app)?;
-    charge(&user)?;
-    Ok(identity_of(user, Some((app.id, app.owner))))
+    charge(&[&app, &user])?;
+    // Both keys' policies apply: the identity is the user's, bounded by the application key's
+    // scopes and resource as well.
+    let mut id = identity_of(user, Some((app.id, app.owner.clone())));
+    id.app_bounds = Some((app.scopes.clone(), app.resource.clone()));
+    Ok(id)
 }
 
 /// Verify `key` and make its owner the identity of the current transaction. Returns the owner.
@@ -120,7 +132,7 @@ fn anonymous_allowed(headers: &serde_json::Map<String, serde_json::Value>) -> bo
     let jwt = headers
         .get("authorization")
         .and_then(|v| v.as_str())
-        .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "));
+        .is_some_and(|v| pg_apikey_core::format::is_bearer_jwt(v.as_bytes()));
     if jwt {
         return true;
     }
@@ -209,13 +221,13 @@ fn current_key_id() -> Option<i64> {
 /// The scopes of the authenticating key; NULL when nobody authenticated or the key is unscoped.
 #[pg_extern(stable, parallel_restricted)]
 fn current_scopes() -> Option<Vec<String>> {
-    identity::current().and_then(|i| i.scopes)
+    identity::current().and_then(|i| i.effective_scopes())
 }
 
 /// The resource the authenticating key is limited to, or NULL (none, or unlimited).
 #[pg_extern(stable, parallel_restricted)]
 fn current_resource() -> Option<String> {
-    identity::current().and_then(|i| i.resource)
+    identity::current().and_then(|i| i.effective_resource())
 }
 
 /// The database role for this transaction's key: its own, else `apikey.default_role`, else NULL.
@@ -239,13 +251,13 @@ fn current_app() -> Option<String> {
 /// Does the authenticated key hold `scope`? An unscoped key holds every scope; no key, none.
 #[pg_extern(stable, strict, parallel_restricted)]
 fn has_scope(scope: &str) -> bool {
-    identity::current().is_some_and(|i| i.scopes.as_ref().is_none_or(|s| scope::covers(s, scope)))
+    identity::current().is_some_and(|i| i.holds_scope(scope))
 }
 
 /// May the authenticated key reach `resource`? A key without a resource reaches every one.
 #[pg_extern(stable, strict, parallel_restricted)]
 fn in_resource(resource: &str) -> bool {
-    identity::current().is_some_and(|i| i.resource.as_deref().is_none_or(|r| r == resource))
+    identity::current().is_some_and(|i| i.reaches(resource))
 }
 
 /// Raise 28000 without an authenticated key, 42501 naming the scope if the key lacks it.

@@ -7,6 +7,7 @@ use std::cell::RefCell;
 
 use pg_apikey_core::gcra::Rate;
 use pg_apikey_core::rights::{KeyKind, Rights};
+use pg_apikey_core::scope;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -25,15 +26,66 @@ pub struct Identity {
     pub expires_at: Option<i64>,
     /// The key's own request limit, which bounds keys it creates.
     pub rate: Option<Rate>,
+    /// For two-key requests: the application key's scopes and resource, which bound the user's.
+    pub app_bounds: Option<(Option<Vec<String>>, Option<String>)>,
 }
 
 impl Identity {
+    fn app_scopes(&self) -> Option<&Vec<String>> {
+        self.app_bounds.as_ref().and_then(|(s, _)| s.as_ref())
+    }
+
+    fn app_resource(&self) -> Option<&String> {
+        self.app_bounds.as_ref().and_then(|(_, r)| r.as_ref())
+    }
+
+    /// Does the identity hold `scope`? The user key must, and in a two-key request so must the
+    /// application key (an unscoped key holds every scope).
+    pub fn holds_scope(&self, wanted: &str) -> bool {
+        self.scopes
+            .as_ref()
+            .is_none_or(|s| scope::covers(s, wanted))
+            && self.app_scopes().is_none_or(|s| scope::covers(s, wanted))
+    }
+
+    /// May the identity reach `resource`? Both keys' resources must allow it.
+    pub fn reaches(&self, resource: &str) -> bool {
+        self.resource.as_deref().is_none_or(|r| r == resource)
+            && self.app_resource().is_none_or(|r| r == resource)
+    }
+
+    /// The scopes in force: the user key's, narrowed by the application key's.
+    pub fn effective_scopes(&self) -> Option<Vec<String>> {
+        match (&self.scopes, self.app_scopes()) {
+            (mine, None) => mine.clone(),
+            (None, Some(app)) => Some(app.clone()),
+            (Some(mine), Some(app)) => {
+                let mut both: Vec<String> = mine
+                    .iter()
+                    .filter(|s| scope::covers(app, s))
+                    .chain(app.iter().filter(|s| scope::covers(mine, s)))
+                    .cloned()
+                    .collect();
+                both.sort();
+                both.dedup();
+                Some(both)
+            }
+        }
+    }
+
+    /// The resource in force: the user key's, else the application key's.
+    pub fn effective_resource(&self) -> Option<String> {
+        self.resource
+            .clone()
+            .or_else(|| self.app_resource().cloned())
+    }
+
     /// What the key holds, for the "rights never widen" rule.
     pub fn rights(&self) -> Rights {
         Rights {
             kind: self.kind,
-            scopes: self.scopes.clone(),
-            resource: self.resource.clone(),
+            scopes: self.effective_scopes(),
+            resource: self.effective_resource(),
             expires_at: self.expires_at,
             rate: self.rate,
             db_role: self.db_role.clone(),

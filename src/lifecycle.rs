@@ -199,6 +199,13 @@ fn create(
     if db_role.is_some_and(|r| r.is_empty()) {
         invalid("db_role must not be empty; pass NULL for apikey.default_role");
     }
+    if let Some(r) = db_role {
+        let c = std::ffi::CString::new(r).unwrap_or_else(|_| invalid("db_role is not a role"));
+        // SAFETY: get_role_oid(missing_ok = true) returns InvalidOid for an unknown role.
+        if unsafe { pgrx::pg_sys::get_role_oid(c.as_ptr(), true) } == pgrx::pg_sys::InvalidOid {
+            invalid(format!("db_role \"{r}\" is not a role"));
+        }
+    }
     let format = formats::by_name(
         &format
             .map(str::to_owned)

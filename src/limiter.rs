@@ -1,7 +1,7 @@
 //! Request limits kept in shared memory, so they hold where a table write cannot: inside READ ONLY
 //! transactions (every PostgREST GET) and on a hot standby.
 //!
-//! One GCRA state (a TAT) per bucket, in a fixed table of 16 partitions × `SLOTS` slots; each
+//! One GCRA state (a TAT) per bucket, in a fixed table of 16 partitions × 1,024 slots; each
 //! partition has its own LWLock, so backends charging different buckets rarely meet. A bucket is
 //! identified by its database and a keyed 64-bit SipHash of its namespace and name, under a secret
 //! drawn at server start (so nobody can work out offline which names share a partition).
@@ -27,7 +27,7 @@ use std::cell::Cell;
 
 use crate::errors::raise;
 
-const SLOTS: usize = 256;
+const SLOTS: usize = 1024;
 
 /// One partition: the core's buckets, in shared memory.
 #[derive(Clone, Copy)]
@@ -123,9 +123,15 @@ pub enum Namespace {
 
 /// Charge one request to bucket `name` of the current database. Fails closed with
 /// `ApiError::LimiterFull` when a new bucket finds no free or idle slot.
-pub fn charge(ns: Namespace, name: &str, rate: &Rate) -> Result<Outcome, ApiError> {
-    require_preload("rate limiting");
-    let db = current_db();
+/// Where a bucket lives: its hash, partition, first slot to probe, and whose share it counts in.
+struct Place {
+    hash: u64,
+    part: usize,
+    start: usize,
+    share: limiter_table::Share,
+}
+
+fn place(db: u32, ns: Namespace, name: &str) -> Place {
     let (tag, half) = match ns {
         Namespace::Key => (0u32, 0),
         Namespace::Role(r) => (u32::from(r), 1),
@@ -140,12 +146,29 @@ pub fn charge(ns: Namespace, name: &str, rate: &Rate) -> Result<Outcome, ApiErro
         ],
     );
     let per_half = TABLE.len() / 2;
-    let part = TABLE[half * per_half + (hash as usize) % per_half];
-    let start = (hash as usize / TABLE.len()) % SLOTS;
+    Place {
+        hash,
+        part: half * per_half + (hash as usize) % per_half,
+        start: (hash as usize / TABLE.len()) % SLOTS,
+        // A database holds at most half of a partition's live buckets, and one role's named
+        // buckets at most a quarter: a role flooding `rate_limit` in two databases leaves half
+        // for everyone else (per-key buckets are made only by keys that exist and committed).
+        share: limiter_table::Share {
+            db,
+            owner: tag,
+            per_db: SLOTS / 2,
+            per_owner: if half == 0 { SLOTS / 2 } else { SLOTS / 4 },
+        },
+    }
+}
+
+pub fn charge(ns: Namespace, name: &str, rate: &Rate) -> Result<Outcome, ApiError> {
+    require_preload("rate limiting");
+    let db = current_db();
+    let p = place(db, ns, name);
     let now = now_us();
-    let mut slots = part.exclusive();
-    // Half of a partition at most per database: one tenant's flood leaves the other half free.
-    limiter_table::charge(&mut slots.0, start, db, hash, name, rate, now, SLOTS / 2)
+    let mut slots = TABLE[p.part].exclusive();
+    limiter_table::charge(&mut slots.0, p.start, p.share, p.hash, name, rate, now)
         .map_err(|limiter_table::Full| ApiError::LimiterFull)
 }
 
@@ -156,14 +179,49 @@ fn rate_limited(what: &str, retry_after: u64) -> ApiError {
     }
 }
 
-/// The per-key request limit, checked by `authenticate`.
-pub fn charge_key(key_id: i64, rate: &Rate) -> Result<(), ApiError> {
-    let o = charge(Namespace::Key, &format!("key:{key_id}"), rate)?;
-    if o.allowed {
+/// Charge one request to each key's own limit, all or nothing: every partition involved is
+/// locked (in index order, so two backends never wait on each other), every charge is decided,
+/// and they are written only if all are allowed. A refusal spends no key's allowance.
+pub fn charge_keys(keys: &[(i64, &Rate)]) -> Result<(), ApiError> {
+    if keys.is_empty() {
         return Ok(());
     }
-    crate::usage::record(key_id, crate::usage::Event::RateLimited);
-    Err(rate_limited("API key", o.retry_after))
+    require_preload("rate limiting");
+    let db = current_db();
+    let names: Vec<String> = keys.iter().map(|(id, _)| format!("key:{id}")).collect();
+    let places: Vec<Place> = names.iter().map(|n| place(db, Namespace::Key, n)).collect();
+    let mut parts: Vec<usize> = places.iter().map(|p| p.part).collect();
+    parts.sort_unstable();
+    parts.dedup();
+    let mut guards: Vec<_> = parts.iter().map(|&i| (i, TABLE[i].exclusive())).collect();
+    let now = now_us();
+    let mut planned = Vec::with_capacity(keys.len());
+    for ((p, (id, rate)), _) in places.iter().zip(keys).zip(&names) {
+        let guard = &guards.iter().find(|(i, _)| *i == p.part).expect("locked").1;
+        let plan = limiter_table::plan(&guard.0, p.start, p.share, p.hash, rate, now)
+            .map_err(|limiter_table::Full| ApiError::LimiterFull)?;
+        planned.push((*id, plan));
+    }
+    if let Some(&(id, refused)) = planned.iter().find(|(_, p)| !p.outcome.allowed) {
+        let retry = planned
+            .iter()
+            .filter(|(_, p)| !p.outcome.allowed)
+            .map(|(_, p)| p.outcome.retry_after)
+            .max()
+            .unwrap_or(refused.outcome.retry_after);
+        drop(guards);
+        crate::usage::record(id, crate::usage::Event::RateLimited);
+        return Err(rate_limited("API key", retry));
+    }
+    for ((p, (_, plan)), name) in places.iter().zip(&planned).zip(&names) {
+        let guard = &mut guards
+            .iter_mut()
+            .find(|(i, _)| *i == p.part)
+            .expect("locked")
+            .1;
+        limiter_table::commit(&mut guard.0, plan, p.share, p.hash, name);
+    }
+    Ok(())
 }
 
 /// An application's own limit: at most `max` calls per `per` (at most 31 days), bursts of `burst`

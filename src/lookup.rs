@@ -26,6 +26,7 @@ impl StoredKey {
             db_role: self.db_role,
             expires_at: self.expires_at.map(Into::into),
             rate: self.rate,
+            app_bounds: None,
         }
     }
 }

@@ -1,8 +1,6 @@
 //! Who may do what: administrators per database, and the rule that a key holder acts only within
 //! the rights of the key they authenticated with (`rights::within` in the core).
 
-use std::ffi::CString;
-
 use pg_apikey_core::errors::ApiError;
 use pg_apikey_core::rights;
 use pgrx::pg_sys;
@@ -14,23 +12,27 @@ use crate::store::{self, Target};
 
 /// Superusers, and roles listed in this database's `apikey.admins` (and their members), manage
 /// every key of this database. Roles are cluster-wide, so the list is a table: being an
-/// administrator in one database says nothing about another.
+/// administrator in one database says nothing about another. Entries are role OIDs, and count
+/// only while that role still has the name it was granted under: a dropped role's entry is never
+/// adopted by a new role of the same name, and a renamed role loses its rights (fail closed).
 pub fn caller_is_admin() -> bool {
     if privilege::caller_is_superuser() {
         return true;
     }
     let me = privilege::caller();
-    store::as_owner(store::admin_roles).into_iter().any(|name| {
-        let Ok(name) = CString::new(name) else {
-            return false;
-        };
-        // SAFETY: get_role_oid(missing_ok = true) returns InvalidOid for a role that no longer
-        // exists; has_privs_of_role only reads the role-membership cache.
-        unsafe {
-            let role = pg_sys::get_role_oid(name.as_ptr(), true);
-            role != pg_sys::InvalidOid && pg_sys::has_privs_of_role(me, role)
-        }
-    })
+    store::as_owner(store::admin_roles)
+        .into_iter()
+        .any(|(role, granted_as)| {
+            // SAFETY: GetUserNameFromId(noerr = true) returns NULL for a role that no longer
+            // exists, else a palloc'd NUL-terminated name; has_privs_of_role only reads the
+            // role-membership cache.
+            unsafe {
+                let name = pg_sys::GetUserNameFromId(role, true);
+                !name.is_null()
+                    && std::ffi::CStr::from_ptr(name).to_bytes() == granted_as.as_bytes()
+                    && pg_sys::has_privs_of_role(me, role)
+            }
+        })
 }
 
 /// Who is calling a management function, captured before switching to the extension owner.

@@ -154,8 +154,12 @@ pub fn find_by_digest(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
             }
             let mut should_free = false;
             let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
-            let xmin = (*(*tuple).t_data).t_choice.t_heap.t_xmin;
-            let created_here = pg_sys::TransactionIdIsCurrentTransactionId(xmin);
+            // Inserted (not updated: HEAP_UPDATED marks a row version made by an UPDATE) by this
+            // very transaction.
+            let header = (*tuple).t_data;
+            let xmin = (*header).t_choice.t_heap.t_xmin;
+            let inserted = (*header).t_infomask & pg_sys::HEAP_UPDATED as u16 == 0;
+            let created_here = inserted && pg_sys::TransactionIdIsCurrentTransactionId(xmin);
             if should_free {
                 pg_sys::heap_freetuple(tuple);
             }
@@ -544,16 +548,20 @@ pub fn audit(row: AuditRow) {
 // ---------------------------------------------------------------------------------------------
 // Administrators.
 
-pub fn admin_roles() -> Vec<String> {
+/// The administrator roles: (OID, the name it had when granted).
+pub fn admin_roles() -> Vec<(pg_sys::Oid, String)> {
     spi(Spi::connect(|c| {
         let mut roles = Vec::new();
         for row in c.select(
-            "SELECT role::pg_catalog.text AS role FROM apikey.admins",
+            "SELECT role, role_name::pg_catalog.text AS role_name FROM apikey.admins",
             None,
             &[],
         )? {
-            if let Some(r) = col::<String>(&row, "role")? {
-                roles.push(r);
+            if let (Some(oid), Some(name)) = (
+                col::<pg_sys::Oid>(&row, "role")?,
+                col::<String>(&row, "role_name")?,
+            ) {
+                roles.push((oid, name));
             }
         }
         Ok::<_, pgrx::spi::SpiError>(roles)
@@ -564,14 +572,14 @@ pub fn admin_roles() -> Vec<String> {
 const ADMIN_READS: &str =
     "apikey.audit_log, apikey.usage, apikey.usage_live, apikey.rate_limit_state";
 
-/// Add `role` (its quoted identifier is `quoted`) to the administrators; false if it was one.
-pub fn add_admin(role: &str, quoted: &str, granted_by: &str) -> bool {
+/// Add role `oid` (named `name`, quoted `quoted`) to the administrators; false if it was one.
+pub fn add_admin(oid: pg_sys::Oid, name: &str, quoted: &str, granted_by: &str) -> bool {
     spi(Spi::connect_mut(|c| {
         let added = c.update(
-            "INSERT INTO apikey.admins (role, granted_by) VALUES ($1::pg_catalog.name, $2)
+            "INSERT INTO apikey.admins (role, role_name, granted_by) VALUES ($1, $2::pg_catalog.name, $3)
              ON CONFLICT (role) DO NOTHING RETURNING role",
             None,
-            &[role.into(), granted_by.into()],
+            &[oid.into(), name.into(), granted_by.into()],
         )?;
         c.update(
             &format!("GRANT SELECT ON {ADMIN_READS} TO {quoted}"),
@@ -582,12 +590,12 @@ pub fn add_admin(role: &str, quoted: &str, granted_by: &str) -> bool {
     }))
 }
 
-pub fn remove_admin(role: &str, quoted: &str) -> bool {
+pub fn remove_admin(oid: pg_sys::Oid, quoted: &str) -> bool {
     spi(Spi::connect_mut(|c| {
         let removed = c.update(
-            "DELETE FROM apikey.admins WHERE role OPERATOR(pg_catalog.=) $1::pg_catalog.name RETURNING role",
+            "DELETE FROM apikey.admins WHERE role OPERATOR(pg_catalog.=) $1 RETURNING role",
             None,
-            &[role.into()],
+            &[oid.into()],
         )?;
         c.update(
             &format!("REVOKE SELECT ON {ADMIN_READS} FROM {quoted}"),

@@ -451,16 +451,19 @@ def test_an_error_inside_a_management_call_leaves_the_caller_as_they_were(db):
 # --- Found by the independent review ------------------------------------------------------------
 
 def test_an_application_key_manages_no_keys(db):
+    """An application key alone grants no identity at all (28000); in a two-key request the
+    identity is the user key's, bounded by both keys."""
     su = db()
     su.execute("SET apikey.creation_limit = 0")
     _, app = key(su, "acme", "app", kind="app")
-    user_id, _ = key(su, "acme", "user")
+    user_id, user = key(su, "acme", "user")
     holder = role(su)
     c = db(user=holder, autocommit=False)
-    c.execute("SELECT apikey.authenticate(%s)", (app,))
-    for sql in ("SELECT * FROM apikey.create('acme', 'via-app')", f"SELECT apikey.revoke({user_id})",
-                f"SELECT * FROM apikey.rotate({user_id})", f"SELECT apikey.delete({user_id})"):
-        assert sqlstate(c, sql) == "42501", sql
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="user key required"):
+        c.execute("SELECT apikey.authenticate(%s)", (app,))
+    c.rollback()
+    c.execute("SELECT apikey.authenticate(%s, %s)", (app, user))
+    assert c.execute("SELECT apikey.current_owner()").fetchone()[0] == "acme"
     c.rollback()
 
 
@@ -535,3 +538,124 @@ def test_a_key_in_its_grace_period_cannot_be_rotated_again(db):
     kid, _ = key(su, "g")
     su.execute("SELECT apikey.rotate(%s, '1 hour')", (kid,))
     assert sqlstate(su, f"SELECT apikey.rotate({kid})") == "55000"
+
+
+# --- Found by the second independent review -----------------------------------------------------
+
+def test_whitespace_or_non_ascii_after_bearer_is_no_jwt(db):
+    """PostgREST reads `Bearer` + whitespace only as *no* token: such a request is anonymous and
+    must get 401, not pass as JWT-authenticated; non-ASCII must not crash (XX000) or echo the key."""
+    c = db()
+    _, k = key(c, "b")
+    for header in ["Bearer \u000b", "Bearer \u000c", "Bearer \t", "Bearer  ", "Bearer",
+                   "Bearer\u00a0" + k, "Beareré-xyz", "Bearer a..b"]:
+        c.execute("BEGIN")
+        c.execute("SELECT set_config('request.headers', json_build_object('authorization', %s::text)::text, true)",
+                  (header,))
+        c.execute("SELECT set_config('request.path', '/notes', true)")
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("SELECT apikey.pre_request()")
+        c.execute("ROLLBACK")
+        assert e.value.sqlstate == "PGRST", header
+        assert '"message" : "API key required"' in e.value.diag.message_primary
+        assert (k[8:30] in str(e.value)) is False
+    assert (k[8:30] in server_log()) is False
+
+
+def test_a_role_flooding_rate_limit_in_two_databases_leaves_room_for_a_third(db):
+    su = db()
+    flooder = role(su)
+    names = [f"{db.name}_x", f"{db.name}_y"]
+    try:
+        for n in names:
+            su.execute(f'CREATE DATABASE "{n}"')
+            with db(dbname=n) as c:
+                c.execute("CREATE EXTENSION pg_apikey")
+            with db(user=flooder, dbname=n) as f:
+                f.execute("""DO $$ BEGIN FOR i IN 1..4000 LOOP
+                    BEGIN PERFORM apikey.rate_limit('flood' || i, 1, '30 days');
+                    EXCEPTION WHEN SQLSTATE '53400' THEN NULL; END; END LOOP; END $$""")
+        other = role(su)
+        with db(user=other) as v:
+            got = v.execute("SELECT count(apikey.rate_limit('login:' || g, 5, '1 minute')) "
+                            "FROM generate_series(1, 400) g").fetchone()[0]
+            assert got == 400
+    finally:
+        for n in names:
+            su.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
+
+
+def test_a_dropped_admin_role_is_not_adopted_by_its_name(db):
+    su = db()
+    name = f"adm_{uuid.uuid4().hex[:8]}"
+    su.execute(f"CREATE ROLE {name} LOGIN")
+    su.execute(f"SELECT apikey.grant_admin('{name}')")
+    su.execute(f"DROP OWNED BY {name}")
+    su.execute(f"DROP ROLE {name}")
+    su.execute(f"CREATE ROLE {name} LOGIN")
+    with db(user=name) as squatter:
+        assert squatter.execute("SELECT apikey.is_admin()").fetchone()[0] is False
+        assert sqlstate(squatter, "SELECT apikey.create('victim', 'minted')") == "42501"
+    # A renamed administrator loses the rights with the name (fail closed).
+    renamed = f"adm_{uuid.uuid4().hex[:8]}"
+    su.execute(f"CREATE ROLE {renamed} LOGIN")
+    su.execute(f"SELECT apikey.grant_admin('{renamed}')")
+    su.execute(f"ALTER ROLE {renamed} RENAME TO {renamed}_x")
+    with db(user=f"{renamed}_x") as r:
+        assert r.execute("SELECT apikey.is_admin()").fetchone()[0] is False
+
+
+def test_cache_triggers_fire_under_replication_role_replica(db):
+    su = db()
+    kid, k = key(su, "repl")
+    reader = db()
+    for _ in range(3):
+        reader.execute("SELECT apikey.verify(%s)", (k,))
+    su.execute("SET session_replication_role = replica")
+    su.execute("UPDATE apikey.keys SET revoked_at = now() WHERE id = %s", (kid,))
+    su.execute("RESET session_replication_role")
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+        reader.execute("SELECT apikey.verify(%s)", (k,))
+
+
+def test_a_key_updated_in_this_transaction_is_still_charged(db):
+    su = db()
+    su.execute("SET apikey.creation_limit = 0")
+    kid, k = key(su, "upd", rate_limit=1, rate_period="1 hour")
+    holder = role(su)
+    c = db(user=holder, autocommit=False)
+    c.execute("SELECT apikey.authenticate(%s)", (k,))
+    c.execute("SELECT apikey.rotate(%s, '1 hour')", (kid,))   # updates the old key's row
+    with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
+        c.execute("SELECT apikey.authenticate(%s)", (k,))
+    c.rollback()
+
+
+def test_db_role_must_exist(db):
+    su = db()
+    assert sqlstate(su, "SELECT apikey.create('r', 'k', db_role => 'no_such_role_xyz')") == "22023"
+
+
+def test_a_two_key_request_carries_both_keys_policies(db):
+    su = db()
+    su.execute("SET apikey.creation_limit = 0")
+    _, app = key(su, "farm-app", "app", kind="app", scopes=["farms:read"], resource="north",
+                 rate_limit=5, rate_period="1 hour")
+    _, user = key(su, "jo", "user", scopes=["farms:read", "farms:write"], rate_limit=1, rate_period="1 hour")
+    c = db(autocommit=False)
+    c.execute("SELECT apikey.authenticate(%s, %s)", (app, user))
+    row = c.execute("""SELECT apikey.has_scope('farms:read'), apikey.has_scope('farms:write'),
+                              apikey.in_resource('north'), apikey.in_resource('south'),
+                              apikey.current_scopes(), apikey.current_resource()""").fetchone()
+    assert row == (True, False, True, False, ["farms:read"], "north")
+    c.commit()
+    # The user key's limit (1/hour) refuses the second request: the application's allowance
+    # (5/hour) is not spent by it, all or nothing.
+    for _ in range(3):
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
+            c.execute("SELECT apikey.authenticate(%s, %s)", (app, user))
+        c.rollback()
+    remaining = su.execute("SELECT reset_after_seconds FROM apikey.rate_limit_state "
+                           "WHERE bucket = 'key:' || (SELECT id FROM apikey.keys WHERE kind = 'app' "
+                           "AND owner = 'farm-app')").fetchone()[0]
+    assert remaining <= 3600 / 5 + 1, "the refused requests spent the application's allowance"

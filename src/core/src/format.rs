@@ -547,3 +547,64 @@ pub fn os_random(buf: &mut [u8]) -> Result<(), rand::rngs::SysError> {
     use rand::TryRng;
     rand::rngs::SysRng.try_fill_bytes(buf)
 }
+
+/// Is this `Authorization` header a bearer token that PostgREST must have verified as a JWT?
+/// PostgREST takes the token after `Bearer` and whitespace (Latin-1 `isSpace`: space, \t \n \v
+/// \f \r and 0xA0), treats an empty token as no JWT, and refuses a token it cannot verify before
+/// any pre-request runs. So only a non-empty token of compact JWT shape (three non-empty base64url
+/// parts) means "authenticated by PostgREST"; anything else is an anonymous request. Works on
+/// bytes: header text is untrusted and need not be ASCII.
+pub fn is_bearer_jwt(header: &[u8]) -> bool {
+    let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0xa0);
+    let Some(rest) = header
+        .get(..6)
+        .filter(|p| p.eq_ignore_ascii_case(b"bearer"))
+        .map(|_| &header[6..])
+    else {
+        return false;
+    };
+    if !rest.first().is_some_and(is_space) {
+        return false;
+    }
+    let token: &[u8] = {
+        let start = rest.iter().position(|b| !is_space(b)).unwrap_or(rest.len());
+        let end = rest
+            .iter()
+            .rposition(|b| !is_space(b))
+            .map_or(start, |e| e + 1);
+        &rest[start..end.max(start)]
+    };
+    let parts: Vec<&[u8]> = token.split(|&b| b == b'.').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+        })
+}
+
+#[cfg(test)]
+mod bearer_tests {
+    use super::is_bearer_jwt;
+
+    #[test]
+    fn only_a_jwt_shaped_token_counts() {
+        assert!(is_bearer_jwt(b"Bearer eyJh.eyJi.c2ln"));
+        assert!(is_bearer_jwt(b"bearer  eyJh.eyJi.c2ln "));
+        for no in [
+            &b"Bearer "[..],
+            b"Bearer \x0b",
+            b"Bearer \x0c\t ",
+            b"Bearer",
+            b"Bearer ct_live_abc",
+            b"Bearer a..b",
+            b"Bearer a.b.c.d",
+            b"Bearer\xc2\xa0eyJh.eyJi.c2ln",
+            b"Beare",
+            b"Basic eyJh.eyJi.c2ln",
+            "Beareré-xyz".as_bytes(),
+        ] {
+            assert!(!is_bearer_jwt(no), "{no:?}");
+        }
+    }
+}

@@ -16,6 +16,8 @@ pub const LABEL: usize = 48;
 #[repr(C)]
 pub struct Bucket {
     pub db: u32,
+    /// Who made it within the database (a role's OID for named buckets, 0 for keys' own).
+    pub owner: u32,
     pub hash: u64,
     /// The GCRA theoretical arrival time, microseconds.
     pub tat: i64,
@@ -26,6 +28,7 @@ pub struct Bucket {
 impl Bucket {
     pub const FREE: Bucket = Bucket {
         db: 0,
+        owner: 0,
         hash: 0,
         tat: 0,
         label: [0; LABEL],
@@ -47,21 +50,68 @@ impl Bucket {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Full;
 
+/// How much of a partition a new bucket's database, and its owner within the database, may
+/// hold: a new bucket is refused when either already holds that many live buckets there.
+#[derive(Clone, Copy, Debug)]
+pub struct Share {
+    pub db: u32,
+    pub owner: u32,
+    pub per_db: usize,
+    pub per_owner: usize,
+}
+
+/// What charging a bucket would do, decided but not yet written.
+#[derive(Clone, Copy, Debug)]
+pub struct Planned {
+    idx: usize,
+    pub outcome: Outcome,
+}
+
 /// Charge one request at `now` to the bucket (`db`, `hash`), probing from `start`. A new bucket
 /// is refused when `db` already holds `db_share` live buckets in this partition, so no single
 /// database can take a partition from the others (with a share of half, another database always
 /// finds room).
-#[allow(clippy::too_many_arguments)]
 pub fn charge(
     part: &mut [Bucket],
     start: usize,
-    db: u32,
+    share: Share,
     hash: u64,
     name: &str,
     rate: &Rate,
     now: i64,
-    db_share: usize,
 ) -> Result<Outcome, Full> {
+    let planned = plan(part, start, share, hash, rate, now)?;
+    commit(part, &planned, share, hash, name);
+    Ok(planned.outcome)
+}
+
+/// Write a planned charge if it was allowed (a refusal changes nothing). With `plan`, several
+/// buckets are charged all-or-nothing: plan each under its lock, commit all only if all allow.
+pub fn commit(part: &mut [Bucket], planned: &Planned, share: Share, hash: u64, name: &str) {
+    if planned.outcome.allowed {
+        let mut label = [0u8; LABEL];
+        let n = name.len().min(LABEL);
+        label[..n].copy_from_slice(&name.as_bytes()[..n]);
+        part[planned.idx] = Bucket {
+            db: share.db,
+            owner: share.owner,
+            hash,
+            tat: planned.outcome.tat,
+            label,
+        };
+    }
+}
+
+/// Decide a charge without writing it.
+pub fn plan(
+    part: &[Bucket],
+    start: usize,
+    share: Share,
+    hash: u64,
+    rate: &Rate,
+    now: i64,
+) -> Result<Planned, Full> {
+    let db = share.db;
     let (idx, tat) = match probe(
         part.len(),
         start,
@@ -70,27 +120,24 @@ pub fn charge(
     ) {
         Probe::Found(i) => (i, Some(part[i].tat)),
         Probe::Vacant(i) => {
-            let held = part.iter().filter(|b| b.db == db && !b.idle(now)).count();
-            if held >= db_share {
+            let live = |b: &&Bucket| b.db == db && !b.idle(now);
+            let held = part.iter().filter(live).count();
+            let by_owner = part
+                .iter()
+                .filter(live)
+                .filter(|b| b.owner == share.owner)
+                .count();
+            if held >= share.per_db || by_owner >= share.per_owner {
                 return Err(Full);
             }
             (i, None)
         }
         Probe::Full => return Err(Full),
     };
-    let outcome = gcra::charge(rate, tat, now);
-    if outcome.allowed {
-        let mut label = [0u8; LABEL];
-        let n = name.len().min(LABEL);
-        label[..n].copy_from_slice(&name.as_bytes()[..n]);
-        part[idx] = Bucket {
-            db,
-            hash,
-            tat: outcome.tat,
-            label,
-        };
-    }
-    Ok(outcome)
+    Ok(Planned {
+        idx,
+        outcome: gcra::charge(rate, tat, now),
+    })
 }
 
 #[cfg(test)]
@@ -99,18 +146,27 @@ mod tests {
 
     const S: i64 = 1_000_000;
 
+    fn sh(db: u32, per_db: usize) -> Share {
+        Share {
+            db,
+            owner: 0,
+            per_db,
+            per_owner: per_db,
+        }
+    }
+
     #[test]
     fn a_refused_request_changes_nothing() {
         let rate = Rate::new(1, 60 * S, None).unwrap();
         let mut part = [Bucket::FREE; 4];
         assert!(
-            charge(&mut part, 0, 1, 7, "b", &rate, 0, 4)
+            charge(&mut part, 0, sh(1, 4), 7, "b", &rate, 0)
                 .unwrap()
                 .allowed
         );
         let before = part;
         assert!(
-            !charge(&mut part, 0, 1, 7, "b", &rate, S, 4)
+            !charge(&mut part, 0, sh(1, 4), 7, "b", &rate, S)
                 .unwrap()
                 .allowed
         );
@@ -122,12 +178,15 @@ mod tests {
         let rate = Rate::new(1, 60 * S, None).unwrap();
         let mut part = [Bucket::FREE; 3];
         for h in 1..=3 {
-            assert!(charge(&mut part, 0, 1, h, "x", &rate, 0, 3).is_ok());
+            assert!(charge(&mut part, 0, sh(1, 3), h, "x", &rate, 0).is_ok());
         }
-        assert_eq!(charge(&mut part, 0, 1, 99, "new", &rate, S, 3), Err(Full));
+        assert_eq!(
+            charge(&mut part, 0, sh(1, 3), 99, "new", &rate, S),
+            Err(Full)
+        );
         // A minute later the first buckets are full again: their slots may be reused.
         assert!(
-            charge(&mut part, 0, 1, 99, "new", &rate, 61 * S, 3)
+            charge(&mut part, 0, sh(1, 3), 99, "new", &rate, 61 * S)
                 .unwrap()
                 .allowed
         );
@@ -161,12 +220,11 @@ mod tests {
             let _ = charge(
                 &mut part,
                 (next() % 8) as usize,
-                db,
+                sh(db, 8),
                 hash,
                 "n",
                 &rate,
                 now,
-                8,
             );
             for (b, a) in before.iter().zip(&part) {
                 if b.db != 0 && b.tat > now && !(b.db == db && b.hash == hash) {
@@ -188,11 +246,24 @@ mod tests {
         let rate = Rate::new(1, 3600 * S, None).unwrap();
         let mut part = [Bucket::FREE; 8];
         let taken = (1..=20u64)
-            .filter(|&h| charge(&mut part, 0, 1, h, "flood", &rate, 0, 4).is_ok())
+            .filter(|&h| charge(&mut part, 0, sh(1, 4), h, "flood", &rate, 0).is_ok())
             .count();
         assert_eq!(taken, 4, "the flooding database stops at its share");
+        // Within a database, one owner stops at its own share.
+        let mut part = [Bucket::FREE; 8];
+        let role = |owner| Share {
+            db: 3,
+            owner,
+            per_db: 8,
+            per_owner: 2,
+        };
+        let mine = (1..=9u64)
+            .filter(|&h| charge(&mut part, 0, role(7), h, "r", &rate, 0).is_ok())
+            .count();
+        assert_eq!(mine, 2);
+        assert!(charge(&mut part, 0, role(8), 50, "other role", &rate, 0).is_ok());
         for h in 1..=4u64 {
-            let o = charge(&mut part, h as usize, 2, 100 + h, "victim", &rate, S, 4);
+            let o = charge(&mut part, h as usize, sh(2, 4), 100 + h, "victim", &rate, S);
             assert!(o.unwrap().allowed);
         }
     }
