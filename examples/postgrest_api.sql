@@ -31,6 +31,26 @@ ALTER ROLE authenticator SET log_parameter_max_length_on_error = 0;
 
 UPDATE app.users SET password_hash = crypt(username || '-password', gen_salt('bf', 8));
 
+-- The survey seed's preconditions for API keys, checked by apikey.create for every key made
+-- through the API (apikey.creation_check). Owners that are not app users (applications) pass.
+CREATE FUNCTION app.may_create_keys(owner text) RETURNS void
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE u record;
+BEGIN
+    SELECT x.mfa_enabled, x.tier INTO u FROM app.users x WHERE x.username = owner;
+    IF FOUND AND NOT u.mfa_enabled THEN
+        RAISE EXCEPTION 'MFA must be configured on your account before you can create API keys' USING ERRCODE = '42501';
+    END IF;
+    IF FOUND AND u.tier = 'free' THEN
+        RAISE EXCEPTION 'API keys are not available on free tier accounts' USING ERRCODE = '42501';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION app.may_create_keys(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION app.may_create_keys(text) TO api_user, web_anon;
+ALTER ROLE authenticator SET apikey.creation_check = 'app.may_create_keys(text)';
+
 CREATE SCHEMA api;
 GRANT USAGE ON SCHEMA api TO web_anon, api_user, jwt_user;
 

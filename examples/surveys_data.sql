@@ -1,6 +1,9 @@
 -- Sample data for examples/surveys_rls.sql.
 INSERT INTO app.users (username, email) VALUES
     ('alice', 'alice@example.com'), ('bob', 'bob@example.com'), ('carol', 'carol@example.com');
+-- The survey seed: keys only for paid tiers with MFA configured (see apikey.creation_check).
+INSERT INTO app.users (username, email, mfa_enabled, tier) VALUES
+    ('dave', 'dave@example.com', true, 'free'), ('erin', 'erin@example.com', false, 'pro');
 INSERT INTO app.organisations VALUES (1, 'Acme Research');
 INSERT INTO app.memberships VALUES (1, 'alice', 'MEMBER'), (1, 'carol', 'ADMIN');
 INSERT INTO app.surveys VALUES

@@ -22,7 +22,9 @@ SET ROLE app_owner;
 CREATE TABLE app.users (
     username      text PRIMARY KEY,
     email         text NOT NULL,
-    password_hash text                      -- pgcrypto bcrypt, used by the PostgREST example
+    password_hash text,                     -- pgcrypto bcrypt, used by the PostgREST example
+    mfa_enabled   boolean NOT NULL DEFAULT true,
+    tier          text NOT NULL DEFAULT 'pro' CHECK (tier IN ('free', 'pro', 'team', 'organisation'))
 );
 CREATE TABLE app.organisations (id int PRIMARY KEY, name text NOT NULL);
 CREATE TABLE app.memberships (

@@ -6,6 +6,7 @@
 //! share, so they must run in the leader. None is LEAKPROOF.
 
 use pg_apikey_core::errors::ApiError;
+use pg_apikey_core::permexpr;
 use pg_apikey_core::rights::KeyKind;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -282,4 +283,30 @@ fn require_resource(resource: &str) -> bool {
         denied(ApiError::OutsideResource(resource.to_owned()));
     }
     true
+}
+
+thread_local! {
+    /// Parsed permission expressions of this backend: policies repeat a handful of them.
+    static PARSED: std::cell::RefCell<std::collections::HashMap<String, Result<permexpr::Expr, permexpr::ParseError>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Does the authenticated key satisfy a permission expression over its scopes, such as
+/// `surveys:read AND (metrics:read OR admin:*)`? False without a key; 22023 naming the character
+/// position for a syntax error. Each expression is parsed once per backend.
+#[pg_extern(stable, strict, parallel_restricted)]
+fn has_permissions(expression: &str) -> bool {
+    let parsed = PARSED.with_borrow_mut(|cache| {
+        if let Some(p) = cache.get(expression) {
+            return p.clone();
+        }
+        if cache.len() >= 256 {
+            cache.clear();
+        }
+        let p = permexpr::parse(expression);
+        cache.insert(expression.to_owned(), p.clone());
+        p
+    });
+    let expr = parsed.unwrap_or_else(|e| raise(ApiError::InvalidArgument(e.to_string())));
+    identity::current().is_some_and(|i| permexpr::eval(&expr, &|s| i.holds_scope(s)))
 }

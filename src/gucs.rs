@@ -57,6 +57,9 @@ pub static DEFAULT_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// `apikey.max_lifetime`: the longest lifetime a key may have, in seconds (0: no maximum).
 pub static MAX_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(0);
 
+/// `apikey.creation_check`: a function `(owner text) RETURNS void` that `create` calls first.
+pub static CREATION_CHECK: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 /// `apikey.key_cache_size`: kilobytes of keys each backend keeps in its cache.
 pub static KEY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 
@@ -80,6 +83,14 @@ pub fn init() {
         i32::MAX,
         GucContext::Suset,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_string_guc(
+        c"apikey.creation_check",
+        c"Function (owner text) RETURNS void that apikey.create calls before creating a key.",
+        c"Schema-qualified with its argument type, e.g. app.may_create_keys(text). It refuses by raising; raise with SQLSTATE 42501 for HTTP 403 through apikey.raise_http.",
+        &CREATION_CHECK,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"apikey.key_cache_size",

@@ -86,6 +86,42 @@ fn timestamptz(us: Option<i64>) -> Option<TimestampWithTimeZone> {
     })
 }
 
+/// The administrator's precondition for new keys (`apikey.creation_check`): a function
+/// `(owner text) RETURNS void` that refuses by raising. It runs with the caller's rights (or its
+/// own, if it is SECURITY DEFINER), never elevated. A setting that names no such function fails
+/// closed.
+fn creation_check(owner: &str) {
+    let Some(name) = crate::gucs::CREATION_CHECK
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .filter(|s| !s.trim().is_empty())
+    else {
+        return;
+    };
+    let fn_oid: Option<pgrx::pg_sys::Oid> = crate::privilege::with_pinned_search_path(|| {
+        spi(Spi::get_one_with_args(
+            "SELECT (SELECT p.oid FROM pg_catalog.pg_proc p
+              WHERE p.oid OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure($1)
+                AND p.prorettype OPERATOR(pg_catalog.=) 'pg_catalog.void'::pg_catalog.regtype
+                AND p.pronargs OPERATOR(pg_catalog.=) 1
+                AND p.proargtypes[0] OPERATOR(pg_catalog.=) 'pg_catalog.text'::pg_catalog.regtype)",
+            &[name.clone().into()],
+        ))
+    });
+    let Some(fn_oid) = fn_oid else {
+        raise(ApiError::NotRecoverable(format!(
+            "apikey.creation_check names no function (owner text) RETURNS void: \"{name}\""
+        )))
+    };
+    use pgrx::IntoDatum;
+    let arg = owner.into_datum().unwrap_or_else(|| internal("text datum"));
+    // SAFETY: calls a function checked above to take one text argument and return void, with a
+    // text datum; errors it raises propagate as Postgres errors (its own SQLSTATE and message).
+    unsafe {
+        pgrx::pg_sys::OidFunctionCall1Coll(fn_oid, pgrx::pg_sys::InvalidOid, arg);
+    }
+}
+
 /// `apikey.max_lifetime`, when set, refuses a longer lifetime or a key that never expires.
 fn check_max_lifetime(expires_at: Option<i64>) {
     let Some(max_us) = max_lifetime_us() else {
@@ -211,6 +247,7 @@ fn create(
             .map(str::to_owned)
             .unwrap_or_else(crate::gucs::default_format),
     );
+    creation_check(owner);
 
     // A key holder's new key is derived from the key they hold: what they did not give is
     // inherited, and nothing may be wider. Its stored lifetime is the effective one, so a later

@@ -52,3 +52,18 @@ def test_rotations_and_keys_minted_by_keys_obey_the_maximum(db):
         h.execute("SELECT apikey.authenticate(%s)", (holder_key,))
         h.execute("SELECT apikey.create('m', 'minted, 10 days', '10 days')")
         h.rollback()
+
+
+def test_a_creation_check_runs_first_and_a_bad_setting_fails_closed(db):
+    su = db()
+    su.execute("SET apikey.creation_limit = 0")
+    su.execute("""CREATE FUNCTION public.no_bob(owner text) RETURNS void LANGUAGE plpgsql AS $$
+        BEGIN IF owner = 'bob' THEN RAISE EXCEPTION 'bob may not have keys' USING ERRCODE = '42501'; END IF; END $$""")
+    su.execute("SET apikey.creation_check = 'public.no_bob(text)'")
+    su.execute("SELECT apikey.create('alice', 'fine')")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="bob may not have keys"):
+        su.execute("SELECT apikey.create('bob', 'refused')")
+    assert su.execute("SELECT count(*) FROM apikey.keys WHERE owner = 'bob'").fetchone()[0] == 0
+    su.execute("SET apikey.creation_check = 'public.no_such_function(text)'")
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="names no function"):
+        su.execute("SELECT apikey.create('alice', 'fails closed')")

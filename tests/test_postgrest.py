@@ -277,3 +277,14 @@ def test_a_disabled_key_is_401_and_works_again_once_enabled(api):
         assert r.status_code == 401 and r.json()["message"] == "API key is disabled"
         c.execute("SELECT apikey.enable(%s)", (kid,))
         assert requests.get(f"{BASE}/api/surveys/", headers=auth).status_code == 200
+
+
+def test_the_survey_seeds_preconditions_refuse_keys_with_its_messages(api):
+    """apikey.creation_check: no key for a free-tier account, nor for one without MFA (403 with the
+    seed's message); a paid account with MFA gets one."""
+    for user, message in [("dave", "API keys are not available on free tier accounts"),
+                          ("erin", "MFA must be configured on your account before you can create API keys")]:
+        r = requests.post(f"{BASE}/user/key/", data={"username": user, "password": f"{user}-password"})
+        assert r.status_code == 403 and r.json()["message"] == message, r.text
+    r = requests.post(f"{BASE}/user/key/", data={"username": "alice", "password": "alice-password"})
+    assert r.status_code == 200

@@ -9,6 +9,7 @@ pub mod errors;
 pub mod format;
 pub mod gcra;
 pub mod limiter_table;
+pub mod permexpr;
 pub mod rights;
 pub mod scope;
 pub mod seal;
