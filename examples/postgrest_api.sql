@@ -22,6 +22,9 @@ $$;
 GRANT web_anon, api_user, jwt_user TO authenticator;
 -- Keys switch to api_user unless they name a role of their own.
 ALTER ROLE authenticator SET apikey.default_role = 'api_user';
+-- PostgREST connects over the Unix socket; nginx overwrites X-Forwarded-For with the client's
+-- address, so the header can be trusted from this peer only (keys with allowed_ips use it).
+ALTER ROLE authenticator SET apikey.trusted_proxies = 'local';
 -- Every request needs a key (401 without one), except the seed's login endpoint, which issues keys,
 -- and the Cool Farm Tool endpoint, which answers 403 itself as that seed documents.
 ALTER ROLE authenticator SET apikey.anonymous_paths = '/rpc/user_key, /rpc/cft_user';

@@ -81,6 +81,7 @@ CREATE TABLE apikey.keys (
     last_used_at   timestamptz,
     revoked_at     timestamptz,
     disabled_at    timestamptz,
+    allowed_ips    cidr[],
     rotated_from   bigint,
     sealed         bytea,
     rate_limit     integer CHECK (rate_limit > 0),
@@ -100,6 +101,7 @@ COMMENT ON COLUMN apikey.keys.digest IS 'SHA-256 of the whole key text.';
 COMMENT ON COLUMN apikey.keys.sealed IS 'Recoverable formats only: the key sealed with XChaCha20-Poly1305 under apikey.encryption_key, bound to the digest.';
 COMMENT ON COLUMN apikey.keys.rate_limit IS 'Per-key request limit: rate_limit requests per rate_period, bursts of rate_burst (default rate_limit), checked by apikey.authenticate in shared memory.';
 COMMENT ON COLUMN apikey.keys.db_role IS 'Database role apikey.pre_request switches to for this key (NULL: apikey.default_role).';
+COMMENT ON COLUMN apikey.keys.allowed_ips IS 'Addresses the key may be used from (NULL: any). Checked before anything is charged.';
 COMMENT ON COLUMN apikey.keys.disabled_at IS 'Set while the key is disabled (apikey.disable); apikey.enable clears it. Unlike a revoke, reversible.';
 COMMENT ON COLUMN apikey.keys.revoked_at IS 'When the key stops working; in the future while a rotated key is in its grace period.';
 

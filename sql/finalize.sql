@@ -16,7 +16,7 @@ CREATE TRIGGER keys_invalidate_key
     FOR EACH ROW EXECUTE FUNCTION apikey.invalidate_key_trigger();
 CREATE TRIGGER keys_invalidate_key_on_update
     AFTER UPDATE OF id, owner, name, format, kind, scopes, resource, display_prefix, last4, digest,
-                    expires_in, created_at, created_by, expires_at, revoked_at, disabled_at, rotated_from, sealed,
+                    expires_in, created_at, created_by, expires_at, revoked_at, disabled_at, allowed_ips, rotated_from, sealed,
                     rate_limit, rate_period, rate_burst, db_role, metadata ON apikey.keys
     FOR EACH ROW EXECUTE FUNCTION apikey.invalidate_key_trigger();
 CREATE TRIGGER keys_invalidate_caches
@@ -76,6 +76,7 @@ SELECT k.id,
        END AS last_used_at,
        k.revoked_at,
        k.disabled_at,
+       k.allowed_ips,
        k.rotated_from,
        k.rate_limit,
        k.rate_period,

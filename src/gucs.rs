@@ -57,6 +57,9 @@ pub static DEFAULT_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// `apikey.max_lifetime`: the longest lifetime a key may have, in seconds (0: no maximum).
 pub static MAX_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(0);
 
+/// `apikey.trusted_proxies`: peers whose X-Forwarded-For header names the client.
+pub static TRUSTED_PROXIES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 /// `apikey.creation_check`: a function `(owner text) RETURNS void` that `create` calls first.
 pub static CREATION_CHECK: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -83,6 +86,14 @@ pub fn init() {
         i32::MAX,
         GucContext::Suset,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_string_guc(
+        c"apikey.trusted_proxies",
+        c"Database peers (CIDR blocks, or local for Unix sockets) whose X-Forwarded-For names the client.",
+        c"For PostgREST behind a proxy that overwrites X-Forwarded-For. Anyone else's header is ignored.",
+        &TRUSTED_PROXIES,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     GucRegistry::define_string_guc(
         c"apikey.creation_check",

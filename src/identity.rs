@@ -28,6 +28,8 @@ pub struct Identity {
     pub rate: Option<Rate>,
     /// For two-key requests: the application key's scopes and resource, which bound the user's.
     pub app_bounds: Option<(Option<Vec<String>>, Option<String>)>,
+    /// The addresses the key may be used from, which bound keys it manages.
+    pub allowed: Option<Vec<pg_apikey_core::ipnet::Cidr>>,
 }
 
 impl Identity {
@@ -89,6 +91,7 @@ impl Identity {
             expires_at: self.expires_at,
             rate: self.rate,
             db_role: self.db_role.clone(),
+            allowed: self.allowed.clone(),
         }
     }
 }

@@ -15,6 +15,7 @@ use pgrx::prelude::*;
 mod admin;
 mod auth;
 mod catalog;
+mod client;
 mod errors;
 mod formats;
 mod gucs;

@@ -5,6 +5,7 @@ use pg_apikey_core::digest::sha256;
 use pg_apikey_core::errors::ApiError;
 use pg_apikey_core::format::{last_chars, Format};
 use pg_apikey_core::gcra::Rate;
+use pg_apikey_core::ipnet::Cidr;
 use pg_apikey_core::rights::{self, KeyKind};
 use pg_apikey_core::scope;
 use pgrx::prelude::*;
@@ -170,8 +171,19 @@ fn create(
     rate_period: default!(Option<Interval>, "NULL"),
     rate_burst: default!(Option<i32>, "NULL"),
     db_role: default!(Option<&str>, "NULL"),
+    allowed_ips: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> TableIterator<'static, (name!(id, i64), name!(api_key, ApiKey))> {
     privilege::require_primary("create API keys");
+    let allowed: Option<Vec<Cidr>> = allowed_ips.map(|list| {
+        list.into_iter()
+            .map(|c| {
+                let c = c.unwrap_or_else(|| raise(ApiError::NullArgument("an allowed address")));
+                Cidr::parse(&c).unwrap_or_else(|e| {
+                    invalid(format!("allowed_ips: \"{c}\" is not a CIDR block: {e}"))
+                })
+            })
+            .collect()
+    });
     let caller = Caller::get();
     let owner = required(owner, "owner");
     let name = required(name, "name");
@@ -252,7 +264,7 @@ fn create(
     // A key holder's new key is derived from the key they hold: what they did not give is
     // inherited, and nothing may be wider. Its stored lifetime is the effective one, so a later
     // rotation (by anyone) renews it for no longer than it was allowed to live.
-    let (scopes, resource, expires_at, expires_in, rate, db_role) = match caller.holder() {
+    let (scopes, resource, expires_at, expires_in, rate, db_role, allowed) = match caller.holder() {
         Some(me) => {
             if kind != KeyKind::User {
                 raise(ApiError::AdminOnly("create application keys"));
@@ -264,6 +276,7 @@ fn create(
                     resource: resource.map(str::to_owned),
                     expires_at: wanted_expiry,
                     rate,
+                    allowed: allowed.clone(),
                 },
             )
             .unwrap_or_else(|w| raise(ApiError::Widens(w)));
@@ -281,6 +294,7 @@ fn create(
                 lifetime,
                 r.rate,
                 r.db_role,
+                r.allowed,
             )
         }
         None => {
@@ -292,6 +306,7 @@ fn create(
                 expires_in,
                 rate,
                 db_role.map(str::to_owned),
+                allowed,
             )
         }
     };
@@ -328,6 +343,7 @@ fn create(
             rate_period,
             rate_burst,
             db_role,
+            allowed_ips: allowed.map(|l| l.iter().map(Cidr::to_string).collect()),
         });
         policy::audit(&caller, "create", id, owner, name, audit_detail);
         id

@@ -27,6 +27,7 @@ impl StoredKey {
             expires_at: self.expires_at.map(Into::into),
             rate: self.rate,
             app_bounds: None,
+            allowed: self.allowed,
         }
     }
 }
@@ -88,6 +89,13 @@ fn judge(entry: StoredKey, digest: &[u8; DIGEST_LEN]) -> Result<StoredKey, ApiEr
     {
         usage::record(entry.id, usage::Event::Expired);
         return Err(ApiError::ExpiredKey);
+    }
+    if let Some(allowed) = &entry.allowed {
+        let from = crate::client::address();
+        if !from.is_some_and(|a| allowed.iter().any(|c| c.contains(a))) {
+            usage::record(entry.id, usage::Event::Denied);
+            return Err(ApiError::AddressNotAllowed);
+        }
     }
     Ok(entry)
 }

@@ -9,6 +9,7 @@
 use pg_apikey_core::digest::DIGEST_LEN;
 use pg_apikey_core::errors::ApiError;
 use pg_apikey_core::gcra::Rate;
+use pg_apikey_core::ipnet::{self, Cidr};
 use pg_apikey_core::rights::{KeyKind, Rights};
 use pgrx::datum::Interval;
 use pgrx::pg_sys;
@@ -86,6 +87,8 @@ pub struct StoredKey {
     pub expires_at: Option<TimestampWithTimeZone>,
     pub revoked_at: Option<TimestampWithTimeZone>,
     pub disabled: bool,
+    /// Addresses the key may be used from; None: any.
+    pub allowed: Option<Vec<Cidr>>,
     pub metadata: RawJsonb,
     pub rate: Option<Rate>,
     pub db_role: Option<String>,
@@ -177,6 +180,10 @@ pub fn find_by_digest(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
                 expires_at: read!(a.expires_at, TimestampWithTimeZone),
                 revoked_at: read!(a.revoked_at, TimestampWithTimeZone),
                 disabled: read!(a.disabled_at, TimestampWithTimeZone).is_some(),
+                allowed: {
+                    let (d, n) = get(a.allowed_ips);
+                    (!n).then(|| cidr_array(d))
+                },
                 metadata: read!(a.metadata, RawJsonb).unwrap_or_default(),
                 rate: rate_of(
                     read!(a.rate_limit, i32),
@@ -197,6 +204,26 @@ pub fn find_by_digest(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
         pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
         found
     }
+}
+
+/// A `cidr[]` datum, through its text form. A stored value that does not parse allows nothing
+/// (fail closed); it cannot happen, since the column's type checks every value.
+///
+/// # Safety
+/// `d` must be a non-null `cidr[]` datum.
+unsafe fn cidr_array(d: pg_sys::Datum) -> Vec<Cidr> {
+    // SAFETY: array_out on a cidr[] datum returns a palloc'd C string.
+    let text = unsafe {
+        std::ffi::CStr::from_ptr(pg_sys::OidOutputFunctionCall(
+            pg_sys::Oid::from(pg_sys::F_ARRAY_OUT),
+            d,
+        ))
+    };
+    ipnet::parse_array(&text.to_string_lossy()).unwrap_or_default()
+}
+
+fn allowed_from_text(text: Option<String>) -> Option<Vec<Cidr>> {
+    text.map(|t| ipnet::parse_array(&t).unwrap_or_default())
 }
 
 #[cfg(not(feature = "pg18"))]
@@ -286,6 +313,7 @@ pub struct NewKeyRow<'a> {
     pub rate_period: Option<Interval>,
     pub rate_burst: Option<i32>,
     pub db_role: Option<String>,
+    pub allowed_ips: Option<Vec<String>>,
 }
 
 pub fn insert_key(k: NewKeyRow) -> i64 {
@@ -293,9 +321,10 @@ pub fn insert_key(k: NewKeyRow) -> i64 {
         c.update(
             "INSERT INTO apikey.keys (owner, name, format, kind, scopes, resource, display_prefix, last4,
                                      digest, expires_in, expires_at, created_by, metadata, sealed,
-                                     rate_limit, rate_period, rate_burst, db_role)
+                                     rate_limit, rate_period, rate_burst, db_role, allowed_ips)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                     COALESCE($13, '{}'::pg_catalog.jsonb), $14, $15, $16, $17, $18)
+                     COALESCE($13, '{}'::pg_catalog.jsonb), $14, $15, $16, $17, $18,
+                     $19::pg_catalog.text[]::pg_catalog.cidr[])
              RETURNING id",
             Some(1),
             &[
@@ -317,6 +346,7 @@ pub fn insert_key(k: NewKeyRow) -> i64 {
                 k.rate_period.into(),
                 k.rate_burst.into(),
                 k.db_role.into(),
+                k.allowed_ips.into(),
             ],
         )?
         .first()
@@ -342,6 +372,7 @@ pub struct Target {
 
 const TARGET_COLUMNS: &str = "owner, name, format, kind, scopes, resource, expires_at, rate_limit,
        rate_period, rate_burst, db_role, sealed, digest, expires_in,
+       allowed_ips::pg_catalog.text AS allowed_ips,
        revoked_at IS NOT NULL AND revoked_at OPERATOR(pg_catalog.<=) pg_catalog.now() AS revoked,
        revoked_at IS NOT NULL AND revoked_at OPERATOR(pg_catalog.>) pg_catalog.now() AS in_grace,
        expires_at IS NOT NULL AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.now() AS expired";
@@ -390,6 +421,7 @@ pub fn load_target(id: i64, owner: Option<&str>, lock: bool) -> Option<Target> {
                     col(r, "rate_burst")?,
                 ),
                 db_role: col(r, "db_role")?,
+                allowed: allowed_from_text(col(r, "allowed_ips")?),
             },
             sealed: col(r, "sealed")?,
             digest: col(r, "digest")?.unwrap_or_default(),
@@ -455,10 +487,10 @@ pub fn rotate(old_id: i64, new: Rotated, grace: Interval) -> i64 {
             .update(
                 "INSERT INTO apikey.keys (owner, name, format, kind, scopes, resource, display_prefix, last4,
                                          digest, expires_in, expires_at, created_by, metadata, rotated_from, sealed,
-                                         rate_limit, rate_period, rate_burst, db_role)
+                                         rate_limit, rate_period, rate_burst, db_role, allowed_ips)
                  SELECT owner, name, format, kind, scopes, resource, $2, $3, $4, expires_in,
                         $7, $5, metadata, id, $6,
-                        rate_limit, rate_period, rate_burst, db_role
+                        rate_limit, rate_period, rate_burst, db_role, allowed_ips
                    FROM apikey.keys WHERE id OPERATOR(pg_catalog.=) $1
                  RETURNING id",
                 Some(1),

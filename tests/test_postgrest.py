@@ -288,3 +288,19 @@ def test_the_survey_seeds_preconditions_refuse_keys_with_its_messages(api):
         assert r.status_code == 403 and r.json()["message"] == message, r.text
     r = requests.post(f"{BASE}/user/key/", data={"username": "alice", "password": "alice-password"})
     assert r.status_code == 200
+
+
+def test_an_allow_list_through_nginx_uses_the_real_client_address(api):
+    """Behind nginx (which overwrites X-Forwarded-For) and PostgREST (a trusted peer): a key allowed
+    only from 127.0.0.2 works from there, is refused (403) from 127.0.0.1, and a forged header
+    from 127.0.0.1 does not help."""
+    dsn = f"host={ROOT / '.run' / CLUSTER} port={PG_PORT} user=postgres dbname={DB}"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SET apikey.creation_limit = 0")
+        key = c.execute("SELECT api_key::text FROM apikey.create('alice', 'pinned', format => 'ct_live', "
+                        "allowed_ips => '{127.0.0.2/32}')").fetchone()[0]
+    url = f"{BASE}/api/surveys/"
+    assert curl("--interface", "127.0.0.2", "-H", f"Authorization: Bearer {key}", url)[0] == 200
+    status, _, body = curl("-H", f"Authorization: Bearer {key}", url)
+    assert status == 403 and json.loads(body)["message"] == "API key is not allowed from this address"
+    assert curl("-H", f"Authorization: Bearer {key}", "-H", "X-Forwarded-For: 127.0.0.2", url)[0] == 403

@@ -61,6 +61,8 @@ pub enum ApiError {
     ExpiredKey,
     /// Disabled by `apikey.disable`: reversible, unlike a revoke.
     DisabledKey,
+    /// The key has an allow-list and the request comes from elsewhere.
+    AddressNotAllowed,
     /// No key was presented (or no transaction identity where one is required).
     KeyRequired(&'static str),
     WrongKind {
@@ -116,6 +118,7 @@ impl ApiError {
             | Self::MissingScope(_)
             | Self::OutsideResource(_)
             | Self::Widens(_)
+            | Self::AddressNotAllowed
             | Self::SuperuserOnly(_) => Sqlstate::InsufficientPrivilege,
             Self::KeyNotFound(_) => Sqlstate::NoDataFound,
             Self::KeyRevoked(_)
@@ -170,6 +173,7 @@ impl fmt::Display for ApiError {
             Self::InvalidKey => write!(f, "invalid API key"),
             Self::ExpiredKey => write!(f, "API key has expired"),
             Self::DisabledKey => write!(f, "API key is disabled"),
+            Self::AddressNotAllowed => write!(f, "API key is not allowed from this address"),
             Self::KeyRequired("") => write!(f, "API key required"),
             Self::KeyRequired(kind) => write!(f, "{kind} API key required"),
             Self::WrongKind { expected } => write!(f, "invalid API key: {expected} key required"),

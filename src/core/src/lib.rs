@@ -8,6 +8,7 @@ pub mod digest;
 pub mod errors;
 pub mod format;
 pub mod gcra;
+pub mod ipnet;
 pub mod limiter_table;
 pub mod permexpr;
 pub mod rights;

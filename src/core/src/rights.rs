@@ -6,6 +6,7 @@
 //! `within` (or `derive` for a new key) before it touches a row, so there is one rule, not five.
 
 use crate::gcra::Rate;
+use crate::ipnet::Cidr;
 use crate::scope;
 
 /// The two kinds of key: a user's, and an application's (the Cool Farm Tool pair).
@@ -46,6 +47,8 @@ pub struct Rights {
     pub rate: Option<Rate>,
     /// None: the server's default role.
     pub db_role: Option<String>,
+    /// None: every address; else the blocks the key may be used from.
+    pub allowed: Option<Vec<Cidr>>,
 }
 
 /// The first way in which a key would hold more than its caller's key.
@@ -57,6 +60,7 @@ pub enum Widening {
     Expiry,
     RateLimit,
     DbRole,
+    Address,
 }
 
 impl Widening {
@@ -70,6 +74,7 @@ impl Widening {
             Self::Expiry => "an expiry later than the calling key's",
             Self::RateLimit => "a request limit looser than the calling key's",
             Self::DbRole => "a database role other than the calling key's",
+            Self::Address => "addresses outside the calling key's allow-list",
         }
     }
 }
@@ -110,6 +115,12 @@ pub fn within(caller: &Rights, target: &Rights) -> Result<(), Widening> {
     if target.db_role != caller.db_role {
         return Err(Widening::DbRole);
     }
+    if let Some(mine) = &caller.allowed {
+        match &target.allowed {
+            Some(theirs) if theirs.iter().all(|t| mine.iter().any(|m| m.covers(t))) => {}
+            _ => return Err(Widening::Address),
+        }
+    }
     Ok(())
 }
 
@@ -120,6 +131,7 @@ pub struct Request {
     pub resource: Option<String>,
     pub expires_at: Option<i64>,
     pub rate: Option<Rate>,
+    pub allowed: Option<Vec<Cidr>>,
 }
 
 /// The rights of a key created by the holder of `caller`: what was not given is inherited, an
@@ -136,6 +148,7 @@ pub fn derive(caller: &Rights, wanted: Request) -> Result<Rights, Widening> {
         },
         rate: wanted.rate.or(caller.rate),
         db_role: caller.db_role.clone(),
+        allowed: wanted.allowed.or_else(|| caller.allowed.clone()),
     };
     within(caller, &rights)?;
     Ok(rights)
@@ -157,6 +170,7 @@ mod tests {
             expires_at: None,
             rate: None,
             db_role: None,
+            allowed: None,
         }
     }
 
@@ -168,6 +182,7 @@ mod tests {
             expires_at: Some(1_000),
             rate: Some(rate(10, 60)),
             db_role: Some("reader".into()),
+            allowed: Some(vec![Cidr::parse("10.0.0.0/8").unwrap()]),
         }
     }
 
@@ -183,7 +198,7 @@ mod tests {
     #[test]
     fn each_wider_field_is_named() {
         let caller = narrow();
-        let cases: [(fn(&mut Rights), Widening); 8] = [
+        let cases: [(fn(&mut Rights), Widening); 10] = [
             (|r| r.kind = KeyKind::App, Widening::Kind),
             (|r| r.scopes = None, Widening::Scope),
             (
@@ -195,6 +210,11 @@ mod tests {
             (|r| r.expires_at = Some(1_001), Widening::Expiry),
             (|r| r.rate = Some(rate(11, 60)), Widening::RateLimit),
             (|r| r.db_role = None, Widening::DbRole),
+            (|r| r.allowed = None, Widening::Address),
+            (
+                |r| r.allowed = Some(vec![Cidr::parse("11.0.0.0/8").unwrap()]),
+                Widening::Address,
+            ),
         ];
         for (widen, expected) in cases {
             let mut target = caller.clone();
@@ -298,12 +318,14 @@ mod tests {
                 expires_at: (next() % 2 == 0).then(|| (next() % 100) as i64),
                 rate: (next() % 2 == 0).then(|| rate(1 + (next() % 20) as i64, 60)),
                 db_role: None,
+                allowed: None,
             };
             let wanted = Request {
                 scopes: pick(next()),
                 resource: (next() % 3 == 0).then(|| "r".to_string()),
                 expires_at: (next() % 2 == 0).then(|| (next() % 100) as i64),
                 rate: (next() % 2 == 0).then(|| rate(1 + (next() % 20) as i64, 60)),
+                allowed: None,
             };
             if let Ok(new) = derive(&caller, wanted) {
                 assert_eq!(within(&caller, &new), Ok(()));
