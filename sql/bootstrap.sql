@@ -82,6 +82,10 @@ CREATE TABLE apikey.keys (
     revoked_at     timestamptz,
     disabled_at    timestamptz,
     allowed_ips    cidr[],
+    credits        bigint CHECK (credits >= 0),
+    refill_amount  bigint CHECK (refill_amount > 0),
+    refill_interval interval CHECK (refill_interval > interval '0'),
+    credits_refilled_at timestamptz,
     rotated_from   bigint,
     sealed         bytea,
     rate_limit     integer CHECK (rate_limit > 0),
@@ -91,7 +95,9 @@ CREATE TABLE apikey.keys (
     metadata       jsonb NOT NULL DEFAULT '{}'
                    CHECK (pg_catalog.octet_length(metadata::text) <= 65536),
     CHECK ((rate_limit IS NULL) = (rate_period IS NULL)),
-    CHECK (rate_burst IS NULL OR rate_limit IS NOT NULL)
+    CHECK (rate_burst IS NULL OR rate_limit IS NOT NULL),
+    CHECK ((refill_amount IS NULL) = (refill_interval IS NULL)),
+    CHECK (refill_amount IS NULL OR credits IS NOT NULL)
 );
 ALTER SEQUENCE apikey.keys_id_seq OWNED BY apikey.keys.id;
 CREATE UNIQUE INDEX keys_digest_key ON apikey.keys (digest);
@@ -101,6 +107,7 @@ COMMENT ON COLUMN apikey.keys.digest IS 'SHA-256 of the whole key text.';
 COMMENT ON COLUMN apikey.keys.sealed IS 'Recoverable formats only: the key sealed with XChaCha20-Poly1305 under apikey.encryption_key, bound to the digest.';
 COMMENT ON COLUMN apikey.keys.rate_limit IS 'Per-key request limit: rate_limit requests per rate_period, bursts of rate_burst (default rate_limit), checked by apikey.authenticate in shared memory.';
 COMMENT ON COLUMN apikey.keys.db_role IS 'Database role apikey.pre_request switches to for this key (NULL: apikey.default_role).';
+COMMENT ON COLUMN apikey.keys.credits IS 'Credits left (NULL: not usage-limited), as last written by the usage worker; the live balance is in shared memory (apikey.credits(id)).';
 COMMENT ON COLUMN apikey.keys.allowed_ips IS 'Addresses the key may be used from (NULL: any). Checked before anything is charged.';
 COMMENT ON COLUMN apikey.keys.disabled_at IS 'Set while the key is disabled (apikey.disable); apikey.enable clears it. Unlike a revoke, reversible.';
 COMMENT ON COLUMN apikey.keys.revoked_at IS 'When the key stops working; in the future while a rotated key is in its grace period.';
@@ -109,7 +116,7 @@ CREATE SEQUENCE apikey.audit_log_id_seq;
 CREATE TABLE apikey.audit_log (
     id            bigint PRIMARY KEY DEFAULT pg_catalog.nextval('apikey.audit_log_id_seq'),
     at            timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    action        text NOT NULL CHECK (action IN ('create', 'revoke', 'delete', 'rotate', 'reveal', 'disable', 'enable')),
+    action        text NOT NULL CHECK (action IN ('create', 'revoke', 'delete', 'rotate', 'reveal', 'disable', 'enable', 'add_credits')),
     key_id        bigint NOT NULL,
     owner         text NOT NULL,
     key_name      text NOT NULL,

@@ -17,7 +17,8 @@ CREATE TRIGGER keys_invalidate_key
 CREATE TRIGGER keys_invalidate_key_on_update
     AFTER UPDATE OF id, owner, name, format, kind, scopes, resource, display_prefix, last4, digest,
                     expires_in, created_at, created_by, expires_at, revoked_at, disabled_at, allowed_ips, rotated_from, sealed,
-                    rate_limit, rate_period, rate_burst, db_role, metadata ON apikey.keys
+                    rate_limit, rate_period, rate_burst, db_role, metadata,
+                    refill_amount, refill_interval ON apikey.keys
     FOR EACH ROW EXECUTE FUNCTION apikey.invalidate_key_trigger();
 CREATE TRIGGER keys_invalidate_caches
     AFTER TRUNCATE ON apikey.keys
@@ -77,6 +78,9 @@ SELECT k.id,
        k.revoked_at,
        k.disabled_at,
        k.allowed_ips,
+       k.credits,
+       k.refill_amount,
+       k.refill_interval,
        k.rotated_from,
        k.rate_limit,
        k.rate_period,
@@ -169,8 +173,12 @@ BEGIN
             -- Clamped, and parsed defensively: a limit's retry-after is at most 31 days, but
             -- DETAIL is text from anywhere and must never turn a 429 into a 500. (The exception
             -- block costs a subtransaction on this path only.)
+            -- No retry_after (credits that never refill): 429 without Retry-After.
             BEGIN
-                retry := least(greatest(1, coalesce((detail::json ->> 'retry_after')::numeric, 1)), 2147483647)::integer;
+                retry := least(greatest(1, (detail::json ->> 'retry_after')::numeric), 2147483647)::integer;
+                IF (detail::json ->> 'retry_after') IS NULL THEN
+                    retry := NULL;
+                END IF;
             EXCEPTION WHEN OTHERS THEN
                 retry := 1;
             END;

@@ -26,13 +26,26 @@ fn identity_of(row: StoredKey, app: Option<(i64, String)>) -> Identity {
 /// created by this very transaction is not charged: nobody else can use it before it commits, and
 /// shared memory does not roll back, so charging it would let a transaction that creates, uses and
 /// rolls back keys fill the limiter with buckets of keys that never existed.
-fn charge(rows: &[&StoredKey]) -> Result<(), ApiError> {
+fn charge(rows: &[&StoredKey], cost: i64) -> Result<(), ApiError> {
+    // Credits first: they can be given back exactly if a limit then refuses the request.
+    let mut spent = Vec::new();
+    for r in rows.iter().filter(|r| r.has_credits) {
+        if let Err(e) = crate::credits::spend(r, cost) {
+            spent.iter().for_each(|id| crate::credits::refund_last(*id));
+            crate::usage::record(r.id, crate::usage::Event::RateLimited);
+            return Err(e);
+        }
+        spent.push(r.id);
+    }
     let limited: Vec<(i64, &pg_apikey_core::gcra::Rate)> = rows
         .iter()
         .filter(|r| !r.created_here)
         .filter_map(|r| r.rate.as_ref().map(|rate| (r.id, rate)))
         .collect();
-    crate::limiter::charge_keys(&limited)?;
+    if let Err(e) = crate::limiter::charge_keys(&limited) {
+        spent.iter().for_each(|id| crate::credits::refund_last(*id));
+        return Err(e);
+    }
     for r in rows {
         crate::usage::record(r.id, crate::usage::Event::Use);
     }
@@ -59,12 +72,12 @@ fn unchecked_key(text: &str) -> Result<StoredKey, ApiError> {
 
 /// One key: a user key. An application key alone never grants an identity (it is half of a
 /// two-key pair, and would otherwise manage its owner's user keys).
-fn one_key(key: &str, find: Find) -> Result<Identity, ApiError> {
+fn one_key(key: &str, find: Find, cost: i64) -> Result<Identity, ApiError> {
     let row = find(key)?;
     if row.kind != KeyKind::User {
         return Err(ApiError::WrongKind { expected: "user" });
     }
-    charge(&[&row])?;
+    charge(&[&row], cost)?;
     Ok(identity_of(row, None))
 }
 
@@ -85,7 +98,7 @@ fn app_and_user(
     if user.kind != KeyKind::User {
         return Err(ApiError::WrongKind { expected: "user" });
     }
-    charge(&[&app, &user])?;
+    charge(&[&app, &user], 1)?;
     // Both keys' policies apply: the identity is the user's, bounded by the application key's
     // scopes and resource as well.
     let mut id = identity_of(user, Some((app.id, app.owner.clone())));
@@ -96,7 +109,19 @@ fn app_and_user(
 /// Verify `key` and make its owner the identity of the current transaction. Returns the owner.
 #[pg_extern(volatile, strict, parallel_unsafe, requires = ["api_key_type"])]
 fn authenticate(key: ApiKey) -> String {
-    let id = one_key(key.as_str(), lookup::try_lookup).unwrap_or_else(|e| raise(e));
+    authenticate_cost(key, 1)
+}
+
+/// `authenticate`, spending `cost` credits of a usage-limited key (0 is allowed; negative is
+/// refused). The credits are given back if the transaction rolls back.
+#[pg_extern(name = "authenticate", volatile, strict, parallel_unsafe, requires = ["api_key_type"])]
+fn authenticate_cost(key: ApiKey, cost: i64) -> String {
+    if cost < 0 {
+        raise(ApiError::InvalidArgument(
+            "cost must not be negative".into(),
+        ));
+    }
+    let id = one_key(key.as_str(), lookup::try_lookup, cost).unwrap_or_else(|e| raise(e));
     let owner = id.owner.clone();
     identity::set(id);
     owner
@@ -168,7 +193,7 @@ fn authenticate_request() -> Option<String> {
     let two_key = app.is_some() || user.is_some();
     let outcome = match (single, two_key) {
         (_, true) => app_and_user(app, user, unchecked_key),
-        (Some(key), false) => one_key(key, unchecked_key),
+        (Some(key), false) => one_key(key, unchecked_key, 1),
         (None, false) if anonymous_allowed(&headers) => return None,
         (None, false) => Err(ApiError::KeyRequired("")),
     };

@@ -30,6 +30,8 @@ pub struct Identity {
     pub app_bounds: Option<(Option<Vec<String>>, Option<String>)>,
     /// The addresses the key may be used from, which bound keys it manages.
     pub allowed: Option<Vec<pg_apikey_core::ipnet::Cidr>>,
+    /// A usage-limited key: it may not mint keys (their allowance would be new money).
+    pub has_credits: bool,
 }
 
 impl Identity {

@@ -121,7 +121,7 @@ CREATE TYPE apikey.api_key (
     RECEIVE = apikey.api_key_recv,
     SEND = apikey.api_key_send,
     LIKE = pg_catalog.text,
-    CATEGORY = 'U'
+    CATEGORY = 'S'
 );
 COMMENT ON TYPE apikey.api_key IS 'A presented API key, checked for format (prefix, length, alphabet, checksum) on input. Never stored in tables.';
 "#,

@@ -16,6 +16,7 @@ mod admin;
 mod auth;
 mod catalog;
 mod client;
+mod credits;
 mod errors;
 mod formats;
 mod gucs;
@@ -53,6 +54,7 @@ pub extern "C-unwind" fn _PG_init() {
     keycache::register(verify::key_info_changed);
     identity::init();
     limiter::init();
+    credits::init();
     usage::init();
 }
 

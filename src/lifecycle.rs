@@ -172,8 +172,21 @@ fn create(
     rate_burst: default!(Option<i32>, "NULL"),
     db_role: default!(Option<&str>, "NULL"),
     allowed_ips: default!(Option<Vec<Option<String>>>, "NULL"),
+    credits: default!(Option<i64>, "NULL"),
+    refill_amount: default!(Option<i64>, "NULL"),
+    refill_interval: default!(Option<Interval>, "NULL"),
 ) -> TableIterator<'static, (name!(id, i64), name!(api_key, ApiKey))> {
     privilege::require_primary("create API keys");
+    if credits.is_some_and(|c| c < 0) {
+        invalid("credits must not be negative");
+    }
+    match (refill_amount, refill_interval) {
+        (None, None) => {}
+        (Some(a), Some(i)) if a > 0 && i.as_micros() > 0 && credits.is_some() => {}
+        _ => invalid(
+            "a refill needs credits, a positive refill_amount and a positive refill_interval",
+        ),
+    }
     let allowed: Option<Vec<Cidr>> = allowed_ips.map(|list| {
         list.into_iter()
             .map(|c| {
@@ -261,6 +274,11 @@ fn create(
     );
     creation_check(owner);
 
+    // A usage-limited key cannot mint keys: their credits (or their lack of any) would be an
+    // allowance the caller's key does not have.
+    if caller.holder().is_some_and(|me| me.has_credits) {
+        raise(ApiError::Widens(rights::Widening::Credits));
+    }
     // A key holder's new key is derived from the key they hold: what they did not give is
     // inherited, and nothing may be wider. Its stored lifetime is the effective one, so a later
     // rotation (by anyone) renews it for no longer than it was allowed to live.
@@ -344,6 +362,9 @@ fn create(
             rate_burst,
             db_role,
             allowed_ips: allowed.map(|l| l.iter().map(Cidr::to_string).collect()),
+            credits,
+            refill_amount,
+            refill_interval,
         });
         policy::audit(&caller, "create", id, owner, name, audit_detail);
         id
@@ -464,6 +485,13 @@ fn rotate(
             let cap = now() + max_us;
             expires_at = Some(expires_at.map_or(cap, |e| e.min(cap)));
         }
+        // The successor takes over the old key's balance, and the old key keeps none: rotating
+        // must not mint fresh credits.
+        let moved = old.has_credits.then(|| {
+            let left = crate::credits::balance(id, old.refill);
+            crate::credits::add(id, -left);
+            left
+        });
         let key = generate(&formats::by_name(&old.format));
         let new_id = store::rotate(
             id,
@@ -474,6 +502,7 @@ fn rotate(
                 created_by: caller.name.clone(),
                 sealed: sealing::seal_for(&old.format, &key.plaintext),
                 expires_at: timestamptz(expires_at),
+                credits: moved,
             },
             grace,
         );
@@ -488,4 +517,43 @@ fn rotate(
         (new_id, key.plaintext)
     });
     TableIterator::once((new_id, ApiKey::from_generated(plaintext)))
+}
+
+/// The credits key `id` has left (NULL: not usage-limited). Administrators, or a holder of a key
+/// whose rights cover it.
+#[pg_extern(volatile, strict, parallel_restricted)]
+fn credits(id: i64) -> Option<i64> {
+    let caller = Caller::get();
+    let key = store::as_owner(|| policy::target(&caller, id, false));
+    key.has_credits
+        .then(|| crate::credits::balance(id, key.refill))
+}
+
+/// Add `n` credits to key `id` (negative takes some away, never below zero). Administrators only;
+/// audited. Returns the balance now.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn add_credits(id: i64, n: i64) -> i64 {
+    privilege::require_primary("add credits");
+    let caller = Caller::get();
+    if !caller.admin {
+        raise(ApiError::AdminOnly("add credits"));
+    }
+    store::as_owner(|| {
+        let key = policy::target(&caller, id, true);
+        if !key.has_credits {
+            invalid(format!(
+                "API key {id} has no credits: create it with credits => …"
+            ));
+        }
+        crate::credits::add(id, n);
+        policy::audit(
+            &caller,
+            "add_credits",
+            id,
+            &key.owner,
+            &key.name,
+            json!({"credits": n}),
+        );
+        crate::credits::balance(id, key.refill)
+    })
 }

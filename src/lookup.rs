@@ -28,6 +28,7 @@ impl StoredKey {
             rate: self.rate,
             app_bounds: None,
             allowed: self.allowed,
+            has_credits: self.has_credits,
         }
     }
 }

@@ -89,6 +89,9 @@ pub struct StoredKey {
     pub disabled: bool,
     /// Addresses the key may be used from; None: any.
     pub allowed: Option<Vec<Cidr>>,
+    /// A usage-limited key (its balance is in `credits`), and its refill (amount, interval µs).
+    pub has_credits: bool,
+    pub refill: Option<(i64, i64)>,
     pub metadata: RawJsonb,
     pub rate: Option<Rate>,
     pub db_role: Option<String>,
@@ -183,6 +186,16 @@ pub fn find_by_digest(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
                 allowed: {
                     let (d, n) = get(a.allowed_ips);
                     (!n).then(|| cidr_array(d))
+                },
+                has_credits: !get(a.credits).1,
+                refill: match (
+                    read!(a.refill_amount, i64),
+                    read!(a.refill_interval, Interval),
+                ) {
+                    (Some(amount), Some(every)) => {
+                        Some((amount, every.as_micros().clamp(1, i64::MAX as i128) as i64))
+                    }
+                    _ => None,
                 },
                 metadata: read!(a.metadata, RawJsonb).unwrap_or_default(),
                 rate: rate_of(
@@ -314,6 +327,9 @@ pub struct NewKeyRow<'a> {
     pub rate_burst: Option<i32>,
     pub db_role: Option<String>,
     pub allowed_ips: Option<Vec<String>>,
+    pub credits: Option<i64>,
+    pub refill_amount: Option<i64>,
+    pub refill_interval: Option<Interval>,
 }
 
 pub fn insert_key(k: NewKeyRow) -> i64 {
@@ -321,10 +337,12 @@ pub fn insert_key(k: NewKeyRow) -> i64 {
         c.update(
             "INSERT INTO apikey.keys (owner, name, format, kind, scopes, resource, display_prefix, last4,
                                      digest, expires_in, expires_at, created_by, metadata, sealed,
-                                     rate_limit, rate_period, rate_burst, db_role, allowed_ips)
+                                     rate_limit, rate_period, rate_burst, db_role, allowed_ips,
+                                     credits, refill_amount, refill_interval, credits_refilled_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
                      COALESCE($13, '{}'::pg_catalog.jsonb), $14, $15, $16, $17, $18,
-                     $19::pg_catalog.text[]::pg_catalog.cidr[])
+                     $19::pg_catalog.text[]::pg_catalog.cidr[], $20, $21, $22,
+                     CASE WHEN $20 IS NOT NULL THEN pg_catalog.now() END)
              RETURNING id",
             Some(1),
             &[
@@ -347,6 +365,9 @@ pub fn insert_key(k: NewKeyRow) -> i64 {
                 k.rate_burst.into(),
                 k.db_role.into(),
                 k.allowed_ips.into(),
+                k.credits.into(),
+                k.refill_amount.into(),
+                k.refill_interval.into(),
             ],
         )?
         .first()
@@ -368,11 +389,15 @@ pub struct Target {
     pub rights: Rights,
     pub sealed: Option<Vec<u8>>,
     pub digest: Vec<u8>,
+    /// A usage-limited key, and its refill (amount, interval µs).
+    pub has_credits: bool,
+    pub refill: Option<(i64, i64)>,
 }
 
 const TARGET_COLUMNS: &str = "owner, name, format, kind, scopes, resource, expires_at, rate_limit,
        rate_period, rate_burst, db_role, sealed, digest, expires_in,
-       allowed_ips::pg_catalog.text AS allowed_ips,
+       allowed_ips::pg_catalog.text AS allowed_ips, credits IS NOT NULL AS has_credits,
+       refill_amount, refill_interval,
        revoked_at IS NOT NULL AND revoked_at OPERATOR(pg_catalog.<=) pg_catalog.now() AS revoked,
        revoked_at IS NOT NULL AND revoked_at OPERATOR(pg_catalog.>) pg_catalog.now() AS in_grace,
        expires_at IS NOT NULL AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.now() AS expired";
@@ -426,6 +451,16 @@ pub fn load_target(id: i64, owner: Option<&str>, lock: bool) -> Option<Target> {
             sealed: col(r, "sealed")?,
             digest: col(r, "digest")?.unwrap_or_default(),
             expires_in: col(r, "expires_in")?,
+            has_credits: col(r, "has_credits")?.unwrap_or(false),
+            refill: match (
+                col::<i64>(r, "refill_amount")?,
+                col::<Interval>(r, "refill_interval")?,
+            ) {
+                (Some(amount), Some(every)) => {
+                    Some((amount, every.as_micros().clamp(1, i64::MAX as i128) as i64))
+                }
+                _ => None,
+            },
             revoked: col(r, "revoked")?.unwrap_or(false),
             in_grace: col(r, "in_grace")?.unwrap_or(false),
             expired: col(r, "expired")?.unwrap_or(false),
@@ -478,6 +513,8 @@ pub struct Rotated {
     pub created_by: String,
     pub sealed: Option<Vec<u8>>,
     pub expires_at: Option<TimestampWithTimeZone>,
+    /// The balance the successor starts with (the old key's, moved).
+    pub credits: Option<i64>,
 }
 
 /// Insert the successor of `old_id` and schedule the old key's revocation after `grace`.
@@ -487,10 +524,12 @@ pub fn rotate(old_id: i64, new: Rotated, grace: Interval) -> i64 {
             .update(
                 "INSERT INTO apikey.keys (owner, name, format, kind, scopes, resource, display_prefix, last4,
                                          digest, expires_in, expires_at, created_by, metadata, rotated_from, sealed,
-                                         rate_limit, rate_period, rate_burst, db_role, allowed_ips)
+                                         rate_limit, rate_period, rate_burst, db_role, allowed_ips,
+                                         credits, refill_amount, refill_interval, credits_refilled_at)
                  SELECT owner, name, format, kind, scopes, resource, $2, $3, $4, expires_in,
                         $7, $5, metadata, id, $6,
-                        rate_limit, rate_period, rate_burst, db_role, allowed_ips
+                        rate_limit, rate_period, rate_burst, db_role, allowed_ips,
+                        $8, refill_amount, refill_interval, credits_refilled_at
                    FROM apikey.keys WHERE id OPERATOR(pg_catalog.=) $1
                  RETURNING id",
                 Some(1),
@@ -502,6 +541,7 @@ pub fn rotate(old_id: i64, new: Rotated, grace: Interval) -> i64 {
                     new.created_by.into(),
                     new.sealed.into(),
                     new.expires_at.into(),
+                    new.credits.into(),
                 ],
             )?
             .first()
@@ -788,4 +828,63 @@ pub fn write_usage(b: UsageBatch) -> Result<(), pgrx::spi::SpiError> {
         )?;
         Ok(())
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credits.
+
+/// The table's balance of key `key_id`: (credits, refilled at in µs).
+pub fn credit_balance(key_id: i64) -> (i64, i64) {
+    spi(Spi::connect(|c| {
+        let t = c.select(
+            "SELECT COALESCE(credits, 0) AS credits,
+                    COALESCE(credits_refilled_at, created_at) AS refilled_at
+               FROM apikey.keys WHERE id OPERATOR(pg_catalog.=) $1",
+            Some(1),
+            &[key_id.into()],
+        )?;
+        if t.is_empty() {
+            return Ok((0, 0));
+        }
+        let r = t.first();
+        Ok::<_, pgrx::spi::SpiError>((
+            col::<i64>(&r, "credits")?.unwrap_or(0),
+            col::<TimestampWithTimeZone>(&r, "refilled_at")?
+                .map(Into::into)
+                .unwrap_or(0),
+        ))
+    }))
+}
+
+pub fn add_credits(key_id: i64, n: i64) {
+    spi(Spi::connect_mut(|c| {
+        c.update(
+            "UPDATE apikey.keys SET credits = GREATEST(credits OPERATOR(pg_catalog.+) $2, 0)
+              WHERE id OPERATOR(pg_catalog.=) $1 AND credits IS NOT NULL",
+            None,
+            &[key_id.into(), n.into()],
+        )
+        .map(|_| ())
+    }))
+}
+
+/// Write balances (key id, remaining, refilled at µs, version) from shared memory.
+pub fn write_credits(rows: &[(i64, i64, i64, u64)]) {
+    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let left: Vec<i64> = rows.iter().map(|r| r.1.max(0)).collect();
+    let at: Vec<Option<TimestampWithTimeZone>> = rows
+        .iter()
+        .map(|r| TimestampWithTimeZone::try_from(r.2).ok())
+        .collect();
+    spi(Spi::connect_mut(|c| {
+        c.update(
+            "UPDATE apikey.keys k SET credits = x.remaining, credits_refilled_at = COALESCE(x.at, k.credits_refilled_at)
+               FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int8[]),
+                               pg_catalog.unnest($3::pg_catalog.timestamptz[])) AS x(id, remaining, at)
+              WHERE k.id OPERATOR(pg_catalog.=) x.id AND k.credits IS NOT NULL",
+            None,
+            &[ids.into(), left.into(), at.into()],
+        )
+        .map(|_| ())
+    }))
 }

@@ -104,8 +104,10 @@ thread_local! {
     static MY_PART: Cell<Option<Option<usize>>> = const { Cell::new(None) };
 }
 
-fn my_part() -> Option<&'static PgLwLock<Part>> {
-    let index = MY_PART.get().unwrap_or_else(|| {
+/// This database's index in `apikey.usage_databases` (its worker's partition, here and for
+/// credits), or None when it has no flush worker.
+pub fn db_index() -> Option<usize> {
+    MY_PART.get().unwrap_or_else(|| {
         // SAFETY: get_database_name returns a palloc'd copy of the name, or NULL for a database
         // that no longer exists.
         let name = unsafe {
@@ -120,8 +122,11 @@ fn my_part() -> Option<&'static PgLwLock<Part>> {
         });
         MY_PART.set(Some(index));
         index
-    });
-    index.map(|i| TABLE[i])
+    })
+}
+
+fn my_part() -> Option<&'static PgLwLock<Part>> {
+    db_index().map(|i| TABLE[i])
 }
 
 /// Count `event` for key `key_id` of the current database. A no-op without preload or with
@@ -200,6 +205,12 @@ fn flush() -> usize {
     pending.len()
 }
 
+/// One flush: usage, then credit balances.
+fn flush_all() {
+    flush();
+    crate::credits::flush();
+}
+
 /// The flush worker's main. Exits with code 1 on SIGTERM (after a last flush) so the postmaster
 /// restarts it, unless the server itself is shutting down.
 #[pg_guard]
@@ -221,7 +232,7 @@ pub extern "C-unwind" fn pg_apikey_usage_worker(arg: pg_sys::Datum) {
             // SAFETY: rereads postgresql.conf, as every process does on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        flush();
+        flush_all();
         if !alive {
             break;
         }

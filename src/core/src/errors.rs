@@ -63,6 +63,10 @@ pub enum ApiError {
     DisabledKey,
     /// The key has an allow-list and the request comes from elsewhere.
     AddressNotAllowed,
+    /// A usage-limited key spent its credits; when it refills, the seconds until then.
+    NoCredits {
+        retry_after: Option<u64>,
+    },
     /// No key was presented (or no transaction identity where one is required).
     KeyRequired(&'static str),
     WrongKind {
@@ -127,7 +131,9 @@ impl ApiError {
             | Self::NotInstalled => Sqlstate::NotInPrerequisiteState,
             Self::InvalidArgument(_) => Sqlstate::InvalidParameterValue,
             Self::NullArgument(_) => Sqlstate::NullValueNotAllowed,
-            Self::RateLimited { .. } | Self::LimiterFull => Sqlstate::RateLimited,
+            Self::RateLimited { .. } | Self::LimiterFull | Self::NoCredits { .. } => {
+                Sqlstate::RateLimited
+            }
             Self::Internal(_) => Sqlstate::Internal,
             Self::NotPreloaded(_) | Self::NotRecoverable(_) => Sqlstate::NotInPrerequisiteState,
             Self::DuplicateFormat(_) => Sqlstate::DuplicateObject,
@@ -142,6 +148,10 @@ impl ApiError {
                 Some(format!("{{\"retry_after\": {retry_after}}}"))
             }
             Self::LimiterFull => Some("{\"retry_after\": 1}".into()),
+            Self::NoCredits {
+                retry_after: Some(s),
+            } => Some(format!("{{\"retry_after\": {s}}}")),
+            Self::NoCredits { retry_after: None } => Some("{}".into()),
             _ => None,
         }
     }
@@ -174,6 +184,7 @@ impl fmt::Display for ApiError {
             Self::ExpiredKey => write!(f, "API key has expired"),
             Self::DisabledKey => write!(f, "API key is disabled"),
             Self::AddressNotAllowed => write!(f, "API key is not allowed from this address"),
+            Self::NoCredits { .. } => write!(f, "API key has no credits left"),
             Self::KeyRequired("") => write!(f, "API key required"),
             Self::KeyRequired(kind) => write!(f, "{kind} API key required"),
             Self::WrongKind { expected } => write!(f, "invalid API key: {expected} key required"),

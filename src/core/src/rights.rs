@@ -61,6 +61,7 @@ pub enum Widening {
     RateLimit,
     DbRole,
     Address,
+    Credits,
 }
 
 impl Widening {
@@ -75,6 +76,7 @@ impl Widening {
             Self::RateLimit => "a request limit looser than the calling key's",
             Self::DbRole => "a database role other than the calling key's",
             Self::Address => "addresses outside the calling key's allow-list",
+            Self::Credits => "a key with credits cannot create keys",
         }
     }
 }

@@ -1,0 +1,297 @@
+//! One partition of the shared-memory credit balances (usage-limited keys).
+//!
+//! A key's balance lives here while it is in use, so spending works in READ ONLY transactions and
+//! on standbys and is exact under concurrency (the extension holds the partition's LWLock around
+//! every call). A balance whose spending is not yet written to the table is *dirty* and is never
+//! evicted; the flush worker writes it and `settle` marks it clean unless it changed meanwhile.
+//! Refills are applied lazily: at each whole interval since the last refill the balance is *set*
+//! to the refill amount.
+
+use crate::slots::{probe, Probe};
+
+/// `db == 0` marks a free slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct Balance {
+    pub db: u32,
+    pub key_id: i64,
+    pub remaining: i64,
+    /// When the balance was last refilled (microseconds); refills count from here.
+    pub refilled_at: i64,
+    /// Changes since the table was last written; 0 = clean.
+    pub version: u64,
+}
+
+impl Balance {
+    pub const FREE: Balance = Balance {
+        db: 0,
+        key_id: 0,
+        remaining: 0,
+        refilled_at: 0,
+        version: 0,
+    };
+
+    pub fn dirty(&self) -> bool {
+        self.version != 0
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refill {
+    pub amount: i64,
+    pub interval_us: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spend {
+    /// Spent; the balance left.
+    Spent(i64),
+    /// Not enough credits; seconds until the next refill, if the key refills.
+    Empty { retry_after: Option<u64> },
+    /// The key has no balance here yet: load it from the table and call `spend` again with it.
+    Unknown,
+    /// Every slot holds unwritten spending of other keys.
+    Full,
+}
+
+fn start_of(key_id: i64, len: usize) -> usize {
+    ((key_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % len
+}
+
+fn find(part: &[Balance], db: u32, key_id: i64, evictable: bool) -> Probe {
+    probe(
+        part.len(),
+        start_of(key_id, part.len()),
+        |i| part[i].db == db && part[i].key_id == key_id,
+        |i| part[i].db == 0 || evictable || !part[i].dirty(),
+    )
+}
+
+fn apply_refill(b: &mut Balance, refill: Option<Refill>, now: i64) {
+    if let Some(r) = refill.filter(|r| r.interval_us > 0) {
+        if now >= b.refilled_at.saturating_add(r.interval_us) {
+            let n = (now - b.refilled_at) / r.interval_us;
+            b.refilled_at = b
+                .refilled_at
+                .saturating_add(n.saturating_mul(r.interval_us));
+            b.remaining = r.amount;
+            b.version += 1;
+        }
+    }
+}
+
+/// Spend `cost` credits of key `key_id`. `loaded` is the table's (remaining, refilled_at) when the
+/// caller has read it (after `Spend::Unknown`). `evictable`: clean and dirty slots alike may be
+/// reused (a standby, whose spending is never written anyway).
+#[allow(clippy::too_many_arguments)]
+pub fn spend(
+    part: &mut [Balance],
+    db: u32,
+    key_id: i64,
+    cost: i64,
+    refill: Option<Refill>,
+    now: i64,
+    loaded: Option<(i64, i64)>,
+    evictable: bool,
+) -> Spend {
+    let idx = match (find(part, db, key_id, evictable), loaded) {
+        (Probe::Found(i), _) => i,
+        (Probe::Vacant(i), Some((remaining, refilled_at))) => {
+            part[i] = Balance {
+                db,
+                key_id,
+                remaining,
+                refilled_at,
+                version: 0,
+            };
+            i
+        }
+        (Probe::Vacant(_), None) => return Spend::Unknown,
+        (Probe::Full, _) => return Spend::Full,
+    };
+    let b = &mut part[idx];
+    apply_refill(b, refill, now);
+    if b.remaining < cost {
+        let retry_after = refill.filter(|r| r.interval_us > 0).map(|r| {
+            let next = b.refilled_at.saturating_add(r.interval_us);
+            ((next - now).max(1) as u64).div_ceil(1_000_000)
+        });
+        return Spend::Empty { retry_after };
+    }
+    if cost > 0 {
+        b.remaining -= cost;
+        b.version += 1;
+    }
+    Spend::Spent(b.remaining)
+}
+
+/// Give back `cost` credits spent by a transaction that rolled back (or a request another check
+/// refused). A balance that is gone (it can only be a clean one) needs nothing: the table never
+/// saw the spending.
+pub fn refund(part: &mut [Balance], db: u32, key_id: i64, cost: i64) {
+    if let Probe::Found(i) = find(part, db, key_id, false) {
+        part[i].remaining = part[i].remaining.saturating_add(cost);
+        part[i].version += 1;
+    }
+}
+
+/// Add credits (an administrator's top-up) to a balance held here; false if none is held.
+pub fn add(part: &mut [Balance], db: u32, key_id: i64, n: i64) -> bool {
+    match find(part, db, key_id, false) {
+        Probe::Found(i) => {
+            part[i].remaining = part[i].remaining.saturating_add(n);
+            part[i].version += 1;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The balance held here for a key, if any (after applying a due refill, without writing it).
+pub fn peek(
+    part: &[Balance],
+    db: u32,
+    key_id: i64,
+    refill: Option<Refill>,
+    now: i64,
+) -> Option<i64> {
+    match find(part, db, key_id, false) {
+        Probe::Found(i) => {
+            let mut b = part[i];
+            apply_refill(&mut b, refill, now);
+            Some(b.remaining)
+        }
+        _ => None,
+    }
+}
+
+/// Dirty balances of `db`: (key id, remaining, refilled_at, version) for the flush.
+pub fn collect(part: &[Balance], db: u32) -> Vec<(i64, i64, i64, u64)> {
+    part.iter()
+        .filter(|b| b.db == db && b.dirty())
+        .map(|b| (b.key_id, b.remaining, b.refilled_at, b.version))
+        .collect()
+}
+
+/// Mark written balances clean, unless they changed after `collect`.
+pub fn settle(part: &mut [Balance], db: u32, written: &[(i64, i64, i64, u64)]) {
+    for &(key_id, _, _, version) in written {
+        if let Probe::Found(i) = find(part, db, key_id, false) {
+            if part[i].version == version {
+                part[i].version = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000;
+
+    fn spend_loaded(part: &mut [Balance], key: i64, cost: i64, now: i64, init: i64) -> Spend {
+        match spend(part, 1, key, cost, None, now, None, false) {
+            Spend::Unknown => spend(part, 1, key, cost, None, now, Some((init, 0)), false),
+            s => s,
+        }
+    }
+
+    #[test]
+    fn exactly_the_balance_is_spent_and_refunds_restore() {
+        let mut part = [Balance::FREE; 4];
+        let spent = (0..10)
+            .filter(|_| matches!(spend_loaded(&mut part, 7, 1, 0, 5), Spend::Spent(_)))
+            .count();
+        assert_eq!(spent, 5);
+        refund(&mut part, 1, 7, 2);
+        assert_eq!(spend_loaded(&mut part, 7, 2, 0, 5), Spend::Spent(0));
+        assert_eq!(
+            spend_loaded(&mut part, 7, 0, 0, 5),
+            Spend::Spent(0),
+            "cost 0 is allowed"
+        );
+    }
+
+    #[test]
+    fn refills_set_the_balance_and_say_when() {
+        let mut part = [Balance::FREE; 2];
+        let r = Some(Refill {
+            amount: 3,
+            interval_us: 60 * S,
+        });
+        assert_eq!(
+            spend(&mut part, 1, 9, 1, r, 0, Some((1, 0)), false),
+            Spend::Spent(0)
+        );
+        assert_eq!(
+            spend(&mut part, 1, 9, 1, r, 20 * S, None, false),
+            Spend::Empty {
+                retry_after: Some(40)
+            }
+        );
+        assert_eq!(
+            spend(&mut part, 1, 9, 1, r, 61 * S, None, false),
+            Spend::Spent(2)
+        );
+        // Three intervals later: set to the amount, not added up.
+        assert_eq!(
+            spend(&mut part, 1, 9, 0, r, 250 * S, None, false),
+            Spend::Spent(3)
+        );
+    }
+
+    #[test]
+    fn dirty_balances_are_never_evicted_and_settle_respects_later_changes() {
+        let mut part = [Balance::FREE; 2];
+        spend_loaded(&mut part, 1, 1, 0, 10);
+        spend_loaded(&mut part, 2, 1, 0, 10);
+        assert_eq!(spend_loaded(&mut part, 3, 1, 0, 10), Spend::Full);
+        let batch = collect(&part, 1);
+        spend_loaded(&mut part, 1, 1, 0, 10); // changes after collect
+        settle(&mut part, 1, &batch);
+        assert!(
+            part.iter().any(|b| b.key_id == 1 && b.dirty()),
+            "key 1 changed: still dirty"
+        );
+        assert!(part.iter().any(|b| b.key_id == 2 && !b.dirty()));
+        assert!(
+            matches!(spend_loaded(&mut part, 3, 1, 0, 10), Spend::Spent(9)),
+            "key 2's clean slot reused"
+        );
+    }
+
+    #[test]
+    fn random_spending_and_refunds_balance_out() {
+        let mut seed: u64 = 99;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut part = [Balance::FREE; 8];
+        let initial = 1000;
+        let mut spent = [0i64; 5];
+        for _ in 0..20_000 {
+            let key = (next() % 5) as i64;
+            let cost = (next() % 4) as i64;
+            match spend_loaded(&mut part, key, cost, 0, initial) {
+                Spend::Spent(_) => {
+                    if next() % 3 == 0 {
+                        refund(&mut part, 1, key, cost);
+                    } else {
+                        spent[key as usize] += cost;
+                    }
+                }
+                Spend::Empty { .. } => assert!(spent[key as usize] + cost > initial),
+                other => panic!("{other:?}"),
+            }
+        }
+        for key in 0..5i64 {
+            let left = peek(&part, 1, key, None, 0).unwrap();
+            assert_eq!(left + spent[key as usize], initial);
+            assert!(left >= 0);
+        }
+    }
+}

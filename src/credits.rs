@@ -1,0 +1,270 @@
+//! Credits (usage-limited keys) with refill, kept in shared memory and spent exactly.
+//!
+//! A key with `credits` has a balance; `apikey.authenticate(key, cost)` spends from it under the
+//! partition's LWLock (exact under any concurrency on one server; READ ONLY transactions and
+//! standbys work). The spending of a transaction is remembered in this backend and **given back
+//! if the transaction (or the subtransaction that spent it) rolls back**: a failed request costs
+//! nothing. The usage worker writes dirty balances to `apikey.keys` every flush interval.
+//!
+//! Crash bound: a crash forgives at most one flush interval of spending (balances restart from
+//! the last written value). On a standby spending is never written: each standby keeps its own
+//! balances, forgotten at restart or when its table is full.
+
+use std::cell::RefCell;
+
+use pg_apikey_core::credits_table::{self, Balance, Refill, Spend};
+use pg_apikey_core::errors::ApiError;
+use pgrx::lwlock::PgLwLock;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::shmem::PGRXSharedMemory;
+
+use crate::errors::raise;
+use crate::store::StoredKey;
+
+const SLOTS: usize = 1024;
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Part([Balance; SLOTS]);
+
+// SAFETY: plain #[repr(C)] values with no pointers; every bit pattern is valid.
+unsafe impl PGRXSharedMemory for Part {}
+
+crate::shmem::partitioned_table!(
+    TABLE,
+    init_parts,
+    Part,
+    Part([Balance::FREE; SLOTS]),
+    [
+        C0 = c"pg_apikey_credits_0",
+        C1 = c"pg_apikey_credits_1",
+        C2 = c"pg_apikey_credits_2",
+        C3 = c"pg_apikey_credits_3",
+        C4 = c"pg_apikey_credits_4",
+        C5 = c"pg_apikey_credits_5",
+        C6 = c"pg_apikey_credits_6",
+        C7 = c"pg_apikey_credits_7",
+    ]
+);
+
+pub fn init() {
+    if crate::shmem::preloaded() {
+        init_parts();
+    }
+    // SAFETY: registering static callbacks once, from _PG_init.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}
+
+thread_local! {
+    /// What this transaction spent: (subtransaction, key id, cost), refunded on abort.
+    static SPENT: RefCell<Vec<(pg_sys::SubTransactionId, i64, i64)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn part() -> &'static PgLwLock<Part> {
+    if !crate::shmem::preloaded() {
+        raise(ApiError::NotPreloaded("credits"));
+    }
+    match crate::usage::db_index() {
+        Some(i) => TABLE[i],
+        None => raise(ApiError::NotRecoverable(
+            "credits need this database in apikey.usage_databases: its worker makes spending durable"
+                .into(),
+        )),
+    }
+}
+
+fn current_db() -> u32 {
+    // SAFETY: reads a backend global set at connection.
+    u32::from(unsafe { pg_sys::MyDatabaseId })
+}
+
+fn now_us() -> i64 {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+fn on_standby() -> bool {
+    // SAFETY: reads shared recovery state.
+    unsafe { pg_sys::RecoveryInProgress() }
+}
+
+fn refill_of(refill: Option<(i64, i64)>) -> Option<Refill> {
+    refill.map(|(amount, interval_us)| Refill {
+        amount,
+        interval_us,
+    })
+}
+
+/// Spend `cost` credits of `key` (a key without credits spends nothing). Refused with 53400
+/// "API key has no credits left" and, when the key refills, the seconds until it.
+pub fn spend(key: &StoredKey, cost: i64) -> Result<(), ApiError> {
+    if !key.has_credits || cost < 0 {
+        return Ok(());
+    }
+    let part = part();
+    let db = current_db();
+    let refill = refill_of(key.refill);
+    let evictable = on_standby();
+    let mut outcome = credits_table::spend(
+        &mut part.exclusive().0,
+        db,
+        key.id,
+        cost,
+        refill,
+        now_us(),
+        None,
+        evictable,
+    );
+    if outcome == Spend::Unknown {
+        // Read the table's balance with no lock held, then try again (another backend may have
+        // loaded it meanwhile; its balance wins).
+        let loaded = crate::store::as_owner(|| crate::store::credit_balance(key.id));
+        outcome = credits_table::spend(
+            &mut part.exclusive().0,
+            db,
+            key.id,
+            cost,
+            refill,
+            now_us(),
+            Some(loaded),
+            evictable,
+        );
+    }
+    match outcome {
+        Spend::Spent(_) => {
+            if cost > 0 {
+                // SAFETY: reads the transaction state.
+                let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
+                SPENT.with_borrow_mut(|s| s.push((sub, key.id, cost)));
+            }
+            Ok(())
+        }
+        Spend::Empty { retry_after } => Err(ApiError::NoCredits { retry_after }),
+        Spend::Full => Err(ApiError::LimiterFull),
+        Spend::Unknown => Err(ApiError::Internal("a credit balance could not be loaded")),
+    }
+}
+
+/// Give back what `spend` took for `key_id` in this transaction (another check refused the
+/// request after the credits were spent).
+pub fn refund_last(key_id: i64) {
+    let last = SPENT.with_borrow_mut(|s| {
+        s.iter()
+            .rposition(|(_, k, _)| *k == key_id)
+            .map(|i| s.remove(i))
+    });
+    if let Some((_, key, cost)) = last {
+        refund(key, cost);
+    }
+}
+
+fn refund(key_id: i64, cost: i64) {
+    if let Some(i) = crate::usage::db_index() {
+        credits_table::refund(&mut TABLE[i].exclusive().0, current_db(), key_id, cost);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+            for (_, key, cost) in SPENT.take() {
+                refund(key, cost);
+            }
+        }
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
+            SPENT.with_borrow_mut(|s| s.clear());
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    parent_subid: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    match event {
+        SUBXACT_EVENT_ABORT_SUB => {
+            let gone: Vec<_> = SPENT.with_borrow_mut(|s| {
+                let (gone, kept) = s.drain(..).partition(|(sub, _, _)| *sub >= my_subid);
+                *s = kept;
+                gone
+            });
+            for (_, key, cost) in gone {
+                refund(key, cost);
+            }
+        }
+        SUBXACT_EVENT_COMMIT_SUB => SPENT.with_borrow_mut(|s| {
+            for e in s.iter_mut().filter(|e| e.0 == my_subid) {
+                e.0 = parent_subid;
+            }
+        }),
+        _ => {}
+    }
+}
+
+/// The balance of key `key_id` left now: the one in memory, else the table's (with a due
+/// refill applied).
+pub fn balance(key_id: i64, refill: Option<(i64, i64)>) -> i64 {
+    let now = now_us();
+    let held = crate::usage::db_index()
+        .filter(|_| crate::shmem::preloaded())
+        .and_then(|i| {
+            credits_table::peek(
+                &TABLE[i].share().0,
+                current_db(),
+                key_id,
+                refill_of(refill),
+                now,
+            )
+        });
+    held.unwrap_or_else(|| {
+        let (left, at) = crate::store::as_owner(|| crate::store::credit_balance(key_id));
+        match refill_of(refill) {
+            Some(r) if r.interval_us > 0 && now >= at.saturating_add(r.interval_us) => r.amount,
+            _ => left,
+        }
+    })
+}
+
+/// Add `n` credits: to the balance in memory if one is held (the worker writes it), else to the
+/// table.
+pub fn add(key_id: i64, n: i64) {
+    let held = crate::usage::db_index()
+        .filter(|_| crate::shmem::preloaded())
+        .is_some_and(|i| credits_table::add(&mut TABLE[i].exclusive().0, current_db(), key_id, n));
+    if !held {
+        crate::store::as_owner(|| crate::store::add_credits(key_id, n));
+    }
+}
+
+/// Called by the usage worker: write dirty balances of its database.
+pub fn flush() {
+    if !crate::shmem::preloaded() || on_standby() {
+        return;
+    }
+    let Some(i) = crate::usage::db_index() else {
+        return;
+    };
+    let db = current_db();
+    let dirty = credits_table::collect(&TABLE[i].share().0, db);
+    if dirty.is_empty() {
+        return;
+    }
+    pgrx::bgworkers::BackgroundWorker::transaction(|| {
+        if crate::catalog::installed().is_none() {
+            return;
+        }
+        crate::store::as_owner(|| crate::store::write_credits(&dirty))
+    });
+    credits_table::settle(&mut TABLE[i].exclusive().0, db, &dirty);
+}

@@ -1,0 +1,133 @@
+"""Credits (usage-limited keys) with refill: spent exactly under concurrency, refunded when the
+transaction rolls back, refilled lazily, usable in READ ONLY transactions, written to the table
+by the usage worker, topped up by administrators (audited), answered as 429 over HTTP."""
+
+import concurrent.futures
+import json
+import subprocess
+import threading
+import time
+
+import psycopg
+import pytest
+
+from conftest import ROOT
+
+PORT = "54352"
+
+
+@pytest.fixture(scope="module")
+def connect():
+    subprocess.run([str(ROOT / "tests/cluster.sh"), "start", "credits", PORT,
+                    "apikey.usage_databases = 'credits_db'", "apikey.usage_flush_interval = 200"], check=True)
+
+    def conn(dbname="credits_db", autocommit=True, user="postgres"):
+        return psycopg.connect(f"host={ROOT / '.run/credits'} port={PORT} user={user} dbname={dbname}",
+                               autocommit=autocommit)
+    try:
+        with conn("postgres") as c:
+            c.execute("CREATE DATABASE credits_db")
+        with conn() as c:
+            c.execute("CREATE EXTENSION pg_apikey")
+            c.execute("ALTER DATABASE credits_db SET apikey.creation_limit = 0")
+        yield conn
+    finally:
+        subprocess.run([str(ROOT / "tests/cluster.sh"), "stop", "credits"], check=False)
+
+
+def new_key(c, credits, **kw):
+    args = "".join(f", {k} => %({k})s" for k in kw)
+    return c.execute(f"SELECT id, api_key::text FROM apikey.create('cr', 'k', credits => %(credits)s{args})",
+                     dict(credits=credits, **kw)).fetchone()
+
+
+def test_exactly_the_credits_succeed_under_sixteen_connections(connect):
+    with connect() as c:
+        kid, k = new_key(c, 50)
+    barrier = threading.Barrier(16)
+
+    def hammer(_):
+        ok = 0
+        with connect() as c:
+            barrier.wait()
+            for _ in range(10):
+                try:
+                    c.execute("SELECT apikey.authenticate(%s)", (k,))
+                    ok += 1
+                except psycopg.errors.ConfigurationLimitExceeded as e:
+                    assert e.diag.message_primary == "API key has no credits left"
+        return ok
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        assert sum(pool.map(hammer, range(16))) == 50
+    with connect() as c:
+        assert c.execute("SELECT apikey.credits(%s)", (kid,)).fetchone()[0] == 0
+
+
+def test_a_rolled_back_request_costs_nothing(connect):
+    with connect() as c:
+        kid, k = new_key(c, 10)
+    with connect(autocommit=False) as c:
+        c.execute("SELECT apikey.authenticate(%s, cost => 4)", (k,))
+        c.rollback()
+        c.execute("BEGIN READ ONLY")
+        c.execute("SELECT apikey.authenticate(%s, cost => 3)", (k,))
+        c.execute("SAVEPOINT s")
+        c.execute("SELECT apikey.authenticate(%s, cost => 5)", (k,))
+        c.execute("ROLLBACK TO SAVEPOINT s")
+        c.commit()
+        assert c.execute("SELECT apikey.credits(%s)", (kid,)).fetchone()[0] == 7
+        c.rollback()
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            c.execute("SELECT apikey.authenticate(%s, cost => -1)", (k,))
+        c.rollback()
+
+
+def test_refills_and_retry_after(connect):
+    with connect() as c:
+        kid, k = new_key(c, 1, refill_amount=2, refill_interval="2 seconds")
+        c.execute("SELECT apikey.authenticate(%s)", (k,))
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded) as e:
+            c.execute("SELECT apikey.authenticate(%s)", (k,))
+        assert 1 <= json.loads(e.value.diag.message_detail)["retry_after"] <= 2
+        # Over HTTP: 429 with that Retry-After.
+        c.execute("BEGIN")
+        c.execute("SELECT set_config('request.headers', json_build_object('x-api-key', %s::text)::text, true)", (k,))
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("SELECT apikey.pre_request()")
+        c.execute("ROLLBACK")
+        assert e.value.sqlstate == "PGRST" and '"status" : 429' in e.value.diag.message_detail
+        assert '"Retry-After"' in e.value.diag.message_detail
+        time.sleep(2.1)
+        c.execute("SELECT apikey.authenticate(%s)", (k,))
+        assert c.execute("SELECT apikey.credits(%s)", (kid,)).fetchone()[0] == 1
+
+
+def test_spending_is_written_by_the_worker_and_admins_top_up(connect):
+    with connect() as c:
+        kid, k = new_key(c, 100)
+        for _ in range(3):
+            c.execute("SELECT apikey.authenticate(%s, cost => 10)", (k,))
+        deadline = time.time() + 10
+        while c.execute("SELECT credits FROM apikey.keys WHERE id = %s", (kid,)).fetchone()[0] != 70:
+            assert time.time() < deadline, "the worker never wrote the balance"
+            time.sleep(0.1)
+        assert c.execute("SELECT apikey.add_credits(%s, 5)", (kid,)).fetchone()[0] == 75
+        assert c.execute("SELECT credits FROM apikey.key_list WHERE id = %s", (kid,)).fetchone()[0] in (70, 75)
+        assert c.execute("SELECT count(*) FROM apikey.audit_log WHERE key_id = %s AND action = 'add_credits'",
+                         (kid,)).fetchone()[0] == 1
+
+
+def test_a_usage_limited_key_mints_no_keys_and_rotation_moves_the_balance(connect):
+    with connect() as c:
+        kid, k = new_key(c, 20)
+        c.execute("DO $$ BEGIN CREATE ROLE cr_holder LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    with connect(user="cr_holder", autocommit=False) as h:
+        h.execute("SELECT apikey.authenticate(%s)", (k,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="credits"):
+            h.execute("SELECT apikey.create('cr', 'fresh money')")
+        h.rollback()
+    with connect() as c:
+        new_id = c.execute("SELECT id FROM apikey.rotate(%s, '1 hour')", (kid,)).fetchone()[0]
+        assert c.execute("SELECT apikey.credits(%s)", (new_id,)).fetchone()[0] == 20
+        assert c.execute("SELECT apikey.credits(%s)", (kid,)).fetchone()[0] == 0
