@@ -57,6 +57,9 @@ pub static DEFAULT_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// `apikey.max_lifetime`: the longest lifetime a key may have, in seconds (0: no maximum).
 pub static MAX_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(0);
 
+/// `apikey.limit_scale`: this server's share of every request limit (1: all of it).
+pub static LIMIT_SCALE: GucSetting<f64> = GucSetting::<f64>::new(1.0);
+
 /// `apikey.trusted_proxies`: peers whose X-Forwarded-For header names the client.
 pub static TRUSTED_PROXIES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -86,6 +89,16 @@ pub fn init() {
         i32::MAX,
         GucContext::Suset,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_float_guc(
+        c"apikey.limit_scale",
+        c"This server's share of every request limit (0.5 with two servers sharing traffic).",
+        c"Limits live in each server's memory; scaling each server's share keeps the total near the limit when traffic is spread evenly.",
+        &LIMIT_SCALE,
+        0.01,
+        1.0,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_string_guc(
         c"apikey.trusted_proxies",

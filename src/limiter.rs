@@ -166,9 +166,10 @@ pub fn charge(ns: Namespace, name: &str, rate: &Rate) -> Result<Outcome, ApiErro
     require_preload("rate limiting");
     let db = current_db();
     let p = place(db, ns, name);
+    let rate = rate.scaled(crate::gucs::LIMIT_SCALE.get());
     let now = now_us();
     let mut slots = TABLE[p.part].exclusive();
-    limiter_table::charge(&mut slots.0, p.start, p.share, p.hash, name, rate, now)
+    limiter_table::charge(&mut slots.0, p.start, p.share, p.hash, name, &rate, now)
         .map_err(|limiter_table::Full| ApiError::LimiterFull)
 }
 
@@ -198,7 +199,8 @@ pub fn charge_keys(keys: &[(i64, &Rate)]) -> Result<(), ApiError> {
     let mut planned = Vec::with_capacity(keys.len());
     for ((p, (id, rate)), _) in places.iter().zip(keys).zip(&names) {
         let guard = &guards.iter().find(|(i, _)| *i == p.part).expect("locked").1;
-        let plan = limiter_table::plan(&guard.0, p.start, p.share, p.hash, rate, now)
+        let rate = rate.scaled(crate::gucs::LIMIT_SCALE.get());
+        let plan = limiter_table::plan(&guard.0, p.start, p.share, p.hash, &rate, now)
             .map_err(|limiter_table::Full| ApiError::LimiterFull)?;
         planned.push((*id, plan));
     }

@@ -149,3 +149,25 @@ def test_without_preload_limits_fail_with_the_fix_and_keys_still_verify(tmp_path
                 c.execute("SELECT * FROM apikey.create('np', 'sealed', format => 'ct_live')")
     finally:
         subprocess.run([str(ROOT / "tests/cluster.sh"), "stop", "nopreload"], check=False)
+
+
+def test_limit_scale_gives_this_server_its_share(db):
+    su = db()
+    su.execute("ALTER SYSTEM SET apikey.limit_scale = 0.5")
+    su.execute("SELECT pg_reload_conf()")
+    try:
+        import time
+        time.sleep(0.3)
+        with db() as c:
+            assert c.execute("SHOW apikey.limit_scale").fetchone()[0] == "0.5"
+            admitted = 0
+            for _ in range(12):
+                try:
+                    c.execute("SELECT apikey.rate_limit('scaled', 10, '1 hour')")
+                    admitted += 1
+                except psycopg.errors.ConfigurationLimitExceeded:
+                    pass
+            assert admitted == 5
+    finally:
+        su.execute("ALTER SYSTEM RESET apikey.limit_scale")
+        su.execute("SELECT pg_reload_conf()")

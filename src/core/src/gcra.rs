@@ -53,6 +53,20 @@ impl Rate {
     }
 }
 
+impl Rate {
+    /// This server's share of the limit (`share` of 0.5 with two servers behind a balancer):
+    /// `limit` and `burst` scaled down (never below 1) over the same period.
+    pub fn scaled(&self, share: f64) -> Rate {
+        if !(share > 0.0 && share < 1.0) {
+            return *self;
+        }
+        let period = self.emission_us.saturating_mul(self.limit as i64);
+        let limit = ((self.limit as f64 * share).round() as i64).max(1);
+        let burst = ((self.burst as f64 * share).round() as i64).max(1);
+        Rate::new(limit, period, Some(burst)).unwrap_or(*self)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {
     pub allowed: bool,
@@ -183,5 +197,15 @@ mod tests {
         assert_eq!(Rate::new(-1, S, None), Err(RateError::NonPositiveLimit));
         assert_eq!(Rate::new(1, 0, None), Err(RateError::NonPositivePeriod));
         assert_eq!(Rate::new(1, S, Some(0)), Err(RateError::NonPositiveBurst));
+    }
+
+    #[test]
+    fn a_scaled_rate_admits_its_share() {
+        let r = Rate::new(100, 60 * S, Some(20)).unwrap();
+        let half = r.scaled(0.5);
+        assert_eq!((half.limit, half.burst), (50, 10));
+        assert_eq!(half.emission_us, 2 * r.emission_us);
+        assert_eq!(r.scaled(1.0), r);
+        assert_eq!(Rate::new(1, S, None).unwrap().scaled(0.1).limit, 1);
     }
 }
