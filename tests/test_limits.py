@@ -160,13 +160,17 @@ def test_limit_scale_gives_this_server_its_share(db):
         time.sleep(0.3)
         with db() as c:
             assert c.execute("SHOW apikey.limit_scale").fetchone()[0] == "0.5"
+            # A per-key limit: earlier tests may have filled the rate_limit half on purpose.
+            c.execute("SET apikey.creation_limit = 0")
+            key = c.execute("SELECT api_key::text FROM apikey.create('scale', 'k', rate_limit => 10, "
+                            "rate_period => '1 hour')").fetchone()[0]
             admitted = 0
             for _ in range(12):
                 try:
-                    c.execute("SELECT apikey.rate_limit('scaled', 10, '1 hour')")
+                    c.execute("SELECT apikey.authenticate(%s)", (key,))
                     admitted += 1
-                except psycopg.errors.ConfigurationLimitExceeded:
-                    pass
+                except psycopg.errors.ConfigurationLimitExceeded as e:
+                    assert "API key rate limit exceeded" in str(e)
             assert admitted == 5
     finally:
         su.execute("ALTER SYSTEM RESET apikey.limit_scale")
