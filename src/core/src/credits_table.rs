@@ -263,13 +263,7 @@ mod tests {
 
     #[test]
     fn random_spending_and_refunds_balance_out() {
-        let mut seed: u64 = 99;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_rng::xorshift(99);
         let mut part = [Balance::FREE; 8];
         let initial = 1000;
         let mut spent = [0i64; 5];

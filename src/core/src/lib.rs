@@ -16,5 +16,7 @@ pub mod rights;
 pub mod scope;
 pub mod seal;
 pub mod slots;
+#[cfg(test)]
+mod test_rng;
 pub mod usage_table;
 pub mod window;

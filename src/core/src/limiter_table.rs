@@ -197,13 +197,7 @@ mod tests {
         // Random buckets, rates and times against a small partition: after every charge, each
         // bucket that was limiting someone (TAT in the future) is still there, unchanged unless
         // it was the one charged.
-        let mut seed: u64 = 0xDEADBEEF;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_rng::xorshift(0xDEADBEEF);
         let mut part = [Bucket::FREE; 8];
         let mut now = 0i64;
         for _ in 0..50_000 {

@@ -252,13 +252,7 @@ mod tests {
 
     #[test]
     fn hostile_input_never_panics() {
-        let mut seed: u64 = 7;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_rng::xorshift(7);
         let alphabet = [
             "a", "b:c", "*", " ", "(", ")", "AND", "OR", "NOT", "é", "&", ":", "\u{0}",
         ];

@@ -293,14 +293,7 @@ mod tests {
 
     #[test]
     fn randomized_derived_keys_are_always_within_their_caller() {
-        // A small deterministic generator: no dependency, same cases every run.
-        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_rng::xorshift(0x9E37_79B9_7F4A_7C15);
         let scopes = ["a:read", "a:*", "b:write", "*"];
         for _ in 0..5_000 {
             let pick = |n: u64| -> Option<Vec<String>> {

@@ -88,13 +88,7 @@ mod tests {
 
     #[test]
     fn never_evicts_live_state_under_random_load() {
-        let mut seed: u64 = 12345;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_rng::xorshift(12345);
         let mut t: Vec<Option<(u32, bool)>> = vec![None; 16];
         for _ in 0..20_000 {
             let before = t.clone();

@@ -127,13 +127,7 @@ mod tests {
     fn never_loses_a_count_that_is_not_flushed() {
         // Random records, flushes (collect … settle, with records in between, as the worker
         // races with backends) and drops: recorded == flushed + pending + dropped, per kind.
-        let mut seed: u64 = 42;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_rng::xorshift(42);
         let mut part = [Slot::FREE; 8];
         let (mut recorded, mut flushed, mut dropped) =
             ([0u64; KINDS], [0u64; KINDS], [0u64; KINDS]);
