@@ -92,13 +92,15 @@ BEGIN
 END
 $$;
 
--- GET /api/surveys/{id}/metrics/responses/ : aggregates only, no personal data.
+-- GET /api/surveys/{id}/metrics/responses/ : aggregates only, no personal data. Aggregates are
+-- the expensive call: it charges the key's (and its owner's) "expensive" limit, if it has one.
 CREATE FUNCTION api.survey_metrics(id integer) RETURNS json LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS
 $$
 DECLARE r json; st text; m text; d text;
 BEGIN
     PERFORM api.need_key();
     BEGIN
+        PERFORM apikey.charge('expensive');
         SELECT json_build_object('survey_id', x.survey_id, 'responses', x.responses, 'average_score', x.average_score)
           INTO r FROM app.survey_metrics(id) x;
     EXCEPTION WHEN OTHERS THEN

@@ -86,6 +86,7 @@ CREATE TABLE apikey.keys (
     refill_amount  bigint CHECK (refill_amount > 0),
     refill_interval interval CHECK (refill_interval > interval '0'),
     credits_refilled_at timestamptz,
+    limits         jsonb NOT NULL DEFAULT '{}' CHECK (pg_catalog.jsonb_typeof(limits) = 'object'),
     rotated_from   bigint,
     sealed         bytea,
     rate_limit     integer CHECK (rate_limit > 0),
@@ -107,6 +108,7 @@ COMMENT ON COLUMN apikey.keys.digest IS 'SHA-256 of the whole key text.';
 COMMENT ON COLUMN apikey.keys.sealed IS 'Recoverable formats only: the key sealed with XChaCha20-Poly1305 under apikey.encryption_key, bound to the digest.';
 COMMENT ON COLUMN apikey.keys.rate_limit IS 'Per-key request limit: rate_limit requests per rate_period, bursts of rate_burst (default rate_limit), checked by apikey.authenticate in shared memory.';
 COMMENT ON COLUMN apikey.keys.db_role IS 'Database role apikey.pre_request switches to for this key (NULL: apikey.default_role).';
+COMMENT ON COLUMN apikey.keys.limits IS 'Named limits: {"name": {"max": N, "per": interval, "per_us": microseconds, "burst": N}}. "requests" is charged by apikey.authenticate, any name by apikey.charge(name).';
 COMMENT ON COLUMN apikey.keys.credits IS 'Credits left (NULL: not usage-limited), as last written by the usage worker; the live balance is in shared memory (apikey.credits(id)).';
 COMMENT ON COLUMN apikey.keys.allowed_ips IS 'Addresses the key may be used from (NULL: any). Checked before anything is charged.';
 COMMENT ON COLUMN apikey.keys.disabled_at IS 'Set while the key is disabled (apikey.disable); apikey.enable clears it. Unlike a revoke, reversible.';
@@ -131,6 +133,18 @@ COMMENT ON TABLE apikey.audit_log IS 'Append-only history of key changes (create
 COMMENT ON COLUMN apikey.audit_log.actor IS 'The role that called the function (current_user at the call).';
 COMMENT ON COLUMN apikey.audit_log.session_actor IS 'session_user: the login role (for PostgREST, the authenticator).';
 COMMENT ON COLUMN apikey.audit_log.actor_key_id IS 'The key the caller had authenticated with in that transaction, if any.';
+
+CREATE TABLE apikey.owner_limits (
+    owner      text NOT NULL CHECK (owner <> ''),
+    name       text NOT NULL CHECK (name <> ''),
+    max        integer NOT NULL CHECK (max > 0),
+    per        interval NOT NULL CHECK (per > interval '0'),
+    burst      integer CHECK (burst > 0),
+    set_by     text NOT NULL,
+    set_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (owner, name)
+);
+COMMENT ON TABLE apikey.owner_limits IS 'Limits shared by all keys of an owner: owner is an owner, a pattern with * (team-*), or * for every owner; exact beats pattern (longer first) beats *. Set with apikey.set_owner_limit.';
 
 CREATE TABLE apikey.usage (
     key_id       bigint NOT NULL,

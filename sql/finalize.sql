@@ -18,7 +18,7 @@ CREATE TRIGGER keys_invalidate_key_on_update
     AFTER UPDATE OF id, owner, name, format, kind, scopes, resource, display_prefix, last4, digest,
                     expires_in, created_at, created_by, expires_at, revoked_at, disabled_at, allowed_ips, rotated_from, sealed,
                     rate_limit, rate_period, rate_burst, db_role, metadata,
-                    refill_amount, refill_interval ON apikey.keys
+                    refill_amount, refill_interval, limits ON apikey.keys
     FOR EACH ROW EXECUTE FUNCTION apikey.invalidate_key_trigger();
 CREATE TRIGGER keys_invalidate_caches
     AFTER TRUNCATE ON apikey.keys
@@ -29,6 +29,10 @@ ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_invalidate_key;
 ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_invalidate_key_on_update;
 ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_invalidate_caches;
 ALTER TABLE apikey.formats ENABLE ALWAYS TRIGGER formats_invalidate_caches;
+CREATE TRIGGER owner_limits_invalidate_caches
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apikey.owner_limits
+    FOR EACH STATEMENT EXECUTE FUNCTION apikey.invalidate_caches();
+ALTER TABLE apikey.owner_limits ENABLE ALWAYS TRIGGER owner_limits_invalidate_caches;
 
 CREATE FUNCTION apikey.audit_log_is_append_only() RETURNS trigger
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
@@ -79,6 +83,7 @@ SELECT k.id,
        k.disabled_at,
        k.allowed_ips,
        k.credits,
+       k.limits,
        k.refill_amount,
        k.refill_interval,
        k.rotated_from,
@@ -113,6 +118,7 @@ REVOKE ALL ON FUNCTION apikey.invalidate_caches(), apikey.invalidate_key_trigger
 
 -- pg_dump keeps the keys, their history and admin-added formats.
 SELECT pg_catalog.pg_extension_config_dump('apikey.admins', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.owner_limits', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.keys', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.keys_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.audit_log', '');

@@ -37,12 +37,39 @@ fn charge(rows: &[&StoredKey], cost: i64) -> Result<(), ApiError> {
         }
         spent.push(r.id);
     }
-    let limited: Vec<(i64, &pg_apikey_core::gcra::Rate)> = rows
+    // Every limit a request charges, all or nothing: each key's own limit (a key created by this
+    // transaction excepted, see above), its named `requests` limit, and its owner's.
+    let owner_rates: Vec<Option<pg_apikey_core::gcra::Rate>> = rows
         .iter()
-        .filter(|r| !r.created_here)
-        .filter_map(|r| r.rate.as_ref().map(|rate| (r.id, rate)))
+        .map(|r| crate::limits::owner_requests(&r.owner))
         .collect();
-    if let Err(e) = crate::limiter::charge_keys(&limited) {
+    let mut items = Vec::new();
+    for (r, owner_rate) in rows.iter().zip(&owner_rates) {
+        if let Some(rate) = r.rate.as_ref().filter(|_| !r.created_here) {
+            items.push(crate::limiter::Charge {
+                bucket: format!("key:{}", r.id),
+                rate,
+                cost: 1,
+                key_id: r.id,
+                what: "API key".into(),
+            });
+        }
+        let own = r
+            .named
+            .iter()
+            .find(|(n, _)| n == crate::limits::DEFAULT_NAME)
+            .map(|(_, rate)| rate)
+            .filter(|_| !r.created_here);
+        items.extend(crate::limits::charges_for(
+            r.id,
+            &r.owner,
+            own,
+            owner_rate.as_ref(),
+            crate::limits::DEFAULT_NAME,
+            1,
+        ));
+    }
+    if let Err(e) = crate::limiter::charge_all(&items) {
         spent.iter().for_each(|id| crate::credits::refund_last(*id));
         return Err(e);
     }

@@ -21,7 +21,8 @@ use pgrx::prelude::*;
 use crate::errors::{raise, spi};
 
 /// The tables every module reads or writes, by the name they have in SQL.
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 8] = [
+    "owner_limits",
     "keys",
     "formats",
     "audit_log",
@@ -60,6 +61,7 @@ pub struct KeyColumns {
     pub credits: i16,
     pub refill_amount: i16,
     pub refill_interval: i16,
+    pub limits: i16,
     pub rate_limit: i16,
     pub rate_period: i16,
     pub rate_burst: i16,
@@ -117,6 +119,7 @@ fn key_columns(attrs: &[(String, i16)]) -> Option<KeyColumns> {
         credits: a("credits")?,
         refill_amount: a("refill_amount")?,
         refill_interval: a("refill_interval")?,
+        limits: a("limits")?,
         rate_limit: a("rate_limit")?,
         rate_period: a("rate_period")?,
         rate_burst: a("rate_burst")?,
@@ -141,6 +144,7 @@ fn key_columns(attrs: &[(String, i16)]) -> Option<KeyColumns> {
         k.credits,
         k.refill_amount,
         k.refill_interval,
+        k.limits,
         k.rate_limit,
         k.rate_period,
         k.rate_burst,

@@ -32,6 +32,8 @@ pub struct Identity {
     pub allowed: Option<Vec<pg_apikey_core::ipnet::Cidr>>,
     /// A usage-limited key: it may not mint keys (their allowance would be new money).
     pub has_credits: bool,
+    /// The key's named limits, charged by `apikey.charge(name)`.
+    pub named: Vec<(String, Rate)>,
 }
 
 impl Identity {
@@ -94,6 +96,7 @@ impl Identity {
             rate: self.rate,
             db_role: self.db_role.clone(),
             allowed: self.allowed.clone(),
+            named: self.named.clone(),
         }
     }
 }

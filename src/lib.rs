@@ -25,6 +25,7 @@ mod key_type;
 mod keycache;
 mod lifecycle;
 mod limiter;
+mod limits;
 mod lookup;
 mod policy;
 mod privilege;
@@ -52,6 +53,7 @@ pub extern "C-unwind" fn _PG_init() {
     keycache::register(formats::invalidate);
     keycache::register(catalog::invalidate);
     keycache::register(verify::key_info_changed);
+    keycache::register(limits::invalidate);
     identity::init();
     limiter::init();
     credits::init();

@@ -87,6 +87,56 @@ fn timestamptz(us: Option<i64>) -> Option<TimestampWithTimeZone> {
     })
 }
 
+/// Named limits as given to `create`: `{"name": {"max": N, "per": "1 hour", "burst": N}}`, each
+/// checked like a per-key limit. Returns (name, rate, per as given).
+fn parse_named_limits(json: serde_json::Value) -> Vec<(String, Rate, Interval)> {
+    let serde_json::Value::Object(map) = json else {
+        invalid("limits must be a JSON object of {\"name\": {\"max\": N, \"per\": interval}}")
+    };
+    map.into_iter()
+        .map(|(name, v)| {
+            if name.trim().is_empty() || name.len() > 64 {
+                invalid("a limit name must be 1 to 64 characters");
+            }
+            let max = v.get("max").and_then(|x| x.as_i64()).unwrap_or(0);
+            let per_text = v.get("per").and_then(|x| x.as_str()).unwrap_or("");
+            let per: Option<Interval> = spi(Spi::get_one_with_args(
+                "SELECT $1::pg_catalog.interval",
+                &[per_text.into()],
+            ));
+            let per =
+                per.unwrap_or_else(|| invalid(format!("limit \"{name}\" needs a per interval")));
+            let burst = v.get("burst").and_then(|x| x.as_i64());
+            let rate = crate::rates::rate_from(max, per, burst);
+            (name, rate, per)
+        })
+        .collect()
+}
+
+/// The `limits` column: given limits as written, then inherited ones not given.
+fn named_json(
+    given: &[(String, Rate, Interval)],
+    inherited: &[(String, Rate)],
+) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (name, rate) in inherited {
+        let per_us = rate.emission_us.saturating_mul(rate.limit as i64);
+        map.insert(
+            name.clone(),
+            json!({"max": rate.limit, "per": Interval::from_micros(per_us).to_string(),
+                   "per_us": per_us, "burst": rate.burst}),
+        );
+    }
+    for (name, rate, per) in given {
+        let per_us = rate.emission_us.saturating_mul(rate.limit as i64);
+        map.insert(
+            name.clone(),
+            json!({"max": rate.limit, "per": per.to_string(), "per_us": per_us, "burst": rate.burst}),
+        );
+    }
+    serde_json::Value::Object(map)
+}
+
 /// The administrator's precondition for new keys (`apikey.creation_check`): a function
 /// `(owner text) RETURNS void` that refuses by raising. It runs with the caller's rights (or its
 /// own, if it is SECURITY DEFINER), never elevated. A setting that names no such function fails
@@ -175,8 +225,10 @@ fn create(
     credits: default!(Option<i64>, "NULL"),
     refill_amount: default!(Option<i64>, "NULL"),
     refill_interval: default!(Option<Interval>, "NULL"),
+    limits: default!(Option<JsonB>, "NULL"),
 ) -> TableIterator<'static, (name!(id, i64), name!(api_key, ApiKey))> {
     privilege::require_primary("create API keys");
+    let named = limits.map(|l| parse_named_limits(l.0)).unwrap_or_default();
     if credits.is_some_and(|c| c < 0) {
         invalid("credits must not be negative");
     }
@@ -282,52 +334,58 @@ fn create(
     // A key holder's new key is derived from the key they hold: what they did not give is
     // inherited, and nothing may be wider. Its stored lifetime is the effective one, so a later
     // rotation (by anyone) renews it for no longer than it was allowed to live.
-    let (scopes, resource, expires_at, expires_in, rate, db_role, allowed) = match caller.holder() {
-        Some(me) => {
-            if kind != KeyKind::User {
-                raise(ApiError::AdminOnly("create application keys"));
-            }
-            let r = rights::derive(
-                &me.rights(),
-                rights::Request {
-                    scopes: scopes.clone(),
-                    resource: resource.map(str::to_owned),
-                    expires_at: wanted_expiry,
-                    rate,
-                    allowed: allowed.clone(),
-                },
-            )
-            .unwrap_or_else(|w| raise(ApiError::Widens(w)));
-            check_max_lifetime(r.expires_at);
-            let lifetime = match r.expires_at {
-                Some(at) if Some(at) != wanted_expiry => {
-                    Some(Interval::from_micros(at.saturating_sub(now()).max(1)))
+    let (scopes, resource, expires_at, expires_in, rate, db_role, allowed, limits_json) =
+        match caller.holder() {
+            Some(me) => {
+                if kind != KeyKind::User {
+                    raise(ApiError::AdminOnly("create application keys"));
                 }
-                _ => expires_in,
-            };
-            (
-                r.scopes,
-                r.resource,
-                r.expires_at,
-                lifetime,
-                r.rate,
-                r.db_role,
-                r.allowed,
-            )
-        }
-        None => {
-            check_max_lifetime(wanted_expiry);
-            (
-                scopes,
-                resource.map(str::to_owned),
-                wanted_expiry,
-                expires_in,
-                rate,
-                db_role.map(str::to_owned),
-                allowed,
-            )
-        }
-    };
+                let r = rights::derive(
+                    &me.rights(),
+                    rights::Request {
+                        scopes: scopes.clone(),
+                        resource: resource.map(str::to_owned),
+                        expires_at: wanted_expiry,
+                        rate,
+                        allowed: allowed.clone(),
+                        named: named.iter().map(|(n, r, _)| (n.clone(), *r)).collect(),
+                    },
+                )
+                .unwrap_or_else(|w| raise(ApiError::Widens(w)));
+                check_max_lifetime(r.expires_at);
+                // Named limits inherited from the caller's key are stored from their parsed form.
+                let named_json = named_json(&named, &r.named);
+                let lifetime = match r.expires_at {
+                    Some(at) if Some(at) != wanted_expiry => {
+                        Some(Interval::from_micros(at.saturating_sub(now()).max(1)))
+                    }
+                    _ => expires_in,
+                };
+                (
+                    r.scopes,
+                    r.resource,
+                    r.expires_at,
+                    lifetime,
+                    r.rate,
+                    r.db_role,
+                    r.allowed,
+                    named_json,
+                )
+            }
+            None => {
+                check_max_lifetime(wanted_expiry);
+                (
+                    scopes,
+                    resource.map(str::to_owned),
+                    wanted_expiry,
+                    expires_in,
+                    rate,
+                    db_role.map(str::to_owned),
+                    allowed,
+                    named_json(&named, &[]),
+                )
+            }
+        };
     // Store what was asked for as given; a limit inherited from the caller's key is stored in
     // the same columns, from its parsed form.
     let (rate_limit, rate_period, rate_burst) = if rate_limit.is_some() {
@@ -365,6 +423,7 @@ fn create(
             credits,
             refill_amount,
             refill_interval,
+            limits: limits_json,
         });
         policy::audit(&caller, "create", id, owner, name, audit_detail);
         id

@@ -180,48 +180,62 @@ fn rate_limited(what: &str, retry_after: u64) -> ApiError {
     }
 }
 
-/// Charge one request to each key's own limit, all or nothing: every partition involved is
-/// locked (in index order, so two backends never wait on each other), every charge is decided,
-/// and they are written only if all are allowed. A refusal spends no key's allowance.
-pub fn charge_keys(keys: &[(i64, &Rate)]) -> Result<(), ApiError> {
-    if keys.is_empty() {
+/// One bucket to charge in an all-or-nothing group: its name in the key half, its rate, the
+/// cost, and the key whose refusal it records in usage.
+pub struct Charge<'a> {
+    pub bucket: String,
+    pub rate: &'a Rate,
+    pub cost: u32,
+    pub key_id: i64,
+    /// How the refusal names the limit ("API key", "Owner", "\"expensive\"").
+    pub what: String,
+}
+
+/// Charge every bucket, all or nothing: every partition involved is locked (in index order, so
+/// two backends never wait on each other), every charge is decided, and they are written only if
+/// all are allowed. A refusal spends no bucket's allowance.
+pub fn charge_all(items: &[Charge]) -> Result<(), ApiError> {
+    if items.is_empty() {
         return Ok(());
     }
     require_preload("rate limiting");
     let db = current_db();
-    let names: Vec<String> = keys.iter().map(|(id, _)| format!("key:{id}")).collect();
-    let places: Vec<Place> = names.iter().map(|n| place(db, Namespace::Key, n)).collect();
+    let scale = crate::gucs::LIMIT_SCALE.get();
+    let places: Vec<Place> = items
+        .iter()
+        .map(|c| place(db, Namespace::Key, &c.bucket))
+        .collect();
     let mut parts: Vec<usize> = places.iter().map(|p| p.part).collect();
     parts.sort_unstable();
     parts.dedup();
     let mut guards: Vec<_> = parts.iter().map(|&i| (i, TABLE[i].exclusive())).collect();
     let now = now_us();
-    let mut planned = Vec::with_capacity(keys.len());
-    for ((p, (id, rate)), _) in places.iter().zip(keys).zip(&names) {
+    let mut planned = Vec::with_capacity(items.len());
+    for (p, c) in places.iter().zip(items) {
         let guard = &guards.iter().find(|(i, _)| *i == p.part).expect("locked").1;
-        let rate = rate.scaled(crate::gucs::LIMIT_SCALE.get());
-        let plan = limiter_table::plan(&guard.0, p.start, p.share, p.hash, &rate, now)
+        let rate = c.rate.scaled(scale);
+        let plan = limiter_table::plan(&guard.0, p.start, p.share, p.hash, &rate, now, c.cost)
             .map_err(|limiter_table::Full| ApiError::LimiterFull)?;
-        planned.push((*id, plan));
+        planned.push(plan);
     }
-    if let Some(&(id, refused)) = planned.iter().find(|(_, p)| !p.outcome.allowed) {
-        let retry = planned
-            .iter()
-            .filter(|(_, p)| !p.outcome.allowed)
-            .map(|(_, p)| p.outcome.retry_after)
-            .max()
-            .unwrap_or(refused.outcome.retry_after);
+    let refused = planned
+        .iter()
+        .zip(items)
+        .filter(|(p, _)| !p.outcome.allowed)
+        .max_by_key(|(p, _)| p.outcome.retry_after);
+    if let Some((p, c)) = refused {
+        let (retry, key_id, what) = (p.outcome.retry_after, c.key_id, c.what.clone());
         drop(guards);
-        crate::usage::record(id, crate::usage::Event::RateLimited);
-        return Err(rate_limited("API key", retry));
+        crate::usage::record(key_id, crate::usage::Event::RateLimited);
+        return Err(rate_limited(&what, retry));
     }
-    for ((p, (_, plan)), name) in places.iter().zip(&planned).zip(&names) {
+    for ((p, plan), c) in places.iter().zip(&planned).zip(items) {
         let guard = &mut guards
             .iter_mut()
             .find(|(i, _)| *i == p.part)
             .expect("locked")
             .1;
-        limiter_table::commit(&mut guard.0, plan, p.share, p.hash, name);
+        limiter_table::commit(&mut guard.0, plan, p.share, p.hash, &c.bucket);
     }
     Ok(())
 }

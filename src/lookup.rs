@@ -29,6 +29,7 @@ impl StoredKey {
             app_bounds: None,
             allowed: self.allowed,
             has_credits: self.has_credits,
+            named: self.named,
         }
     }
 }

@@ -92,6 +92,8 @@ pub struct StoredKey {
     /// A usage-limited key (its balance is in `credits`), and its refill (amount, interval µs).
     pub has_credits: bool,
     pub refill: Option<(i64, i64)>,
+    /// Named limits (see `named_limits`).
+    pub named: Vec<(String, Rate)>,
     pub metadata: RawJsonb,
     pub rate: Option<Rate>,
     pub db_role: Option<String>,
@@ -188,6 +190,7 @@ pub fn find_by_digest(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
                     (!n).then(|| cidr_array(d))
                 },
                 has_credits: !get(a.credits).1,
+                named: named_limits(read!(a.limits, pgrx::JsonB).map(|j| j.0)),
                 refill: match (
                     read!(a.refill_amount, i64),
                     read!(a.refill_interval, Interval),
@@ -217,6 +220,24 @@ pub fn find_by_digest(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
         pg_sys::table_close(heap, pg_sys::NoLock as pg_sys::LOCKMODE);
         found
     }
+}
+
+/// Named limits from the `limits` column. A stored entry that does not parse is refused
+/// rather than treated as unlimited (the same rule as the per-key limit).
+pub fn named_limits(json: Option<serde_json::Value>) -> Vec<(String, Rate)> {
+    let Some(serde_json::Value::Object(map)) = json else {
+        return Vec::new();
+    };
+    map.into_iter()
+        .map(|(name, v)| {
+            let max = v.get("max").and_then(|x| x.as_i64()).unwrap_or(0);
+            let per = v.get("per_us").and_then(|x| x.as_i64()).unwrap_or(0);
+            let burst = v.get("burst").and_then(|x| x.as_i64());
+            let rate = Rate::new(max, per, burst)
+                .unwrap_or_else(|_| internal("a stored named limit is invalid"));
+            (name, rate)
+        })
+        .collect()
 }
 
 /// A `cidr[]` datum, through its text form. A stored value that does not parse allows nothing
@@ -330,6 +351,7 @@ pub struct NewKeyRow<'a> {
     pub credits: Option<i64>,
     pub refill_amount: Option<i64>,
     pub refill_interval: Option<Interval>,
+    pub limits: serde_json::Value,
 }
 
 pub fn insert_key(k: NewKeyRow) -> i64 {
@@ -338,11 +360,11 @@ pub fn insert_key(k: NewKeyRow) -> i64 {
             "INSERT INTO apikey.keys (owner, name, format, kind, scopes, resource, display_prefix, last4,
                                      digest, expires_in, expires_at, created_by, metadata, sealed,
                                      rate_limit, rate_period, rate_burst, db_role, allowed_ips,
-                                     credits, refill_amount, refill_interval, credits_refilled_at)
+                                     credits, refill_amount, refill_interval, credits_refilled_at, limits)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
                      COALESCE($13, '{}'::pg_catalog.jsonb), $14, $15, $16, $17, $18,
                      $19::pg_catalog.text[]::pg_catalog.cidr[], $20, $21, $22,
-                     CASE WHEN $20 IS NOT NULL THEN pg_catalog.now() END)
+                     CASE WHEN $20 IS NOT NULL THEN pg_catalog.now() END, $23)
              RETURNING id",
             Some(1),
             &[
@@ -368,6 +390,7 @@ pub fn insert_key(k: NewKeyRow) -> i64 {
                 k.credits.into(),
                 k.refill_amount.into(),
                 k.refill_interval.into(),
+                JsonB(k.limits).into(),
             ],
         )?
         .first()
@@ -397,7 +420,7 @@ pub struct Target {
 const TARGET_COLUMNS: &str = "owner, name, format, kind, scopes, resource, expires_at, rate_limit,
        rate_period, rate_burst, db_role, sealed, digest, expires_in,
        allowed_ips::pg_catalog.text AS allowed_ips, credits IS NOT NULL AS has_credits,
-       refill_amount, refill_interval,
+       refill_amount, refill_interval, limits,
        revoked_at IS NOT NULL AND revoked_at OPERATOR(pg_catalog.<=) pg_catalog.now() AS revoked,
        revoked_at IS NOT NULL AND revoked_at OPERATOR(pg_catalog.>) pg_catalog.now() AS in_grace,
        expires_at IS NOT NULL AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.now() AS expired";
@@ -447,6 +470,7 @@ pub fn load_target(id: i64, owner: Option<&str>, lock: bool) -> Option<Target> {
                 ),
                 db_role: col(r, "db_role")?,
                 allowed: allowed_from_text(col(r, "allowed_ips")?),
+                named: named_limits(col::<pgrx::JsonB>(r, "limits")?.map(|j| j.0)),
             },
             sealed: col(r, "sealed")?,
             digest: col(r, "digest")?.unwrap_or_default(),
@@ -525,11 +549,11 @@ pub fn rotate(old_id: i64, new: Rotated, grace: Interval) -> i64 {
                 "INSERT INTO apikey.keys (owner, name, format, kind, scopes, resource, display_prefix, last4,
                                          digest, expires_in, expires_at, created_by, metadata, rotated_from, sealed,
                                          rate_limit, rate_period, rate_burst, db_role, allowed_ips,
-                                         credits, refill_amount, refill_interval, credits_refilled_at)
+                                         credits, refill_amount, refill_interval, credits_refilled_at, limits)
                  SELECT owner, name, format, kind, scopes, resource, $2, $3, $4, expires_in,
                         $7, $5, metadata, id, $6,
                         rate_limit, rate_period, rate_burst, db_role, allowed_ips,
-                        $8, refill_amount, refill_interval, credits_refilled_at
+                        $8, refill_amount, refill_interval, credits_refilled_at, limits
                    FROM apikey.keys WHERE id OPERATOR(pg_catalog.=) $1
                  RETURNING id",
                 Some(1),
@@ -642,7 +666,7 @@ pub fn admin_roles() -> Vec<(pg_sys::Oid, String)> {
 
 /// What an administrator may read directly (everything else goes through functions).
 const ADMIN_READS: &str =
-    "apikey.audit_log, apikey.usage, apikey.usage_live, apikey.rate_limit_state";
+    "apikey.audit_log, apikey.usage, apikey.usage_live, apikey.rate_limit_state, apikey.owner_limits";
 
 /// Add role `oid` (named `name`, quoted `quoted`) to the administrators; false if it was one.
 pub fn add_admin(oid: pg_sys::Oid, name: &str, quoted: &str, granted_by: &str) -> bool {
@@ -886,5 +910,61 @@ pub fn write_credits(rows: &[(i64, i64, i64, u64)]) {
             &[ids.into(), left.into(), at.into()],
         )
         .map(|_| ())
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Owner-wide limits.
+
+/// Every owner limit: (owner or pattern, name, max, per, burst).
+pub fn owner_limits() -> Vec<(String, String, i32, Interval, Option<i32>)> {
+    spi(Spi::connect(|c| {
+        let mut rows = Vec::new();
+        for row in c.select(
+            "SELECT owner, name, max, per, burst FROM apikey.owner_limits",
+            None,
+            &[],
+        )? {
+            rows.push((
+                col::<String>(&row, "owner")?.unwrap_or_default(),
+                col::<String>(&row, "name")?.unwrap_or_default(),
+                col::<i32>(&row, "max")?.unwrap_or(1),
+                col::<Interval>(&row, "per")?.unwrap_or_else(|| Interval::from_micros(1)),
+                col::<i32>(&row, "burst")?,
+            ));
+        }
+        Ok::<_, pgrx::spi::SpiError>(rows)
+    }))
+}
+
+pub fn set_owner_limit(
+    owner: &str,
+    name: &str,
+    max: i32,
+    per: Interval,
+    burst: Option<i32>,
+    by: &str,
+) {
+    spi(Spi::connect_mut(|c| {
+        c.update(
+            "INSERT INTO apikey.owner_limits (owner, name, max, per, burst, set_by) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (owner, name) DO UPDATE
+                SET max = excluded.max, per = excluded.per, burst = excluded.burst,
+                    set_by = excluded.set_by, set_at = pg_catalog.now()",
+            None,
+            &[owner.into(), name.into(), max.into(), per.into(), burst.into(), by.into()],
+        )
+        .map(|_| ())
+    }))
+}
+
+pub fn clear_owner_limit(owner: &str, name: &str) -> bool {
+    spi(Spi::connect_mut(|c| {
+        let t = c.update(
+            "DELETE FROM apikey.owner_limits WHERE owner OPERATOR(pg_catalog.=) $1 AND name OPERATOR(pg_catalog.=) $2 RETURNING owner",
+            None,
+            &[owner.into(), name.into()],
+        )?;
+        Ok::<_, pgrx::spi::SpiError>(!t.is_empty())
     }))
 }

@@ -304,3 +304,16 @@ def test_an_allow_list_through_nginx_uses_the_real_client_address(api):
     status, _, body = curl("-H", f"Authorization: Bearer {key}", url)
     assert status == 403 and json.loads(body)["message"] == "API key is not allowed from this address"
     assert curl("-H", f"Authorization: Bearer {key}", "-H", "X-Forwarded-For: 127.0.0.2", url)[0] == 403
+
+
+def test_a_named_limit_on_the_expensive_endpoint_is_429(api):
+    dsn = f"host={ROOT / '.run' / CLUSTER} port={PG_PORT} user=postgres dbname={DB}"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SET apikey.creation_limit = 0")
+        key = c.execute("""SELECT api_key::text FROM apikey.create('alice', 'metrics', format => 'ct_live',
+                           limits => '{"expensive": {"max": 1, "per": "1 hour"}}')""").fetchone()[0]
+    auth = {"Authorization": f"Bearer {key}"}
+    assert requests.get(f"{BASE}/api/surveys/1/metrics/responses/", headers=auth).status_code == 200
+    r = requests.get(f"{BASE}/api/surveys/1/metrics/responses/", headers=auth)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    assert requests.get(f"{BASE}/api/surveys/", headers=auth).status_code == 200  # other calls still pass

@@ -90,8 +90,14 @@ fn ceil_secs(us: i64) -> u64 {
 
 /// Ask for one request at `now` against a bucket whose stored TAT is `tat` (None: fresh bucket).
 pub fn charge(rate: &Rate, tat: Option<i64>, now: i64) -> Outcome {
+    charge_n(rate, tat, now, 1)
+}
+
+/// Ask for `n` requests at once (a weighted request). `n` must not exceed the burst (such a
+/// request could never be admitted); 0 asks for nothing and always passes.
+pub fn charge_n(rate: &Rate, tat: Option<i64>, now: i64, n: u32) -> Outcome {
     let tat = tat.unwrap_or(now).max(now);
-    let new_tat = tat.saturating_add(rate.emission_us);
+    let new_tat = tat.saturating_add(rate.emission_us.saturating_mul(n as i64));
     let allow_at = new_tat - rate.emission_us - rate.tolerance_us;
     if now < allow_at {
         let remaining = 0;
@@ -207,5 +213,15 @@ mod tests {
         assert_eq!(half.emission_us, 2 * r.emission_us);
         assert_eq!(r.scaled(1.0), r);
         assert_eq!(Rate::new(1, S, None).unwrap().scaled(0.1).limit, 1);
+    }
+
+    #[test]
+    fn a_weighted_request_spends_its_weight() {
+        let r = Rate::new(10, 10 * S, None).unwrap();
+        let o = charge_n(&r, None, 0, 7);
+        assert!(o.allowed && o.remaining == 3);
+        assert!(!charge_n(&r, Some(o.tat), 0, 4).allowed);
+        assert!(charge_n(&r, Some(o.tat), 0, 3).allowed);
+        assert!(charge_n(&r, Some(o.tat), 0, 0).allowed);
     }
 }

@@ -11,6 +11,7 @@ pub mod format;
 pub mod gcra;
 pub mod ipnet;
 pub mod limiter_table;
+pub mod owner_limits;
 pub mod permexpr;
 pub mod rights;
 pub mod scope;

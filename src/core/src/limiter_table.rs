@@ -80,7 +80,7 @@ pub fn charge(
     rate: &Rate,
     now: i64,
 ) -> Result<Outcome, Full> {
-    let planned = plan(part, start, share, hash, rate, now)?;
+    let planned = plan(part, start, share, hash, rate, now, 1)?;
     commit(part, &planned, share, hash, name);
     Ok(planned.outcome)
 }
@@ -110,6 +110,7 @@ pub fn plan(
     hash: u64,
     rate: &Rate,
     now: i64,
+    cost: u32,
 ) -> Result<Planned, Full> {
     let db = share.db;
     let (idx, tat) = match probe(
@@ -136,7 +137,7 @@ pub fn plan(
     };
     Ok(Planned {
         idx,
-        outcome: gcra::charge(rate, tat, now),
+        outcome: gcra::charge_n(rate, tat, now, cost),
     })
 }
 

@@ -49,6 +49,8 @@ pub struct Rights {
     pub db_role: Option<String>,
     /// None: every address; else the blocks the key may be used from.
     pub allowed: Option<Vec<Cidr>>,
+    /// Named limits (`expensive`: 10/hour, …), charged by `apikey.charge(name)`.
+    pub named: Vec<(String, Rate)>,
 }
 
 /// The first way in which a key would hold more than its caller's key.
@@ -62,6 +64,7 @@ pub enum Widening {
     DbRole,
     Address,
     Credits,
+    NamedLimit,
 }
 
 impl Widening {
@@ -77,6 +80,7 @@ impl Widening {
             Self::DbRole => "a database role other than the calling key's",
             Self::Address => "addresses outside the calling key's allow-list",
             Self::Credits => "a key with credits cannot create keys",
+            Self::NamedLimit => "a named limit missing or looser than the calling key's",
         }
     }
 }
@@ -117,6 +121,12 @@ pub fn within(caller: &Rights, target: &Rights) -> Result<(), Widening> {
     if target.db_role != caller.db_role {
         return Err(Widening::DbRole);
     }
+    for (name, mine) in &caller.named {
+        let theirs = target.named.iter().find(|(n, _)| n == name).map(|(_, r)| r);
+        if theirs.is_none_or(|r| !rate_within(mine, r)) {
+            return Err(Widening::NamedLimit);
+        }
+    }
     if let Some(mine) = &caller.allowed {
         match &target.allowed {
             Some(theirs) if theirs.iter().all(|t| mine.iter().any(|m| m.covers(t))) => {}
@@ -134,6 +144,8 @@ pub struct Request {
     pub expires_at: Option<i64>,
     pub rate: Option<Rate>,
     pub allowed: Option<Vec<Cidr>>,
+    /// Named limits given; the caller's other named limits are inherited.
+    pub named: Vec<(String, Rate)>,
 }
 
 /// The rights of a key created by the holder of `caller`: what was not given is inherited, an
@@ -151,6 +163,15 @@ pub fn derive(caller: &Rights, wanted: Request) -> Result<Rights, Widening> {
         rate: wanted.rate.or(caller.rate),
         db_role: caller.db_role.clone(),
         allowed: wanted.allowed.or_else(|| caller.allowed.clone()),
+        named: {
+            let mut named = wanted.named;
+            for (n, r) in &caller.named {
+                if !named.iter().any(|(m, _)| m == n) {
+                    named.push((n.clone(), *r));
+                }
+            }
+            named
+        },
     };
     within(caller, &rights)?;
     Ok(rights)
@@ -173,6 +194,7 @@ mod tests {
             rate: None,
             db_role: None,
             allowed: None,
+            named: vec![],
         }
     }
 
@@ -185,6 +207,7 @@ mod tests {
             rate: Some(rate(10, 60)),
             db_role: Some("reader".into()),
             allowed: Some(vec![Cidr::parse("10.0.0.0/8").unwrap()]),
+            named: vec![("expensive".into(), rate(10, 3600))],
         }
     }
 
@@ -200,7 +223,7 @@ mod tests {
     #[test]
     fn each_wider_field_is_named() {
         let caller = narrow();
-        let cases: [(fn(&mut Rights), Widening); 10] = [
+        let cases: [(fn(&mut Rights), Widening); 12] = [
             (|r| r.kind = KeyKind::App, Widening::Kind),
             (|r| r.scopes = None, Widening::Scope),
             (
@@ -213,6 +236,11 @@ mod tests {
             (|r| r.rate = Some(rate(11, 60)), Widening::RateLimit),
             (|r| r.db_role = None, Widening::DbRole),
             (|r| r.allowed = None, Widening::Address),
+            (|r| r.named.clear(), Widening::NamedLimit),
+            (
+                |r| r.named = vec![("expensive".into(), rate(11, 3600))],
+                Widening::NamedLimit,
+            ),
             (
                 |r| r.allowed = Some(vec![Cidr::parse("11.0.0.0/8").unwrap()]),
                 Widening::Address,
@@ -314,6 +342,7 @@ mod tests {
                 rate: (next() % 2 == 0).then(|| rate(1 + (next() % 20) as i64, 60)),
                 db_role: None,
                 allowed: None,
+                named: vec![],
             };
             let wanted = Request {
                 scopes: pick(next()),
@@ -321,6 +350,7 @@ mod tests {
                 expires_at: (next() % 2 == 0).then(|| (next() % 100) as i64),
                 rate: (next() % 2 == 0).then(|| rate(1 + (next() % 20) as i64, 60)),
                 allowed: None,
+                named: vec![],
             };
             if let Ok(new) = derive(&caller, wanted) {
                 assert_eq!(within(&caller, &new), Ok(()));

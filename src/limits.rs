@@ -1,0 +1,178 @@
+//! Owner-wide and named limits.
+//!
+//! A key may carry named limits (`expensive`: 10/hour); `apikey.charge(name, cost)` charges the
+//! authenticated key's limit of that name. Limits set on an owner (`apikey.set_owner_limit`) are
+//! shared by every key of that owner, so many keys cannot multiply the allowance; the key's own
+//! limit of the same name applies as well, and both are charged all or nothing. The owner limit
+//! that applies is the exact owner's, else the longest matching pattern's, else `*`'s
+//! (`core::owner_limits`). The limit named `requests` is charged by every `apikey.authenticate`.
+
+use std::cell::RefCell;
+
+use pg_apikey_core::errors::ApiError;
+use pg_apikey_core::gcra::Rate;
+use pg_apikey_core::owner_limits;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::errors::raise;
+use crate::identity::{self, Identity};
+use crate::limiter::{self, Charge};
+use crate::policy::Caller;
+use crate::store;
+
+/// The name `apikey.authenticate` charges.
+pub const DEFAULT_NAME: &str = "requests";
+
+thread_local! {
+    /// (owner or pattern, name, rate) of `apikey.owner_limits`, loaded on first use; dropped by
+    /// the relcache callback when the table changes.
+    static OWNER_LIMITS: RefCell<Option<Vec<(String, String, Rate)>>> = const { RefCell::new(None) };
+    static OWNER_LIMITS_RELID: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
+}
+
+pub fn invalidate(relid: pg_sys::Oid) {
+    let ours = OWNER_LIMITS_RELID.get();
+    if relid == pg_sys::InvalidOid || relid == ours || ours == pg_sys::InvalidOid {
+        OWNER_LIMITS.with_borrow_mut(|c| *c = None);
+    }
+}
+
+fn owner_limit(owner: &str, name: &str) -> Option<Rate> {
+    if OWNER_LIMITS.with_borrow(|c| c.is_none()) {
+        OWNER_LIMITS_RELID.set(crate::catalog::get().relation("owner_limits"));
+        let rows: Vec<(String, String, Rate)> = store::as_owner(store::owner_limits)
+            .into_iter()
+            .map(|(o, n, max, per, burst)| {
+                (
+                    o,
+                    n,
+                    crate::rates::rate_from(max as i64, per, burst.map(i64::from)),
+                )
+            })
+            .collect();
+        OWNER_LIMITS.with_borrow_mut(|c| *c = Some(rows));
+    }
+    OWNER_LIMITS.with_borrow(|c| {
+        c.as_ref()
+            .and_then(|rows| owner_limits::resolve(rows, owner, name).copied())
+    })
+}
+
+/// The buckets a request of `cost` against limit `name` charges for this key: its own limit of
+/// that name (named, or the per-key columns for `requests`), and its owner's.
+pub fn charges_for<'a>(
+    key_id: i64,
+    owner: &str,
+    own: Option<&'a Rate>,
+    owner_rate: Option<&'a Rate>,
+    name: &str,
+    cost: u32,
+) -> Vec<Charge<'a>> {
+    let mut out = Vec::new();
+    if let Some(rate) = own {
+        out.push(Charge {
+            bucket: format!("key:{key_id}:{name}"),
+            rate,
+            cost,
+            key_id,
+            what: format!("API key \"{name}\""),
+        });
+    }
+    if let Some(rate) = owner_rate {
+        out.push(Charge {
+            bucket: format!("owner:{owner}:{name}"),
+            rate,
+            cost,
+            key_id,
+            what: format!("Owner \"{name}\""),
+        });
+    }
+    out
+}
+
+/// The owner-wide `requests` limit of `owner`, if one applies (authenticate charges it).
+pub fn owner_requests(owner: &str) -> Option<Rate> {
+    owner_limit(owner, DEFAULT_NAME)
+}
+
+fn named<'a>(me: &'a Identity, name: &str) -> Option<&'a Rate> {
+    me.named.iter().find(|(n, _)| n == name).map(|(_, r)| r)
+}
+
+/// Charge `cost` against the limit `name` of the authenticated key and its owner, all or
+/// nothing. True when a limit applied; false when neither the key nor its owner has one of that
+/// name. 53400 with the seconds to wait when refused; 28000 without an authenticated key.
+#[pg_extern(volatile, parallel_unsafe)]
+fn charge(name: Option<&str>, cost: default!(Option<i32>, "1")) -> bool {
+    let name = name.unwrap_or_else(|| raise(ApiError::NullArgument("name")));
+    let cost = cost.unwrap_or(1);
+    if cost < 0 {
+        raise(ApiError::InvalidArgument(
+            "cost must not be negative".into(),
+        ));
+    }
+    let Some(me) = identity::current() else {
+        raise(ApiError::KeyRequired(""))
+    };
+    let owner_rate = owner_limit(&me.owner, name);
+    let own = named(&me, name);
+    for rate in own.iter().copied().chain(owner_rate.as_ref()) {
+        if cost as u32 > rate.burst {
+            raise(ApiError::InvalidArgument(format!(
+                "cost {cost} exceeds the burst of limit \"{name}\" ({}): it could never pass",
+                rate.burst
+            )));
+        }
+    }
+    let items = charges_for(
+        me.key_id,
+        &me.owner,
+        own,
+        owner_rate.as_ref(),
+        name,
+        cost as u32,
+    );
+    if items.is_empty() {
+        return false;
+    }
+    limiter::charge_all(&items).unwrap_or_else(|e| raise(e));
+    true
+}
+
+fn require_admin(what: &'static str) -> Caller {
+    crate::privilege::require_primary("change owner limits");
+    let caller = Caller::get();
+    if !caller.admin {
+        raise(ApiError::AdminOnly(what));
+    }
+    caller
+}
+
+/// Set a limit shared by every key of `owner` (an owner, a pattern with `*`, or `*` for every
+/// owner): at most `max` per `per`, bursts of `burst`. Administrators only.
+#[pg_extern(volatile, parallel_unsafe)]
+fn set_owner_limit(
+    owner: &str,
+    name: &str,
+    max: i32,
+    per: pgrx::datum::Interval,
+    burst: default!(Option<i32>, "NULL"),
+) -> bool {
+    let caller = require_admin("set owner limits");
+    if owner.trim().is_empty() || name.trim().is_empty() {
+        raise(ApiError::InvalidArgument(
+            "owner and name must not be empty".into(),
+        ));
+    }
+    crate::rates::rate_from(max as i64, per, burst.map(i64::from));
+    store::as_owner(|| store::set_owner_limit(owner, name, max, per, burst, &caller.name));
+    true
+}
+
+/// Remove an owner limit; false if there was none. Administrators only.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn clear_owner_limit(owner: &str, name: &str) -> bool {
+    require_admin("clear owner limits");
+    store::as_owner(|| store::clear_owner_limit(owner, name))
+}
