@@ -13,7 +13,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PORT=${BENCH_PORT:-54343}
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
-"$ROOT/tests/cluster.sh" start bench "$PORT" "fsync = on" "shared_buffers = 1GB"
+"$ROOT/tests/cluster.sh" start bench "$PORT" "fsync = on" "shared_buffers = 1GB" \
+    "apikey.usage_databases = 'bench'"
 trap '"$ROOT/examples/api.sh" stop bench; "$ROOT/tests/cluster.sh" stop bench; rm -rf "${work:-/nonexistent}"' EXIT
 dir=$("$ROOT/tests/cluster.sh" dir bench)
 PSQL=(psql -X -q -h "$dir" -p "$PORT" -U postgres)
@@ -70,6 +71,10 @@ echo "rate_limit / counter_update at 2 clients: $(awk -v a="$rl2" -v b="$cu2" 'B
 # The scale sweep: random keys out of 10^3 .. 10^6, with and without churn (bench/sweep.sh).
 echo
 bash "$ROOT/bench/sweep.sh" "$dir" "$PORT" "${SWEEP_SECONDS:-5}"
+
+# Key policies on the request path, and credits exactness (bench/policies.sh).
+echo
+bash "$ROOT/bench/policies.sh" "$dir" "$PORT" "${SWEEP_SECONDS:-5}"
 
 # 4. Requests per second through PostgREST (wrk, 2 threads, 16 connections) on one endpoint
 #    (/rpc/whoami), each request with a random key out of 10,000: API-key auth in the
