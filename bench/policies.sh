@@ -40,7 +40,7 @@ read -r cid ckey < <("${PSQL[@]}" -F ' ' -c "SELECT id, api_key FROM apikey.crea
     \$\$ BEGIN PERFORM apikey.authenticate(k::apikey.api_key); RETURN 1;
        EXCEPTION WHEN configuration_limit_exceeded THEN RETURN 0; END \$\$" >/dev/null
 echo 'SELECT bench.try_auth(:k);' > "$work/try.sql"
-"$PGBIN/pgbench" -n -h "$dir" -p "$port" -U postgres -c 16 -j 2 -t 125 -D k="$ckey" -f "$work/try.sql" bench >/dev/null 2>&1
+"$PGBIN/pgbench" -n -M prepared -h "$dir" -p "$port" -U postgres -c 16 -j 2 -t 125 -D k="$ckey" -f "$work/try.sql" bench >/dev/null 2>&1
 sleep 1
 left=$("${PSQL[@]}" -c "SELECT apikey.credits($cid)")
 used=$("${PSQL[@]}" -c "SELECT coalesce((SELECT uses FROM apikey.usage_live WHERE key_id = $cid), 0)
