@@ -226,6 +226,18 @@ END
 $$;
 REVOKE ALL ON FUNCTION api.user_key(text, text) FROM PUBLIC;
 
+-- GET /rpc/reports : a permission expression over the key's scopes (403 if it does not hold).
+CREATE FUNCTION api.reports() RETURNS json LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS
+$$
+BEGIN
+    PERFORM api.need_key();
+    IF NOT apikey.has_permissions('surveys:read AND NOT reports:embargoed') THEN
+        PERFORM apikey.http_error(403, 'Forbidden', 'this key may not read reports');
+    END IF;
+    RETURN json_build_object('reports', json_build_array('q3'));
+END
+$$;
+
 -- For the benchmark: one small endpoint that needs nothing, and a pre-request that does nothing.
 CREATE FUNCTION api.whoami() RETURNS json LANGUAGE sql STABLE
     AS $$ SELECT json_build_object('owner', apikey.current_owner(), 'role', current_user) $$;

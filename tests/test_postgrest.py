@@ -35,7 +35,8 @@ def psql_file(path):
 
 @pytest.fixture(scope="module")
 def api():
-    subprocess.run([str(ROOT / "tests/cluster.sh"), "start", CLUSTER, PG_PORT], check=True)
+    subprocess.run([str(ROOT / "tests/cluster.sh"), "start", CLUSTER, PG_PORT,
+                    f"apikey.usage_databases = '{DB}'"], check=True)
     try:
         dsn = f"host={ROOT / '.run' / CLUSTER} port={PG_PORT} user=postgres"
         with psycopg.connect(dsn + " dbname=postgres", autocommit=True) as c:
@@ -317,3 +318,25 @@ def test_a_named_limit_on_the_expensive_endpoint_is_429(api):
     r = requests.get(f"{BASE}/api/surveys/1/metrics/responses/", headers=auth)
     assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
     assert requests.get(f"{BASE}/api/surveys/", headers=auth).status_code == 200  # other calls still pass
+
+
+def test_credits_and_permission_expressions_through_postgrest(api):
+    dsn = f"host={ROOT / '.run' / CLUSTER} port={PG_PORT} user=postgres dbname={DB}"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SET apikey.creation_limit = 0")
+        paid = c.execute("SELECT api_key::text FROM apikey.create('alice', 'one credit', format => 'ct_live', "
+                         "credits => 1)").fetchone()[0]
+        reader = c.execute("SELECT api_key::text FROM apikey.create('alice', 'reader', format => 'ct_live', "
+                           "scopes => '{surveys:read}')").fetchone()[0]
+        embargoed = c.execute("SELECT api_key::text FROM apikey.create('alice', 'embargoed', format => 'ct_live', "
+                              "scopes => '{surveys:read,reports:embargoed}')").fetchone()[0]
+    url = f"http://127.0.0.1:{PGRST_PORT}/rpc/reports"
+    assert curl("-H", f"X-Api-Key: {reader}", url)[0] == 200
+    status, _, body = curl("-H", f"X-Api-Key: {embargoed}", url)
+    assert status == 403 and json.loads(body)["message"] == "this key may not read reports"
+    # Credits: one request, then 429 (no refill, so no Retry-After).
+    auth = {"Authorization": f"Bearer {paid}"}
+    assert requests.get(f"{BASE}/api/surveys/", headers=auth).status_code == 200
+    r = requests.get(f"{BASE}/api/surveys/", headers=auth)
+    assert r.status_code == 429 and r.json()["message"] == "API key has no credits left"
+    assert "Retry-After" not in r.headers

@@ -135,3 +135,18 @@ def test_postgrest_on_primary_and_standby_and_remote_apply_makes_revokes_immedia
         with connect("primary", PRIMARY_PORT) as p:
             p.execute("ALTER SYSTEM RESET synchronous_standby_names")
             p.execute("SELECT pg_reload_conf()")
+
+
+def test_credits_are_spent_on_the_standby_from_its_own_memory(pair):
+    with connect("primary", PRIMARY_PORT) as p:
+        p.execute("SET apikey.creation_limit = 0")
+        _, key = p.execute("SELECT id, api_key::text FROM apikey.create('replica', 'paid', credits => 3)").fetchone()
+        lsn = p.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    with connect("standby", STANDBY_PORT) as s:
+        wait_for(lambda: s.execute("SELECT pg_last_wal_replay_lsn() >= %s", (lsn,)).fetchone()[0])
+        s.execute("BEGIN READ ONLY")
+        for _ in range(3):
+            s.execute("SELECT apikey.authenticate(%s)", (key,))
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="no credits left"):
+            s.execute("SELECT apikey.authenticate(%s)", (key,))
+        s.execute("ROLLBACK")
