@@ -80,10 +80,13 @@ fn charge(rows: &[&StoredKey], cost: i64) -> Result<(), ApiError> {
 }
 
 /// A refused scope or resource check, counted against the key that asked.
+/// The request's limits are given back (its credits come back when the error rolls the
+/// transaction back): a refusal charges nothing.
 fn denied(err: ApiError) -> ! {
     if let Some(me) = identity::current() {
         crate::usage::record(me.key_id, crate::usage::Event::Denied);
     }
+    crate::limiter::refund_charges();
     raise(err)
 }
 

@@ -113,3 +113,22 @@ def test_only_administrators_set_owner_limits_and_holders_inherit_named_limits(d
             c.execute("SELECT apikey.create('h', 'looser', limits => %s)",
                       (psycopg.types.json.Jsonb({"expensive": {"max": 100, "per": "1 hour"}}),))
         c.rollback()
+
+
+def test_a_request_refused_by_a_scope_check_charges_nothing(db):
+    su = db()
+    su.execute("SELECT apikey.set_owner_limit('scoped', 'requests', 2, '1 hour')")
+    kid, k = make(su, "scoped", scopes=["a:read"], rate_limit=2, rate_period="1 hour")
+    c = db(autocommit=False)
+    for _ in range(5):
+        c.execute("SELECT apikey.authenticate(%s)", (k,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SELECT apikey.require_scope('b:write')")
+        c.rollback()
+    # Neither the key's limit nor its owner's was spent by the refusals (credits come back on rollback).
+    for _ in range(2):
+        c.execute("SELECT apikey.authenticate(%s)", (k,))
+        c.commit()
+    with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
+        c.execute("SELECT apikey.authenticate(%s)", (k,))
+    c.rollback()

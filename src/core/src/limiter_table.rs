@@ -102,6 +102,19 @@ pub fn commit(part: &mut [Bucket], planned: &Planned, share: Share, hash: u64, n
     }
 }
 
+/// Give back `amount` microseconds of a bucket's TAT (requests a refused request was charged);
+/// a bucket that is full again, or gone, needs nothing.
+pub fn refund(part: &mut [Bucket], start: usize, db: u32, hash: u64, amount: i64, now: i64) {
+    if let Probe::Found(i) = probe(
+        part.len(),
+        start,
+        |i| part[i].db == db && part[i].hash == hash,
+        |_| false,
+    ) {
+        part[i].tat = part[i].tat.saturating_sub(amount).max(now.min(part[i].tat));
+    }
+}
+
 /// Decide a charge without writing it.
 pub fn plan(
     part: &[Bucket],
@@ -261,5 +274,32 @@ mod tests {
             let o = charge(&mut part, h as usize, sh(2, 4), 100 + h, "victim", &rate, S);
             assert!(o.unwrap().allowed);
         }
+    }
+
+    #[test]
+    fn a_refund_gives_back_what_was_charged() {
+        let rate = Rate::new(2, 60 * S, None).unwrap();
+        let mut part = [Bucket::FREE; 2];
+        assert!(
+            charge(&mut part, 0, sh(1, 2), 7, "b", &rate, 0)
+                .unwrap()
+                .allowed
+        );
+        assert!(
+            charge(&mut part, 0, sh(1, 2), 7, "b", &rate, 0)
+                .unwrap()
+                .allowed
+        );
+        assert!(
+            !charge(&mut part, 0, sh(1, 2), 7, "b", &rate, 0)
+                .unwrap()
+                .allowed
+        );
+        refund(&mut part, 0, 1, 7, rate.emission_us, 0);
+        assert!(
+            charge(&mut part, 0, sh(1, 2), 7, "b", &rate, 0)
+                .unwrap()
+                .allowed
+        );
     }
 }
