@@ -340,3 +340,36 @@ def test_credits_and_permission_expressions_through_postgrest(api):
     r = requests.get(f"{BASE}/api/surveys/", headers=auth)
     assert r.status_code == 429 and r.json()["message"] == "API key has no credits left"
     assert "Retry-After" not in r.headers
+
+
+def test_lifetime_rules_hold_through_the_api(api):
+    """apikey.max_lifetime set for the API's login role: POST /api/keys with a longer lifetime, or
+    none ("never"), is 400 with the maximum named; a shorter one works."""
+    dsn = f"host={ROOT / '.run' / CLUSTER} port={PG_PORT} user=postgres dbname={DB}"
+    import time
+
+    def reconnect_pool(c):
+        # Role settings apply when a connection starts: make PostgREST open new ones.
+        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'authenticator'")
+        time.sleep(0.5)
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SET apikey.creation_limit = 0")
+        key = c.execute("SELECT api_key::text FROM apikey.create('alice', 'lifetimes', format => 'ct_live')").fetchone()[0]
+        c.execute("ALTER ROLE authenticator SET apikey.max_lifetime = '180d'")
+        reconnect_pool(c)
+        try:
+            auth = {"Authorization": f"Bearer {key}"}
+            for _ in range(20):  # PostgREST reconnects on the first requests
+                r = requests.post(f"{BASE}/api/keys", headers=auth, json={"name": "long", "expires_in_days": 365})
+                if r.status_code != 503:
+                    break
+                time.sleep(0.2)
+            assert r.status_code == 400 and "apikey.max_lifetime (15552000 seconds)" in r.json()["message"]
+            r = requests.post(f"{BASE}/api/keys", headers=auth, json={"name": "never"})
+            assert r.status_code == 400
+            r = requests.post(f"{BASE}/api/keys", headers=auth, json={"name": "short", "expires_in_days": 90})
+            assert r.status_code == 200, r.text
+        finally:
+            c.execute("ALTER ROLE authenticator RESET apikey.max_lifetime")
+            reconnect_pool(c)
