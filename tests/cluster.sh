@@ -39,7 +39,17 @@ start)
         echo "fsync = off"
         for line in "$@"; do echo "$line"; done
     } >> "$dir/data/postgresql.conf"
-    as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/startup.log" -w -t 60 start >/dev/null
+    # A client connection may hold the port for a moment (the test ports are in the ephemeral
+    # range): retry a start that could not bind.
+    for attempt in 1 2 3 4 5; do
+        if as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/startup.log" -w -t 60 start >/dev/null; then
+            break
+        fi
+        if [ "$attempt" = 5 ] || ! grep -qs "Address already in use" "$dir/server.log" "$dir/startup.log"; then
+            exit 1
+        fi
+        sleep 2
+    done
     ;;
 stop)
     if [ -f "$dir/data/postmaster.pid" ]; then as_pg "$PGBIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null; fi
