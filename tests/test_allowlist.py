@@ -71,3 +71,17 @@ def test_keys_minted_by_a_key_stay_within_its_list(db):
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="allow-list"):
             c.execute("SELECT apikey.create('ip', 'wider', allowed_ips => '{0.0.0.0/0}')")
         c.rollback()
+
+
+def test_both_keys_of_a_pair_must_admit_the_address(db):
+    su = db()
+    su.execute("SET apikey.creation_limit = 0")
+    _, app = su.execute("SELECT id, api_key::text FROM apikey.create('farm', 'app', kind => 'app', "
+                        "allowed_ips => '{10.0.0.0/8}')").fetchone()
+    _, user = su.execute("SELECT id, api_key::text FROM apikey.create('jo', 'user')").fetchone()
+    _, app_here = su.execute("SELECT id, api_key::text FROM apikey.create('farm', 'app2', kind => 'app', "
+                             "allowed_ips => '{127.0.0.0/8}')").fetchone()
+    with tcp(db.name) as c:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="not allowed from this address"):
+            c.execute("SELECT apikey.authenticate(%s, %s)", (app, user))
+        assert c.execute("SELECT apikey.authenticate(%s, %s)", (app_here, user)).fetchone()[0] == "jo"
