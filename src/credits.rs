@@ -14,6 +14,7 @@ use std::cell::RefCell;
 
 use pg_apikey_core::credits_table::{self, Balance, Refill, Spend};
 use pg_apikey_core::errors::ApiError;
+use pg_apikey_core::subxact;
 use pgrx::lwlock::PgLwLock;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -61,7 +62,7 @@ pub fn init() {
 
 thread_local! {
     /// What this transaction spent: (subtransaction, key id, cost), refunded on abort.
-    static SPENT: RefCell<Vec<(pg_sys::SubTransactionId, i64, i64)>> = const { RefCell::new(Vec::new()) };
+    static SPENT: RefCell<Vec<(pg_sys::SubTransactionId, (i64, i64))>> = const { RefCell::new(Vec::new()) };
 }
 
 fn part() -> &'static PgLwLock<Part> {
@@ -109,37 +110,32 @@ pub fn spend(key: &StoredKey, cost: i64) -> Result<(), ApiError> {
     let db = current_db();
     let refill = refill_of(key.refill);
     let evictable = on_standby();
-    let mut outcome = credits_table::spend(
-        &mut part.exclusive().0,
-        db,
-        key.id,
-        cost,
-        refill,
-        now_us(),
-        None,
-        evictable,
-    );
-    if outcome == Spend::Unknown {
-        // Read the table's balance with no lock held, then try again (another backend may have
-        // loaded it meanwhile; its balance wins).
-        let loaded = crate::store::as_owner(|| crate::store::credit_balance(key.id));
-        outcome = credits_table::spend(
+    let attempt = |loaded| {
+        credits_table::spend(
             &mut part.exclusive().0,
             db,
             key.id,
             cost,
             refill,
             now_us(),
-            Some(loaded),
+            loaded,
             evictable,
-        );
+        )
+    };
+    let mut outcome = attempt(None);
+    if outcome == Spend::Unknown {
+        // Read the table's balance with no lock held, then try again (another backend may have
+        // loaded it meanwhile; its balance wins).
+        outcome = attempt(Some(crate::store::as_owner(|| {
+            crate::store::credit_balance(key.id)
+        })));
     }
     match outcome {
         Spend::Spent(_) => {
             if cost > 0 {
                 // SAFETY: reads the transaction state.
                 let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
-                SPENT.with_borrow_mut(|s| s.push((sub, key.id, cost)));
+                SPENT.with_borrow_mut(|s| s.push((sub, (key.id, cost))));
             }
             Ok(())
         }
@@ -154,10 +150,10 @@ pub fn spend(key: &StoredKey, cost: i64) -> Result<(), ApiError> {
 pub fn refund_last(key_id: i64) {
     let last = SPENT.with_borrow_mut(|s| {
         s.iter()
-            .rposition(|(_, k, _)| *k == key_id)
+            .rposition(|(_, (k, _))| *k == key_id)
             .map(|i| s.remove(i))
     });
-    if let Some((_, key, cost)) = last {
+    if let Some((_, (key, cost))) = last {
         refund(key, cost);
     }
 }
@@ -173,7 +169,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
-            for (_, key, cost) in SPENT.take() {
+            for (_, (key, cost)) in SPENT.take() {
                 refund(key, cost);
             }
         }
@@ -194,20 +190,13 @@ unsafe extern "C-unwind" fn on_subxact(
     use pg_sys::SubXactEvent::*;
     match event {
         SUBXACT_EVENT_ABORT_SUB => {
-            let gone: Vec<_> = SPENT.with_borrow_mut(|s| {
-                let (gone, kept) = s.drain(..).partition(|(sub, _, _)| *sub >= my_subid);
-                *s = kept;
-                gone
-            });
-            for (_, key, cost) in gone {
+            for (key, cost) in SPENT.with_borrow_mut(|s| subxact::abort(s, my_subid)) {
                 refund(key, cost);
             }
         }
-        SUBXACT_EVENT_COMMIT_SUB => SPENT.with_borrow_mut(|s| {
-            for e in s.iter_mut().filter(|e| e.0 == my_subid) {
-                e.0 = parent_subid;
-            }
-        }),
+        SUBXACT_EVENT_COMMIT_SUB => {
+            SPENT.with_borrow_mut(|s| subxact::commit(s, my_subid, parent_subid))
+        }
         _ => {}
     }
 }
@@ -229,10 +218,7 @@ pub fn balance(key_id: i64, refill: Option<(i64, i64)>) -> i64 {
         });
     held.unwrap_or_else(|| {
         let (left, at) = crate::store::as_owner(|| crate::store::credit_balance(key_id));
-        match refill_of(refill) {
-            Some(r) if r.interval_us > 0 && now >= at.saturating_add(r.interval_us) => r.amount,
-            _ => left,
-        }
+        credits_table::remaining_at(left, at, refill_of(refill), now)
     })
 }
 

@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use pg_apikey_core::gcra::Rate;
 use pg_apikey_core::rights::{KeyKind, Rights};
 use pg_apikey_core::scope;
+use pg_apikey_core::subxact;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -145,12 +146,10 @@ unsafe extern "C-unwind" fn on_subxact(
 ) {
     use pg_sys::SubXactEvent::*;
     STACK.with_borrow_mut(|s| match event {
-        SUBXACT_EVENT_ABORT_SUB => s.retain(|(sub, _)| *sub < my_subid),
-        SUBXACT_EVENT_COMMIT_SUB => {
-            for (sub, _) in s.iter_mut().filter(|(sub, _)| *sub == my_subid) {
-                *sub = parent_subid;
-            }
+        SUBXACT_EVENT_ABORT_SUB => {
+            subxact::abort(s, my_subid);
         }
+        SUBXACT_EVENT_COMMIT_SUB => subxact::commit(s, my_subid, parent_subid),
         _ => {}
     });
 }

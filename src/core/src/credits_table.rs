@@ -147,6 +147,17 @@ pub fn add(part: &mut [Balance], db: u32, key_id: i64, n: i64) -> bool {
     }
 }
 
+/// What a balance of `remaining`, last refilled at `refilled_at`, holds at `now`.
+pub fn remaining_at(remaining: i64, refilled_at: i64, refill: Option<Refill>, now: i64) -> i64 {
+    let mut b = Balance {
+        remaining,
+        refilled_at,
+        ..Balance::FREE
+    };
+    apply_refill(&mut b, refill, now);
+    b.remaining
+}
+
 /// The balance held here for a key, if any (after applying a due refill, without writing it).
 pub fn peek(
     part: &[Balance],
@@ -156,11 +167,12 @@ pub fn peek(
     now: i64,
 ) -> Option<i64> {
     match find(part, db, key_id, false) {
-        Probe::Found(i) => {
-            let mut b = part[i];
-            apply_refill(&mut b, refill, now);
-            Some(b.remaining)
-        }
+        Probe::Found(i) => Some(remaining_at(
+            part[i].remaining,
+            part[i].refilled_at,
+            refill,
+            now,
+        )),
         _ => None,
     }
 }

@@ -17,6 +17,7 @@ pub mod rights;
 pub mod scope;
 pub mod seal;
 pub mod slots;
+pub mod subxact;
 #[cfg(test)]
 mod test_rng;
 pub mod usage_table;
