@@ -54,12 +54,8 @@ fn charge(rows: &[&StoredKey], cost: i64) -> Result<(), ApiError> {
                 what: "API key".into(),
             });
         }
-        let own = r
-            .named
-            .iter()
-            .find(|(n, _)| n == crate::limits::DEFAULT_NAME)
-            .map(|(_, rate)| rate)
-            .filter(|_| !r.created_here);
+        let own =
+            crate::limits::named(&r.named, crate::limits::DEFAULT_NAME).filter(|_| !r.created_here);
         items.extend(crate::limits::charges_for(
             r.id,
             &r.owner,

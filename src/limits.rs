@@ -16,7 +16,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::errors::raise;
-use crate::identity::{self, Identity};
+use crate::identity;
 use crate::limiter::{self, Charge};
 use crate::policy::Caller;
 use crate::store;
@@ -96,8 +96,9 @@ pub fn owner_requests(owner: &str) -> Option<Rate> {
     owner_limit(owner, DEFAULT_NAME)
 }
 
-fn named<'a>(me: &'a Identity, name: &str) -> Option<&'a Rate> {
-    me.named.iter().find(|(n, _)| n == name).map(|(_, r)| r)
+/// A key's own named limit `name`, if it has one.
+pub fn named<'a>(limits: &'a [(String, Rate)], name: &str) -> Option<&'a Rate> {
+    limits.iter().find(|(n, _)| n == name).map(|(_, r)| r)
 }
 
 /// Charge `cost` against the limit `name` of the authenticated key and its owner, all or
@@ -116,7 +117,7 @@ fn charge(name: Option<&str>, cost: default!(Option<i32>, "1")) -> bool {
         raise(ApiError::KeyRequired(""))
     };
     let owner_rate = owner_limit(&me.owner, name);
-    let own = named(&me, name);
+    let own = named(&me.named, name);
     for rate in own.iter().copied().chain(owner_rate.as_ref()) {
         if cost as u32 > rate.burst {
             raise(ApiError::InvalidArgument(format!(
