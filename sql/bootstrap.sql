@@ -86,6 +86,7 @@ CREATE TABLE apikey.keys (
     refill_amount  bigint CHECK (refill_amount > 0),
     refill_interval interval CHECK (refill_interval > interval '0'),
     credits_refilled_at timestamptz,
+    credits_peak   bigint,
     limits         jsonb NOT NULL DEFAULT '{}' CHECK (pg_catalog.jsonb_typeof(limits) = 'object'),
     rotated_from   bigint,
     sealed         bytea,
@@ -103,6 +104,8 @@ CREATE TABLE apikey.keys (
 ALTER SEQUENCE apikey.keys_id_seq OWNED BY apikey.keys.id;
 CREATE UNIQUE INDEX keys_digest_key ON apikey.keys (digest);
 CREATE INDEX keys_owner_idx ON apikey.keys (owner);
+-- The usage worker's search for keys about to expire (apikey.expiry_notice_days).
+CREATE INDEX keys_expires_at_idx ON apikey.keys (expires_at) WHERE expires_at IS NOT NULL;
 COMMENT ON TABLE apikey.keys IS 'API keys: SHA-256 digests and metadata, never the plaintext. Not readable by ordinary roles; see apikey.key_list.';
 COMMENT ON COLUMN apikey.keys.digest IS 'SHA-256 of the whole key text.';
 COMMENT ON COLUMN apikey.keys.sealed IS 'Recoverable formats only: the key sealed with XChaCha20-Poly1305 under apikey.encryption_key, bound to the digest.';
@@ -112,13 +115,15 @@ COMMENT ON COLUMN apikey.keys.limits IS 'Named limits: {"name": {"max": N, "per"
 COMMENT ON COLUMN apikey.keys.credits IS 'Credits left (NULL: not usage-limited), as last written by the usage worker; the live balance is in shared memory (apikey.credits(id)).';
 COMMENT ON COLUMN apikey.keys.allowed_ips IS 'Addresses the key may be used from (NULL: any). Checked before anything is charged.';
 COMMENT ON COLUMN apikey.keys.disabled_at IS 'Set while the key is disabled (apikey.disable); apikey.enable clears it. Unlike a revoke, reversible.';
+COMMENT ON COLUMN apikey.keys.credits_peak IS 'The most credits the key has held (at creation or after apikey.add_credits): what the credits_low event measures against when the key has no refill.';
 COMMENT ON COLUMN apikey.keys.revoked_at IS 'When the key stops working; in the future while a rotated key is in its grace period.';
 
 CREATE SEQUENCE apikey.audit_log_id_seq;
 CREATE TABLE apikey.audit_log (
     id            bigint PRIMARY KEY DEFAULT pg_catalog.nextval('apikey.audit_log_id_seq'),
     at            timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    action        text NOT NULL CHECK (action IN ('create', 'revoke', 'delete', 'rotate', 'reveal', 'disable', 'enable', 'add_credits')),
+    action        text NOT NULL CHECK (action IN ('create', 'revoke', 'delete', 'rotate', 'reveal', 'disable', 'enable', 'add_credits',
+                                           'import', 'rehash', 'leaked')),
     key_id        bigint NOT NULL,
     owner         text NOT NULL,
     key_name      text NOT NULL,
@@ -178,3 +183,42 @@ CREATE TABLE apikey.rate_limits (
     updated_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 COMMENT ON TABLE apikey.rate_limits IS 'Durable rate-limit state: for each bucket, the recent event times in epoch microseconds.';
+
+-- Keys imported with a bcrypt hash, until they are first presented. Their row in apikey.keys has
+-- a random digest that no key hashes to; the first successful verify stores the real SHA-256 and
+-- deletes the row here ("rehash"). lookup is the public beginning of the key; no lookup part is a
+-- prefix of another, so a presented key has at most one candidate.
+CREATE TABLE apikey.key_imports (
+    key_id      bigint PRIMARY KEY REFERENCES apikey.keys (id) ON DELETE CASCADE,
+    lookup      text COLLATE "C" NOT NULL UNIQUE,
+    hash        text NOT NULL,
+    cost        integer NOT NULL CHECK (cost BETWEEN 4 AND 31),
+    imported_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE apikey.key_imports IS 'bcrypt-hashed keys imported with apikey.import, waiting for their first use to be rehashed to SHA-256. Never readable by ordinary roles.';
+
+-- What happened, for those who poll rather than LISTEN on apikey_events. Bounded: the usage worker
+-- (or, without one, every thousandth event) deletes events older than apikey.event_retention.
+CREATE SEQUENCE apikey.events_id_seq;
+CREATE TABLE apikey.events (
+    id       bigint PRIMARY KEY DEFAULT pg_catalog.nextval('apikey.events_id_seq'),
+    at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    event    text NOT NULL,
+    key_id   bigint,
+    owner    text,
+    key_name text,
+    detail   jsonb NOT NULL DEFAULT '{}'
+);
+ALTER SEQUENCE apikey.events_id_seq OWNED BY apikey.events.id;
+CREATE INDEX events_at_idx ON apikey.events (at);
+COMMENT ON TABLE apikey.events IS 'Recent key events (created, rotated, disabled, revoked, deleted, leaked, imported, expiring, credits_low, limited, ...). The NOTIFY on channel apikey_events carries only id, event and key_id; the rest is here, for administrators. Never holds a secret.';
+
+-- Worker announcements made once per key and threshold (expiring within N days, credits low).
+CREATE TABLE apikey.announcements (
+    key_id    bigint NOT NULL REFERENCES apikey.keys (id) ON DELETE CASCADE,
+    event     text NOT NULL,
+    threshold text NOT NULL,
+    at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (key_id, event, threshold)
+);
+COMMENT ON TABLE apikey.announcements IS 'Which expiring and credits_low events the worker has already sent, so each is sent once per key and threshold.';

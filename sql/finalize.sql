@@ -29,6 +29,12 @@ ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_invalidate_key;
 ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_invalidate_key_on_update;
 ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_invalidate_caches;
 ALTER TABLE apikey.formats ENABLE ALWAYS TRIGGER formats_invalidate_caches;
+-- Backends remember whether bcrypt imports wait for their first use (a miss then costs a
+-- bcrypt); a change to that table tells them again.
+CREATE TRIGGER key_imports_invalidate_caches
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apikey.key_imports
+    FOR EACH STATEMENT EXECUTE FUNCTION apikey.invalidate_caches();
+ALTER TABLE apikey.key_imports ENABLE ALWAYS TRIGGER key_imports_invalidate_caches;
 CREATE TRIGGER owner_limits_invalidate_caches
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apikey.owner_limits
     FOR EACH STATEMENT EXECUTE FUNCTION apikey.invalidate_caches();
@@ -108,7 +114,7 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA apikey FROM PUBLIC;
 GRANT USAGE ON SCHEMA apikey TO PUBLIC;
 GRANT SELECT ON apikey.formats TO PUBLIC;
 GRANT SELECT ON apikey.key_list TO PUBLIC;
--- audit_log, usage, usage_live and rate_limit_state: apikey.grant_admin(role) grants SELECT.
+-- audit_log, usage, usage_live, rate_limit_state and events: apikey.grant_admin(role) grants SELECT.
 REVOKE ALL ON apikey.usage_live, apikey.rate_limit_state FROM PUBLIC;
 -- The functions behind those views check for administrator rights themselves (a view calls a
 -- function with the invoker's EXECUTE right), so EXECUTE stays with PUBLIC.
@@ -126,6 +132,10 @@ SELECT pg_catalog.pg_extension_config_dump('apikey.audit_log_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.formats', 'WHERE NOT builtin');
 SELECT pg_catalog.pg_extension_config_dump('apikey.rate_limits', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.usage', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.key_imports', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.events', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.events_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.announcements', '');
 
 -- Text converts to api_key implicitly (through the checking input function), so callers can pass
 -- a text column, a header value or an untyped parameter straight to verify/authenticate.

@@ -21,7 +21,7 @@ use pgrx::prelude::*;
 use crate::errors::{raise, spi};
 
 /// The tables every module reads or writes, by the name they have in SQL.
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 11] = [
     "owner_limits",
     "keys",
     "formats",
@@ -30,6 +30,9 @@ pub const TABLES: [&str; 8] = [
     "rate_limits",
     "admins",
     "keys_id_seq",
+    "key_imports",
+    "events",
+    "announcements",
 ];
 
 #[derive(Debug)]

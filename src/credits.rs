@@ -234,17 +234,18 @@ pub fn add(key_id: i64, n: i64) {
 }
 
 /// Called by the usage worker: write dirty balances of its database.
-pub fn flush() {
+/// Write dirty balances; returns the keys written.
+pub fn flush() -> Vec<i64> {
     if !crate::shmem::preloaded() || on_standby() {
-        return;
+        return Vec::new();
     }
     let Some(i) = crate::usage::db_index() else {
-        return;
+        return Vec::new();
     };
     let db = current_db();
     let dirty = credits_table::collect(&TABLE[i].share().0, db);
     if dirty.is_empty() {
-        return;
+        return Vec::new();
     }
     pgrx::bgworkers::BackgroundWorker::transaction(|| {
         if crate::catalog::installed().is_none() {
@@ -253,4 +254,5 @@ pub fn flush() {
         crate::store::as_owner(|| crate::store::write_credits(&dirty))
     });
     credits_table::settle(&mut TABLE[i].exclusive().0, db, &dirty);
+    dirty.iter().map(|d| d.0).collect()
 }

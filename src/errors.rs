@@ -31,6 +31,7 @@ fn pg_code(state: Sqlstate) -> PgSqlErrorCode {
         Sqlstate::NotInPrerequisiteState => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         Sqlstate::DuplicateObject => ERRCODE_DUPLICATE_OBJECT,
         Sqlstate::ReadOnly => ERRCODE_READ_ONLY_SQL_TRANSACTION,
+        Sqlstate::UniqueViolation => ERRCODE_UNIQUE_VIOLATION,
         Sqlstate::Internal => ERRCODE_INTERNAL_ERROR,
     }
 }

@@ -67,6 +67,64 @@ pub static TRUSTED_PROXIES: GucSetting<Option<CString>> = GucSetting::<Option<CS
 pub static CREATION_CHECK: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// `apikey.key_cache_size`: kilobytes of keys each backend keeps in its cache.
+/// `apikey.expiry_notice_days`: announce keys expiring within each of these many days.
+pub static EXPIRY_NOTICE_DAYS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"7"));
+/// `apikey.credits_low_percent`: announce a key whose credits fall below this share.
+pub static CREDITS_LOW_PERCENT: GucSetting<i32> = GucSetting::<i32>::new(10);
+/// `apikey.limit_event_window`: a key refused by a limit is announced once per this many seconds.
+pub static LIMIT_EVENT_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(3600);
+/// `apikey.event_retention`: how long `apikey.events` keeps an event.
+pub static EVENT_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(7 * 86400);
+
+pub fn expiry_notice_days() -> String {
+    EXPIRY_NOTICE_DAYS
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .unwrap_or_default()
+}
+
+fn init_events() {
+    GucRegistry::define_string_guc(
+        c"apikey.expiry_notice_days",
+        c"Announce (event expiring) keys that expire within each of these many days.",
+        c"Comma-separated whole days, such as 30, 7, 1; each is announced once per key. Empty: none.",
+        &EXPIRY_NOTICE_DAYS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"apikey.credits_low_percent",
+        c"Announce (event credits_low) a key whose credits fall below this percentage.",
+        c"Of its refill amount, or of the most credits it held. 0: never.",
+        &CREDITS_LOW_PERCENT,
+        0,
+        100,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"apikey.limit_event_window",
+        c"A key refused by a limit is announced (event limited) once per this window.",
+        c"",
+        &LIMIT_EVENT_WINDOW,
+        1,
+        31 * 86400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"apikey.event_retention",
+        c"How long apikey.events keeps an event before the worker deletes it.",
+        c"",
+        &EVENT_RETENTION,
+        60,
+        366 * 86400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+}
+
 pub static KEY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 
 pub fn init() {
@@ -193,6 +251,7 @@ pub fn init() {
         GucFlags::default(),
     );
     init_quota();
+    init_events();
     // SAFETY: called from _PG_init after our settings are defined; removes (with a WARNING) any
     // placeholder apikey.* a session set before the library loaded.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"apikey".as_ptr()) };

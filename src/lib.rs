@@ -18,11 +18,14 @@ mod catalog;
 mod client;
 mod credits;
 mod errors;
+mod events;
 mod formats;
 mod gucs;
 mod identity;
+mod imports;
 mod key_type;
 mod keycache;
+mod leaks;
 mod lifecycle;
 mod limiter;
 mod limits;
@@ -54,10 +57,12 @@ pub extern "C-unwind" fn _PG_init() {
     keycache::register(catalog::invalidate);
     keycache::register(verify::key_info_changed);
     keycache::register(limits::invalidate);
+    keycache::register(imports::invalidate);
     identity::init();
     limiter::init();
     credits::init();
     usage::init();
+    imports::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -205,6 +205,97 @@ fn stored_rate(rate: Option<&Rate>) -> (Option<i32>, Option<Interval>, Option<i3
     }
 }
 
+/// What `create` and `import` accept about a key besides its secret, as given.
+pub struct KeyOptions<'a> {
+    pub owner: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub expires_in: Option<Interval>,
+    /// An absolute expiry (imports keep the one they had); excludes `expires_in`.
+    pub expires_at: Option<TimestampWithTimeZone>,
+    pub scopes: Option<Vec<Option<String>>>,
+    pub resource: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub format: Option<&'a str>,
+    pub metadata: Option<JsonB>,
+    pub rate_limit: Option<i32>,
+    pub rate_period: Option<Interval>,
+    pub rate_burst: Option<i32>,
+    pub db_role: Option<&'a str>,
+    pub allowed_ips: Option<Vec<Option<String>>>,
+    pub credits: Option<i64>,
+    pub refill_amount: Option<i64>,
+    pub refill_interval: Option<Interval>,
+    pub limits: Option<JsonB>,
+}
+
+/// A new key's row without its secret, checked and (for a key holder) derived from the
+/// caller's own key.
+pub struct Prepared<'a> {
+    pub owner: &'a str,
+    pub name: &'a str,
+    pub format: Format,
+    pub kind: KeyKind,
+    pub scopes: Option<Vec<String>>,
+    pub resource: Option<String>,
+    pub expires_in: Option<Interval>,
+    pub expires_at: Option<i64>,
+    pub metadata: Option<JsonB>,
+    pub rate_limit: Option<i32>,
+    pub rate_period: Option<Interval>,
+    pub rate_burst: Option<i32>,
+    pub db_role: Option<String>,
+    pub allowed: Option<Vec<Cidr>>,
+    pub credits: Option<i64>,
+    pub refill_amount: Option<i64>,
+    pub refill_interval: Option<Interval>,
+    pub limits: serde_json::Value,
+}
+
+impl<'a> Prepared<'a> {
+    /// The row to insert, given the key's stored parts.
+    pub fn row(
+        self,
+        caller: &Caller,
+        display_prefix: String,
+        last4: String,
+        digest: Vec<u8>,
+        sealed: Option<Vec<u8>>,
+    ) -> store::NewKeyRow<'a> {
+        store::NewKeyRow {
+            owner: self.owner,
+            name: self.name,
+            format: self.format.name,
+            kind: self.kind,
+            scopes: self.scopes,
+            resource: self.resource,
+            display_prefix,
+            last4,
+            digest,
+            expires_in: self.expires_in,
+            expires_at: timestamptz(self.expires_at),
+            created_by: caller.name.clone(),
+            metadata: self.metadata.map(|m| m.0),
+            sealed,
+            rate_limit: self.rate_limit,
+            rate_period: self.rate_period,
+            rate_burst: self.rate_burst,
+            db_role: self.db_role,
+            allowed_ips: self
+                .allowed
+                .map(|l| l.iter().map(Cidr::to_string).collect()),
+            credits: self.credits,
+            refill_amount: self.refill_amount,
+            refill_interval: self.refill_interval,
+            limits: self.limits,
+        }
+    }
+
+    pub fn audit_detail(&self) -> serde_json::Value {
+        json!({"format": self.format.name, "kind": self.kind.name(), "scopes": self.scopes,
+               "resource": self.resource, "expires_in": self.expires_in.map(|i| i.to_string())})
+    }
+}
+
 /// Create a key. The plaintext is returned here and never again.
 #[allow(clippy::too_many_arguments)]
 #[pg_extern(volatile, parallel_unsafe, requires = ["api_key_type"])]
@@ -228,6 +319,73 @@ fn create(
     limits: default!(Option<JsonB>, "NULL"),
 ) -> TableIterator<'static, (name!(id, i64), name!(api_key, ApiKey))> {
     privilege::require_primary("create API keys");
+    let caller = Caller::get();
+    let p = prepare(
+        &caller,
+        KeyOptions {
+            owner,
+            name,
+            expires_in,
+            expires_at: None,
+            scopes,
+            resource,
+            kind,
+            format,
+            metadata,
+            rate_limit,
+            rate_period,
+            rate_burst,
+            db_role,
+            allowed_ips,
+            credits,
+            refill_amount,
+            refill_interval,
+            limits,
+        },
+    );
+    creation_check(p.owner);
+    let key = generate(&p.format);
+    let sealed = sealing::seal_for(&p.format.name, &key.plaintext);
+    let audit_detail = p.audit_detail();
+    let (owner, name) = (p.owner, p.name);
+    let id = store::as_owner(|| {
+        quota::charge_creation(owner, caller.admin);
+        let id = store::insert_key(p.row(
+            &caller,
+            key.display_prefix.clone(),
+            key.last4.clone(),
+            key.digest.clone(),
+            sealed,
+        ))
+        .unwrap_or_else(|| internal("a new key's digest is already stored"));
+        policy::audit(&caller, "create", id, owner, name, audit_detail);
+        id
+    });
+    TableIterator::once((id, ApiKey::from_generated(key.plaintext)))
+}
+
+/// Check `o` for `caller` and, for a key holder, derive it from the caller's own key.
+pub fn prepare<'a>(caller: &Caller, o: KeyOptions<'a>) -> Prepared<'a> {
+    let KeyOptions {
+        owner,
+        name,
+        expires_in,
+        expires_at: given_expires_at,
+        scopes,
+        resource,
+        kind,
+        format,
+        metadata,
+        rate_limit,
+        rate_period,
+        rate_burst,
+        db_role,
+        allowed_ips,
+        credits,
+        refill_amount,
+        refill_interval,
+        limits,
+    } = o;
     let named = limits.map(|l| parse_named_limits(l.0)).unwrap_or_default();
     if credits.is_some_and(|c| c < 0) {
         invalid("credits must not be negative");
@@ -249,7 +407,6 @@ fn create(
             })
             .collect()
     });
-    let caller = Caller::get();
     let owner = required(owner, "owner");
     let name = required(name, "name");
     let scopes: Option<Vec<String>> = scopes.map(|list| {
@@ -262,6 +419,9 @@ fn create(
     let expires_in = expires_in.or_else(|| {
         (default_lifetime > 0).then(|| Interval::from_micros(default_lifetime as i64 * 1_000_000))
     });
+    if given_expires_at.is_some() && expires_in.is_some() {
+        invalid("give expires_in or expires_at, not both");
+    }
     let wanted_expiry = expires_in.map(|i| {
         let at = now_plus(i);
         if i.as_micros() <= 0 || at <= now() {
@@ -269,6 +429,11 @@ fn create(
         }
         at
     });
+    let wanted_expiry = match given_expires_at {
+        Some(at) if i64::from(at) <= now() => invalid("expires_at must be in the future"),
+        Some(at) => Some(i64::from(at)),
+        None => wanted_expiry,
+    };
     if let Some(list) = &scopes {
         if let Some(bad) = list.iter().find(|s| !scope::is_valid(s)) {
             invalid(format!("invalid scope \"{bad}\": use segments of [a-z0-9_.-] separated by \":\", with \"*\" only as a whole last segment"));
@@ -324,7 +489,6 @@ fn create(
             .map(str::to_owned)
             .unwrap_or_else(crate::gucs::default_format),
     );
-    creation_check(owner);
 
     // A usage-limited key cannot mint keys: their credits (or their lack of any) would be an
     // allowance the caller's key does not have.
@@ -394,41 +558,26 @@ fn create(
         stored_rate(rate.as_ref())
     };
 
-    let key = generate(&format);
-    let sealed = sealing::seal_for(&format.name, &key.plaintext);
-    let audit_detail = json!({"format": format.name, "kind": kind.name(), "scopes": scopes,
-                              "resource": resource, "expires_in": expires_in.map(|i| i.to_string())});
-    let id = store::as_owner(|| {
-        quota::charge_creation(owner, caller.admin);
-        let id = store::insert_key(store::NewKeyRow {
-            owner,
-            name,
-            format: &format.name,
-            kind,
-            scopes,
-            resource,
-            display_prefix: key.display_prefix.clone(),
-            last4: key.last4.clone(),
-            digest: key.digest.clone(),
-            expires_in,
-            expires_at: timestamptz(expires_at),
-            created_by: caller.name.clone(),
-            metadata: metadata.map(|m| m.0),
-            sealed,
-            rate_limit,
-            rate_period,
-            rate_burst,
-            db_role,
-            allowed_ips: allowed.map(|l| l.iter().map(Cidr::to_string).collect()),
-            credits,
-            refill_amount,
-            refill_interval,
-            limits: limits_json,
-        });
-        policy::audit(&caller, "create", id, owner, name, audit_detail);
-        id
-    });
-    TableIterator::once((id, ApiKey::from_generated(key.plaintext)))
+    Prepared {
+        owner,
+        name,
+        format,
+        kind,
+        scopes,
+        resource,
+        expires_in,
+        expires_at,
+        metadata,
+        rate_limit,
+        rate_period,
+        rate_burst,
+        db_role,
+        allowed,
+        credits,
+        refill_amount,
+        refill_interval,
+        limits: limits_json,
+    }
 }
 
 /// Revoke a key now. Returns false if it was already revoked.

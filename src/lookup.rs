@@ -55,7 +55,11 @@ pub fn try_lookup(key: &str) -> Result<StoredKey, ApiError> {
     }
     let since = keycache::generation();
     let Some(found) = store::find_by_digest(&digest) else {
-        return Err(ApiError::InvalidKey);
+        // A bcrypt-imported key not presented before: found (and rehashed) by its lookup part.
+        return match crate::imports::verify_pending(key) {
+            Some(row) => judge(row, &digest),
+            None => Err(ApiError::InvalidKey),
+        };
     };
     keycache::set_keys_relid(crate::catalog::get().relation("keys"));
     // A transaction that wrote anything may be looking at its own uncommitted keys: keep those

@@ -101,13 +101,35 @@ pub fn audit(
     key_name: &str,
     detail: serde_json::Value,
 ) {
+    audit_as(
+        &caller.name,
+        caller.actor_key_id(),
+        action,
+        key_id,
+        owner,
+        key_name,
+        detail,
+    );
+}
+
+/// Write an audit row for `actor`, and the event it announces. Runs inside `store::as_owner`.
+pub fn audit_as(
+    actor: &str,
+    actor_key_id: Option<i64>,
+    action: &str,
+    key_id: i64,
+    owner: &str,
+    key_name: &str,
+    detail: serde_json::Value,
+) {
     store::audit(store::AuditRow {
         action,
         key_id,
         owner,
         key_name,
-        actor: &caller.name,
-        actor_key_id: caller.actor_key_id(),
-        detail,
+        actor,
+        actor_key_id,
+        detail: detail.clone(),
     });
+    crate::events::key_event(action, key_id, owner, key_name, detail);
 }

@@ -331,7 +331,7 @@ impl IntoDatum for RawJsonb {
 pub struct NewKeyRow<'a> {
     pub owner: &'a str,
     pub name: &'a str,
-    pub format: &'a str,
+    pub format: String,
     pub kind: KeyKind,
     pub scopes: Option<Vec<String>>,
     pub resource: Option<String>,
@@ -354,17 +354,21 @@ pub struct NewKeyRow<'a> {
     pub limits: serde_json::Value,
 }
 
-pub fn insert_key(k: NewKeyRow) -> i64 {
+/// Insert a key; None when a key with its digest is already stored (an import of a key already
+/// here, or one imported twice).
+pub fn insert_key(k: NewKeyRow) -> Option<i64> {
     spi(Spi::connect_mut(|c| {
-        c.update(
+        let t = c.update(
             "INSERT INTO apikey.keys (owner, name, format, kind, scopes, resource, display_prefix, last4,
                                      digest, expires_in, expires_at, created_by, metadata, sealed,
                                      rate_limit, rate_period, rate_burst, db_role, allowed_ips,
-                                     credits, refill_amount, refill_interval, credits_refilled_at, limits)
+                                     credits, refill_amount, refill_interval, credits_refilled_at,
+                                     credits_peak, limits)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
                      COALESCE($13, '{}'::pg_catalog.jsonb), $14, $15, $16, $17, $18,
                      $19::pg_catalog.text[]::pg_catalog.cidr[], $20, $21, $22,
-                     CASE WHEN $20 IS NOT NULL THEN pg_catalog.now() END, $23)
+                     CASE WHEN $20 IS NOT NULL THEN pg_catalog.now() END, $20, $23)
+             ON CONFLICT (digest) DO NOTHING
              RETURNING id",
             Some(1),
             &[
@@ -392,11 +396,12 @@ pub fn insert_key(k: NewKeyRow) -> i64 {
                 k.refill_interval.into(),
                 JsonB(k.limits).into(),
             ],
-        )?
-        .first()
-        .get_by_name::<i64, _>("id")
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        t.first().get_by_name::<i64, _>("id")
     }))
-    .unwrap_or_else(|| internal("INSERT … RETURNING returned no row"))
 }
 
 /// A key someone wants to change or see, with what bounds it.
@@ -666,7 +671,7 @@ pub fn admin_roles() -> Vec<(pg_sys::Oid, String)> {
 
 /// What an administrator may read directly (everything else goes through functions).
 const ADMIN_READS: &str =
-    "apikey.audit_log, apikey.usage, apikey.usage_live, apikey.rate_limit_state, apikey.owner_limits";
+    "apikey.audit_log, apikey.usage, apikey.usage_live, apikey.rate_limit_state, apikey.owner_limits, apikey.events";
 
 /// Add role `oid` (named `name`, quoted `quoted`) to the administrators; false if it was one.
 pub fn add_admin(oid: pg_sys::Oid, name: &str, quoted: &str, granted_by: &str) -> bool {
@@ -883,7 +888,8 @@ pub fn credit_balance(key_id: i64) -> (i64, i64) {
 pub fn add_credits(key_id: i64, n: i64) {
     spi(Spi::connect_mut(|c| {
         c.update(
-            "UPDATE apikey.keys SET credits = GREATEST(credits OPERATOR(pg_catalog.+) $2, 0)
+            "UPDATE apikey.keys SET credits = GREATEST(credits OPERATOR(pg_catalog.+) $2, 0),
+                    credits_peak = GREATEST(credits_peak, credits OPERATOR(pg_catalog.+) $2)
               WHERE id OPERATOR(pg_catalog.=) $1 AND credits IS NOT NULL",
             None,
             &[key_id.into(), n.into()],
@@ -966,5 +972,305 @@ pub fn clear_owner_limit(owner: &str, name: &str) -> bool {
             &[owner.into(), name.into()],
         )?;
         Ok::<_, pgrx::spi::SpiError>(!t.is_empty())
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Imported keys waiting for their first use (bcrypt).
+
+/// What verify needs to know about waiting bcrypt imports of one key format.
+pub struct PendingImports {
+    pub format: String,
+    pub min_len: usize,
+    pub max_len: usize,
+    pub max_cost: u32,
+}
+
+pub fn pending_imports() -> Vec<PendingImports> {
+    spi(Spi::connect(|c| {
+        let mut out = Vec::new();
+        for row in c.select(
+            "SELECT k.format, pg_catalog.min(pg_catalog.length(i.lookup)) AS min_len,
+                    pg_catalog.max(pg_catalog.length(i.lookup)) AS max_len,
+                    pg_catalog.max(i.cost) AS max_cost
+               FROM apikey.key_imports i
+               JOIN apikey.keys k ON k.id OPERATOR(pg_catalog.=) i.key_id
+              GROUP BY k.format",
+            None,
+            &[],
+        )? {
+            out.push(PendingImports {
+                format: col::<String>(&row, "format")?.unwrap_or_default(),
+                min_len: col::<i32>(&row, "min_len")?.unwrap_or(0).max(0) as usize,
+                max_len: col::<i32>(&row, "max_len")?.unwrap_or(0).max(0) as usize,
+                max_cost: col::<i32>(&row, "max_cost")?.unwrap_or(4).max(4) as u32,
+            });
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    }))
+}
+
+/// Serialize imports of bcrypt keys, so two concurrent imports cannot add overlapping lookup
+/// parts.
+pub fn lock_imports() {
+    spi(Spi::connect_mut(|c| {
+        c.update(
+            "LOCK TABLE apikey.key_imports IN SHARE ROW EXCLUSIVE MODE",
+            None,
+            &[],
+        )
+        .map(|_| ())
+    }))
+}
+
+/// A stored lookup part that is a prefix of `lookup` or that `lookup` is a prefix of, with its
+/// hash. (Lookup parts are ASCII, so the range [lookup, lookup with its last byte + 1) holds
+/// exactly the strings it begins.)
+pub fn lookup_overlap(lookup: &str) -> Option<(String, String)> {
+    let shorter: Vec<String> = (1..lookup.len()).map(|n| lookup[..n].to_owned()).collect();
+    let mut upper = lookup.as_bytes().to_vec();
+    if let Some(last) = upper.last_mut() {
+        *last = last.saturating_add(1);
+    }
+    let upper = String::from_utf8_lossy(&upper).into_owned();
+    spi(Spi::connect(|c| {
+        let t = c.select(
+            "SELECT lookup::pg_catalog.text AS lookup, hash FROM apikey.key_imports
+              WHERE lookup OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])
+                 OR (lookup OPERATOR(pg_catalog.>=) $2 AND lookup OPERATOR(pg_catalog.<) $3)
+              LIMIT 1",
+            Some(1),
+            &[shorter.into(), lookup.into(), upper.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = t.first();
+        Ok::<_, pgrx::spi::SpiError>(Some((
+            col::<String>(&r, "lookup")?.unwrap_or_default(),
+            col::<String>(&r, "hash")?.unwrap_or_default(),
+        )))
+    }))
+}
+
+pub fn insert_import(key_id: i64, lookup: &str, hash: &str, cost: u32) {
+    spi(Spi::connect_mut(|c| {
+        c.update(
+            "INSERT INTO apikey.key_imports (key_id, lookup, hash, cost) VALUES ($1, $2, $3, $4)",
+            None,
+            &[
+                key_id.into(),
+                lookup.into(),
+                hash.into(),
+                (cost as i32).into(),
+            ],
+        )
+        .map(|_| ())
+    }))
+}
+
+/// The import whose lookup part is one of `candidates`: (key id, bcrypt hash, stand-in digest).
+pub fn find_import(candidates: Vec<String>) -> Option<(i64, String, Vec<u8>)> {
+    spi(Spi::connect(|c| {
+        let t = c.select(
+            "SELECT i.key_id, i.hash, k.digest
+               FROM apikey.key_imports i
+               JOIN apikey.keys k ON k.id OPERATOR(pg_catalog.=) i.key_id
+              WHERE i.lookup OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])
+              LIMIT 1",
+            Some(1),
+            &[candidates.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = t.first();
+        Ok::<_, pgrx::spi::SpiError>(Some((
+            col::<i64>(&r, "key_id")?.unwrap_or(0),
+            col::<String>(&r, "hash")?.unwrap_or_default(),
+            col::<Vec<u8>>(&r, "digest")?.unwrap_or_default(),
+        )))
+    }))
+}
+
+/// Store an imported key's SHA-256 in place of its stand-in and forget its bcrypt hash. Returns
+/// (owner, name) when this call did it (None: already done, or the key is gone).
+pub fn rehash(key_id: i64, digest: &[u8], last4: &str) -> Option<(String, String)> {
+    spi(Spi::connect_mut(|c| {
+        let t = c.update(
+            "WITH done AS (DELETE FROM apikey.key_imports WHERE key_id OPERATOR(pg_catalog.=) $1 RETURNING key_id)
+             UPDATE apikey.keys k SET digest = $2, last4 = $3
+               FROM done WHERE k.id OPERATOR(pg_catalog.=) done.key_id
+             RETURNING k.owner, k.name",
+            Some(1),
+            &[key_id.into(), digest.to_vec().into(), last4.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = t.first();
+        Ok::<_, pgrx::spi::SpiError>(Some((
+            col::<String>(&r, "owner")?.unwrap_or_default(),
+            col::<String>(&r, "name")?.unwrap_or_default(),
+        )))
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events.
+
+/// Record an event and announce it on channel `apikey_events` at commit. The notification
+/// carries no owner, name or detail: any role may LISTEN on any channel, so those stay in
+/// `apikey.events`, which only administrators read.
+pub fn emit_event(
+    event: &str,
+    key_id: Option<i64>,
+    owner: Option<&str>,
+    key_name: Option<&str>,
+    detail: serde_json::Value,
+) -> i64 {
+    spi(Spi::connect_mut(|c| {
+        let t = c.update(
+            "WITH e AS (INSERT INTO apikey.events (event, key_id, owner, key_name, detail)
+                        VALUES ($1, $2, $3, $4, $5) RETURNING id, at)
+             SELECT e.id, pg_catalog.pg_notify('apikey_events',
+                        pg_catalog.json_build_object('id', e.id, 'event', $1::pg_catalog.text,
+                                                     'key_id', $2::pg_catalog.int8, 'at', e.at)::pg_catalog.text) AS sent
+               FROM e",
+            Some(1),
+            &[
+                event.into(),
+                key_id.into(),
+                owner.into(),
+                key_name.into(),
+                JsonB(detail).into(),
+            ],
+        )?;
+        t.first()
+            .get_by_name::<i64, _>("id")
+            .map(|id| id.unwrap_or(0))
+    }))
+}
+
+/// Delete events older than `retention_s` seconds, and `limited` marks of past windows.
+pub fn prune_events(retention_s: i64, window_s: i64) {
+    spi(Spi::connect_mut(|c| {
+        c.update(
+            "DELETE FROM apikey.events
+              WHERE at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1))",
+            None,
+            &[(retention_s as f64).into()],
+        )?;
+        c.update(
+            "DELETE FROM apikey.announcements
+              WHERE event OPERATOR(pg_catalog.=) 'limited'
+                AND at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1))",
+            None,
+            &[(2.0 * window_s as f64).into()],
+        )
+        .map(|_| ())
+    }))
+}
+
+/// A key event the worker announces: (key id, owner, name, detail).
+pub type Announced = (i64, String, String, serde_json::Value);
+
+fn announced_rows(t: pgrx::spi::SpiTupleTable) -> SpiResult<Vec<Announced>> {
+    let mut out = Vec::new();
+    for row in t {
+        out.push((
+            col::<i64>(&row, "id")?.unwrap_or(0),
+            col::<String>(&row, "owner")?.unwrap_or_default(),
+            col::<String>(&row, "name")?.unwrap_or_default(),
+            col::<JsonB>(&row, "detail")?
+                .map(|j| j.0)
+                .unwrap_or_default(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Live keys expiring within one of `days`, not yet announced for that threshold; marks them.
+pub fn due_expiry_notices(days: &[i32]) -> Vec<Announced> {
+    spi(Spi::connect_mut(|c| {
+        let t = c.update(
+            "WITH due AS (
+                 SELECT k.id, k.owner, k.name, k.expires_at, t.days
+                   FROM pg_catalog.unnest($1::pg_catalog.int4[]) AS t(days)
+                   JOIN apikey.keys k
+                     ON k.expires_at OPERATOR(pg_catalog.>) pg_catalog.now()
+                    AND k.expires_at OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(days => t.days))
+                  WHERE (k.revoked_at IS NULL OR k.revoked_at OPERATOR(pg_catalog.>) pg_catalog.now())
+             ), marked AS (
+                 INSERT INTO apikey.announcements (key_id, event, threshold)
+                 SELECT id, 'expiring', days::pg_catalog.text FROM due
+                 ON CONFLICT DO NOTHING RETURNING key_id, threshold
+             )
+             SELECT d.id, d.owner, d.name,
+                    pg_catalog.jsonb_build_object('expires_at', d.expires_at, 'within_days', d.days) AS detail
+               FROM due d JOIN marked m
+                 ON m.key_id OPERATOR(pg_catalog.=) d.id AND m.threshold OPERATOR(pg_catalog.=) d.days::pg_catalog.text
+              ORDER BY d.id, d.days DESC",
+            None,
+            &[days.to_vec().into()],
+        )?;
+        announced_rows(t)
+    }))
+}
+
+/// Of keys `ids`, those whose credits fell below `percent` % of their refill amount (or of the
+/// most they held), not yet announced since they last were above it; marks them, and forgets
+/// the mark of keys that are above it again.
+pub fn due_credit_notices(ids: &[i64], percent: i32) -> Vec<Announced> {
+    spi(Spi::connect_mut(|c| {
+        let threshold = format!("{percent}%");
+        c.update(
+            "DELETE FROM apikey.announcements a USING apikey.keys k
+              WHERE a.key_id OPERATOR(pg_catalog.=) k.id AND a.event OPERATOR(pg_catalog.=) 'credits_low'
+                AND k.id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[])
+                AND (k.credits OPERATOR(pg_catalog.*) 100) OPERATOR(pg_catalog.>=)
+                    (COALESCE(k.refill_amount, k.credits_peak) OPERATOR(pg_catalog.*) $2)",
+            None,
+            &[ids.to_vec().into(), percent.into()],
+        )?;
+        let t = c.update(
+            "WITH low AS (
+                 SELECT k.id, k.owner, k.name, k.credits, COALESCE(k.refill_amount, k.credits_peak) AS reference
+                   FROM apikey.keys k
+                  WHERE k.id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[])
+                    AND k.credits IS NOT NULL
+                    AND (k.credits OPERATOR(pg_catalog.*) 100) OPERATOR(pg_catalog.<)
+                        (COALESCE(k.refill_amount, k.credits_peak) OPERATOR(pg_catalog.*) $2)
+             ), marked AS (
+                 INSERT INTO apikey.announcements (key_id, event, threshold)
+                 SELECT id, 'credits_low', $3 FROM low ON CONFLICT DO NOTHING RETURNING key_id
+             )
+             SELECT l.id, l.owner, l.name,
+                    pg_catalog.jsonb_build_object('credits', l.credits, 'of', l.reference, 'below_percent', $2) AS detail
+               FROM low l JOIN marked m ON m.key_id OPERATOR(pg_catalog.=) l.id",
+            None,
+            &[ids.to_vec().into(), percent.into(), threshold.into()],
+        )?;
+        announced_rows(t)
+    }))
+}
+
+/// Of keys `ids` (refused by a limit since the last flush), those not yet announced in the
+/// window numbered `window`; marks them.
+pub fn due_limit_notices(ids: &[i64], window: i64) -> Vec<Announced> {
+    spi(Spi::connect_mut(|c| {
+        let t = c.update(
+            "WITH marked AS (
+                 INSERT INTO apikey.announcements (key_id, event, threshold)
+                 SELECT k.id, 'limited', $2 FROM apikey.keys k
+                  WHERE k.id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[])
+                 ON CONFLICT DO NOTHING RETURNING key_id
+             )
+             SELECT k.id, k.owner, k.name, '{}'::pg_catalog.jsonb AS detail
+               FROM apikey.keys k JOIN marked m ON m.key_id OPERATOR(pg_catalog.=) k.id",
+            None,
+            &[ids.to_vec().into(), window.to_string().into()],
+        )?;
+        announced_rows(t)
     }))
 }

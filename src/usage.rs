@@ -172,15 +172,16 @@ fn pg_epoch_to_timestamptz(us: i64) -> Option<TimestampWithTimeZone> {
     }
 }
 
-/// Write pending usage in one transaction. Returns how many keys were written.
-fn flush() -> usize {
+/// Write pending usage in one transaction. Returns the keys refused by a limit since the last
+/// flush.
+fn flush() -> Vec<i64> {
     // SAFETY: reads shared recovery state.
     if unsafe { pg_sys::RecoveryInProgress() } {
-        return 0;
+        return Vec::new();
     }
     let pending = collect(false);
     if pending.is_empty() {
-        return 0;
+        return Vec::new();
     }
     let column = |k: usize| -> Vec<i64> { pending.iter().map(|p| p.2[k] as i64).collect() };
     let batch = || crate::store::UsageBatch {
@@ -202,13 +203,28 @@ fn flush() -> usize {
             .unwrap_or_else(|_| raise(ApiError::Internal("the usage flush failed")))
     });
     settle(&pending);
-    pending.len()
+    pending
+        .iter()
+        .filter(|p| p.2[Event::RateLimited as usize] > 0)
+        .map(|p| p.0)
+        .collect()
 }
 
-/// One flush: usage, then credit balances.
+/// One flush: usage, credit balances, rehashes queued by read-only verifies, then the events
+/// only the worker announces.
 fn flush_all() {
-    flush();
-    crate::credits::flush();
+    let limited = flush();
+    let credited = crate::credits::flush();
+    // SAFETY: reads shared recovery state.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return;
+    }
+    crate::imports::flush_rehashes();
+    BackgroundWorker::transaction(|| {
+        if crate::catalog::installed().is_some() {
+            crate::events::worker_tick(&limited, &credited);
+        }
+    });
 }
 
 /// The flush worker's main. Exits with code 1 on SIGTERM (after a last flush) so the postmaster

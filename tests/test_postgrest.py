@@ -373,3 +373,35 @@ def test_lifetime_rules_hold_through_the_api(api):
         finally:
             c.execute("ALTER ROLE authenticator RESET apikey.max_lifetime")
             reconnect_pool(c)
+
+
+def test_a_secret_scanner_reports_leaks_over_http(api):
+    """GitHub secret scanning's partner format, posted with an administrator's key: our key is
+    revoked at once (401 on its next request) and answered true_positive; an unknown one is a
+    false positive; no token comes back; a non-admin key gets 403."""
+    dsn = f"host={ROOT / '.run' / CLUSTER} port={PG_PORT} user=postgres dbname={DB}"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SET apikey.creation_limit = 0")
+        scanner = c.execute("SELECT api_key::text FROM apikey.create('security', 'scanner', format => 'ct_live', "
+                            "db_role => 'api_admin')").fetchone()[0]
+        leaked_id, leaked = c.execute("SELECT id, api_key::text FROM apikey.create('alice', 'pasted in a gist', "
+                                      "format => 'ct_live')").fetchone()
+    assert requests.get(f"{BASE}/api/surveys/", headers={"Authorization": f"Bearer {leaked}"}).status_code == 200
+    unknown = "ct_live_" + "A" * (len(leaked) - len("ct_live_"))
+    payload = [{"token": leaked, "type": "pg_apikey_ct_live", "url": "https://gist.example/1", "source": "gist"},
+               {"token": unknown, "type": "pg_apikey_ct_live", "url": "https://gist.example/2", "source": "gist"}]
+    r = requests.post(f"{BASE}/api/secret-scanning", json=payload, headers={"Authorization": f"Bearer {scanner}"})
+    assert r.status_code == 200, r.status_code
+    assert r.json() == [
+        {"token_hash": hashlib.sha256(leaked.encode()).hexdigest(), "token_type": "pg_apikey_ct_live",
+         "label": "true_positive"},
+        {"token_hash": hashlib.sha256(unknown.encode()).hexdigest(), "token_type": "pg_apikey_ct_live",
+         "label": "false_positive"}]
+    assert leaked not in r.text and unknown not in r.text
+    assert requests.get(f"{BASE}/api/surveys/", headers={"Authorization": f"Bearer {leaked}"}).status_code == 401
+    with psycopg.connect(dsn, autocommit=True) as c:
+        action, detail = c.execute("SELECT action, detail FROM apikey.audit_log WHERE key_id = %s ORDER BY id DESC",
+                                   (leaked_id,)).fetchone()
+    assert action == "leaked" and detail == {"source": "gist", "url": "https://gist.example/1"}
+    r = requests.post(f"{BASE}/api/secret-scanning", json=payload, headers={"Authorization": f"Bearer {api['bob']}"})
+    assert r.status_code == 403 and leaked not in r.text

@@ -31,6 +31,8 @@ pub enum Sqlstate {
     DuplicateObject,
     /// 25006 read_only_sql_transaction: a change attempted on a hot standby.
     ReadOnly,
+    /// 23505 unique_violation: an imported key that is already stored.
+    UniqueViolation,
     /// XX000 internal_error: a damaged install or a bug; never caused by input alone.
     Internal,
 }
@@ -48,6 +50,7 @@ impl Sqlstate {
             Self::NotInPrerequisiteState => "55000",
             Self::DuplicateObject => "42710",
             Self::ReadOnly => "25006",
+            Self::UniqueViolation => "23505",
             Self::Internal => "XX000",
         }
     }
@@ -106,6 +109,10 @@ pub enum ApiError {
     Internal(&'static str),
     /// Something only a superuser may do (granting administrator rights).
     SuperuserOnly(&'static str),
+    /// An import whose hash or lookup part is unusable (says what, never the value).
+    ImportRefused(crate::imported::Refusal),
+    /// An imported key that is already stored (same digest, or same bcrypt lookup part).
+    AlreadyStored(&'static str),
 }
 
 impl ApiError {
@@ -129,7 +136,8 @@ impl ApiError {
             | Self::KeyExpired(_)
             | Self::KeyInGrace(_)
             | Self::NotInstalled => Sqlstate::NotInPrerequisiteState,
-            Self::InvalidArgument(_) => Sqlstate::InvalidParameterValue,
+            Self::InvalidArgument(_) | Self::ImportRefused(_) => Sqlstate::InvalidParameterValue,
+            Self::AlreadyStored(_) => Sqlstate::UniqueViolation,
             Self::NullArgument(_) => Sqlstate::NullValueNotAllowed,
             Self::RateLimited { .. } | Self::LimiterFull | Self::NoCredits { .. } => {
                 Sqlstate::RateLimited
@@ -224,6 +232,8 @@ impl fmt::Display for ApiError {
             ),
             Self::Internal(what) => write!(f, "pg_apikey internal error: {what}"),
             Self::SuperuserOnly(what) => write!(f, "permission denied to {what}: superuser required"),
+            Self::ImportRefused(r) => write!(f, "{r}"),
+            Self::AlreadyStored(what) => write!(f, "{what}"),
             Self::DuplicateFormat(name) => write!(
                 f,
                 "key format \"{name}\" already exists or uses the same prefix"
