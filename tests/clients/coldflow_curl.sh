@@ -1,0 +1,3 @@
+# The Coldflow seed's cURL example (line break restored); tests/test_clients.py replaces only the base URL and key.
+curl -X GET https://api.coldflow.com/api/sub-agencies \
+  -H "Authorization: Bearer cfk_a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p6q7r8s9t0u1v2w3x4y5z6a7b8c9d0e1f2"
