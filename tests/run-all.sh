@@ -23,7 +23,12 @@ run "clippy" cargo clippy --all-targets --features "pg15 pg_test" --no-default-f
 run "core unit tests" cargo test -p pg_apikey_core
 mkdir -p "$ROOT/.run/pgrx-test"; chown postgres: "$ROOT/.run" "$ROOT/.run/pgrx-test"
 run "pg_test" cargo pgrx test pg15 --runas postgres --pgdata "$ROOT/.run/pgrx-test/data"
-run "install" cargo pgrx install --release --pg-config "$PG_CONFIG"
+install_release() {
+    cargo pgrx install --release --pg-config "$PG_CONFIG" &&
+        # The 0.1.0 install script stays installable, for CREATE EXTENSION ... VERSION '0.1.0' and the upgrade test.
+        install -m 644 sql/pg_apikey--0.1.0.sql "$("$PG_CONFIG" --sharedir)/extension/"
+}
+run "install" install_release
 run "pg_regress" "$ROOT/tests/regress.sh"
 run "integration" python3 -m pytest -q "$ROOT/tests"
 
