@@ -1,7 +1,7 @@
 # pg_apikey. `make demo` and `make test` work on a fresh Debian 12 machine as root.
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 
-.PHONY: setup install demo demo-stop test bench lint clean
+.PHONY: setup install demo demo-stop test bench lint clean dist package
 
 setup:
 	bash .ci/setup.sh
@@ -19,6 +19,14 @@ demo-stop:
 
 test: setup
 	bash tests/run-all.sh
+
+dist:
+	bash packaging/build.sh dist
+
+# Installable artifacts for each tested major, built from the source archive: a tree per major
+# (cargo pgrx package) and a Debian package for Debian's PostgreSQL.
+package: setup
+	bash packaging/build.sh package $(PG_CONFIG)
 
 bench: install
 	bash bench/run.sh
