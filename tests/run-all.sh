@@ -31,6 +31,9 @@ install_release() {
 run "install" install_release
 run "pg_regress" "$ROOT/tests/regress.sh"
 run "integration" python3 -m pytest -q "$ROOT/tests"
+# Last: installing the Debian package replaces the extension the other suites used.
+run "package" bash "$ROOT/packaging/build.sh" package "$PG_CONFIG"
+run "package smoke test" python3 -m pytest -q "$ROOT/tests/smoke_package.py"
 
 echo
 echo "==> summary"

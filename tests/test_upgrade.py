@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT
 
-PORT = "54357"
+PORT = "54359"
 OLD_SCRIPT = ROOT / "sql/pg_apikey--0.1.0.sql"
 SNAPSHOT = (ROOT / "tests/catalog_snapshot.sql").read_text()
 

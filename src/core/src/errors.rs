@@ -1,6 +1,6 @@
 //! The error catalogue: every error the extension raises, with its SQLSTATE and message.
 //!
-//! README's "Errors" table is this file in prose. Messages never contain a key, a digest or any
+//! The "Errors" table of docs/admin.md is this file in prose. Messages never contain a key, a digest or any
 //! fragment of caller input that could be one; they name what was wrong instead.
 
 use std::fmt;
