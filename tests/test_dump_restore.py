@@ -5,9 +5,8 @@ import subprocess
 
 import psycopg
 
-from conftest import PORT, cluster_dir, dsn
+from conftest import PGBIN, PORT, cluster_dir, dsn
 
-PGBIN = "/usr/lib/postgresql/15/bin"
 
 
 def run_as_postgres(*cmd, **kw):

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import requests
 
-from conftest import ROOT
+from conftest import ROOT, needs_pgcrypto
 
 PG_PORT, PGRST_PORT, NGINX_PORT = "54346", "54380", "54381"
 BASE = f"http://127.0.0.1:{NGINX_PORT}"
@@ -206,6 +206,7 @@ def test_cool_farm_tool_two_keys(api):
                                                      "X-Api-App-Authorization": api["farmer"]}).status_code == 403
 
 
+@needs_pgcrypto
 def test_cool_farm_tool_user_key_endpoint(api):
     r = requests.post(f"{BASE}/user/key/", data={"username": "carol", "password": "carol-password"})
     assert r.status_code == 200, r.text
@@ -280,6 +281,7 @@ def test_a_disabled_key_is_401_and_works_again_once_enabled(api):
         assert requests.get(f"{BASE}/api/surveys/", headers=auth).status_code == 200
 
 
+@needs_pgcrypto
 def test_the_survey_seeds_preconditions_refuse_keys_with_its_messages(api):
     """apikey.creation_check: no key for a free-tier account, nor for one without MFA (403 with the
     seed's message); a paid account with MFA gets one."""

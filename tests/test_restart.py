@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import ROOT
+from conftest import PGBIN, ROOT
 
 PORT = "54345"
 
@@ -68,7 +68,7 @@ def test_a_clean_restart_also_starts_limits_fresh(crash_cluster):
         with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
             c.execute("SELECT apikey.rate_limit('r', 1, '1 hour')")
     data = ROOT / ".run/crash/data"
-    subprocess.run(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "-D", str(data),
+    subprocess.run(["runuser", "-u", "postgres", "--", f"{PGBIN}/pg_ctl", "-D", str(data),
                     "-m", "fast", "-w", "restart", "-l", str(ROOT / ".run/crash/startup.log")],
                    check=True, capture_output=True)
     wait_for_server()

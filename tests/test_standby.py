@@ -8,10 +8,9 @@ import time
 import psycopg
 import pytest
 
-from conftest import ROOT
+from conftest import PGBIN, ROOT
 
 PRIMARY_PORT, STANDBY_PORT = "54348", "54349"
-PGBIN = "/usr/lib/postgresql/15/bin"
 
 
 def connect(name, port):

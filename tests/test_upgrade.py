@@ -13,7 +13,7 @@ import subprocess
 import psycopg
 import pytest
 
-from conftest import ROOT
+from conftest import PG_CONFIG, ROOT
 
 PORT = "54359"
 OLD_SCRIPT = ROOT / "sql/pg_apikey--0.1.0.sql"
@@ -21,9 +21,7 @@ SNAPSHOT = (ROOT / "tests/catalog_snapshot.sql").read_text()
 
 
 def sharedir():
-    pg_config = subprocess.run(["bash", "-c", "echo ${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"],
-                               capture_output=True, text=True).stdout.strip()
-    return subprocess.run([pg_config, "--sharedir"], capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run([PG_CONFIG, "--sharedir"], capture_output=True, text=True, check=True).stdout.strip()
 
 
 @pytest.fixture(scope="module")

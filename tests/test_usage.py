@@ -8,7 +8,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import ROOT
+from conftest import PGBIN, ROOT
 
 PORT = "54347"
 DATA = ROOT / ".run/usage/data"
@@ -157,7 +157,7 @@ def test_a_clean_restart_loses_nothing(cluster):
         c.execute("SELECT count(apikey.verify(%s)) FROM generate_series(1, 123)", (key,))
         assert c.execute("SELECT uses FROM apikey.usage_live WHERE key_id = %s", (key_id,)).fetchone()[0] == 123
         assert flushed(c, key_id)[0] == 0
-    subprocess.run(["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl", "-D", str(DATA),
+    subprocess.run(["runuser", "-u", "postgres", "--", f"{PGBIN}/pg_ctl", "-D", str(DATA),
                     "-m", "fast", "-w", "restart", "-l", str(ROOT / ".run/usage/startup.log")],
                    check=True, capture_output=True)
     with connect("usage_b") as c:
