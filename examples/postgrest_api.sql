@@ -7,9 +7,11 @@
 -- everything else; that one endpoint then answers 403 to every login.
 DO $$
 BEGIN
-    CREATE EXTENSION IF NOT EXISTS pgcrypto;
-EXCEPTION WHEN undefined_file THEN
-    RAISE NOTICE 'pgcrypto is not available: POST /user/key/ will refuse every login';
+    IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pgcrypto') THEN
+        CREATE EXTENSION IF NOT EXISTS pgcrypto;
+    ELSE
+        RAISE NOTICE 'pgcrypto is not available: POST /user/key/ will refuse every login';
+    END IF;
 END
 $$;
 

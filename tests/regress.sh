@@ -30,7 +30,8 @@ runuser -u postgres -- env RUST_BACKTRACE=0 "$PG_REGRESS" --host="$dir" --port="
 status=${PIPESTATUS[0]}
 "$ROOT/tests/cluster.sh" stop regress
 if [ -f "$out/regression.diffs" ]; then cat "$out/regression.diffs"; fi
+# Both report styles: "test x ... ok" / "... FAILED" (15) and TAP's "ok N - x" / "not ok N - x" (18).
 passed=$(grep -cE '^(ok|test) .* ok( |$)|^ok ' "$out/summary.txt" || true)
-failed=$(grep -cE 'FAILED|failed \(ignored\)' "$out/summary.txt" || true)
+failed=$(grep -cE 'FAILED|failed \(ignored\)|^not ok ' "$out/summary.txt" || true)
 echo "pg_regress: $passed passed, $failed failed"
 exit "$status"
