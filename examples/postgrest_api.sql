@@ -301,29 +301,22 @@ GRANT EXECUTE ON FUNCTION api.user_key(text, text) TO web_anon, api_user;
 
 -- POST /api/secret-scanning : a secret scanner's leak report in GitHub's partner format
 -- ([{token, type, url, source}] -> [{token_hash, token_type, label}]). Every reported key stored
--- here is revoked at once. Only keys acting as api_admin (a pg_apikey administrator of this
--- database) may call it, e.g. apikey.create('security', 'scanner', db_role => 'api_admin').
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'api_admin') THEN
-        CREATE ROLE api_admin NOLOGIN;
-    END IF;
-END
-$$;
-GRANT api_admin TO authenticator;
-GRANT USAGE ON SCHEMA api TO api_admin;
-SELECT apikey.grant_admin('api_admin');
+-- here is revoked at once. The scanner gets an ordinary key whose scopes name leaks:report
+-- explicitly, e.g. apikey.create('security', 'github scanner', scopes => '{leaks:report}'): that
+-- key is no administrator (on every other endpoint it is just a key of owner "security"), and an
+-- unscoped key, which holds every scope, is not enough. The report itself needs administrator
+-- rights, so it runs as this function's owner.
 -- One unnamed jsonb parameter: PostgREST passes the whole request body (a JSON array).
-CREATE FUNCTION api.secret_scanning(jsonb) RETURNS jsonb LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS
+CREATE FUNCTION api.secret_scanning(jsonb) RETURNS jsonb
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
 $$
-DECLARE st text; m text; d text;
 BEGIN
     PERFORM api.need_key();
+    IF NOT 'leaks:report' = ANY (COALESCE(apikey.current_scopes(), '{}')) THEN
+        PERFORM apikey.http_error(403, 'Forbidden', 'this key may not report leaked keys');
+    END IF;
     RETURN apikey.secret_scanning($1);
-EXCEPTION WHEN insufficient_privilege THEN
-    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
-    PERFORM apikey.raise_http(st, m, d);
 END
 $$;
 REVOKE ALL ON FUNCTION api.secret_scanning(jsonb) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION api.secret_scanning(jsonb) TO api_admin, api_user;
+GRANT EXECUTE ON FUNCTION api.secret_scanning(jsonb) TO api_user;

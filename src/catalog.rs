@@ -83,6 +83,14 @@ impl Catalog {
             .unwrap_or_else(|| raise(ApiError::Internal("an extension table is missing")))
     }
 
+    /// A table that may not exist yet (one added by a later version, before the update).
+    pub fn relation_if_present(&self, name: &str) -> Option<pg_sys::Oid> {
+        self.relations
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, oid)| *oid)
+    }
+
     pub fn is_ours(&self, relid: pg_sys::Oid) -> bool {
         relid == self.digest_index || self.relations.iter().any(|(_, oid)| *oid == relid)
     }
@@ -102,7 +110,9 @@ impl Catalog {
     }
 }
 
-/// Attribute numbers by name; None if any is missing.
+/// Attribute numbers by name; None if any 0.1.0 column is missing. Columns added in 0.2.0 are 0
+/// when absent (read as NULL), so keys verify between installing the 0.2.0 library and running
+/// ALTER EXTENSION pg_apikey UPDATE.
 fn key_columns(attrs: &[(String, i16)]) -> Option<KeyColumns> {
     let a = |name: &str| attrs.iter().find(|(n, _)| n == name).map(|(_, n)| *n);
     let mut k = KeyColumns {
@@ -117,12 +127,12 @@ fn key_columns(attrs: &[(String, i16)]) -> Option<KeyColumns> {
         created_at: a("created_at")?,
         expires_at: a("expires_at")?,
         revoked_at: a("revoked_at")?,
-        disabled_at: a("disabled_at")?,
-        allowed_ips: a("allowed_ips")?,
-        credits: a("credits")?,
-        refill_amount: a("refill_amount")?,
-        refill_interval: a("refill_interval")?,
-        limits: a("limits")?,
+        disabled_at: a("disabled_at").unwrap_or(0),
+        allowed_ips: a("allowed_ips").unwrap_or(0),
+        credits: a("credits").unwrap_or(0),
+        refill_amount: a("refill_amount").unwrap_or(0),
+        refill_interval: a("refill_interval").unwrap_or(0),
+        limits: a("limits").unwrap_or(0),
         rate_limit: a("rate_limit")?,
         rate_period: a("rate_period")?,
         rate_burst: a("rate_burst")?,

@@ -50,6 +50,8 @@ pub fn init() {
 thread_local! {
     /// bcrypt computations this backend ran for verify (see `apikey.bcrypt_checks`).
     static BCRYPT_RUNS: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+    /// Nanoseconds of the last bcrypt divided by 2^cost: this backend's estimate of one unit.
+    static NS_PER_UNIT: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
     /// Waiting bcrypt imports per format, and the OID of `apikey.key_imports`; None until
     /// loaded, dropped when that table changes.
     static PENDING: RefCell<Option<(Vec<PendingImports>, pg_sys::Oid)>> = const { RefCell::new(None) };
@@ -75,32 +77,60 @@ fn pending_for(format: &str) -> Option<(usize, usize, u32)> {
     if let Some(hit) = PENDING.with_borrow(|p| p.as_ref().map(|(list, _)| find(list))) {
         return hit;
     }
-    let (list, relid) = store::as_owner(|| {
-        let relid = crate::catalog::get().relation("key_imports");
-        (store::pending_imports(), relid)
-    });
+    // Before ALTER EXTENSION UPDATE adds the table, nothing is waiting.
+    let relid = crate::catalog::get().relation_if_present("key_imports")?;
+    let list = store::as_owner(store::pending_imports);
     let hit = find(&list);
     PENDING.set(Some((list, relid)));
     hit
 }
 
+/// One bcrypt computation at `cost`, counted, and timed for the padding of failing paths.
+fn timed_bcrypt<R>(cost: u32, f: impl FnOnce() -> R) -> R {
+    let start = std::time::Instant::now();
+    let r = f();
+    BCRYPT_RUNS.set(BCRYPT_RUNS.get() + 1);
+    let per_unit = start.elapsed().as_nanos() as f64 / f64::from(1u32 << cost.min(31));
+    NS_PER_UNIT.set(Some(per_unit));
+    r
+}
+
+/// A failing path (no candidate, or a candidate whose bcrypt did not match) takes as long as a
+/// bcrypt at the highest waiting cost: imports of one format may come with different costs, and
+/// a cheap mismatch must not tell that its lookup part exists.
+fn pad_failure(key: &str, started: std::time::Instant, max_cost: u32) {
+    let Some(per_unit) = NS_PER_UNIT.get() else {
+        // Not calibrated yet in this backend: a decoy at the highest cost pads and calibrates.
+        timed_bcrypt(max_cost, || imported::bcrypt_decoy(key, max_cost));
+        return;
+    };
+    let target =
+        std::time::Duration::from_nanos((per_unit * f64::from(1u32 << max_cost.min(31))) as u64);
+    if let Some(rest) = target.checked_sub(started.elapsed()) {
+        std::thread::sleep(rest);
+    }
+}
+
 /// Verify's last resort for a key not found by digest: a waiting bcrypt import. Returns the
 /// key's row (with the presented key's digest) when its bcrypt matches; costs exactly one bcrypt
-/// whenever the key's format has waiting imports, and nothing otherwise.
+/// whenever the key's format has waiting imports (failing paths are padded to the time of one at
+/// the highest waiting cost), and nothing otherwise.
 pub fn verify_pending(key: &str) -> Option<StoredKey> {
     let format = crate::formats::try_detect(key).ok()?;
     let (min_len, max_len, max_cost) = pending_for(&format.name)?;
+    let started = std::time::Instant::now();
     let candidates: Vec<String> = imported::lookup_candidates(key, min_len, max_len)
         .into_iter()
         .map(str::to_owned)
         .collect();
     let found = store::as_owner(|| store::find_import(candidates));
-    BCRYPT_RUNS.set(BCRYPT_RUNS.get() + 1);
     let Some((key_id, hash, stand_in)) = found else {
-        imported::bcrypt_decoy(key, max_cost);
+        timed_bcrypt(max_cost, || imported::bcrypt_decoy(key, max_cost));
         return None;
     };
-    if !imported::bcrypt_matches(key, &hash) {
+    let cost = imported::bcrypt_cost(&hash).unwrap_or(max_cost);
+    if !timed_bcrypt(cost, || imported::bcrypt_matches(key, &hash)) {
+        pad_failure(key, started, max_cost);
         return None;
     }
     let stand_in = <[u8; DIGEST_LEN]>::try_from(stand_in.as_slice()).ok()?;
@@ -250,6 +280,11 @@ fn import_one(caller: &Caller, r: ImportRow) -> i64 {
     );
     if let Some(lookup) = &r.lookup {
         imported::check_lookup(&p.format, lookup).unwrap_or_else(|e| refused(e));
+    }
+    if matches!(stored, Stored::Bcrypt { .. }) && p.format.total_len() > imported::BCRYPT_MAX_KEY {
+        refused(Refusal::BadHash(
+            "bcrypt reads only the first 72 bytes of a key, and keys of this format are longer",
+        ));
     }
     let last4 = r.last4.unwrap_or_default();
     if last4.len() > 4 || !last4.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -421,52 +456,71 @@ const SOURCE_COLUMNS: [(&str, &str); 22] = [
     ("algorithm", "text"),
     ("lookup", "text"),
     ("last4", "text"),
-    ("expires_at", "timestamptz"),
+    ("expires_at", "timestamp with time zone"),
     ("expires_in", "interval"),
     ("scopes", "text[]"),
     ("resource", "text"),
     ("kind", "text"),
     ("format", "text"),
     ("metadata", "jsonb"),
-    ("rate_limit", "int4"),
+    ("rate_limit", "integer"),
     ("rate_period", "interval"),
-    ("rate_burst", "int4"),
+    ("rate_burst", "integer"),
     ("db_role", "text"),
     ("allowed_ips", "text[]"),
-    ("credits", "int8"),
-    ("refill_amount", "int8"),
+    ("credits", "bigint"),
+    ("refill_amount", "bigint"),
     ("refill_interval", "interval"),
     ("limits", "jsonb"),
 ];
 
-/// Read the source's rows, with the caller's own rights (never elevated).
-fn read_source(source: pg_sys::Oid) -> Vec<ImportRow> {
-    let (qualified, present): (String, Vec<String>) = privilege::with_pinned_search_path(|| {
+/// The source's rows as text, one `Vec` per row in `SOURCE_COLUMNS` order.
+///
+/// Reading a relation runs code: a view's functions, a row-level security policy, the cast or
+/// output function of a column's type. An importing administrator must not run another role's
+/// code, so the source must be a table the caller owns, and
+/// every column read must have the built-in type it is read as, or be text (so no cast or output
+/// function of someone else's type runs); values are read as
+/// text and converted row by row (`convert`), so a bad value refuses its row only.
+/// "The caller owns it" is checked exactly: a superuser importing another role's table is refused
+/// too.
+fn read_source(source: pg_sys::Oid) -> Vec<Vec<Option<String>>> {
+    let (qualified, kind, owner, present) = privilege::with_pinned_search_path(|| {
         spi(Spi::connect(|c| {
             let t = c.select(
-                "SELECT pg_catalog.format('%I.%I', n.nspname, r.relname) AS q
+                "SELECT pg_catalog.format('%I.%I', n.nspname, r.relname) AS q,
+                        r.relkind::pg_catalog.text AS kind, r.relowner AS owner
                    FROM pg_catalog.pg_class r
                    JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) r.relnamespace
                   WHERE r.oid OPERATOR(pg_catalog.=) $1",
                 Some(1),
                 &[source.into()],
             )?;
-            let q = if t.is_empty() {
-                None
-            } else {
-                t.first().get_by_name::<String, _>("q")?
-            };
+            if t.is_empty() {
+                return Ok((String::new(), String::new(), pg_sys::InvalidOid, Vec::new()));
+            }
+            let r = t.first();
+            let q = r.get_by_name::<String, _>("q")?.unwrap_or_default();
+            let kind = r.get_by_name::<String, _>("kind")?.unwrap_or_default();
+            let owner = r
+                .get_by_name::<pg_sys::Oid, _>("owner")?
+                .unwrap_or(pg_sys::InvalidOid);
             let mut cols = Vec::new();
             for row in c.select(
-                "SELECT attname::pg_catalog.text AS a FROM pg_catalog.pg_attribute
+                "SELECT attname::pg_catalog.text AS a,
+                        pg_catalog.format_type(atttypid, NULL) AS t
+                   FROM pg_catalog.pg_attribute
                   WHERE attrelid OPERATOR(pg_catalog.=) $1 AND attnum OPERATOR(pg_catalog.>) 0
                     AND NOT attisdropped ORDER BY attnum",
                 None,
                 &[source.into()],
             )? {
-                cols.push(row.get_by_name::<String, _>("a")?.unwrap_or_default());
+                cols.push((
+                    row.get_by_name::<String, _>("a")?.unwrap_or_default(),
+                    row.get_by_name::<String, _>("t")?.unwrap_or_default(),
+                ));
             }
-            Ok::<_, pgrx::spi::SpiError>((q.unwrap_or_default(), cols))
+            Ok::<_, pgrx::spi::SpiError>((q, kind, owner, cols))
         }))
     });
     if qualified.is_empty() {
@@ -474,64 +528,135 @@ fn read_source(source: pg_sys::Oid) -> Vec<ImportRow> {
             "the import source does not exist".into(),
         ));
     }
-    let ignored: Vec<&String> = present
-        .iter()
-        .filter(|c| !SOURCE_COLUMNS.iter().any(|(n, _)| n == c))
-        .collect();
+    if kind != "r" && kind != "p" {
+        raise(ApiError::InvalidArgument(
+            "the import source must be a table (a view, or any other relation, would run its owner's code as you)".into(),
+        ));
+    }
+    // Owned by the caller itself: membership is not enough (another member of a group role could
+    // have written its policies), and superusers are no exception.
+    if owner != privilege::caller() {
+        raise(ApiError::InvalidArgument(
+            "the import source must be a table you own: reading another role's table runs its code (row-level security policies) as you".into(),
+        ));
+    }
+    let mut select = Vec::new();
+    let mut ignored = Vec::new();
+    for (col, ty) in &present {
+        match SOURCE_COLUMNS.iter().find(|(n, _)| n == col) {
+            None => ignored.push(format!("\"{col}\"")),
+            Some((_, want)) => {
+                let text_like = ["text", "character varying", "character"];
+                let ok = ty == *want
+                    || text_like.contains(&ty.as_str())
+                    || (*col == "allowed_ips" && ["cidr[]", "inet[]"].contains(&ty.as_str()))
+                    || (want.ends_with("[]")
+                        && ["text[]", "character varying[]"].contains(&ty.as_str()))
+                    || (*want == "jsonb" && ty == "json");
+                if !ok {
+                    raise(ApiError::InvalidArgument(format!(
+                        "column {col} of the import source must be of type {want} or text, not {ty}"
+                    )));
+                }
+            }
+        }
+    }
     if !ignored.is_empty() {
         pgrx::notice!(
             "apikey.import_keys ignores the source's columns {}",
-            ignored
-                .iter()
-                .map(|c| format!("\"{c}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
+            ignored.join(", ")
         );
     }
-    let select = SOURCE_COLUMNS
-        .iter()
-        .map(|(c, t)| {
-            if present.iter().any(|p| p == c) {
-                format!("s.{}::pg_catalog.{t} AS {c}", quote(c))
-            } else {
-                format!("NULL::pg_catalog.{t} AS {c}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let query = format!("SELECT {select} FROM {qualified} s");
+    for (c, _) in SOURCE_COLUMNS {
+        if present.iter().any(|(p, _)| p == c) {
+            select.push(format!("s.{}::pg_catalog.text", quote(c)));
+        } else {
+            select.push("NULL::pg_catalog.text".into());
+        }
+    }
+    let query = format!("SELECT {} FROM {qualified} s", select.join(", "));
     privilege::with_pinned_search_path(|| {
         spi(Spi::connect(|c| {
             let mut rows = Vec::new();
             for row in c.select(&query, None, &[])? {
-                rows.push(ImportRow {
-                    owner: row.get_by_name("owner")?,
-                    name: row.get_by_name("name")?,
-                    hash: row.get_by_name("hash")?,
-                    algorithm: row.get_by_name("algorithm")?,
-                    lookup: row.get_by_name("lookup")?,
-                    last4: row.get_by_name("last4")?,
-                    expires_at: row.get_by_name("expires_at")?,
-                    expires_in: row.get_by_name("expires_in")?,
-                    scopes: row.get_by_name("scopes")?,
-                    resource: row.get_by_name("resource")?,
-                    kind: row.get_by_name("kind")?,
-                    format: row.get_by_name("format")?,
-                    metadata: row.get_by_name("metadata")?,
-                    rate_limit: row.get_by_name("rate_limit")?,
-                    rate_period: row.get_by_name("rate_period")?,
-                    rate_burst: row.get_by_name("rate_burst")?,
-                    db_role: row.get_by_name("db_role")?,
-                    allowed_ips: row.get_by_name("allowed_ips")?,
-                    credits: row.get_by_name("credits")?,
-                    refill_amount: row.get_by_name("refill_amount")?,
-                    refill_interval: row.get_by_name("refill_interval")?,
-                    limits: row.get_by_name("limits")?,
-                });
+                let mut values = Vec::with_capacity(SOURCE_COLUMNS.len());
+                for i in 1..=SOURCE_COLUMNS.len() {
+                    values.push(row.get::<String>(i)?);
+                }
+                rows.push(values);
             }
             Ok::<_, pgrx::spi::SpiError>(rows)
         }))
     })
+}
+
+/// A source value converted to `ty` by Postgres' own input function, refusing the row with a
+/// message that names the column, never the value.
+fn convert<T: pgrx::FromDatum + pgrx::IntoDatum>(
+    column: &str,
+    ty: &str,
+    value: &Option<String>,
+) -> Option<T> {
+    let text = value.clone()?;
+    // Names as format_type prints them; the cast needs the catalog's.
+    let cast = match ty {
+        "timestamp with time zone" => "timestamptz",
+        "integer" => "int4",
+        "bigint" => "int8",
+        other => other,
+    };
+    let query = format!("SELECT $1::pg_catalog.{cast}");
+    in_subtransaction(|| {
+        privilege::with_pinned_search_path(|| {
+            spi(Spi::get_one_with_args::<T>(&query, &[text.into()]))
+        })
+    })
+    .unwrap_or_else(|_| {
+        raise(ApiError::InvalidArgument(format!(
+            "column {column} is not a valid {ty}"
+        )))
+    })
+}
+
+/// One source row as `import` takes it.
+fn import_row(v: &[Option<String>]) -> ImportRow {
+    let text = |i: usize| v[i].clone();
+    let col = |name: &str| {
+        SOURCE_COLUMNS
+            .iter()
+            .position(|(n, _)| *n == name)
+            .expect("a source column")
+    };
+    macro_rules! typed {
+        ($name:literal, $t:ty) => {{
+            let i = col($name);
+            convert::<$t>($name, SOURCE_COLUMNS[i].1, &v[i])
+        }};
+    }
+    ImportRow {
+        owner: text(col("owner")),
+        name: text(col("name")),
+        hash: text(col("hash")),
+        algorithm: text(col("algorithm")),
+        lookup: text(col("lookup")),
+        last4: text(col("last4")),
+        expires_at: typed!("expires_at", TimestampWithTimeZone),
+        expires_in: typed!("expires_in", Interval),
+        scopes: typed!("scopes", Vec<Option<String>>),
+        resource: text(col("resource")),
+        kind: text(col("kind")),
+        format: text(col("format")),
+        metadata: typed!("metadata", JsonB),
+        rate_limit: typed!("rate_limit", i32),
+        rate_period: typed!("rate_period", Interval),
+        rate_burst: typed!("rate_burst", i32),
+        db_role: text(col("db_role")),
+        allowed_ips: typed!("allowed_ips", Vec<Option<String>>),
+        credits: typed!("credits", i64),
+        refill_amount: typed!("refill_amount", i64),
+        refill_interval: typed!("refill_interval", Interval),
+        limits: typed!("limits", JsonB),
+    }
 }
 
 fn quote(ident: &str) -> String {
@@ -599,9 +724,19 @@ fn import_keys(
     let caller = admin_caller("import API keys");
     let rows = read_source(source.0);
     let mut out = Vec::with_capacity(rows.len());
+    let (owner_at, name_at) = (
+        SOURCE_COLUMNS
+            .iter()
+            .position(|(n, _)| *n == "owner")
+            .unwrap_or(0),
+        SOURCE_COLUMNS
+            .iter()
+            .position(|(n, _)| *n == "name")
+            .unwrap_or(1),
+    );
     for (i, row) in rows.into_iter().enumerate() {
-        let (owner, name) = (row.owner.clone(), row.name.clone());
-        let result = in_subtransaction(|| import_one(&caller, row));
+        let (owner, name) = (row[owner_at].clone(), row[name_at].clone());
+        let result = in_subtransaction(|| import_one(&caller, import_row(&row)));
         let (status, id, reason) = match result {
             Ok(id) => ("imported", Some(id), None),
             Err((code, message)) => {

@@ -40,7 +40,9 @@ pub fn invalidate(relid: pg_sys::Oid) {
 
 fn owner_limit(owner: &str, name: &str) -> Option<Rate> {
     if OWNER_LIMITS.with_borrow(|c| c.is_none()) {
-        OWNER_LIMITS_RELID.set(crate::catalog::get().relation("owner_limits"));
+        // Before ALTER EXTENSION UPDATE adds the table, no owner has a limit.
+        let relid = crate::catalog::get().relation_if_present("owner_limits")?;
+        OWNER_LIMITS_RELID.set(relid);
         let rows: Vec<(String, String, Rate)> = store::as_owner(store::owner_limits)
             .into_iter()
             .map(|(o, n, max, per, burst)| {

@@ -150,7 +150,11 @@ pub fn find_by_digest(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
             pg_sys::slot_getsomeattrs_int(slot, a.max as i32);
             let values = (*slot).tts_values;
             let nulls = (*slot).tts_isnull;
+            // Attribute 0 is a column this install does not have yet (see catalog::key_columns).
             let get = |attnum: i16| {
+                if attnum <= 0 {
+                    return (pg_sys::Datum::from(0), true);
+                }
                 let i = (attnum - 1) as usize;
                 (*values.add(i), *nulls.add(i))
             };

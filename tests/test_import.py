@@ -219,3 +219,60 @@ def test_import_is_for_administrators_and_names_no_secret(connect):
             assert h[7:] not in detail and key[4:12] not in detail and hashlib.sha256(key.encode()).hexdigest() not in detail
     log = (ROOT / ".run/import/server.log").read_text(errors="replace")
     assert key not in log and h not in log
+
+
+# Found by the independent review of these features.
+
+def test_a_source_that_would_run_someone_elses_code_is_refused(connect):
+    """A view, another role's table (even for a superuser) and a column of a user-defined type
+    are refused before any row is read: reading them could run their owner's code as the
+    importing administrator (view functions, policies, casts)."""
+    with connect() as c:
+        c.execute("CREATE ROLE etl_owner")
+        c.execute("CREATE TABLE etl_staging (owner text, name text, hash text, algorithm text)")
+        c.execute("ALTER TABLE etl_staging OWNER TO etl_owner")
+        c.execute("CREATE VIEW staging_view AS SELECT 'v'::text AS owner, 'n'::text AS name,"
+                  " repeat('0', 64) AS hash, 'sha256'::text AS algorithm")
+        c.execute("CREATE TYPE wrapped AS (v text)")
+        c.execute("CREATE FUNCTION wrapped_text(w wrapped) RETURNS text LANGUAGE sql AS"
+                  " $$ SELECT (apikey.create('mallory', 'backdoor')).api_key::text $$")
+        c.execute("CREATE CAST (wrapped AS text) WITH FUNCTION wrapped_text(wrapped)")
+        c.execute("CREATE TABLE typed_staging (owner wrapped, name text, hash text, algorithm text)")
+        c.execute("INSERT INTO typed_staging VALUES (ROW('x'), 'n', repeat('0', 64), 'sha256')")
+        for source, message in [("staging_view", "must be a table"),
+                                ("etl_staging", "must be a table you own"),
+                                ("typed_staging", "column owner of the import source must be of type text")]:
+            with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+                c.execute("SELECT * FROM apikey.import_keys(%s)", (source,))
+            assert message in str(e.value), str(e.value)
+        assert c.execute("SELECT count(*) FROM apikey.keys WHERE owner = 'mallory'").fetchone()[0] == 0
+
+
+def test_a_bad_value_refuses_its_row_only_and_is_never_echoed(connect):
+    good = cfk()
+    h = bcrypt_hash(cfk())
+    with connect() as c:
+        c.execute("CREATE TABLE text_staging (owner text, name text, hash text, algorithm text, expires_at text,"
+                  " rate_limit text, rate_period text)")
+        c.execute("INSERT INTO text_staging VALUES ('tina', 'good', %s, 'sha256', '2099-01-01', '5', '1 hour')",
+                  (hashlib.sha256(good.encode()).hexdigest(),))
+        c.execute("INSERT INTO text_staging VALUES ('tina', 'swapped', 'x', 'sha256', %s, NULL, NULL)", (h,))
+        c.execute("INSERT INTO text_staging VALUES ('tina', 'bad limit', 'x', 'sha256', NULL, 'lots', '1 hour')")
+        out = c.execute("SELECT name, status, reason FROM apikey.import_keys('text_staging') ORDER BY ordinal").fetchall()
+        assert out == [("good", "imported", None),
+                       ("swapped", "refused", "column expires_at is not a valid timestamp with time zone"),
+                       ("bad limit", "refused", "column rate_limit is not a valid integer")]
+        assert c.execute("SELECT rate_limit FROM apikey.keys WHERE name = 'good' AND owner = 'tina'").fetchone()[0] == 5
+    assert h not in (ROOT / ".run/import/server.log").read_text(errors="replace")
+
+
+def test_bcrypt_is_refused_for_keys_longer_than_it_reads(connect):
+    """bcrypt reads 72 bytes: for a longer format any string sharing them would verify."""
+    with connect() as c:
+        c.execute("SELECT apikey.add_format('longkey', 'longkey_', 'base62', 80)")
+        key = "longkey_" + "Q7x" * 26 + "AB"
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+            # Systems that stored such keys hashed their first 72 bytes (bcrypt libraries truncate).
+            c.execute("SELECT apikey.import('lee', 'long', %s, 'bcrypt', lookup => %s, format => 'longkey')",
+                      (bcrypt_hash(key[:72]), key[:14]))
+        assert "72 bytes" in str(e.value)

@@ -378,14 +378,15 @@ def test_lifetime_rules_hold_through_the_api(api):
 
 
 def test_a_secret_scanner_reports_leaks_over_http(api):
-    """GitHub secret scanning's partner format, posted with an administrator's key: our key is
-    revoked at once (401 on its next request) and answered true_positive; an unknown one is a
-    false positive; no token comes back; a non-admin key gets 403."""
+    """GitHub secret scanning's partner format, posted with the scanner's key (scope leaks:report,
+    no administrator): our key is revoked at once (401 on its next request) and answered
+    true_positive; an unknown one is a false positive; no token comes back; a key without that
+    scope (even an unscoped one) gets 403; the scanner's key is nobody's administrator."""
     dsn = f"host={ROOT / '.run' / CLUSTER} port={PG_PORT} user=postgres dbname={DB}"
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("SET apikey.creation_limit = 0")
         scanner = c.execute("SELECT api_key::text FROM apikey.create('security', 'scanner', format => 'ct_live', "
-                            "db_role => 'api_admin')").fetchone()[0]
+                            "scopes => '{leaks:report}')").fetchone()[0]
         leaked_id, leaked = c.execute("SELECT id, api_key::text FROM apikey.create('alice', 'pasted in a gist', "
                                       "format => 'ct_live')").fetchone()
     assert requests.get(f"{BASE}/api/surveys/", headers={"Authorization": f"Bearer {leaked}"}).status_code == 200
@@ -407,3 +408,6 @@ def test_a_secret_scanner_reports_leaks_over_http(api):
     assert action == "leaked" and detail == {"source": "gist", "url": "https://gist.example/1"}
     r = requests.post(f"{BASE}/api/secret-scanning", json=payload, headers={"Authorization": f"Bearer {api['bob']}"})
     assert r.status_code == 403 and leaked not in r.text
+    # Found by the review: the scanner's key must not be an administrator elsewhere.
+    r = requests.get(f"{BASE}/api/keys", headers={"Authorization": f"Bearer {scanner}"})
+    assert r.status_code == 200 and {k["name"] for k in r.json()} == {"scanner"}

@@ -107,6 +107,13 @@ def test_an_upgraded_database_equals_a_fresh_install_and_keeps_everything(connec
     with connect("up_old") as c:
         fill_010(c)
         before = c.execute(OLD_DATA).fetchall()
+        # Between the library upgrade and ALTER EXTENSION UPDATE, keys still verify and
+        # authenticate (found by the review: this used to fail with XX000).
+        key, owner, name = KEYS[0][:3]
+        assert c.execute("SELECT owner, name FROM apikey.verify(%s)", (key,)).fetchone() == (owner, name)
+        assert c.execute("SELECT apikey.authenticate(%s)", (key,)).fetchone()[0] == owner
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            c.execute("SELECT apikey.verify(%s)", ("cfk_" + "9" * 64,))
         notices = []
         c.add_notice_handler(lambda d: notices.append(d.message_primary))
         c.execute("ALTER EXTENSION pg_apikey UPDATE")

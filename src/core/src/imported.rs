@@ -20,6 +20,10 @@ use crate::format::Format;
 /// overlaps, and so refusals, the rule rather than the exception.
 pub const MIN_LOOKUP_BODY: usize = 4;
 
+/// bcrypt reads at most this many bytes of its input: a longer key would verify with any string
+/// that shares its first 72 bytes, so such keys are not imported with bcrypt.
+pub const BCRYPT_MAX_KEY: usize = 72;
+
 /// The bcrypt costs Postgres-side verification accepts (the bcrypt definition's own range).
 pub const BCRYPT_COSTS: std::ops::RangeInclusive<u32> = 4..=31;
 
@@ -180,9 +184,10 @@ pub fn lookup_candidates(key: &str, min: usize, max: usize) -> Vec<&str> {
         .collect()
 }
 
-/// Does `key` match the bcrypt `hash`? One bcrypt at the hash's cost.
+/// Does `key` match the bcrypt `hash`? One bcrypt at the hash's cost. A key longer than bcrypt
+/// reads never matches (it would match every key sharing its first 72 bytes).
 pub fn bcrypt_matches(key: &str, hash: &str) -> bool {
-    bcrypt::verify(key, hash).unwrap_or(false)
+    bcrypt::non_truncating_verify(key, hash).unwrap_or(false)
 }
 
 /// Spend what a failed bcrypt check of `key` at `cost` would, for a key with no candidate, so
@@ -260,6 +265,12 @@ mod tests {
             // The stored hash is no key.
             assert!(!bcrypt_matches(&hash, &hash));
         }
+        // bcrypt reads 72 bytes: a longer string sharing them must not match.
+        let long = "k".repeat(80);
+        let hash = bcrypt::hash_with_result(&long, 4).unwrap().to_string();
+        assert!(!bcrypt_matches(&long, &hash));
+        assert!(!bcrypt_matches(&("k".repeat(72) + "zzzzzzzz"), &hash));
+        {}
     }
 
     #[test]
