@@ -104,6 +104,10 @@ CREATE TABLE apikey.keys (
 );
 ALTER SEQUENCE apikey.keys_id_seq OWNED BY apikey.keys.id;
 CREATE UNIQUE INDEX keys_digest_key ON apikey.keys (digest);
+-- Verify probes this one: SHA-256 digests are uniformly spread, so a hash index finds a key in
+-- one bucket page where the B-tree needs a descent of bytea comparisons. The B-tree stays for
+-- uniqueness.
+CREATE INDEX keys_digest_hash ON apikey.keys USING hash (digest);
 CREATE INDEX keys_owner_idx ON apikey.keys (owner);
 -- The usage worker's search for keys about to expire (apikey.expiry_notice_days).
 CREATE INDEX keys_expires_at_idx ON apikey.keys (expires_at) WHERE expires_at IS NOT NULL;

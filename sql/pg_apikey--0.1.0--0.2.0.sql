@@ -61,6 +61,7 @@ ALTER TABLE apikey.keys
     ADD CONSTRAINT keys_check2 CHECK ((refill_amount IS NULL) = (refill_interval IS NULL)),
     ADD CONSTRAINT keys_check3 CHECK (refill_amount IS NULL OR credits IS NOT NULL);
 CREATE INDEX keys_expires_at_idx ON apikey.keys (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX keys_digest_hash ON apikey.keys USING hash (digest);
 COMMENT ON COLUMN apikey.keys.limits IS 'Named limits: {"name": {"max": N, "per": interval, "per_us": microseconds, "burst": N}}. "requests" is charged by apikey.authenticate, any name by apikey.charge(name).';
 COMMENT ON COLUMN apikey.keys.credits IS 'Credits left (NULL: not usage-limited), as last written by the usage worker; the live balance is in shared memory (apikey.credits(id)).';
 COMMENT ON COLUMN apikey.keys.allowed_ips IS 'Addresses the key may be used from (NULL: any). Checked before anything is charged.';

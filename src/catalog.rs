@@ -40,8 +40,10 @@ pub struct Catalog {
     pub owner: pg_sys::Oid,
     /// (name, oid) of every table in `TABLES` that exists, checked as described above.
     relations: Vec<(String, pg_sys::Oid)>,
-    /// The unique index on `apikey.keys (digest)`.
+    /// The index verify probes on `apikey.keys (digest)`: the hash index, or the unique B-tree.
     digest_index: pg_sys::Oid,
+    /// The digest index is a hash index (it returns rows whose digest only hashes alike).
+    digest_index_is_hash: bool,
     key_columns: Option<KeyColumns>,
 }
 
@@ -93,6 +95,10 @@ impl Catalog {
 
     pub fn is_ours(&self, relid: pg_sys::Oid) -> bool {
         relid == self.digest_index || self.relations.iter().any(|(_, oid)| *oid == relid)
+    }
+
+    pub fn digest_index_is_hash(&self) -> bool {
+        self.digest_index_is_hash
     }
 
     pub fn digest_index(&self) -> pg_sys::Oid {
@@ -228,12 +234,19 @@ SELECT c.relname::pg_catalog.text, c.oid, c.relkind::pg_catalog.text,
     const COLUMNS: &str = "
 SELECT attname::pg_catalog.text, attnum FROM pg_catalog.pg_attribute
  WHERE attrelid OPERATOR(pg_catalog.=) $1 AND attnum OPERATOR(pg_catalog.>) 0 AND NOT attisdropped";
-    // The index verify probes: unique, valid, on digest alone, no expression or predicate.
+    // The index verify probes: valid, on digest alone, no expression or predicate.
+    // The hash index on digest when there is one (one bucket page instead of a B-tree descent
+    // of bytea comparisons), else the unique B-tree.
     const DIGEST_INDEX: &str = "
-SELECT i.indexrelid FROM pg_catalog.pg_index i
- WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisunique AND i.indisvalid
+SELECT i.indexrelid, (a.amname OPERATOR(pg_catalog.=) 'hash') AS is_hash
+  FROM pg_catalog.pg_index i
+  JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.indexrelid
+  JOIN pg_catalog.pg_am a ON a.oid OPERATOR(pg_catalog.=) c.relam
+ WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisvalid
    AND i.indnatts OPERATOR(pg_catalog.=) 1 AND i.indkey[0] OPERATOR(pg_catalog.=) $2
    AND i.indexprs IS NULL AND i.indpred IS NULL
+   AND (i.indisunique OR a.amname OPERATOR(pg_catalog.=) 'hash')
+ ORDER BY 2 DESC
  LIMIT 1";
     let found = spi(Spi::connect(|c| {
         let t = c.select(EXTENSION, Some(1), &[])?;
@@ -262,6 +275,7 @@ SELECT i.indexrelid FROM pg_catalog.pg_index i
         }
         let keys = relations.iter().find(|(n, _)| n == "keys").map(|(_, o)| *o);
         let (mut digest_index, mut columns) = (pg_sys::InvalidOid, None);
+        let mut digest_index_is_hash = false;
         if let Some(keys) = keys {
             let mut attrs = Vec::new();
             for row in c.select(COLUMNS, None, &[keys.into()])? {
@@ -274,10 +288,9 @@ SELECT i.indexrelid FROM pg_catalog.pg_index i
             if let Some(cols) = columns {
                 let t = c.select(DIGEST_INDEX, Some(1), &[keys.into(), cols.digest.into()])?;
                 if !t.is_empty() {
-                    digest_index = t
-                        .first()
-                        .get_one::<pg_sys::Oid>()?
-                        .unwrap_or(pg_sys::InvalidOid);
+                    let r = t.first();
+                    digest_index = r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid);
+                    digest_index_is_hash = r.get::<bool>(2)?.unwrap_or(false);
                 }
             }
         }
@@ -286,6 +299,7 @@ SELECT i.indexrelid FROM pg_catalog.pg_index i
                 owner,
                 relations,
                 digest_index,
+                digest_index_is_hash,
                 key_columns: columns,
             },
             nsp_owner,

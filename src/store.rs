@@ -4,9 +4,10 @@
 //! extension owner with `search_path = pg_catalog, pg_temp` and qualified operators; callers wrap
 //! them in [`as_owner`] (the catalog check of `catalog::get` runs first, so every name used here is
 //! known to be the extension's own table). The hot path, [`find_by_digest`], does not go through
-//! SQL at all: it probes the digest's unique index directly under the latest snapshot.
+//! SQL at all: it probes the digest's hash index (or its unique B-tree) directly under the latest
+//! snapshot.
 
-use pg_apikey_core::digest::DIGEST_LEN;
+use pg_apikey_core::digest::{ct_eq, DIGEST_LEN};
 use pg_apikey_core::errors::ApiError;
 use pg_apikey_core::gcra::Rate;
 use pg_apikey_core::ipnet::{self, Cidr};
@@ -71,7 +72,7 @@ fn rate_of(limit: Option<i32>, period: Option<Interval>, burst: Option<i32>) -> 
 }
 
 // ---------------------------------------------------------------------------------------------
-// The key lookup: a direct probe of the unique index on digest.
+// The key lookup: a direct probe of the index on digest.
 
 /// A key as the verify path needs it.
 #[derive(Clone)]
@@ -132,21 +133,36 @@ pub fn find_by_digest(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
             .to_vec()
             .into_datum()
             .unwrap_or_else(|| internal("bytea datum"));
+        let strategy = if cat.digest_index_is_hash() {
+            pg_sys::HTEqualStrategyNumber
+        } else {
+            pg_sys::BTEqualStrategyNumber
+        };
         pg_sys::ScanKeyInit(
             &mut skey,
             1,
-            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            strategy as pg_sys::StrategyNumber,
             pg_sys::Oid::from(pg_sys::F_BYTEAEQ),
             arg,
         );
         let scan = begin_index_scan(heap, irel, snapshot);
         pg_sys::index_rescan(scan, &mut skey, 1, std::ptr::null_mut(), 0);
         let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
-        let found = if pg_sys::index_getnext_slot(
-            scan,
-            pg_sys::ScanDirection::ForwardScanDirection,
-            slot,
-        ) {
+        // A hash index returns every row whose digest hashes alike (xs_recheck): skip those
+        // whose digest is not this one. The unique B-tree returns at most the one.
+        let mut hit = false;
+        while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+            pg_sys::slot_getsomeattrs_int(slot, a.digest as i32);
+            let i = (a.digest - 1) as usize;
+            let (d, n) = (*(*slot).tts_values.add(i), *(*slot).tts_isnull.add(i));
+            if Vec::<u8>::from_polymorphic_datum(d, n, pg_sys::InvalidOid)
+                .is_some_and(|v| ct_eq(&v, digest))
+            {
+                hit = true;
+                break;
+            }
+        }
+        let found = if hit {
             pg_sys::slot_getsomeattrs_int(slot, a.max as i32);
             let values = (*slot).tts_values;
             let nulls = (*slot).tts_isnull;
