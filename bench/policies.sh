@@ -6,7 +6,8 @@
 # there were credits. Limits are set high so nothing is refused during the ratio runs.
 # Usage: bench/policies.sh PSQL_DIR PORT SECONDS   (the cluster lists bench in apikey.usage_databases)
 set -euo pipefail
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+PGBIN=${PGBIN:-$("$PG_CONFIG" --bindir)}
 dir=$1 port=$2 secs=$3
 RUNS=${BENCH_RUNS:-3}
 PSQL=(psql -X -q -At -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d bench)

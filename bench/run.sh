@@ -10,7 +10,8 @@
 # Not a test: nothing here passes or fails on a number.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+PGBIN=${PGBIN:-$("$PG_CONFIG" --bindir)}
 PORT=${BENCH_PORT:-54343}
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 "$ROOT/tests/cluster.sh" start bench "$PORT" "fsync = on" "shared_buffers = 1GB" \

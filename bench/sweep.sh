@@ -11,7 +11,8 @@
 # Usage: bench/sweep.sh PSQL_DIR PORT SECONDS  (called by bench/run.sh on its cluster)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+PGBIN=${PGBIN:-$("$PG_CONFIG" --bindir)}
 dir=$1 port=$2 secs=$3
 RUNS=${BENCH_RUNS:-3}
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d bench)
