@@ -344,15 +344,6 @@ fn import_one(caller: &Caller, r: ImportRow) -> i64 {
     })
 }
 
-fn admin_caller(what: &'static str) -> Caller {
-    privilege::require_primary(what);
-    let caller = Caller::get();
-    if !caller.admin {
-        raise(ApiError::AdminOnly(what));
-    }
-    caller
-}
-
 /// Import a key another system issued, by the hash it stored: `sha256` (hex), `sha256-base64`
 /// or `bcrypt` (with `lookup`, the key's first characters). Administrators only. Returns the
 /// new key's id; 23505 if the key is already stored, 22023 for a bad hash or lookup part.
@@ -382,7 +373,7 @@ fn import(
     refill_interval: default!(Option<Interval>, "NULL"),
     limits: default!(Option<JsonB>, "NULL"),
 ) -> i64 {
-    let caller = admin_caller("import API keys");
+    let caller = Caller::admin_only("import API keys");
     let s = |v: Option<&str>| v.map(str::to_owned);
     import_one(
         &caller,
@@ -721,7 +712,7 @@ fn import_keys(
         name!(reason, Option<String>),
     ),
 > {
-    let caller = admin_caller("import API keys");
+    let caller = Caller::admin_only("import API keys");
     let rows = read_source(source.0);
     let mut out = Vec::with_capacity(rows.len());
     let (owner_at, name_at) = (

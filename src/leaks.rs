@@ -14,7 +14,6 @@ use serde_json::json;
 
 use crate::errors::raise;
 use crate::policy::{self, Caller};
-use crate::privilege;
 use crate::store;
 
 /// Is `token` one of our keys? If so revoke it now and audit the leak; true either way when it
@@ -43,15 +42,6 @@ fn handle(caller: &Caller, token: &str, source: &str, url: Option<&str>) -> bool
     true
 }
 
-fn admin_caller() -> Caller {
-    privilege::require_primary("report leaked keys");
-    let caller = Caller::get();
-    if !caller.admin {
-        raise(ApiError::AdminOnly("report leaked keys"));
-    }
-    caller
-}
-
 /// Report keys found in public: each stored one is revoked now and audited as leaked with
 /// `source`. Returns one row per reported key, in order: its SHA-256 (hex) and `true_positive`
 /// (ours, now revoked) or `false_positive`.
@@ -60,7 +50,7 @@ fn report_leaked(
     keys: Option<Vec<Option<String>>>,
     source: default!(Option<&str>, "NULL"),
 ) -> TableIterator<'static, (name!(token_hash, String), name!(label, String))> {
-    let caller = admin_caller();
+    let caller = Caller::admin_only("report leaked keys");
     let keys = keys.unwrap_or_else(|| raise(ApiError::NullArgument("keys")));
     let source = source.unwrap_or("unknown");
     let out: Vec<(String, String)> = keys
@@ -82,7 +72,7 @@ fn report_leaked(
 /// answer `[{token_hash, token_type, label}]`. Administrators only.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn secret_scanning(payload: JsonB) -> JsonB {
-    let caller = admin_caller();
+    let caller = Caller::admin_only("report leaked keys");
     let serde_json::Value::Array(items) = payload.0 else {
         raise(ApiError::InvalidArgument(
             "a secret scanning payload is a JSON array of {token, type, url, source}".into(),

@@ -741,11 +741,7 @@ fn credits(id: i64) -> Option<i64> {
 /// audited. Returns the balance now.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn add_credits(id: i64, n: i64) -> i64 {
-    privilege::require_primary("add credits");
-    let caller = Caller::get();
-    if !caller.admin {
-        raise(ApiError::AdminOnly("add credits"));
-    }
+    let caller = Caller::admin_only("add credits");
     store::as_owner(|| {
         let key = policy::target(&caller, id, true);
         if !key.has_credits {

@@ -51,6 +51,17 @@ impl Caller {
         }
     }
 
+    /// The caller of something only administrators may do (`what`, as the refusals name it);
+    /// refused on a standby (25006) and for anyone else (42501).
+    pub fn admin_only(what: &'static str) -> Self {
+        privilege::require_primary(what);
+        let caller = Caller::get();
+        if !caller.admin {
+            raise(ApiError::AdminOnly(what));
+        }
+        caller
+    }
+
     /// The caller as a key holder only (for paths that administrators may not take, like reveal).
     pub fn holder_only() -> Self {
         Caller {

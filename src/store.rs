@@ -191,7 +191,6 @@ pub fn find_by_digest(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
             if should_free {
                 pg_sys::heap_freetuple(tuple);
             }
-            let stored: Vec<u8> = read!(a.digest, Vec<u8>).unwrap_or_default();
             Some(StoredKey {
                 id: read!(a.id, i64).unwrap_or_default(),
                 owner: read!(a.owner, String).unwrap_or_default(),
@@ -227,7 +226,8 @@ pub fn find_by_digest(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
                     read!(a.rate_burst, i32),
                 ),
                 db_role: read!(a.db_role, String),
-                digest: stored.try_into().unwrap_or([0; DIGEST_LEN]),
+                // The loop above matched it against the probe.
+                digest: *digest,
                 created_here,
             })
         } else {
