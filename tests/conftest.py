@@ -2,6 +2,7 @@
 started once per test session on a loopback port and stopped afterwards. The server is the major
 of $PG_CONFIG (Debian's 15 by default; tests/run-all.sh runs the suite once per tested major)."""
 
+import contextlib
 import os
 import subprocess
 import uuid
@@ -66,3 +67,25 @@ def db(cluster):
 
 def server_log() -> str:
     return (cluster_dir() / "server.log").read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def own_cluster(name: str, port: str, db: str, *conf: str, setup: tuple = ()):
+    """A module's own throwaway cluster (`conf`: extra postgresql.conf lines) with database `db`,
+    pg_apikey installed and `setup` run in it; yields connect(dbname=db, autocommit=True,
+    user="postgres")."""
+    subprocess.run([str(ROOT / "tests/cluster.sh"), "start", name, port, *conf], check=True)
+
+    def conn(dbname=db, autocommit=True, user="postgres"):
+        return psycopg.connect(f"host={ROOT / '.run' / name} port={port} user={user} dbname={dbname}",
+                               autocommit=autocommit)
+    try:
+        with conn("postgres") as c:
+            c.execute(f"CREATE DATABASE {db}")
+        with conn() as c:
+            c.execute("CREATE EXTENSION pg_apikey")
+            for statement in setup:
+                c.execute(statement)
+        yield conn
+    finally:
+        subprocess.run([str(ROOT / "tests/cluster.sh"), "stop", name], check=False)

@@ -4,35 +4,23 @@ by the usage worker, topped up by administrators (audited), answered as 429 over
 
 import concurrent.futures
 import json
-import subprocess
 import threading
 import time
 
 import psycopg
 import pytest
 
-from conftest import ROOT
+from conftest import own_cluster
 
 PORT = "54352"
 
 
 @pytest.fixture(scope="module")
 def connect():
-    subprocess.run([str(ROOT / "tests/cluster.sh"), "start", "credits", PORT,
-                    "apikey.usage_databases = 'credits_db'", "apikey.usage_flush_interval = 200"], check=True)
-
-    def conn(dbname="credits_db", autocommit=True, user="postgres"):
-        return psycopg.connect(f"host={ROOT / '.run/credits'} port={PORT} user={user} dbname={dbname}",
-                               autocommit=autocommit)
-    try:
-        with conn("postgres") as c:
-            c.execute("CREATE DATABASE credits_db")
-        with conn() as c:
-            c.execute("CREATE EXTENSION pg_apikey")
-            c.execute("ALTER DATABASE credits_db SET apikey.creation_limit = 0")
+    with own_cluster("credits", PORT, "credits_db", "apikey.usage_databases = 'credits_db'",
+                     "apikey.usage_flush_interval = 200",
+                     setup=("ALTER DATABASE credits_db SET apikey.creation_limit = 0",)) as conn:
         yield conn
-    finally:
-        subprocess.run([str(ROOT / "tests/cluster.sh"), "stop", "credits"], check=False)
 
 
 def new_key(c, credits, **kw):

@@ -4,13 +4,12 @@ a rolled-back change sends nothing; the worker announces expiring keys, low cred
 refused by a limit once each."""
 
 import json
-import subprocess
 import time
 
 import psycopg
 import pytest
 
-from conftest import ROOT
+from conftest import own_cluster
 
 PORT = "54356"
 DB = "events_db"
@@ -18,24 +17,12 @@ DB = "events_db"
 
 @pytest.fixture(scope="module")
 def connect():
-    subprocess.run([str(ROOT / "tests/cluster.sh"), "start", "events", PORT,
-                    f"apikey.usage_databases = '{DB}'", "apikey.usage_flush_interval = 200",
-                    "apikey.expiry_notice_days = '30, 7'", "apikey.credits_low_percent = 25",
-                    "apikey.limit_event_window = 3600"], check=True)
-
-    def conn(dbname=DB, autocommit=True, user="postgres"):
-        return psycopg.connect(f"host={ROOT / '.run/events'} port={PORT} user={user} dbname={dbname}",
-                               autocommit=autocommit)
-    try:
-        with conn("postgres") as c:
-            c.execute(f"CREATE DATABASE {DB}")
-        with conn() as c:
-            c.execute("CREATE EXTENSION pg_apikey")
-            c.execute(f"ALTER DATABASE {DB} SET apikey.creation_limit = 0")
-            c.execute("CREATE ROLE events_reader LOGIN")
+    with own_cluster("events", PORT, DB, f"apikey.usage_databases = '{DB}'", "apikey.usage_flush_interval = 200",
+                     "apikey.expiry_notice_days = '30, 7'", "apikey.credits_low_percent = 25",
+                     "apikey.limit_event_window = 3600",
+                     setup=(f"ALTER DATABASE {DB} SET apikey.creation_limit = 0",
+                            "CREATE ROLE events_reader LOGIN")) as conn:
         yield conn
-    finally:
-        subprocess.run([str(ROOT / "tests/cluster.sh"), "stop", "events"], check=False)
 
 
 @pytest.fixture

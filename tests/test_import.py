@@ -6,14 +6,13 @@ database, by Python's hashlib and bcrypt, as the other system would have."""
 import base64
 import hashlib
 import secrets
-import subprocess
 import time
 
 import bcrypt
 import psycopg
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, own_cluster
 
 PORT = "54355"
 DB = "import_db"
@@ -21,21 +20,9 @@ DB = "import_db"
 
 @pytest.fixture(scope="module")
 def connect():
-    subprocess.run([str(ROOT / "tests/cluster.sh"), "start", "import", PORT,
-                    f"apikey.usage_databases = '{DB}'", "apikey.usage_flush_interval = 200"], check=True)
-
-    def conn(dbname=DB, autocommit=True, user="postgres"):
-        return psycopg.connect(f"host={ROOT / '.run/import'} port={PORT} user={user} dbname={dbname}",
-                               autocommit=autocommit)
-    try:
-        with conn("postgres") as c:
-            c.execute(f"CREATE DATABASE {DB}")
-        with conn() as c:
-            c.execute("CREATE EXTENSION pg_apikey")
-            c.execute("CREATE ROLE importer_nobody LOGIN")
+    with own_cluster("import", PORT, DB, f"apikey.usage_databases = '{DB}'", "apikey.usage_flush_interval = 200",
+                     setup=("CREATE ROLE importer_nobody LOGIN",)) as conn:
         yield conn
-    finally:
-        subprocess.run([str(ROOT / "tests/cluster.sh"), "stop", "import"], check=False)
 
 
 def cfk():
