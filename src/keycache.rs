@@ -175,15 +175,16 @@ pub fn generation() -> u64 {
     GENERATION.get()
 }
 
-/// Cache `key` unless an invalidation was processed since `generation()` returned `since`, or
-/// this is the key's first miss in the doorkeeper's window.
-pub fn insert(digest: Digest, key: StoredKey, since: u64) {
-    if GENERATION.get() != since {
-        return;
-    }
-    if !DOOR.with_borrow_mut(|d| d.seen_before(&digest)) {
-        return;
-    }
+/// May the key just found be cached? Not if an invalidation was processed since `generation()`
+/// returned `since`, nor on its first miss in the doorkeeper's window. Asked before copying the
+/// row, which most misses of a large key set would copy for nothing.
+pub fn admits(digest: &Digest, since: u64) -> bool {
+    GENERATION.get() == since && DOOR.with_borrow_mut(|d| d.seen_before(digest))
+}
+
+/// Cache `key`; the caller asked [`admits`] just before, with nothing in between that could
+/// process an invalidation.
+pub fn insert(digest: Digest, key: StoredKey) {
     let bytes = size_of(&key);
     let budget = budget();
     CACHE.with_borrow_mut(|c| {

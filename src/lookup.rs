@@ -66,8 +66,8 @@ pub fn try_lookup(key: &str) -> Result<StoredKey, ApiError> {
     // out of the cache. Read-only transactions (every verify-only request) populate it.
     // SAFETY: reads the transaction state; no preconditions.
     let wrote = unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId;
-    if !wrote {
-        keycache::insert(digest, found.clone(), since);
+    if !wrote && keycache::admits(&digest, since) {
+        keycache::insert(digest, found.clone());
     }
     judge(found, &digest)
 }
