@@ -11,6 +11,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+# Failing tests' reports go through secret_redaction: no key, digest or secret in test output.
+pytest_plugins = ("secret_redaction",)
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_CONFIG = os.environ.setdefault("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
 
