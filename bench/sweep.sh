@@ -41,6 +41,9 @@ echo 'SELECT 1;' > "$work/noop.sql"
 printf '\\set i random(1, :n)\nSELECT k FROM bench.plain WHERE n = :i;\n' > "$work/lookup.sql"
 printf '\\set i random(1, :n)\nSELECT (apikey.verify(k)).owner FROM bench.plain WHERE n = :i;\n' > "$work/verify.sql"
 printf '\\set i random(1, :n)\nSELECT apikey.authenticate(k) FROM bench.plain WHERE n = :i;\n' > "$work/authenticate.sql"
+# Real key use is skewed (a few busy clients, a long tail): the same pair under a Zipf law.
+printf '\\set i random_zipfian(1, :n, 1.1)\nSELECT k FROM bench.plain WHERE n = :i;\n' > "$work/lookup_zipf.sql"
+printf '\\set i random_zipfian(1, :n, 1.1)\nSELECT (apikey.verify(k)).owner FROM bench.plain WHERE n = :i;\n' > "$work/verify_zipf.sql"
 
 tps() { # script n [pgoptions]
     PGOPTIONS="${3:-}" "$PGBIN/pgbench" -n -M prepared -h "$dir" -p "$port" -U postgres -c 2 -j 2 -T "$secs" \
@@ -77,6 +80,29 @@ start_churn $(( RUNS * 2 * secs + 30 ))
 churned=$(ratio verify lookup 1000000)
 kill "$churn_pid" 2>/dev/null || true; wait "$churn_pid" 2>/dev/null || true; churn_pid=
 printf '%-28s %10s %10s\n' "1000000, create+revoke/50ms" "$churned" "$(awk -v a="$churned" -v b="${r[1000]}" 'BEGIN{printf "%.3f", a/b}')"
+zipf=$(ratio verify_zipf lookup_zipf 1000000)
+printf '%-28s %10s %10s\n' "1000000, Zipf s=1.1" "$zipf" "$(awk -v a="$zipf" -v b="${r[1000]}" 'BEGIN{printf "%.3f", a/b}')"
+
+echo
+echo "== one verify, cache hit vs miss, in one statement over 20,000 random keys of 10^6 (median of $RUNS)"
+# A hit is the backend cache; a miss (apikey.key_cache_size = 0) probes the digest index and
+# fetches the row. Two passes first: a key enters the cache on its second miss. Per call,
+# including the loop's own cost, which both pay alike.
+per_call() { # cache setting
+    for _ in $(seq "$RUNS"); do
+        "${PSQL[@]}" -At <<SQL | awk '/^Time:/ {printf "%.2f\n", $2 * 1000 / 20000}'
+SET jit = off;
+SET apikey.key_cache_size = '$1';
+CREATE TEMP TABLE sample AS SELECT k FROM bench.plain ORDER BY random() LIMIT 20000;
+SELECT count((apikey.verify(k)).id) FROM sample;
+SELECT count((apikey.verify(k)).id) FROM sample;
+\\timing on
+SELECT count((apikey.verify(k)).id) FROM sample;
+SQL
+    done | median
+}
+hit=$(per_call 16MB) miss=$(per_call 0)
+echo "hit ${hit} µs, miss ${miss} µs per verify (a miss costs $(awk -v h="$hit" -v m="$miss" 'BEGIN{printf "%.2f", m-h}') µs more)"
 
 echo
 echo "== usage tracking on authenticate of a random key out of 10^6 (median of $RUNS)"

@@ -20,6 +20,12 @@
 //! nothing. A tag that happens to equal a real relation's OID costs that relation one relcache
 //! rebuild, nothing more.
 //!
+//! The keys table's own invalidation comes with every VACUUM and ANALYZE of it (they update its
+//! `pg_class` row), which autovacuum runs regularly on a table whose `last_used_at` the usage
+//! worker updates. Those change no key, so the cache is emptied only if the table's file changed
+//! (TRUNCATE, VACUUM FULL, CLUSTER, a rewriting ALTER) or the table is gone; the check runs at the
+//! next lookup, in a transaction, where the relation cache may be read.
+//!
 //! ## The race
 //! A miss looks the key up under the latest snapshot; if a revoke commits after that snapshot and
 //! its invalidation is processed before the entry is inserted, inserting would cache the revoked
@@ -128,6 +134,10 @@ thread_local! {
     static DOOR: RefCell<Doorkeeper> = const { RefCell::new(Doorkeeper { bits: Vec::new(), set: 0 }) };
     static GENERATION: Cell<u64> = const { Cell::new(0) };
     static KEYS_RELID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    /// The keys table's file when the entries were read (InvalidOid: not known yet).
+    static KEYS_FILE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    /// The keys table was invalidated: compare its file before the next lookup.
+    static CHECK_FILE: Cell<bool> = const { Cell::new(false) };
     static INVALIDATORS: RefCell<Vec<fn(pg_sys::Oid)>> = const { RefCell::new(Vec::new()) };
     /// (hits, misses) of this backend, for `apikey.key_cache_stats()`.
     static COUNTS: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
@@ -159,7 +169,42 @@ fn budget() -> usize {
     crate::gucs::KEY_CACHE_SIZE.get().max(0) as usize * 1024
 }
 
+/// The file of relation `relid`; None if there is no such relation.
+fn file_of(relid: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    // SAFETY: called in a transaction (from a lookup); RelationIdGetRelation returns a pinned
+    // relcache entry or NULL, and the entry is read, then released with RelationClose. Taking no
+    // lock is how the relation cache is read for a look at pg_class fields.
+    unsafe {
+        let rel = pg_sys::RelationIdGetRelation(relid);
+        if rel.is_null() {
+            return None;
+        }
+        let file = (*(*rel).rd_rel).relfilenode;
+        pg_sys::RelationClose(rel);
+        Some(file)
+    }
+}
+
+/// Empty the cache if the keys table was invalidated and its file is not the one the entries
+/// were read from (see "Per-key invalidation").
+fn check_keys_file() {
+    if !CHECK_FILE.replace(false) {
+        return;
+    }
+    let keys = KEYS_RELID.get();
+    let file = file_of(keys);
+    if keys == pg_sys::InvalidOid || file != Some(KEYS_FILE.get()) {
+        CACHE.with_borrow_mut(Cache::clear);
+    }
+    KEYS_FILE.set(file.unwrap_or(pg_sys::InvalidOid));
+}
+
 pub fn get(digest: &Digest) -> Option<StoredKey> {
+    check_keys_file();
+    if budget() == 0 {
+        // Switched off: serve nothing cached before (an insert would have emptied it anyway).
+        CACHE.with_borrow_mut(Cache::clear);
+    }
     let found = CACHE.with_borrow(|c| c.map.get(digest).map(|e| e.key.clone()));
     let (hits, misses) = COUNTS.get();
     COUNTS.set(if found.is_some() {
@@ -221,9 +266,12 @@ fn key_cache_stats() -> TableIterator<
     TableIterator::once((entries, bytes, hits as i64, misses as i64))
 }
 
-/// The OID of `apikey.keys`: its own invalidation (TRUNCATE, DDL) drops every entry.
+/// The OID of `apikey.keys`, after a lookup read it: its own invalidation may drop every entry.
 pub fn set_keys_relid(relid: pg_sys::Oid) {
-    KEYS_RELID.set(relid);
+    if KEYS_RELID.replace(relid) != relid || KEYS_FILE.get() == pg_sys::InvalidOid {
+        CACHE.with_borrow_mut(Cache::clear);
+        KEYS_FILE.set(file_of(relid).unwrap_or(pg_sys::InvalidOid));
+    }
 }
 
 /// Another backend-local cache that must be dropped with relcache invalidations; each gets every
@@ -282,8 +330,11 @@ unsafe extern "C-unwind" fn relcache_changed(_arg: pg_sys::Datum, relid: pg_sys:
     GENERATION.set(GENERATION.get().wrapping_add(1));
     let keys = KEYS_RELID.get();
     CACHE.with_borrow_mut(|c| {
-        if relid == pg_sys::InvalidOid || relid == keys || keys == pg_sys::InvalidOid {
+        if relid == pg_sys::InvalidOid || keys == pg_sys::InvalidOid {
             c.clear();
+        } else if relid == keys {
+            // No catalog access in a callback: the next lookup compares the table's file.
+            CHECK_FILE.set(true);
         } else if let Some(doomed) = c.by_tag.get(&u32::from(relid)).cloned() {
             for d in doomed {
                 c.remove(&d);

@@ -127,3 +127,38 @@ def test_revokes_racing_with_cache_misses_never_leave_a_revoked_key_valid(db):
         for _, k in keys[::40]:
             with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
                 c.execute("SELECT apikey.verify(%s)", (k,))
+
+
+def test_vacuum_and_analyze_keep_the_cache_and_truncate_empties_it(db):
+    """VACUUM and ANALYZE (autovacuum runs them on a table whose last_used_at the usage worker
+    updates) invalidate the keys table but change no key: cached keys stay. TRUNCATE removes
+    every key: none verifies afterwards, in a session that had them cached."""
+    admin = db()
+    (_, k1), (_, k2) = make_keys(admin, 2)
+    reader = db()
+    for k in (k1, k2, k1, k2):
+        reader.execute("SELECT apikey.verify(%s)", (k,))
+    for maintenance in ("VACUUM apikey.keys", "ANALYZE apikey.keys", "VACUUM (ANALYZE) apikey.keys"):
+        _, _, hits0, misses0 = stats(reader)
+        admin.execute(maintenance)
+        reader.execute("SELECT apikey.verify(%s)", (k1,))
+        reader.execute("SELECT apikey.verify(%s)", (k2,))
+        _, _, hits1, misses1 = stats(reader)
+        assert (hits1 - hits0, misses1 - misses0) == (2, 0), f"{maintenance} emptied the cache"
+    admin.execute("TRUNCATE apikey.keys CASCADE")
+    for k in (k1, k2):
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            reader.execute("SELECT apikey.verify(%s)", (k,))
+
+
+def test_a_cache_switched_off_serves_nothing_it_held(db):
+    admin = db()
+    (kid, k), = make_keys(admin, 1)
+    reader = db()
+    reader.execute("SELECT apikey.verify(%s)", (k,))
+    reader.execute("SELECT apikey.verify(%s)", (k,))
+    assert stats(reader)[0] == 1
+    reader.execute("SET apikey.key_cache_size = 0")
+    reader.execute("SELECT apikey.verify(%s)", (k,))
+    entries, _, _, _ = stats(reader)
+    assert entries == 0
