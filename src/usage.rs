@@ -28,7 +28,9 @@ use pgrx::shmem::PGRXSharedMemory;
 use crate::errors::raise;
 use crate::gucs;
 
-const SLOTS: usize = 1024;
+/// Keys with counts waiting for the next flush, per database: at a million keys a flush interval
+/// sees thousands of distinct keys.
+const SLOTS: usize = 8192;
 
 pub use pg_apikey_core::usage_table::Event;
 

@@ -26,8 +26,21 @@ pub fn probe(
     is_mine: impl Fn(usize) -> bool,
     reclaimable: impl Fn(usize) -> bool,
 ) -> Probe {
+    probe_window(len, start, len, is_mine, reclaimable)
+}
+
+/// [`probe`] over the `window` slots from `start` only. A table whose keys all go through this
+/// with the same window keeps every key within its window, so a lookup costs `window` slots
+/// however large the table; the price is a table reported full while other windows have room.
+pub fn probe_window(
+    len: usize,
+    start: usize,
+    window: usize,
+    is_mine: impl Fn(usize) -> bool,
+    reclaimable: impl Fn(usize) -> bool,
+) -> Probe {
     let mut vacant = None;
-    for i in 0..len {
+    for i in 0..window.min(len) {
         let idx = (start + i) % len;
         if is_mine(idx) {
             return Probe::Found(idx);
@@ -107,6 +120,33 @@ mod tests {
                 t[i] = Some((k, next() % 3 != 0));
             }
         }
+    }
+
+    #[test]
+    fn a_window_probe_looks_at_its_window_only() {
+        let looked = std::cell::Cell::new(0);
+        let p = probe_window(
+            100_000,
+            99_990,
+            16,
+            |i| {
+                looked.set(looked.get() + 1);
+                assert!(i >= 99_990 || i < 6, "slot {i} is outside the window");
+                false
+            },
+            |_| false,
+        );
+        assert_eq!((p, looked.get()), (Probe::Full, 16));
+        // The key's slot within the window is found past an earlier vacant one.
+        let t = [None, Some(3), None, Some(7)];
+        assert_eq!(
+            probe_window(4, 2, 3, |i| t[i] == Some(7), |i| t[i].is_none()),
+            Probe::Found(3)
+        );
+        assert_eq!(
+            probe_window(4, 2, 3, |i| t[i] == Some(9), |i| t[i].is_none()),
+            Probe::Vacant(2)
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! dropped and counted as dropped. So every recorded event is, at any moment, either still pending
 //! in its slot, already flushed, or counted as dropped — never silently lost.
 
-use crate::slots::{probe, Probe};
+use crate::slots::{probe_window, Probe};
 
 /// Counters per slot, in this order everywhere (SQL columns included).
 pub const KINDS: usize = 5;
@@ -44,6 +44,11 @@ impl Slot {
     }
 }
 
+/// Slots a key may occupy, from its start: recording costs this many slots at most, however
+/// large the table (a full scan of a table of pending slots cost more than the verify it
+/// counted, at a million keys).
+pub const WINDOW: usize = 16;
+
 /// Where a key's probe starts: key ids are sequential, so spread them.
 pub fn start_of(key_id: i64, len: usize) -> usize {
     ((key_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % len
@@ -51,9 +56,10 @@ pub fn start_of(key_id: i64, len: usize) -> usize {
 
 /// Count `event` for `key_id` at `now`. False when the event was dropped (every slot pending).
 pub fn record(part: &mut [Slot], db: u32, key_id: i64, event: Event, now: i64) -> bool {
-    let idx = match probe(
+    let idx = match probe_window(
         part.len(),
         start_of(key_id, part.len()),
+        WINDOW,
         |i| part[i].db == db && part[i].key_id == key_id,
         |i| part[i].db == 0 || !part[i].pending(),
     ) {
@@ -87,9 +93,10 @@ pub fn collect(part: &[Slot], db: u32, all: bool) -> Vec<(i64, i64, [u64; KINDS]
 /// Subtract what a committed flush wrote (events recorded since `collect` stay pending).
 pub fn settle(part: &mut [Slot], db: u32, flushed: &[(i64, i64, [u64; KINDS])]) {
     for &(key_id, last_used, counts) in flushed {
-        if let Probe::Found(i) = probe(
+        if let Probe::Found(i) = probe_window(
             part.len(),
             start_of(key_id, part.len()),
+            WINDOW,
             |i| part[i].db == db && part[i].key_id == key_id,
             |_| false,
         ) {
@@ -125,10 +132,16 @@ mod tests {
 
     #[test]
     fn never_loses_a_count_that_is_not_flushed() {
+        // A table smaller than a window, and one where keys live in windows of a larger table.
+        conservation(8, 12);
+        conservation(4 * WINDOW, 10 * WINDOW as u64);
+    }
+
+    fn conservation(slots: usize, keys: u64) {
         // Random records, flushes (collect … settle, with records in between, as the worker
         // races with backends) and drops: recorded == flushed + pending + dropped, per kind.
         let mut next = crate::test_rng::xorshift(42);
-        let mut part = [Slot::FREE; 8];
+        let mut part = vec![Slot::FREE; slots];
         let (mut recorded, mut flushed, mut dropped) =
             ([0u64; KINDS], [0u64; KINDS], [0u64; KINDS]);
         let mut in_flight: Option<Vec<(i64, i64, [u64; KINDS])>> = None;
@@ -155,7 +168,7 @@ mod tests {
                         Event::Denied,
                     ][kind];
                     recorded[kind] += 1;
-                    if !record(&mut part, 1, (next() % 12) as i64, event, step) {
+                    if !record(&mut part, 1, (next() % keys) as i64, event, step) {
                         dropped[kind] += 1;
                     }
                 }
