@@ -15,7 +15,7 @@ PGBIN=${PGBIN:-$("$PG_CONFIG" --bindir)}
 PORT=${BENCH_PORT:-54343}
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 "$ROOT/tests/cluster.sh" start bench "$PORT" "fsync = on" "shared_buffers = 1GB" \
-    "apikey.usage_databases = 'bench'"
+    "apikey.usage_databases = 'bench'" "apikey.shared_key_cache_size = '320MB'"
 trap '"$ROOT/examples/api.sh" stop bench; "$ROOT/tests/cluster.sh" stop bench; rm -rf "${work:-/nonexistent}"' EXIT
 dir=$("$ROOT/tests/cluster.sh" dir bench)
 PSQL=(psql -X -q -h "$dir" -p "$PORT" -U postgres)

@@ -287,6 +287,21 @@ STRICT VOLATILE PARALLEL RESTRICTED
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'key_cache_stats_wrapper';
 
+CREATE FUNCTION "prewarm_key_cache"() RETURNS bigint /* i64 */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'prewarm_key_cache_wrapper';
+
+CREATE FUNCTION "shared_key_cache_stats"() RETURNS TABLE (
+	"entries" bigint,  /* i64 */
+	"capacity" bigint,  /* i64 */
+	"hits" bigint,  /* i64 */
+	"misses" bigint  /* i64 */
+)
+STRICT VOLATILE PARALLEL RESTRICTED
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'shared_key_cache_stats_wrapper';
+
 CREATE FUNCTION "report_leaked"(
 	"keys" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
 	"source" TEXT DEFAULT NULL /* Option < & str > */

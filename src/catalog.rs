@@ -322,3 +322,19 @@ SELECT i.indexrelid, (a.amname OPERATOR(pg_catalog.=) 'hash') AS is_hash
         }
     }
 }
+
+/// The file of relation `relid` (its `relfilenode`); None if there is no such relation.
+pub fn file_of(relid: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    // SAFETY: called in a transaction; RelationIdGetRelation returns a pinned relcache entry or
+    // NULL, and the entry is read, then released with RelationClose. Taking no lock is how the
+    // relation cache is read for a look at pg_class fields.
+    unsafe {
+        let rel = pg_sys::RelationIdGetRelation(relid);
+        if rel.is_null() {
+            return None;
+        }
+        let file = (*(*rel).rd_rel).relfilenode;
+        pg_sys::RelationClose(rel);
+        Some(file)
+    }
+}

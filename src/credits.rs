@@ -69,7 +69,7 @@ fn part() -> &'static PgLwLock<Part> {
     if !crate::shmem::preloaded() {
         raise(ApiError::NotPreloaded("credits"));
     }
-    match crate::usage::db_index() {
+    match crate::shmem::db_index() {
         Some(i) => TABLE[i],
         None => raise(ApiError::NotRecoverable(
             "credits need this database in apikey.usage_databases: its worker makes spending durable"
@@ -159,7 +159,7 @@ pub fn refund_last(key_id: i64) {
 }
 
 fn refund(key_id: i64, cost: i64) {
-    if let Some(i) = crate::usage::db_index() {
+    if let Some(i) = crate::shmem::db_index() {
         credits_table::refund(&mut TABLE[i].exclusive().0, current_db(), key_id, cost);
     }
 }
@@ -205,7 +205,7 @@ unsafe extern "C-unwind" fn on_subxact(
 /// refill applied).
 pub fn balance(key_id: i64, refill: Option<(i64, i64)>) -> i64 {
     let now = now_us();
-    let held = crate::usage::db_index()
+    let held = crate::shmem::db_index()
         .filter(|_| crate::shmem::preloaded())
         .and_then(|i| {
             credits_table::peek(
@@ -225,7 +225,7 @@ pub fn balance(key_id: i64, refill: Option<(i64, i64)>) -> i64 {
 /// Add `n` credits: to the balance in memory if one is held (the worker writes it), else to the
 /// table.
 pub fn add(key_id: i64, n: i64) {
-    let held = crate::usage::db_index()
+    let held = crate::shmem::db_index()
         .filter(|_| crate::shmem::preloaded())
         .is_some_and(|i| credits_table::add(&mut TABLE[i].exclusive().0, current_db(), key_id, n));
     if !held {
@@ -239,7 +239,7 @@ pub fn flush() -> Vec<i64> {
     if !crate::shmem::preloaded() || on_standby() {
         return Vec::new();
     }
-    let Some(i) = crate::usage::db_index() else {
+    let Some(i) = crate::shmem::db_index() else {
         return Vec::new();
     };
     let db = current_db();

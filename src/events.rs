@@ -31,7 +31,7 @@ pub fn key_event(
         Some(key_name),
         detail,
     );
-    if id % PRUNE_EVERY == 0 && crate::usage::db_index().is_none() {
+    if id % PRUNE_EVERY == 0 && crate::shmem::db_index().is_none() {
         store::prune_events(retention_s(), window_s());
     }
 }

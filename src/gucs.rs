@@ -24,6 +24,12 @@ pub static USAGE_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5000);
 pub static USAGE_DATABASES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
+/// `apikey.shared_key_cache_size` (kB): shared memory holding recently verified keys of the
+/// databases in `apikey.usage_databases`, for every backend of that database.
+pub static SHARED_KEY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(32 * 1024);
+/// `apikey.shared_key_cache`: whether this session reads and fills the shared key cache.
+pub static SHARED_KEY_CACHE: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 pub fn usage_databases() -> Vec<String> {
     USAGE_DATABASES
         .get()
@@ -127,7 +133,16 @@ fn init_events() {
 
 pub static KEY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 
-pub fn init() {
+/// `preloaded`: loaded by shared_preload_libraries (postmaster settings can be defined only then).
+pub fn init(preloaded: bool) {
+    GucRegistry::define_bool_guc(
+        c"apikey.shared_key_cache",
+        c"Whether this session reads and fills the shared key cache (see apikey.shared_key_cache_size).",
+        c"Off: every key this backend's own cache does not hold is read from the table.",
+        &SHARED_KEY_CACHE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"apikey.default_lifetime",
         c"Lifetime of a new key when apikey.create is given no expiry (0: the key never expires).",
@@ -222,8 +237,18 @@ pub fn init() {
     );
     // A postmaster-context setting can only be defined while preloading; without preload there
     // is no worker to configure.
-    if crate::shmem::preloaded() {
+    if preloaded {
         define_usage_databases();
+        GucRegistry::define_int_guc(
+            c"apikey.shared_key_cache_size",
+            c"Shared memory for keys verified recently, shared by the backends of each database in apikey.usage_databases.",
+            c"Split evenly between those databases; 256 bytes per key. 0 turns it off. Read at server start.",
+            &SHARED_KEY_CACHE_SIZE,
+            0,
+            16 * 1024 * 1024,
+            GucContext::Postmaster,
+            GucFlags::UNIT_KB,
+        );
     }
 
     GucRegistry::define_string_guc(

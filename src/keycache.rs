@@ -35,7 +35,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use pg_apikey_core::digest::DIGEST_LEN;
+use pg_apikey_core::digest::{invalidation_tag, DIGEST_LEN, FIRST_NORMAL_OBJECT_ID};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -143,13 +143,13 @@ thread_local! {
     static COUNTS: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
 }
 
-/// The relcache OID that stands for a key: 32 bits of its digest, kept clear of the catalogs'
-/// OID range (Postgres treats invalidations of those specially).
+/// The relcache OID that stands for a key (see `pg_apikey_core::digest::invalidation_tag`).
 pub fn tag_of(digest: &Digest) -> pg_sys::Oid {
-    let raw = u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]]);
-    let first_normal = pg_sys::FirstNormalObjectId;
-    pg_sys::Oid::from(first_normal + raw % (u32::MAX - first_normal))
+    pg_sys::Oid::from(invalidation_tag(digest))
 }
+
+// The tag keeps clear of the catalogs' OIDs as this server numbers them.
+const _: () = assert!(pg_sys::FirstNormalObjectId == FIRST_NORMAL_OBJECT_ID);
 
 /// Approximate memory of an entry: the row's variable parts plus a fixed overhead for the
 /// struct, the map slot and the allocator.
@@ -169,22 +169,6 @@ fn budget() -> usize {
     crate::gucs::KEY_CACHE_SIZE.get().max(0) as usize * 1024
 }
 
-/// The file of relation `relid`; None if there is no such relation.
-fn file_of(relid: pg_sys::Oid) -> Option<pg_sys::Oid> {
-    // SAFETY: called in a transaction (from a lookup); RelationIdGetRelation returns a pinned
-    // relcache entry or NULL, and the entry is read, then released with RelationClose. Taking no
-    // lock is how the relation cache is read for a look at pg_class fields.
-    unsafe {
-        let rel = pg_sys::RelationIdGetRelation(relid);
-        if rel.is_null() {
-            return None;
-        }
-        let file = (*(*rel).rd_rel).relfilenode;
-        pg_sys::RelationClose(rel);
-        Some(file)
-    }
-}
-
 /// Empty the cache if the keys table was invalidated and its file is not the one the entries
 /// were read from (see "Per-key invalidation").
 fn check_keys_file() {
@@ -192,7 +176,7 @@ fn check_keys_file() {
         return;
     }
     let keys = KEYS_RELID.get();
-    let file = file_of(keys);
+    let file = crate::catalog::file_of(keys);
     if keys == pg_sys::InvalidOid || file != Some(KEYS_FILE.get()) {
         CACHE.with_borrow_mut(Cache::clear);
     }
@@ -270,7 +254,7 @@ fn key_cache_stats() -> TableIterator<
 pub fn set_keys_relid(relid: pg_sys::Oid) {
     if KEYS_RELID.replace(relid) != relid || KEYS_FILE.get() == pg_sys::InvalidOid {
         CACHE.with_borrow_mut(Cache::clear);
-        KEYS_FILE.set(file_of(relid).unwrap_or(pg_sys::InvalidOid));
+        KEYS_FILE.set(crate::catalog::file_of(relid).unwrap_or(pg_sys::InvalidOid));
     }
 }
 
@@ -282,6 +266,7 @@ pub fn register(f: fn(pg_sys::Oid)) {
 
 /// Queue the invalidation of the key with `digest` in every backend, at commit.
 pub fn invalidate_key(digest: &Digest) {
+    crate::sharedkeys::changed(digest);
     let tag = tag_of(digest);
     // CacheInvalidateRelcacheByTuple reads only the `oid` and `relisshared` fields of the
     // pg_class row it is given, then queues a transactional relcache invalidation for that OID.
@@ -341,6 +326,7 @@ unsafe extern "C-unwind" fn relcache_changed(_arg: pg_sys::Datum, relid: pg_sys:
             }
         }
     });
+    crate::sharedkeys::invalidated(relid, relid == keys && keys != pg_sys::InvalidOid);
     INVALIDATORS.with_borrow(|v| v.iter().for_each(|f| f(relid)));
 }
 

@@ -36,6 +36,7 @@ mod quota;
 mod rates;
 mod recovery;
 mod sealing;
+mod sharedkeys;
 mod shmem;
 mod store;
 mod usage;
@@ -49,9 +50,10 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     shmem::init();
-    gucs::init();
+    gucs::init(shmem::preloaded());
     errors::init();
     keycache::init();
+    sharedkeys::init();
     // Every other backend-local cache is dropped through keycache's one relcache callback.
     keycache::register(formats::invalidate);
     keycache::register(catalog::invalidate);

@@ -10,6 +10,7 @@ use crate::errors::raise;
 use crate::identity::Identity;
 use crate::key_type::ApiKey;
 use crate::keycache;
+use crate::sharedkeys;
 use crate::store::{self, StoredKey};
 use crate::usage;
 
@@ -54,6 +55,26 @@ pub fn try_lookup(key: &str) -> Result<StoredKey, ApiError> {
         return judge(hit, &digest);
     }
     let since = keycache::generation();
+    // A transaction that wrote anything may be looking at its own uncommitted keys, or have
+    // changed a key that another backend put back in the shared cache before this commit: it
+    // reads the table. Read-only transactions (every verify-only request) use both caches.
+    // SAFETY: reads the transaction state; no preconditions.
+    let wrote = unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId;
+    // Taken before the row is read (see sharedkeys, "Staying correct").
+    let ticket = if wrote {
+        None
+    } else {
+        sharedkeys::ticket(&digest)
+    };
+    if let Some(t) = &ticket {
+        if let Some(hit) = sharedkeys::get(t, &digest) {
+            keycache::set_keys_relid(crate::catalog::get().relation("keys"));
+            if keycache::admits(&digest, since) {
+                keycache::insert(digest, hit.clone());
+            }
+            return judge(hit, &digest);
+        }
+    }
     let Some(found) = store::find_by_digest(&digest) else {
         // A bcrypt-imported key not presented before: found (and rehashed) by its lookup part.
         return match crate::imports::verify_pending(key) {
@@ -62,12 +83,13 @@ pub fn try_lookup(key: &str) -> Result<StoredKey, ApiError> {
         };
     };
     keycache::set_keys_relid(crate::catalog::get().relation("keys"));
-    // A transaction that wrote anything may be looking at its own uncommitted keys: keep those
-    // out of the cache. Read-only transactions (every verify-only request) populate it.
-    // SAFETY: reads the transaction state; no preconditions.
-    let wrote = unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId;
-    if !wrote && keycache::admits(&digest, since) {
-        keycache::insert(digest, found.clone());
+    if !wrote {
+        if let Some(t) = ticket {
+            sharedkeys::offer(t, &digest, &found);
+        }
+        if keycache::admits(&digest, since) {
+            keycache::insert(digest, found.clone());
+        }
     }
     judge(found, &digest)
 }

@@ -11,6 +11,7 @@ use pg_apikey_core::digest::{ct_eq, DIGEST_LEN};
 use pg_apikey_core::errors::ApiError;
 use pg_apikey_core::gcra::Rate;
 use pg_apikey_core::ipnet::{self, Cidr};
+use pg_apikey_core::record::{Reader, Writer};
 use pg_apikey_core::rights::{KeyKind, Rights};
 use pgrx::datum::Interval;
 use pgrx::pg_sys;
@@ -101,6 +102,139 @@ pub struct StoredKey {
     pub digest: [u8; DIGEST_LEN],
     /// Inserted by the current transaction (not committed): visible to nobody else yet.
     pub created_here: bool,
+}
+
+impl StoredKey {
+    /// The row as the shared key cache stores it (see `sharedkeys`). The digest is not part of
+    /// it: the slot holds it, and a hit is a slot whose digest equals the presented one.
+    pub fn encode(&self) -> Vec<u8> {
+        fn rate(w: &mut Writer, r: &Rate) {
+            w.i64(r.emission_us)
+                .i64(r.tolerance_us)
+                .u32(r.limit)
+                .u32(r.burst);
+        }
+        let ts = |t: &TimestampWithTimeZone| pg_sys::TimestampTz::from(*t);
+        let mut w = Writer::new();
+        w.i64(self.id).str(&self.owner).str(&self.name);
+        w.u8(match self.kind {
+            KeyKind::User => 0,
+            KeyKind::App => 1,
+        });
+        w.str(&self.format);
+        w.opt(self.scopes.as_ref(), |w, v| {
+            w.u32(v.len() as u32);
+            v.iter().for_each(|x| {
+                w.str(x);
+            });
+        });
+        w.opt(self.resource.as_deref(), |w, v| {
+            w.str(v);
+        });
+        w.i64(ts(&self.created_at));
+        w.opt(self.expires_at.as_ref(), |w, t| {
+            w.i64(ts(t));
+        });
+        w.opt(self.revoked_at.as_ref(), |w, t| {
+            w.i64(ts(t));
+        });
+        w.bool(self.disabled);
+        w.opt(self.allowed.as_ref(), |w, v| {
+            w.u32(v.len() as u32);
+            v.iter().for_each(|c| {
+                w.str(&c.to_string());
+            });
+        });
+        w.bool(self.has_credits);
+        w.opt(self.refill, |w, (amount, every)| {
+            w.i64(amount).i64(every);
+        });
+        w.u32(self.named.len() as u32);
+        for (name, r) in &self.named {
+            w.str(name);
+            rate(&mut w, r);
+        }
+        w.bytes(&self.metadata.0);
+        w.opt(self.rate.as_ref(), rate);
+        w.opt(self.db_role.as_deref(), |w, v| {
+            w.str(v);
+        });
+        w.finish()
+    }
+
+    /// The key `encode` wrote, with the digest it was found under; None if the bytes do not
+    /// decode (the caller then reads the table).
+    pub fn decode(bytes: &[u8], digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
+        fn rate(r: &mut Reader) -> Option<Rate> {
+            Some(Rate {
+                emission_us: r.i64()?,
+                tolerance_us: r.i64()?,
+                limit: r.u32()?,
+                burst: r.u32()?,
+            })
+        }
+        fn ts(r: &mut Reader) -> Option<TimestampWithTimeZone> {
+            TimestampWithTimeZone::try_from(r.i64()?).ok()
+        }
+        fn list<T>(
+            r: &mut Reader,
+            mut one: impl FnMut(&mut Reader) -> Option<T>,
+        ) -> Option<Vec<T>> {
+            let n = r.u32()? as usize;
+            (0..n).map(|_| one(r)).collect()
+        }
+        let r = &mut Reader::new(bytes);
+        let key = StoredKey {
+            id: r.i64()?,
+            owner: r.str()?.to_owned(),
+            name: r.str()?.to_owned(),
+            kind: match r.u8()? {
+                0 => KeyKind::User,
+                1 => KeyKind::App,
+                _ => return None,
+            },
+            format: r.str()?.to_owned(),
+            scopes: r.opt(|r| list(r, |r| r.str().map(str::to_owned)))?,
+            resource: r.opt(|r| r.str().map(str::to_owned))?,
+            created_at: ts(r)?,
+            expires_at: r.opt(ts)?,
+            revoked_at: r.opt(ts)?,
+            disabled: r.bool()?,
+            allowed: r.opt(|r| list(r, |r| Cidr::parse(r.str()?).ok()))?,
+            has_credits: r.bool()?,
+            refill: r.opt(|r| Some((r.i64()?, r.i64()?)))?,
+            named: list(r, |r| Some((r.str()?.to_owned(), rate(r)?)))?,
+            metadata: RawJsonb(r.bytes()?.to_vec()),
+            rate: r.opt(rate)?,
+            db_role: r.opt(|r| r.str().map(str::to_owned))?,
+            digest: *digest,
+            created_here: false,
+        };
+        r.is_done().then_some(key)
+    }
+}
+
+/// Digests of the keys that verify now (not revoked, disabled or expired), for the shared
+/// cache's prewarm.
+pub fn live_digests() -> Vec<[u8; DIGEST_LEN]> {
+    spi(Spi::connect(|c| {
+        let mut out = Vec::new();
+        for row in c.select(
+            "SELECT digest FROM apikey.keys
+              WHERE disabled_at IS NULL
+                AND (revoked_at IS NULL OR revoked_at OPERATOR(pg_catalog.>) pg_catalog.statement_timestamp())
+                AND (expires_at IS NULL OR expires_at OPERATOR(pg_catalog.>) pg_catalog.statement_timestamp())",
+            None,
+            &[],
+        )? {
+            if let Some(d) = col::<Vec<u8>>(&row, "digest")? {
+                if let Ok(d) = <[u8; DIGEST_LEN]>::try_from(d.as_slice()) {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }))
 }
 
 /// Find the key whose digest is `digest`, under the latest committed snapshot (which includes

@@ -28,9 +28,10 @@ use pgrx::shmem::PGRXSharedMemory;
 use crate::errors::raise;
 use crate::gucs;
 
-/// Keys with counts waiting for the next flush, per database: at a million keys a flush interval
-/// sees thousands of distinct keys.
-const SLOTS: usize = 8192;
+/// Keys with counts waiting for the next flush, per database. pgrx builds each partition's
+/// initial value on the postmaster's stack, in a chain of startup hooks: a larger table
+/// overflowed it in debug builds. A busy database shortens apikey.usage_flush_interval instead.
+const SLOTS: usize = 1024;
 
 pub use pg_apikey_core::usage_table::Event;
 
@@ -71,7 +72,7 @@ crate::shmem::partitioned_table!(
 static UNLISTED_DROPPED: PgAtomic<AtomicU64> =
     unsafe { PgAtomic::new(c"pg_apikey_usage_unlisted") };
 
-const MAX_WORKERS: usize = 8;
+use crate::shmem::MAX_WORKERS;
 
 pub fn init() {
     if !crate::shmem::preloaded() {
@@ -100,35 +101,8 @@ fn current_db() -> u32 {
     u32::from(unsafe { pg_sys::MyDatabaseId })
 }
 
-thread_local! {
-    /// This database's partition: Some(Some(i)) listed as the i-th usage database,
-    /// Some(None) not listed, None not looked up yet.
-    static MY_PART: Cell<Option<Option<usize>>> = const { Cell::new(None) };
-}
-
-/// This database's index in `apikey.usage_databases` (its worker's partition, here and for
-/// credits), or None when it has no flush worker.
-pub fn db_index() -> Option<usize> {
-    MY_PART.get().unwrap_or_else(|| {
-        // SAFETY: get_database_name returns a palloc'd copy of the name, or NULL for a database
-        // that no longer exists.
-        let name = unsafe {
-            let p = pg_sys::get_database_name(pg_sys::MyDatabaseId);
-            (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
-        };
-        let index = name.and_then(|n| {
-            gucs::usage_databases()
-                .iter()
-                .take(MAX_WORKERS)
-                .position(|d| *d == n)
-        });
-        MY_PART.set(Some(index));
-        index
-    })
-}
-
 fn my_part() -> Option<&'static PgLwLock<Part>> {
-    db_index().map(|i| TABLE[i])
+    crate::shmem::db_index().map(|i| TABLE[i])
 }
 
 /// Count `event` for key `key_id` of the current database. A no-op without preload or with
@@ -227,6 +201,18 @@ fn flush_all() {
             crate::events::worker_tick(&limited, &credited);
         }
     });
+    if !PREWARMED.replace(true) {
+        BackgroundWorker::transaction(|| {
+            if crate::catalog::installed().is_some() {
+                crate::sharedkeys::prewarm_if_empty();
+            }
+        });
+    }
+}
+
+thread_local! {
+    /// Did this worker process load the shared key cache yet (see sharedkeys::prewarm_if_empty)?
+    static PREWARMED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The flush worker's main. Exits with code 1 on SIGTERM (after a last flush) so the postmaster
@@ -242,7 +228,7 @@ pub extern "C-unwind" fn pg_apikey_usage_worker(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     // The worker flushes the partition of the database it serves (it knows its index; looking
     // the name up would need a transaction).
-    MY_PART.set(Some(Some(index)));
+    crate::shmem::set_db_index(index);
     loop {
         let interval = Duration::from_millis(gucs::USAGE_FLUSH_INTERVAL.get().max(10) as u64);
         let alive = BackgroundWorker::wait_latch(Some(interval));

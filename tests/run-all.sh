@@ -41,7 +41,9 @@ run "rustfmt" cargo fmt --all -- --check
 for m in $MAJORS; do
     run "clippy pg$m" cargo clippy --all-targets --features "pg$m pg_test" --no-default-features -- -D warnings
 done
+run "clippy core" cargo clippy -p pg_apikey_core --all-targets -- -D warnings
 run "core unit tests" cargo test -p pg_apikey_core
+run "no module import cycles" python3 "$ROOT/tests/module_cycles.py"
 run "dist" bash packaging/build.sh dist
 for m in $MAJORS; do
     export PG_CONFIG; PG_CONFIG=$(pg_config_of "$m")

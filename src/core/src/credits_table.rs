@@ -284,7 +284,7 @@ mod tests {
             let cost = (next() % 4) as i64;
             match spend_loaded(&mut part, key, cost, 0, initial) {
                 Spend::Spent(_) => {
-                    if next() % 3 == 0 {
+                    if next().is_multiple_of(3) {
                         refund(&mut part, 1, key, cost);
                     } else {
                         spent[key as usize] += cost;

@@ -7,6 +7,16 @@ use subtle::ConstantTimeEq;
 pub const DIGEST_LEN: usize = 32;
 const HMAC_BLOCK: usize = 64;
 
+/// The OID at which Postgres' normal (non-catalog) objects start.
+pub const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
+
+/// The invalidation tag that stands for a key: 32 bits of its digest, as a relation OID kept clear
+/// of the catalogs' OID range (Postgres treats invalidations of those specially).
+pub fn invalidation_tag(digest: &[u8; DIGEST_LEN]) -> u32 {
+    let raw = u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    FIRST_NORMAL_OBJECT_ID + raw % (u32::MAX - FIRST_NORMAL_OBJECT_ID)
+}
+
 pub fn sha256(data: &[u8]) -> [u8; DIGEST_LEN] {
     Sha256::digest(data).into()
 }

@@ -15,10 +15,12 @@ pub mod ipnet;
 pub mod limiter_table;
 pub mod owner_limits;
 pub mod permexpr;
+pub mod record;
 pub mod rehash_queue;
 pub mod rights;
 pub mod scope;
 pub mod seal;
+pub mod shared_keys;
 pub mod slots;
 pub mod subxact;
 #[cfg(test)]

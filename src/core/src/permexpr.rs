@@ -261,7 +261,7 @@ mod tests {
             let text: String = (0..n)
                 .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
                 .collect::<Vec<_>>()
-                .join(if next() % 2 == 0 { " " } else { "" });
+                .join(if next().is_multiple_of(2) { " " } else { "" });
             if let Ok(e) = parse(&text) {
                 let _ = eval(&e, &|s| s.len() % 2 == 0);
             }

@@ -220,10 +220,13 @@ mod tests {
         assert_eq!(within(&open(), &n), Ok(()));
     }
 
+    /// A change that widens one field, and the field it should be reported as.
+    type Case = (fn(&mut Rights), Widening);
+
     #[test]
     fn each_wider_field_is_named() {
         let caller = narrow();
-        let cases: [(fn(&mut Rights), Widening); 12] = [
+        let cases: [Case; 12] = [
             (|r| r.kind = KeyKind::App, Widening::Kind),
             (|r| r.scopes = None, Widening::Scope),
             (
@@ -325,7 +328,7 @@ mod tests {
         let scopes = ["a:read", "a:*", "b:write", "*"];
         for _ in 0..5_000 {
             let pick = |n: u64| -> Option<Vec<String>> {
-                (n % 3 != 0).then(|| {
+                (!n.is_multiple_of(3)).then(|| {
                     scopes
                         .iter()
                         .enumerate()
@@ -337,18 +340,22 @@ mod tests {
             let caller = Rights {
                 kind: KeyKind::User,
                 scopes: pick(next()),
-                resource: (next() % 2 == 0).then(|| "r".to_string()),
-                expires_at: (next() % 2 == 0).then(|| (next() % 100) as i64),
-                rate: (next() % 2 == 0).then(|| rate(1 + (next() % 20) as i64, 60)),
+                resource: next().is_multiple_of(2).then(|| "r".to_string()),
+                expires_at: next().is_multiple_of(2).then(|| (next() % 100) as i64),
+                rate: next()
+                    .is_multiple_of(2)
+                    .then(|| rate(1 + (next() % 20) as i64, 60)),
                 db_role: None,
                 allowed: None,
                 named: vec![],
             };
             let wanted = Request {
                 scopes: pick(next()),
-                resource: (next() % 3 == 0).then(|| "r".to_string()),
-                expires_at: (next() % 2 == 0).then(|| (next() % 100) as i64),
-                rate: (next() % 2 == 0).then(|| rate(1 + (next() % 20) as i64, 60)),
+                resource: next().is_multiple_of(3).then(|| "r".to_string()),
+                expires_at: next().is_multiple_of(2).then(|| (next() % 100) as i64),
+                rate: next()
+                    .is_multiple_of(2)
+                    .then(|| rate(1 + (next() % 20) as i64, 60)),
                 allowed: None,
                 named: vec![],
             };

@@ -117,7 +117,7 @@ mod tests {
             // Sometimes state is spent (a bucket refills, a count is flushed).
             let i = (next() % 16) as usize;
             if let Some((k, _)) = t[i] {
-                t[i] = Some((k, next() % 3 != 0));
+                t[i] = Some((k, !next().is_multiple_of(3)));
             }
         }
     }
@@ -131,7 +131,7 @@ mod tests {
             16,
             |i| {
                 looked.set(looked.get() + 1);
-                assert!(i >= 99_990 || i < 6, "slot {i} is outside the window");
+                assert!(!(6..99_990).contains(&i), "slot {i} is outside the window");
                 false
             },
             |_| false,

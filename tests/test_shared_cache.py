@@ -1,0 +1,203 @@
+"""The shared key cache (apikey.shared_key_cache_size): a key one backend read is found by every
+other backend of the database without touching the table; revocation is still seen at the very
+next statement in every session; revokes racing with misses leave no revoked key valid; each
+database listed in apikey.usage_databases has its own region, and others have none; TRUNCATE
+empties it; a transaction that changed keys cannot be prepared while it is on."""
+
+import random
+import threading
+import time
+
+import psycopg
+import pytest
+
+from conftest import own_cluster
+
+PORT = "54360"
+
+
+@pytest.fixture(scope="module")
+def connect():
+    with own_cluster("shared", PORT, "shared_a",
+                     "apikey.usage_databases = 'shared_a, shared_b'",
+                     "apikey.shared_key_cache_size = '2MB'",
+                     "max_prepared_transactions = 2",
+                     setup=("ALTER DATABASE shared_a SET apikey.creation_limit = 0",)) as conn:
+        with conn("postgres") as c:
+            c.execute("CREATE DATABASE shared_b")
+            c.execute("CREATE DATABASE unlisted")
+        for name in ("shared_b", "unlisted"):
+            with conn(name) as c:
+                c.execute("CREATE EXTENSION pg_apikey")
+                c.execute(f"ALTER DATABASE {name} SET apikey.creation_limit = 0")
+        yield conn
+
+
+def stats(c):
+    return c.execute("SELECT entries, capacity, hits, misses FROM apikey.shared_key_cache_stats()").fetchone()
+
+
+def make_keys(c, n, owner="s"):
+    return c.execute(
+        "SELECT id, api_key::text FROM generate_series(1, %s) g, LATERAL apikey.create(%s, 'k' || g) c",
+        (n, owner)).fetchall()
+
+
+def reader(connect, dbname="shared_a"):
+    """A session that never answers from its own cache, so every verify asks the shared one."""
+    c = connect(dbname)
+    c.execute("SET apikey.key_cache_size = 0")
+    return c
+
+
+def test_a_key_read_by_one_backend_is_a_hit_in_another(connect):
+    with connect() as admin:
+        (_, k), = make_keys(admin, 1)
+    with reader(connect) as first:
+        first.execute("SELECT apikey.verify(%s)", (k,))
+        assert stats(first)[2:] == (0, 1)
+    with reader(connect) as second:
+        second.execute("SELECT apikey.verify(%s)", (k,))
+        second.execute("SELECT apikey.verify(%s)", (k,))
+        assert stats(second)[2:] == (2, 0), "the second backend read the table"
+
+
+def test_prewarm_loads_live_keys_for_administrators_only(connect):
+    with connect() as admin:
+        admin.execute("DO $$ BEGIN CREATE ROLE shared_nobody LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        (kid, k), = make_keys(admin, 1, owner="warm")
+        admin.execute("SELECT apikey.revoke(%s)", (kid,))
+        (_, live), = make_keys(admin, 1, owner="warm")
+        held = admin.execute("SELECT apikey.prewarm_key_cache()").fetchone()[0]
+        assert held > 0
+    with reader(connect) as r:
+        r.execute("SELECT apikey.verify(%s)", (live,))
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            r.execute("SELECT apikey.verify(%s)", (k,))
+        assert stats(r)[2:] == (1, 1)
+    with connect(user="shared_nobody") as nobody:
+        for call in ("SELECT apikey.prewarm_key_cache()", "SELECT * FROM apikey.shared_key_cache_stats()"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                nobody.execute(call)
+
+
+def test_a_revoke_is_seen_at_the_next_statement_through_the_shared_cache(connect):
+    with connect() as admin:
+        (kid, k), (kid2, k2) = make_keys(admin, 2)
+        with reader(connect) as r, reader(connect, "shared_a") as rr:
+            r.execute("SELECT apikey.verify(%s)", (k,))
+            rr.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            rr.execute("SELECT apikey.verify(%s)", (k2,))
+            rr.execute("SELECT apikey.verify(%s)", (k2,))
+            assert stats(r)[2] + stats(rr)[2] >= 1
+            admin.execute("SELECT apikey.revoke(%s)", (kid,))
+            admin.execute("SELECT apikey.revoke(%s)", (kid2,))
+            with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+                r.execute("SELECT apikey.verify(%s)", (k,))
+            with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+                rr.execute("SELECT apikey.verify(%s)", (k2,))
+            rr.execute("ROLLBACK")
+        with reader(connect) as fresh:
+            for key in (k, k2):
+                with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+                    fresh.execute("SELECT apikey.verify(%s)", (key,))
+
+
+def test_revokes_racing_with_shared_cache_misses_never_leave_a_revoked_key_valid(connect):
+    """Eight readers (no cache of their own) verify random keys out of 400 while four sessions
+    revoke them one by one. A verify that starts after a revoke returned must fail."""
+    with connect() as admin:
+        keys = make_keys(admin, 400, owner="race")
+    revoked_at, violations = {}, []
+    stop, lock = threading.Event(), threading.Lock()
+
+    def read(seed):
+        rnd = random.Random(seed)
+        with reader(connect) as c:
+            while not stop.is_set():
+                kid, k = rnd.choice(keys)
+                started = time.monotonic()
+                try:
+                    c.execute("SELECT apikey.verify(%s)", (k,))
+                    ok = True
+                except psycopg.errors.InvalidAuthorizationSpecification:
+                    ok = False
+                with lock:
+                    done = revoked_at.get(kid)
+                if ok and done is not None and started > done:
+                    violations.append(kid)
+
+    def revoke(part):
+        with connect() as c:
+            for kid, _ in part:
+                c.execute("SELECT apikey.revoke(%s)", (kid,))
+                with lock:
+                    revoked_at[kid] = time.monotonic()
+                time.sleep(0.002)
+
+    readers = [threading.Thread(target=read, args=(i,)) for i in range(8)]
+    for t in readers:
+        t.start()
+    time.sleep(0.5)
+    revokers = [threading.Thread(target=revoke, args=(keys[i::4],)) for i in range(4)]
+    for t in revokers:
+        t.start()
+    for t in revokers:
+        t.join()
+    time.sleep(0.3)
+    stop.set()
+    for t in readers:
+        t.join()
+    assert len(revoked_at) == 400
+    assert violations == []
+    with reader(connect) as c:
+        for _, k in keys:
+            with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+                c.execute("SELECT apikey.verify(%s)", (k,))
+
+
+def test_each_listed_database_has_its_own_region_and_others_none(connect):
+    with connect("shared_b") as b:
+        (_, kb), = make_keys(b, 1)
+        b.execute("SELECT apikey.verify(%s)", (kb,))
+        entries_b, capacity_b, _, _ = stats(b)
+        assert entries_b >= 1 and capacity_b > 0
+    with connect() as a:
+        # Fill database a's region well past its capacity.
+        capacity_a = stats(a)[1]
+        make_keys(a, capacity_a + 500, owner="filler")
+        a.execute("SELECT apikey.prewarm_key_cache()")
+    with reader(connect, "shared_b") as b:
+        b.execute("SELECT apikey.verify(%s)", (kb,))
+        assert stats(b)[2] == 1, "database a's keys evicted database b's"
+    with connect("unlisted") as u:
+        (_, ku), = make_keys(u, 1)
+        u.execute("SELECT apikey.verify(%s)", (ku,))
+        u.execute("SET apikey.key_cache_size = 0")
+        u.execute("SELECT apikey.verify(%s)", (ku,))
+        assert stats(u) == (0, 0, 0, 0)
+
+
+def test_truncate_empties_the_region(connect):
+    with connect() as admin:
+        (_, k), = make_keys(admin, 1, owner="trunc")
+        with reader(connect) as r:
+            r.execute("SELECT apikey.verify(%s)", (k,))
+            admin.execute("TRUNCATE apikey.keys CASCADE")
+            with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+                r.execute("SELECT apikey.verify(%s)", (k,))
+        with reader(connect) as fresh:
+            with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+                fresh.execute("SELECT apikey.verify(%s)", (k,))
+
+
+def test_a_transaction_that_changed_keys_cannot_be_prepared(connect):
+    with connect() as admin:
+        (kid, k), = make_keys(admin, 1, owner="twophase")
+    with connect(autocommit=False) as c:
+        c.execute("SELECT apikey.revoke(%s)", (kid,))
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            c.execute("PREPARE TRANSACTION 'revoke_it'")
+        c.rollback()
+    with reader(connect) as r:
+        r.execute("SELECT apikey.verify(%s)", (k,))
