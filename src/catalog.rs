@@ -110,6 +110,14 @@ impl Catalog {
         self.digest_index
     }
 
+    /// Does the keys table invalidate per key? The 0.2.0 schema's row trigger does; 0.1.0's
+    /// statement triggers invalidate the whole table, so until `ALTER EXTENSION pg_apikey
+    /// UPDATE` runs the caches must treat every change of the table as a change of every key.
+    /// Every 0.2.0 column comes with that trigger in one script; `disabled_at` stands for them.
+    pub fn per_key_invalidation(&self) -> bool {
+        self.key_columns.is_some_and(|k| k.disabled_at != 0)
+    }
+
     pub fn key_columns(&self) -> KeyColumns {
         self.key_columns
             .unwrap_or_else(|| raise(ApiError::Internal("apikey.keys lacks a column")))

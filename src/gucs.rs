@@ -38,7 +38,13 @@ pub fn usage_databases() -> Vec<String> {
         .split(',')
         .map(|d| d.trim().to_owned())
         .filter(|d| !d.is_empty())
-        .collect()
+        .fold(Vec::new(), |mut seen, d| {
+            // A name listed twice is one database: one worker, one partition, one region.
+            if !seen.contains(&d) {
+                seen.push(d);
+            }
+            seen
+        })
 }
 
 /// `apikey.max_rotation_grace`: the longest grace `apikey.rotate` accepts, in seconds.

@@ -24,7 +24,9 @@
 //! `pg_class` row), which autovacuum runs regularly on a table whose `last_used_at` the usage
 //! worker updates. Those change no key, so the cache is emptied only if the table's file changed
 //! (TRUNCATE, VACUUM FULL, CLUSTER, a rewriting ALTER) or the table is gone; the check runs at the
-//! next lookup, in a transaction, where the relation cache may be read.
+//! next lookup, in a transaction, where the relation cache may be read. Before `ALTER EXTENSION
+//! pg_apikey UPDATE` has installed the per-key trigger, 0.1.0's statement triggers invalidate the
+//! table for every change, and then every such invalidation empties the cache.
 //!
 //! ## The race
 //! A miss looks the key up under the latest snapshot; if a revoke commits after that snapshot and
@@ -138,6 +140,9 @@ thread_local! {
     static KEYS_FILE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
     /// The keys table was invalidated: compare its file before the next lookup.
     static CHECK_FILE: Cell<bool> = const { Cell::new(false) };
+    /// The installed schema invalidates per key (see catalog::per_key_invalidation); until a
+    /// lookup has seen that, an invalidation of the keys table empties the cache.
+    static PER_KEY: Cell<bool> = const { Cell::new(false) };
     static INVALIDATORS: RefCell<Vec<fn(pg_sys::Oid)>> = const { RefCell::new(Vec::new()) };
     /// (hits, misses) of this backend, for `apikey.key_cache_stats()`.
     static COUNTS: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
@@ -252,6 +257,7 @@ fn key_cache_stats() -> TableIterator<
 
 /// The OID of `apikey.keys`, after a lookup read it: its own invalidation may drop every entry.
 pub fn set_keys_relid(relid: pg_sys::Oid) {
+    PER_KEY.set(crate::catalog::get().per_key_invalidation());
     if KEYS_RELID.replace(relid) != relid || KEYS_FILE.get() == pg_sys::InvalidOid {
         CACHE.with_borrow_mut(Cache::clear);
         KEYS_FILE.set(crate::catalog::file_of(relid).unwrap_or(pg_sys::InvalidOid));
@@ -316,6 +322,9 @@ unsafe extern "C-unwind" fn relcache_changed(_arg: pg_sys::Datum, relid: pg_sys:
     let keys = KEYS_RELID.get();
     CACHE.with_borrow_mut(|c| {
         if relid == pg_sys::InvalidOid || keys == pg_sys::InvalidOid {
+            c.clear();
+        } else if relid == keys && !PER_KEY.get() {
+            // 0.1.0's statement triggers: any change of the table may be any key's.
             c.clear();
         } else if relid == keys {
             // No catalog access in a callback: the next lookup compares the table's file.

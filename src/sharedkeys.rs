@@ -29,7 +29,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pg_apikey_core::digest::DIGEST_LEN;
 use pg_apikey_core::shared_keys::{self, Partition, PartitionMut};
@@ -45,8 +45,8 @@ type Digest = [u8; DIGEST_LEN];
 const PARTITIONS: usize = 64;
 const TRANCHE: &CStr = c"pg_apikey_shared_keys";
 const SEGMENT: &CStr = c"pg_apikey shared key cache";
-/// Room for one keys-table file number per region, before the partitions.
-const FILES_BYTES: usize = 64;
+/// Room for one owner word per region (database OID and keys-table file), before the partitions.
+const FILES_BYTES: usize = 8 * crate::shmem::MAX_WORKERS;
 
 #[derive(Clone, Copy)]
 struct Layout {
@@ -165,46 +165,58 @@ fn shared() -> Option<Shared> {
     unsafe { SHARED }
 }
 
-/// A region and partition, locked for the duration of `f`.
-fn with_partition<R>(
+/// The bytes of a partition, with its lock held in `mode` for the duration of `f`.
+fn locked<R>(
     s: Shared,
     region: usize,
     part: usize,
-    exclusive: bool,
-    f: impl FnOnce(&mut [u8]) -> R,
+    mode: pg_sys::LWLockMode::Type,
+    f: impl FnOnce(*mut u8, usize) -> R,
 ) -> R {
     let index = region * PARTITIONS + part;
     // SAFETY: index < regions * PARTITIONS, the number of locks requested and of partitions laid
-    // out; the partition's bytes are read or written only under its lock (shared for reads,
-    // exclusive for writes: `f` gets a `&mut` only to build the right view). If `f` raises an
-    // error, transaction abort releases the lock (LWLockReleaseAll).
+    // out. If `f` raises an error, transaction abort releases the lock (LWLockReleaseAll).
     unsafe {
         let lock = &raw mut (*s.locks.add(index)).lock;
-        let mode = if exclusive {
-            pg_sys::LWLockMode::LW_EXCLUSIVE
-        } else {
-            pg_sys::LWLockMode::LW_SHARED
-        };
         pg_sys::LWLockAcquire(lock, mode);
-        let bytes = std::slice::from_raw_parts_mut(
+        let r = f(
             s.base.add(FILES_BYTES + index * s.layout.part_bytes),
             s.layout.part_bytes,
         );
-        let r = f(bytes);
         pg_sys::LWLockRelease(lock);
         r
     }
 }
 
-fn region_file(s: Shared, region: usize) -> &'static AtomicU32 {
-    // SAFETY: region < regions ≤ 8, so 4 * region + 4 ≤ FILES_BYTES; the segment is 8-aligned
-    // shared memory that lives as long as the server; AtomicU32 has u32's layout.
-    unsafe { &*(s.base.add(4 * region) as *const AtomicU32) }
+/// Read a partition under its shared lock.
+fn read<R>(s: Shared, region: usize, part: usize, f: impl FnOnce(Partition) -> R) -> R {
+    locked(s, region, part, pg_sys::LWLockMode::LW_SHARED, |p, n| {
+        // SAFETY: the partition's bytes, which writers change only under the exclusive lock.
+        f(Partition::new(unsafe { std::slice::from_raw_parts(p, n) }))
+    })
+}
+
+/// Change a partition under its exclusive lock.
+fn write<R>(s: Shared, region: usize, part: usize, f: impl FnOnce(PartitionMut) -> R) -> R {
+    locked(s, region, part, pg_sys::LWLockMode::LW_EXCLUSIVE, |p, n| {
+        // SAFETY: the partition's bytes, which nobody else reads or writes while we hold the
+        // exclusive lock.
+        f(PartitionMut::new(unsafe {
+            std::slice::from_raw_parts_mut(p, n)
+        }))
+    })
+}
+
+/// Which database and which file of its keys table the region's entries belong to.
+fn region_owner(s: Shared, region: usize) -> &'static AtomicU64 {
+    // SAFETY: region < regions <= MAX_WORKERS, so 8 * region + 8 <= FILES_BYTES; the segment is
+    // MAXALIGNed shared memory that lives as long as the server; AtomicU64 has u64's layout.
+    unsafe { &*(s.base.add(8 * region) as *const AtomicU64) }
 }
 
 fn clear_region(s: Shared, region: usize) {
     for part in 0..PARTITIONS {
-        with_partition(s, region, part, true, |b| PartitionMut::new(b).clear());
+        write(s, region, part, |mut p| p.clear());
     }
 }
 
@@ -233,15 +245,25 @@ pub fn ticket(digest: &Digest) -> Option<Ticket> {
     if region >= s.layout.regions || unsafe { pg_sys::RecoveryInProgress() } {
         return None;
     }
-    let file = crate::catalog::file_of(crate::catalog::get().relation("keys"))?;
-    let stored = region_file(s, region);
-    if stored.load(Ordering::Acquire) != u32::from(file) {
+    let cat = crate::catalog::get();
+    if !cat.per_key_invalidation() {
+        // The 0.1.0 schema (before ALTER EXTENSION UPDATE) invalidates no key by itself.
+        return None;
+    }
+    let file = crate::catalog::file_of(cat.relation("keys"))?;
+    // SAFETY: reads a backend global.
+    let database = unsafe { pg_sys::MyDatabaseId };
+    // A region is found by database name: a database dropped and created again under that name
+    // (from a template copy of the same files, say) must not find the old one's keys.
+    let owner = (u64::from(u32::from(database)) << 32) | u64::from(u32::from(file));
+    let stored = region_owner(s, region);
+    if stored.load(Ordering::Acquire) != owner {
         clear_region(s, region);
-        stored.store(u32::from(file), Ordering::Release);
+        stored.store(owner, Ordering::Release);
     }
     let tag = tag(digest);
     let part = shared_keys::partition_of(tag, PARTITIONS);
-    let generation = with_partition(s, region, part, false, |b| Partition::new(b).generation());
+    let generation = read(s, region, part, |p| p.generation());
     Some(Ticket {
         region,
         part,
@@ -253,10 +275,8 @@ pub fn ticket(digest: &Digest) -> Option<Ticket> {
 /// The key with `digest`, if the shared cache holds it.
 pub fn get(t: &Ticket, digest: &Digest) -> Option<StoredKey> {
     let s = shared()?;
-    let payload = with_partition(s, t.region, t.part, false, |b| {
-        Partition::new(b)
-            .find(t.tag, digest, PARTITIONS)
-            .map(<[u8]>::to_vec)
+    let payload = read(s, t.region, t.part, |p| {
+        p.find(t.tag, digest, PARTITIONS).map(<[u8]>::to_vec)
     });
     let found = payload.and_then(|p| StoredKey::decode(&p, digest));
     let (hits, misses) = COUNTS.get();
@@ -276,8 +296,8 @@ pub fn offer(t: Ticket, digest: &Digest, key: &StoredKey) -> bool {
         return false;
     }
     let payload = key.encode();
-    with_partition(s, t.region, t.part, true, |b| {
-        PartitionMut::new(b).insert(t.tag, digest, &payload, t.generation, PARTITIONS)
+    write(s, t.region, t.part, |mut p| {
+        p.insert(t.tag, digest, &payload, t.generation, PARTITIONS)
     })
 }
 
@@ -290,28 +310,31 @@ pub fn changed(digest: &Digest) {
     }
 }
 
+/// Evict the key(s) with `tag` and move the partition's generation.
 fn evict(s: Shared, region: usize, tag: u32) {
     let part = shared_keys::partition_of(tag, PARTITIONS);
-    with_partition(s, region, part, true, |b| {
-        PartitionMut::new(b).evict_tag(tag, PARTITIONS)
-    });
+    write(s, region, part, |mut p| p.evict_tag(tag, PARTITIONS));
 }
 
-/// From the relcache callback: a per-key tag (or any relation: tags and OIDs look alike), or
-/// InvalidOid for "everything". No catalog access here: a backend that never resolved its
-/// region has nothing to do (other backends, and the committing one, evict).
+/// From the relcache callback: a per-key tag (or any relation: tags and OIDs look alike). The
+/// committing backend already evicted the key and moved the generation after its commit, before
+/// sending this; evicting again here only drops a copy stored in between, and touches nothing
+/// (no exclusive lock, no generation) when the window holds no such tag, so the invalidations
+/// any role causes (temporary tables, say) cost a shared lock and refuse no insert. Queue resets
+/// (`InvalidOid`) need nothing: every change was evicted at its commit. No catalog access here:
+/// a backend that never resolved its region has nothing to do.
 pub fn invalidated(relid: pg_sys::Oid, is_keys_table: bool) {
     let Some(s) = shared() else { return };
     let Some(region) = crate::shmem::db_index_if_known() else {
         return;
     };
-    if region >= s.layout.regions || is_keys_table {
+    if region >= s.layout.regions || is_keys_table || relid == pg_sys::InvalidOid {
         return;
     }
-    if relid == pg_sys::InvalidOid {
-        clear_region(s, region);
-    } else {
-        evict(s, region, u32::from(relid));
+    let tag = u32::from(relid);
+    let part = shared_keys::partition_of(tag, PARTITIONS);
+    if read(s, region, part, |p| p.holds_tag(tag, PARTITIONS)) {
+        evict(s, region, tag);
     }
 }
 
@@ -319,7 +342,10 @@ pub fn invalidated(relid: pg_sys::Oid, is_keys_table: bool) {
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT => {
-            let tags = CHANGED.with_borrow_mut(std::mem::take);
+            let mut tags = CHANGED.with_borrow_mut(std::mem::take);
+            // An UPDATE queues the old and the new row's tag, mostly the same one.
+            tags.sort_unstable();
+            tags.dedup();
             if let (Some(s), Some(region)) = (shared(), crate::shmem::db_index_if_known()) {
                 if region < s.layout.regions {
                     tags.into_iter().for_each(|t| evict(s, region, t));
@@ -349,29 +375,38 @@ fn prewarm_key_cache() -> i64 {
 }
 
 fn prewarm() -> i64 {
-    // SAFETY: reads the transaction state; no preconditions.
-    if unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId {
-        // This transaction's own uncommitted changes are visible to it: cache nothing.
-        return 0;
-    }
-    for digest in crate::store::as_owner(crate::store::live_digests) {
-        let Some(t) = ticket(&digest) else {
-            return 0;
-        };
-        if let Some(key) = crate::store::find_by_digest(&digest) {
-            offer(t, &digest, &key);
-        }
-    }
+    prewarm_digests(&prewarm_candidates());
     region_stats().0
 }
 
-/// From the usage worker, once per worker process: load the region if it is empty (the server
-/// just started), not when the worker alone restarted over a filled one.
-pub fn prewarm_if_empty() {
-    let (entries, capacity) = region_stats();
-    if entries == 0 && capacity > 0 {
-        prewarm();
+/// Digests of the live keys to load; none unless this database has a region on this schema and
+/// this transaction wrote nothing (its own uncommitted changes are visible to it).
+pub fn prewarm_candidates() -> Vec<Digest> {
+    // SAFETY: reads the transaction state; no preconditions.
+    let wrote = unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId;
+    if wrote || ticket(&[0; DIGEST_LEN]).is_none() {
+        return Vec::new();
     }
+    crate::store::as_owner(crate::store::live_digests)
+}
+
+/// Load these keys, each read exactly as a lookup's miss reads it.
+pub fn prewarm_digests(digests: &[Digest]) {
+    for digest in digests {
+        let Some(t) = ticket(digest) else {
+            return;
+        };
+        if let Some(key) = crate::store::find_by_digest(digest) {
+            offer(t, digest, &key);
+        }
+    }
+}
+
+/// Is this database's region empty (the server just started, rather than the usage worker
+/// alone restarting over a filled region)?
+pub fn region_is_empty() -> bool {
+    let (entries, capacity) = region_stats();
+    entries == 0 && capacity > 0
 }
 
 /// (entries, capacity) of this database's region; (0, 0) without one.
@@ -379,7 +414,7 @@ fn region_stats() -> (i64, i64) {
     match (shared(), crate::shmem::db_index()) {
         (Some(s), Some(region)) if region < s.layout.regions => {
             let entries: usize = (0..PARTITIONS)
-                .map(|p| with_partition(s, region, p, false, |b| Partition::new(b).len()))
+                .map(|p| read(s, region, p, |p| p.len()))
                 .sum();
             let capacity = PARTITIONS * shared_keys::slots_in(s.layout.part_bytes);
             (entries as i64, capacity as i64)

@@ -187,13 +187,14 @@ fn flush() -> Vec<i64> {
 }
 
 /// One flush: usage, credit balances, rehashes queued by read-only verifies, then the events
-/// only the worker announces.
-fn flush_all() {
+/// only the worker announces (and, the first time, the shared key cache's load). False when
+/// SIGTERM arrived during that load.
+fn flush_all() -> bool {
     let limited = flush();
     let credited = crate::credits::flush();
     // SAFETY: reads shared recovery state.
     if unsafe { pg_sys::RecoveryInProgress() } {
-        return;
+        return true;
     }
     crate::imports::flush_rehashes();
     BackgroundWorker::transaction(|| {
@@ -201,17 +202,35 @@ fn flush_all() {
             crate::events::worker_tick(&limited, &credited);
         }
     });
-    if !PREWARMED.replace(true) {
+    PREWARMED.replace(true) || prewarm_shared_keys()
+}
+
+/// Load the shared key cache after a server start, in batches of their own transactions (so no
+/// lock is held for long) with a usage flush between them. False if SIGTERM stopped it.
+fn prewarm_shared_keys() -> bool {
+    let digests = BackgroundWorker::transaction(|| {
+        if crate::catalog::installed().is_some() && crate::sharedkeys::region_is_empty() {
+            crate::sharedkeys::prewarm_candidates()
+        } else {
+            Vec::new()
+        }
+    });
+    for batch in digests.chunks(10_000) {
+        if BackgroundWorker::sigterm_received() {
+            return false;
+        }
         BackgroundWorker::transaction(|| {
             if crate::catalog::installed().is_some() {
-                crate::sharedkeys::prewarm_if_empty();
+                crate::sharedkeys::prewarm_digests(batch);
             }
         });
+        flush();
     }
+    true
 }
 
 thread_local! {
-    /// Did this worker process load the shared key cache yet (see sharedkeys::prewarm_if_empty)?
+    /// Did this worker process load the shared key cache yet (see prewarm_shared_keys)?
     static PREWARMED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -236,8 +255,8 @@ pub extern "C-unwind" fn pg_apikey_usage_worker(arg: pg_sys::Datum) {
             // SAFETY: rereads postgresql.conf, as every process does on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        flush_all();
-        if !alive {
+        let carry_on = flush_all();
+        if !alive || !carry_on {
             break;
         }
     }

@@ -19,7 +19,7 @@ PORT = "54360"
 @pytest.fixture(scope="module")
 def connect():
     with own_cluster("shared", PORT, "shared_a",
-                     "apikey.usage_databases = 'shared_a, shared_b'",
+                     "apikey.usage_databases = 'shared_a, shared_b, shared_a, shared_old, shared_re'",
                      "apikey.shared_key_cache_size = '2MB'",
                      "max_prepared_transactions = 2",
                      setup=("ALTER DATABASE shared_a SET apikey.creation_limit = 0",)) as conn:
@@ -30,6 +30,10 @@ def connect():
             with conn(name) as c:
                 c.execute("CREATE EXTENSION pg_apikey")
                 c.execute(f"ALTER DATABASE {name} SET apikey.creation_limit = 0")
+        with conn("postgres") as c:
+            c.execute("CREATE DATABASE shared_old")
+        with conn("shared_old") as c:
+            c.execute("CREATE EXTENSION pg_apikey VERSION '0.1.0'")
         yield conn
 
 
@@ -201,3 +205,49 @@ def test_a_transaction_that_changed_keys_cannot_be_prepared(connect):
         c.rollback()
     with reader(connect) as r:
         r.execute("SELECT apikey.verify(%s)", (k,))
+
+
+def test_before_alter_extension_update_the_shared_cache_stays_out_of_the_way(connect):
+    """A database still on the 0.1.0 schema (the library upgraded, ALTER EXTENSION UPDATE not yet
+    run) has no per-key trigger: the shared cache must not hold its keys, or a revoke would
+    never reach it (found by the review)."""
+    key = "cfk_" + "4e" * 32
+    with connect("shared_old") as admin:
+        admin.execute("""INSERT INTO apikey.keys (owner, name, format, display_prefix, last4, digest, created_by)
+                         VALUES ('old', 'k', 'cfk', 'cfk_4e4e4', '4e4e', sha256(convert_to(%s, 'UTF8')), 'postgres')""",
+                      (key,))
+        with reader(connect, "shared_old") as r, reader(connect, "shared_old") as r2:
+            r.execute("SELECT apikey.verify(%s)", (key,))
+            r2.execute("SELECT apikey.verify(%s)", (key,))
+            admin.execute("UPDATE apikey.keys SET revoked_at = now() WHERE owner = 'old'")
+            for c in (r, r2):
+                with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+                    c.execute("SELECT apikey.verify(%s)", (key,))
+        with reader(connect, "shared_old") as fresh:
+            with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+                fresh.execute("SELECT apikey.verify(%s)", (key,))
+
+
+def test_a_database_created_again_under_a_listed_name_does_not_find_the_old_keys(connect):
+    """Regions are found by database name. A database dropped and created again from the same
+    template has its keys table in a file of the same number; it must still not see the keys
+    the dropped one had cached (found by the review)."""
+    with connect("postgres") as c:
+        c.execute("CREATE DATABASE shared_tpl")
+    with connect("shared_tpl") as c:
+        c.execute("CREATE EXTENSION pg_apikey")
+        c.execute("ALTER DATABASE shared_tpl SET apikey.creation_limit = 0")
+    with connect("postgres") as c:
+        c.execute("CREATE DATABASE shared_re TEMPLATE shared_tpl")
+    with connect("shared_re") as admin:
+        (_, k), = make_keys(admin, 1, owner="before-drop")
+    with reader(connect, "shared_re") as r:
+        r.execute("SELECT apikey.verify(%s)", (k,))
+        r.execute("SELECT apikey.verify(%s)", (k,))
+        assert stats(r)[2] == 1
+    with connect("postgres") as c:
+        c.execute("DROP DATABASE shared_re WITH (FORCE)")
+        c.execute("CREATE DATABASE shared_re TEMPLATE shared_tpl")
+    with reader(connect, "shared_re") as r:
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            r.execute("SELECT apikey.verify(%s)", (k,))

@@ -155,6 +155,22 @@ def test_an_upgraded_database_equals_a_fresh_install_and_keeps_everything(connec
     assert len(fresh) > 400
 
 
+def test_before_the_update_a_revoke_is_seen_by_a_session_that_cached_the_key(connect):
+    """0.1.0's statement triggers invalidate the whole keys table, not one key: until ALTER
+    EXTENSION UPDATE installs the per-key trigger, such an invalidation must empty the cache
+    (found by the review: for one commit it only compared the table's file)."""
+    new_db(connect, "up_window", "0.1.0")
+    with connect("up_window") as admin, connect("up_window") as reader:
+        fill_010(admin)
+        key, owner, _ = KEYS[0][:3]
+        for _ in range(3):
+            assert reader.execute("SELECT owner FROM apikey.verify(%s)", (key,)).fetchone()[0] == owner
+        admin.execute("UPDATE apikey.keys SET revoked_at = now() WHERE digest = sha256(convert_to(%s, 'UTF8'))",
+                      (key,))
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            reader.execute("SELECT apikey.verify(%s)", (key,))
+
+
 def test_apikey_admin_is_no_administrator_after_the_upgrade(connect):
     new_db(connect, "up_admin", "0.1.0")
     with connect("up_admin") as c:

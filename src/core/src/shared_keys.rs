@@ -96,8 +96,9 @@ impl<'a> Partition<'a> {
         u64_at(self.0, 0)
     }
 
-    /// The payload stored for this digest, if any. The caller still compares the digest the
-    /// payload carries in constant time; this only finds the slot.
+    /// The payload stored for this digest, if any: a slot whose tag and whole digest equal the
+    /// presented ones. (Comparing in variable time leaks how much of a stored digest matches the
+    /// SHA-256 of a guess, which is of no use without a preimage.)
     pub fn find(&self, tag: u32, digest: &[u8; DIGEST_LEN], partitions: usize) -> Option<&'a [u8]> {
         let b = self.0;
         window(b, tag, partitions)
@@ -190,6 +191,12 @@ impl<'a> PartitionMut<'a> {
 }
 
 impl Partition<'_> {
+    /// Does the tag's window hold an entry with this tag?
+    pub fn holds_tag(&self, tag: u32, partitions: usize) -> bool {
+        let b = self.0;
+        window(b, tag, partitions).any(|at| b[at + USED] == 1 && u32_at(b, at + TAG) == tag)
+    }
+
     /// Entries held.
     pub fn len(&self) -> usize {
         (0..slot_count(self.0))
@@ -264,7 +271,9 @@ mod tests {
             .iter()
             .map(|d| Partition::new(&buf).find(tag(d), d, 1).is_some())
             .collect();
+        assert!(Partition::new(&buf).holds_tag(tag(&keys[7]), 1) == before[7]);
         PartitionMut::new(&mut buf).evict_tag(tag(&keys[7]), 1);
+        assert!(!Partition::new(&buf).holds_tag(tag(&keys[7]), 1));
         for (i, d) in keys.iter().enumerate() {
             let now = Partition::new(&buf).find(tag(d), d, 1).is_some();
             assert_eq!(now, before[i] && i != 7, "key {i}");
