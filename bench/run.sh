@@ -114,10 +114,14 @@ print((h + b"." + p + b"." + s).decode())' "pg_apikey-example-jwt-secret-0123456
         "$ROOT/examples/api.sh" stop bench
         sleep 1   # let the port close before the next PostgREST binds it
     }
-    http_median() { for _ in 1 2 3; do rps "$@"; done | sort -n | sed -n 2p; }
-    key_rps=$(http_median apikey.pre_request "")
-    noop_rps=$(http_median api.noop_pre_request "")
-    jwt_rps=$(http_median api.noop_pre_request "Bearer $jwt")
+    # Three rounds, each measuring the three configurations back to back, so a machine that
+    # speeds up or slows down during the benchmark weighs on all three alike; then medians.
+    : > "$work/http_rounds"
+    for _ in 1 2 3; do
+        echo "$(rps apikey.pre_request "") $(rps api.noop_pre_request "") $(rps api.noop_pre_request "Bearer $jwt")" >> "$work/http_rounds"
+    done
+    median_col() { awk -v c="$1" '{print $c}' "$work/http_rounds" | sort -n | sed -n 2p; }
+    key_rps=$(median_col 1) noop_rps=$(median_col 2) jwt_rps=$(median_col 3)
     echo
     echo "== HTTP through PostgREST 12.0.2, GET /rpc/whoami, a random key of 10,000 per request,"
     echo "   wrk 2 threads 16 connections, ${SECONDS_PER_RUN}s, median of 3"
