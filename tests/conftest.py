@@ -4,7 +4,10 @@ of $PG_CONFIG (Debian's 15 by default; tests/run-all.sh runs the suite once per 
 
 import contextlib
 import os
+import random
 import subprocess
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -92,3 +95,52 @@ def own_cluster(name: str, port: str, db: str, *conf: str, setup: tuple = ()):
         yield conn
     finally:
         subprocess.run([str(ROOT / "tests/cluster.sh"), "stop", name], check=False)
+
+
+def race_revokes_against_readers(keys, open_reader, open_revoker):
+    """Eight readers (open_reader(): a connection as each test wants its cache) verify random keys
+    of `keys` [(id, key)] while four revokers (open_revoker()) revoke them one by one, 2 ms apart.
+    Returns the ids of keys that verified in a verify that *started* after their revoke returned:
+    each one a stale cache entry. Every key is revoked when it returns."""
+    revoked_at, violations = {}, []
+    stop, lock = threading.Event(), threading.Lock()
+
+    def read(seed):
+        rnd = random.Random(seed)
+        with open_reader() as c:
+            while not stop.is_set():
+                kid, k = rnd.choice(keys)
+                started = time.monotonic()
+                try:
+                    c.execute("SELECT apikey.verify(%s)", (k,))
+                    ok = True
+                except psycopg.errors.InvalidAuthorizationSpecification:
+                    ok = False
+                with lock:
+                    done = revoked_at.get(kid)
+                if ok and done is not None and started > done:
+                    violations.append(kid)
+
+    def revoke(part):
+        with open_revoker() as c:
+            for kid, _ in part:
+                c.execute("SELECT apikey.revoke(%s)", (kid,))
+                with lock:
+                    revoked_at[kid] = time.monotonic()
+                time.sleep(0.002)
+
+    readers = [threading.Thread(target=read, args=(i,)) for i in range(8)]
+    for t in readers:
+        t.start()
+    time.sleep(0.5)
+    revokers = [threading.Thread(target=revoke, args=(keys[i::4],)) for i in range(4)]
+    for t in revokers:
+        t.start()
+    for t in revokers:
+        t.join()
+    time.sleep(0.3)
+    stop.set()
+    for t in readers:
+        t.join()
+    assert len(revoked_at) == len(keys)
+    return violations

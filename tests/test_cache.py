@@ -2,12 +2,10 @@
 a new key evicts nothing), revocation seen at the very next statement in every session (REPEATABLE
 READ included), a bound in bytes, and no stale entry when revokes race with cache misses."""
 
-import random
-import threading
-import time
-
 import psycopg
 import pytest
+
+from conftest import race_revokes_against_readers
 
 
 def stats(conn):
@@ -77,51 +75,13 @@ def test_revokes_racing_with_cache_misses_never_leave_a_revoked_key_valid(db):
     returned must fail; any success is a stale cache entry."""
     admin = db()
     keys = make_keys(admin, 400)
-    revoked_at = {}
-    stop = threading.Event()
-    violations = []
-    lock = threading.Lock()
 
-    def reader(seed):
-        rnd = random.Random(seed)
-        with db() as c:
-            c.execute("SET apikey.key_cache_size = '32kB'")
-            while not stop.is_set():
-                kid, k = rnd.choice(keys)
-                started = time.monotonic()
-                try:
-                    c.execute("SELECT apikey.verify(%s)", (k,))
-                    ok = True
-                except psycopg.errors.InvalidAuthorizationSpecification:
-                    ok = False
-                with lock:
-                    done = revoked_at.get(kid)
-                if ok and done is not None and started > done:
-                    violations.append(kid)
+    def small_cache_reader():
+        c = db()
+        c.execute("SET apikey.key_cache_size = '32kB'")
+        return c
 
-    def revoker(part):
-        with db() as c:
-            for kid, _ in part:
-                c.execute("SELECT apikey.revoke(%s)", (kid,))
-                with lock:
-                    revoked_at[kid] = time.monotonic()
-                time.sleep(0.002)
-
-    readers = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
-    for t in readers:
-        t.start()
-    time.sleep(0.5)
-    revokers = [threading.Thread(target=revoker, args=(keys[i::4],)) for i in range(4)]
-    for t in revokers:
-        t.start()
-    for t in revokers:
-        t.join()
-    time.sleep(0.3)
-    stop.set()
-    for t in readers:
-        t.join()
-    assert len(revoked_at) == 400
-    assert violations == []
+    assert race_revokes_against_readers(keys, small_cache_reader, db) == []
     # And afterwards every key is refused in a fresh session too.
     with db() as c:
         for _, k in keys[::40]:

@@ -4,14 +4,10 @@ next statement in every session; revokes racing with misses leave no revoked key
 database listed in apikey.usage_databases has its own region, and others have none; TRUNCATE
 empties it; a transaction that changed keys cannot be prepared while it is on."""
 
-import random
-import threading
-import time
-
 import psycopg
 import pytest
 
-from conftest import own_cluster
+from conftest import own_cluster, race_revokes_against_readers
 
 PORT = "54360"
 
@@ -112,48 +108,7 @@ def test_revokes_racing_with_shared_cache_misses_never_leave_a_revoked_key_valid
     revoke them one by one. A verify that starts after a revoke returned must fail."""
     with connect() as admin:
         keys = make_keys(admin, 400, owner="race")
-    revoked_at, violations = {}, []
-    stop, lock = threading.Event(), threading.Lock()
-
-    def read(seed):
-        rnd = random.Random(seed)
-        with reader(connect) as c:
-            while not stop.is_set():
-                kid, k = rnd.choice(keys)
-                started = time.monotonic()
-                try:
-                    c.execute("SELECT apikey.verify(%s)", (k,))
-                    ok = True
-                except psycopg.errors.InvalidAuthorizationSpecification:
-                    ok = False
-                with lock:
-                    done = revoked_at.get(kid)
-                if ok and done is not None and started > done:
-                    violations.append(kid)
-
-    def revoke(part):
-        with connect() as c:
-            for kid, _ in part:
-                c.execute("SELECT apikey.revoke(%s)", (kid,))
-                with lock:
-                    revoked_at[kid] = time.monotonic()
-                time.sleep(0.002)
-
-    readers = [threading.Thread(target=read, args=(i,)) for i in range(8)]
-    for t in readers:
-        t.start()
-    time.sleep(0.5)
-    revokers = [threading.Thread(target=revoke, args=(keys[i::4],)) for i in range(4)]
-    for t in revokers:
-        t.start()
-    for t in revokers:
-        t.join()
-    time.sleep(0.3)
-    stop.set()
-    for t in readers:
-        t.join()
-    assert len(revoked_at) == 400
-    assert violations == []
+    assert race_revokes_against_readers(keys, lambda: reader(connect), connect) == []
     with reader(connect) as c:
         for _, k in keys:
             with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
