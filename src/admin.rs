@@ -57,5 +57,39 @@ fn revoke_admin(role_name: &str) -> bool {
 /// Is the current role a pg_apikey administrator in this database (or a superuser)?
 #[pg_extern(stable, parallel_restricted)]
 fn is_admin() -> bool {
-    crate::policy::caller_is_admin()
+    caller_is_admin()
+}
+
+/// Superusers, and roles listed in this database's `apikey.admins` (and their members), manage
+/// every key of this database. Roles are cluster-wide, so the list is a table: being an
+/// administrator in one database says nothing about another. Entries are role OIDs, and count
+/// only while that role still has the name it was granted under: a dropped role's entry is never
+/// adopted by a new role of the same name, and a renamed role loses its rights (fail closed).
+pub fn caller_is_admin() -> bool {
+    if privilege::caller_is_superuser() {
+        return true;
+    }
+    let me = privilege::caller();
+    store::as_owner(store::admin_roles)
+        .into_iter()
+        .any(|(role, granted_as)| {
+            // SAFETY: GetUserNameFromId(noerr = true) returns NULL for a role that no longer
+            // exists, else a palloc'd NUL-terminated name; has_privs_of_role only reads the
+            // role-membership cache.
+            unsafe {
+                let name = pg_sys::GetUserNameFromId(role, true);
+                !name.is_null()
+                    && std::ffi::CStr::from_ptr(name).to_bytes() == granted_as.as_bytes()
+                    && pg_sys::has_privs_of_role(me, role)
+            }
+        })
+}
+
+/// Refuse what only administrators may do (`what`, as the refusal names it): 25006 on a standby,
+/// 42501 for anyone else.
+pub fn require_admin(what: &'static str) {
+    privilege::require_primary(what);
+    if !caller_is_admin() {
+        raise(ApiError::AdminOnly(what));
+    }
 }

@@ -11,6 +11,7 @@ use pg_apikey_core::rights::KeyKind;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use crate::authority;
 use crate::errors::raise;
 use crate::identity::{self, Identity};
 use crate::key_type::ApiKey;
@@ -27,11 +28,17 @@ fn identity_of(row: StoredKey, app: Option<(i64, String)>) -> Identity {
 /// shared memory does not roll back, so charging it would let a transaction that creates, uses and
 /// rolls back keys fill the limiter with buckets of keys that never existed.
 fn charge(rows: &[&StoredKey], cost: i64) -> Result<(), ApiError> {
-    // Credits first: they can be given back exactly if a limit then refuses the request.
+    // Credits first: they can be given back exactly if a limit then refuses the request. This
+    // is the only refund there is: the request was refused before it was served.
     let mut spent = Vec::new();
+    let give_back = |spent: &[i64]| {
+        spent
+            .iter()
+            .for_each(|id| crate::credits::refund(*id, cost))
+    };
     for r in rows.iter().filter(|r| r.has_credits) {
         if let Err(e) = crate::credits::spend(r, cost) {
-            spent.iter().for_each(|id| crate::credits::refund_last(*id));
+            give_back(&spent);
             crate::usage::record(r.id, crate::usage::Event::RateLimited);
             return Err(e);
         }
@@ -66,7 +73,7 @@ fn charge(rows: &[&StoredKey], cost: i64) -> Result<(), ApiError> {
         ));
     }
     if let Err(e) = crate::limiter::charge_all(&items) {
-        spent.iter().for_each(|id| crate::credits::refund_last(*id));
+        give_back(&spent);
         return Err(e);
     }
     for r in rows {
@@ -75,14 +82,13 @@ fn charge(rows: &[&StoredKey], cost: i64) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A refused scope or resource check, counted against the key that asked.
-/// The request's limits are given back (its credits come back when the error rolls the
-/// transaction back): a refusal charges nothing.
+/// A refused scope or resource check, counted against the key that asked. Nothing the request
+/// was charged comes back: the client may already have seen rows it read after authenticating,
+/// and chose to call the check that refused (see docs/limits.md, "Charges are final").
 fn denied(err: ApiError) -> ! {
-    if let Some(me) = identity::current() {
+    if let Some(me) = authority::current() {
         crate::usage::record(me.key_id, crate::usage::Event::Denied);
     }
-    crate::limiter::refund_charges();
     raise(err)
 }
 
@@ -129,6 +135,7 @@ fn app_and_user(
     // scopes and resource as well.
     let mut id = identity_of(user, Some((app.id, app.owner.clone())));
     id.app_bounds = Some((app.scopes.clone(), app.resource.clone()));
+    id.app_digest = Some(crate::identity::Digest(app.digest));
     Ok(id)
 }
 
@@ -261,31 +268,31 @@ fn authenticate_request() -> Option<String> {
 /// The authenticated owner of this transaction, or NULL.
 #[pg_extern(stable, parallel_restricted)]
 fn current_owner() -> Option<String> {
-    identity::current().map(|i| i.owner)
+    authority::current().map(|i| i.owner)
 }
 
 /// The id of the key that authenticated this transaction, or NULL.
 #[pg_extern(stable, parallel_restricted)]
 fn current_key_id() -> Option<i64> {
-    identity::current().map(|i| i.key_id)
+    authority::current().map(|i| i.key_id)
 }
 
 /// The scopes of the authenticating key; NULL when nobody authenticated or the key is unscoped.
 #[pg_extern(stable, parallel_restricted)]
 fn current_scopes() -> Option<Vec<String>> {
-    identity::current().and_then(|i| i.effective_scopes())
+    authority::current().and_then(|i| i.effective_scopes())
 }
 
 /// The resource the authenticating key is limited to, or NULL (none, or unlimited).
 #[pg_extern(stable, parallel_restricted)]
 fn current_resource() -> Option<String> {
-    identity::current().and_then(|i| i.effective_resource())
+    authority::current().and_then(|i| i.effective_resource())
 }
 
 /// The database role for this transaction's key: its own, else `apikey.default_role`, else NULL.
 #[pg_extern(stable, parallel_restricted)]
 fn current_db_role() -> Option<String> {
-    let me = identity::current()?;
+    let me = authority::current()?;
     me.db_role.or_else(|| {
         crate::gucs::DEFAULT_ROLE
             .get()
@@ -297,25 +304,25 @@ fn current_db_role() -> Option<String> {
 /// For a two-key request, the application (owner of the app key); otherwise NULL.
 #[pg_extern(stable, parallel_restricted)]
 fn current_app() -> Option<String> {
-    identity::current().and_then(|i| i.app.map(|(_, owner)| owner))
+    authority::current().and_then(|i| i.app.map(|(_, owner)| owner))
 }
 
 /// Does the authenticated key hold `scope`? An unscoped key holds every scope; no key, none.
 #[pg_extern(stable, strict, parallel_restricted)]
 fn has_scope(scope: &str) -> bool {
-    identity::current().is_some_and(|i| i.holds_scope(scope))
+    authority::current().is_some_and(|i| i.holds_scope(scope))
 }
 
 /// May the authenticated key reach `resource`? A key without a resource reaches every one.
 #[pg_extern(stable, strict, parallel_restricted)]
 fn in_resource(resource: &str) -> bool {
-    identity::current().is_some_and(|i| i.reaches(resource))
+    authority::current().is_some_and(|i| i.reaches(resource))
 }
 
 /// Raise 28000 without an authenticated key, 42501 naming the scope if the key lacks it.
 #[pg_extern(stable, strict, parallel_restricted)]
 fn require_scope(scope: &str) -> bool {
-    if identity::current().is_none() {
+    if authority::current().is_none() {
         raise(ApiError::KeyRequired(""));
     }
     if !has_scope(scope) {
@@ -327,7 +334,7 @@ fn require_scope(scope: &str) -> bool {
 /// Raise 28000 without an authenticated key, 42501 naming the resource if the key may not reach it.
 #[pg_extern(stable, strict, parallel_restricted)]
 fn require_resource(resource: &str) -> bool {
-    if identity::current().is_none() {
+    if authority::current().is_none() {
         raise(ApiError::KeyRequired(""));
     }
     if !in_resource(resource) {
@@ -359,5 +366,5 @@ fn has_permissions(expression: &str) -> bool {
         p
     });
     let expr = parsed.unwrap_or_else(|e| raise(ApiError::InvalidArgument(e.to_string())));
-    identity::current().is_some_and(|i| permexpr::eval(&expr, &|s| i.holds_scope(s)))
+    authority::current().is_some_and(|i| permexpr::eval(&expr, &|s| i.holds_scope(s)))
 }

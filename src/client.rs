@@ -14,12 +14,20 @@ use pgrx::prelude::*;
 
 use crate::errors::spi;
 
-/// The connection's peer: Some(address) over TCP, None over a Unix socket.
+/// The connection's peer: Some(address) over TCP, None over a Unix socket. Read with a
+/// read-only SPI call: this is the request path, which must not assign a transaction id (that
+/// would write a commit record, and fail on a hot standby).
 fn peer() -> Option<IpAddr> {
     let text: Option<String> = crate::privilege::with_pinned_search_path(|| {
-        spi(Spi::get_one(
-            "SELECT pg_catalog.host(pg_catalog.inet_client_addr())",
-        ))
+        spi(Spi::connect(|c| {
+            c.select(
+                "SELECT pg_catalog.host(pg_catalog.inet_client_addr())",
+                Some(1),
+                &[],
+            )?
+            .first()
+            .get_one()
+        }))
     });
     text.and_then(|t| t.parse().ok()).map(normalize)
 }

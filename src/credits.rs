@@ -2,19 +2,18 @@
 //!
 //! A key with `credits` has a balance; `apikey.authenticate(key, cost)` spends from it under the
 //! partition's LWLock (exact under any concurrency on one server; READ ONLY transactions and
-//! standbys work). The spending of a transaction is remembered in this backend and **given back
-//! if the transaction (or the subtransaction that spent it) rolls back**: a failed request costs
-//! nothing. The usage worker writes dirty balances to `apikey.keys` every flush interval.
+//! standbys work). **Spending is final**: a client sees rows before it commits, so a rollback,
+//! or an error it provokes after authenticating, gives nothing back (shared memory does not roll
+//! back, and neither do we). Only a request that pg_apikey itself refuses before it is served
+//! (another of its limits) is not charged: `auth::charge` gives back what it took in that same
+//! call. The usage worker writes dirty balances to `apikey.keys` every flush interval.
 //!
 //! Crash bound: a crash forgives at most one flush interval of spending (balances restart from
 //! the last written value). On a standby spending is never written: each standby keeps its own
 //! balances, forgotten at restart or when its table is full.
 
-use std::cell::RefCell;
-
 use pg_apikey_core::credits_table::{self, Balance, Refill, Spend};
 use pg_apikey_core::errors::ApiError;
-use pg_apikey_core::subxact;
 use pgrx::lwlock::PgLwLock;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -53,16 +52,6 @@ pub fn init() {
     if crate::shmem::preloaded() {
         init_parts();
     }
-    // SAFETY: registering static callbacks once, from _PG_init.
-    unsafe {
-        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
-        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
-    }
-}
-
-thread_local! {
-    /// What this transaction spent: (subtransaction, key id, cost), refunded on abort.
-    static SPENT: RefCell<Vec<(pg_sys::SubTransactionId, (i64, i64))>> = const { RefCell::new(Vec::new()) };
 }
 
 fn part() -> &'static PgLwLock<Part> {
@@ -131,73 +120,19 @@ pub fn spend(key: &StoredKey, cost: i64) -> Result<(), ApiError> {
         })));
     }
     match outcome {
-        Spend::Spent(_) => {
-            if cost > 0 {
-                // SAFETY: reads the transaction state.
-                let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
-                SPENT.with_borrow_mut(|s| s.push((sub, (key.id, cost))));
-            }
-            Ok(())
-        }
+        Spend::Spent(_) => Ok(()),
         Spend::Empty { retry_after } => Err(ApiError::NoCredits { retry_after }),
         Spend::Full => Err(ApiError::LimiterFull),
         Spend::Unknown => Err(ApiError::Internal("a credit balance could not be loaded")),
     }
 }
 
-/// Give back what `spend` took for `key_id` in this transaction (another check refused the
-/// request after the credits were spent).
-pub fn refund_last(key_id: i64) {
-    let last = SPENT.with_borrow_mut(|s| {
-        s.iter()
-            .rposition(|(_, (k, _))| *k == key_id)
-            .map(|i| s.remove(i))
-    });
-    if let Some((_, (key, cost))) = last {
-        refund(key, cost);
-    }
-}
-
-fn refund(key_id: i64, cost: i64) {
+/// Give back `cost` credits that `spend` took from `key_id` in this very call, when another of
+/// pg_apikey's own checks refused the request before it was served (all or nothing). Nothing
+/// else refunds: see the module comment.
+pub fn refund(key_id: i64, cost: i64) {
     if let Some(i) = crate::shmem::db_index() {
         credits_table::refund(&mut TABLE[i].exclusive().0, current_db(), key_id, cost);
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
-    use pg_sys::XactEvent::*;
-    match event {
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
-            for (_, (key, cost)) in SPENT.take() {
-                refund(key, cost);
-            }
-        }
-        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
-            SPENT.with_borrow_mut(|s| s.clear());
-        }
-        _ => {}
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_subxact(
-    event: pg_sys::SubXactEvent::Type,
-    my_subid: pg_sys::SubTransactionId,
-    parent_subid: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
-    use pg_sys::SubXactEvent::*;
-    match event {
-        SUBXACT_EVENT_ABORT_SUB => {
-            for (key, cost) in SPENT.with_borrow_mut(|s| subxact::abort(s, my_subid)) {
-                refund(key, cost);
-            }
-        }
-        SUBXACT_EVENT_COMMIT_SUB => {
-            SPENT.with_borrow_mut(|s| subxact::commit(s, my_subid, parent_subid))
-        }
-        _ => {}
     }
 }
 

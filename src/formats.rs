@@ -118,16 +118,22 @@ fn invalidate_caches<'a>(
 /// Add a key format. Superusers and this database's pg_apikey administrators only.
 #[pg_extern(volatile)]
 fn add_format(
-    name: &str,
-    prefix: &str,
-    alphabet: &str,
-    body_length: i32,
-    checksum: default!(&str, "'none'"),
-    recoverable: default!(bool, false),
+    name: Option<&str>,
+    prefix: Option<&str>,
+    alphabet: Option<&str>,
+    body_length: Option<i32>,
+    checksum: default!(Option<&str>, "'none'"),
+    recoverable: default!(Option<bool>, false),
     description: default!(Option<&str>, "NULL"),
 ) -> String {
+    let name = name.unwrap_or_else(|| raise(ApiError::NullArgument("name")));
+    let prefix = prefix.unwrap_or_else(|| raise(ApiError::NullArgument("prefix")));
+    let alphabet = alphabet.unwrap_or_else(|| raise(ApiError::NullArgument("alphabet")));
+    let body_length = body_length.unwrap_or_else(|| raise(ApiError::NullArgument("body_length")));
+    let checksum = checksum.unwrap_or_else(|| raise(ApiError::NullArgument("checksum")));
+    let recoverable = recoverable.unwrap_or_else(|| raise(ApiError::NullArgument("recoverable")));
     crate::privilege::require_primary("add key formats");
-    if !crate::policy::caller_is_admin() {
+    if !crate::admin::caller_is_admin() {
         raise(ApiError::AdminOnly("add key formats"));
     }
     let alphabet = Alphabet::parse(alphabet).unwrap_or_else(|| {
@@ -183,7 +189,7 @@ fn add_format(
 #[pg_extern(volatile, strict)]
 fn alter_format(name: &str, recoverable: bool) -> bool {
     crate::privilege::require_primary("alter key formats");
-    if !crate::policy::caller_is_admin() {
+    if !crate::admin::caller_is_admin() {
         raise(ApiError::AdminOnly("alter key formats"));
     }
     by_name(name);

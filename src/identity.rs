@@ -12,9 +12,24 @@ use pg_apikey_core::subxact;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+/// A key's digest, kept so that its row can be read again at every act (`authority`). Never
+/// printed: its `Debug` form says only what it is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Digest(pub [u8; pg_apikey_core::digest::DIGEST_LEN]);
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Digest(..)")
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Identity {
     pub key_id: i64,
+    /// The digests of the key (and, for a two-key request, of the application key) that
+    /// authenticated: `authority` finds their rows again by them.
+    pub digest: Digest,
+    pub app_digest: Option<Digest>,
     pub owner: String,
     pub kind: KeyKind,
     pub scopes: Option<Vec<String>>,
@@ -98,6 +113,7 @@ impl Identity {
             db_role: self.db_role.clone(),
             allowed: self.allowed.clone(),
             named: self.named.clone(),
+            metered: self.has_credits,
         }
     }
 }
@@ -107,7 +123,9 @@ thread_local! {
     static STACK: RefCell<Vec<(pg_sys::SubTransactionId, Identity)>> = const { RefCell::new(Vec::new()) };
 }
 
-pub fn current() -> Option<Identity> {
+/// The identity `authenticate` set in this transaction, as it was then. Whether its keys still
+/// hold is `authority`'s question: everything that acts on an identity asks there.
+pub fn remembered() -> Option<Identity> {
     STACK.with_borrow(|s| s.last().map(|(_, id)| id.clone()))
 }
 

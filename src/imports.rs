@@ -1,215 +1,24 @@
-//! Keys from other systems: `apikey.import` (one key), `apikey.import_keys` (a table of them),
-//! and verify's path for bcrypt imports that have not been presented yet.
+//! Keys from other systems: `apikey.import` (one key) and `apikey.import_keys` (a table of them).
 //!
 //! SHA-256 imports are stored like any key. A bcrypt import is stored with a random stand-in
-//! digest (no key hashes to it) and its hash and lookup part in `apikey.key_imports`. When a key
-//! is not found by digest and its format has waiting bcrypt imports, verify finds the one import
-//! whose lookup part begins the key (lookup parts never overlap), checks bcrypt once, and stores
-//! the key's SHA-256 in place of the stand-in ("rehash"): in the verifying transaction when it
-//! can write, else through a small shared-memory queue that the usage worker applies. A key with
-//! no candidate costs a decoy bcrypt at the highest waiting cost, so timing does not tell whether
-//! a lookup part exists.
+//! digest (no key hashes to it) and its hash and lookup part in `apikey.key_imports`; verify's
+//! path for them (on the request path, so apart from this management module) is `pending`.
 
-use std::cell::RefCell;
-
-use pg_apikey_core::digest::{sha256, DIGEST_LEN};
+use crate::jsonarg::Json;
+use pg_apikey_core::digest::DIGEST_LEN;
 use pg_apikey_core::errors::ApiError;
-use pg_apikey_core::format::{last_chars, os_random};
+use pg_apikey_core::format::os_random;
 use pg_apikey_core::imported::{self, Algorithm, Refusal, Stored};
-use pg_apikey_core::rehash_queue::{Queue, Rehash};
-use pgrx::lwlock::PgLwLock;
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
-use pgrx::shmem::PGRXSharedMemory;
-use pgrx::JsonB;
 use serde_json::json;
 
 use crate::errors::{raise, spi};
 use crate::lifecycle::{self, KeyOptions};
 use crate::policy::{self, Caller};
 use crate::privilege;
-use crate::store::{self, PendingImports, StoredKey};
-
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct SharedQueue(Queue);
-
-// SAFETY: plain #[repr(C)] values with no pointers; every bit pattern is valid.
-unsafe impl PGRXSharedMemory for SharedQueue {}
-
-// SAFETY: const construction of a named shared-memory lock, registered in init() before use.
-static REHASHES: PgLwLock<SharedQueue> = unsafe { PgLwLock::new(c"pg_apikey_rehash_queue") };
-
-pub fn init() {
-    if crate::shmem::preloaded() {
-        pgrx::pg_shmem_init!(REHASHES = SharedQueue(Queue::EMPTY));
-    }
-}
-
-thread_local! {
-    /// bcrypt computations this backend ran for verify (see `apikey.bcrypt_checks`).
-    static BCRYPT_RUNS: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
-    /// Nanoseconds of the last bcrypt divided by 2^cost: this backend's estimate of one unit.
-    static NS_PER_UNIT: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
-    /// Waiting bcrypt imports per format, and the OID of `apikey.key_imports`; None until
-    /// loaded, dropped when that table changes.
-    static PENDING: RefCell<Option<(Vec<PendingImports>, pg_sys::Oid)>> = const { RefCell::new(None) };
-}
-
-pub fn invalidate(relid: pg_sys::Oid) {
-    PENDING.with_borrow_mut(|p| {
-        if p.as_ref().is_some_and(|(_, ours)| {
-            relid == pg_sys::InvalidOid || relid == *ours || *ours == pg_sys::InvalidOid
-        }) {
-            *p = None;
-        }
-    });
-}
-
-/// The waiting imports of `format`, if any.
-fn pending_for(format: &str) -> Option<(usize, usize, u32)> {
-    let find = |list: &[PendingImports]| {
-        list.iter()
-            .find(|p| p.format == format)
-            .map(|p| (p.min_len, p.max_len, p.max_cost))
-    };
-    if let Some(hit) = PENDING.with_borrow(|p| p.as_ref().map(|(list, _)| find(list))) {
-        return hit;
-    }
-    // Before ALTER EXTENSION UPDATE adds the table, nothing is waiting.
-    let relid = crate::catalog::get().relation_if_present("key_imports")?;
-    let list = store::as_owner(store::pending_imports);
-    let hit = find(&list);
-    PENDING.set(Some((list, relid)));
-    hit
-}
-
-/// One bcrypt computation at `cost`, counted, and timed for the padding of failing paths.
-fn timed_bcrypt<R>(cost: u32, f: impl FnOnce() -> R) -> R {
-    let start = std::time::Instant::now();
-    let r = f();
-    BCRYPT_RUNS.set(BCRYPT_RUNS.get() + 1);
-    let per_unit = start.elapsed().as_nanos() as f64 / f64::from(1u32 << cost.min(31));
-    NS_PER_UNIT.set(Some(per_unit));
-    r
-}
-
-/// A failing path (no candidate, or a candidate whose bcrypt did not match) takes as long as a
-/// bcrypt at the highest waiting cost: imports of one format may come with different costs, and
-/// a cheap mismatch must not tell that its lookup part exists.
-fn pad_failure(key: &str, started: std::time::Instant, max_cost: u32) {
-    let Some(per_unit) = NS_PER_UNIT.get() else {
-        // Not calibrated yet in this backend: a decoy at the highest cost pads and calibrates.
-        timed_bcrypt(max_cost, || imported::bcrypt_decoy(key, max_cost));
-        return;
-    };
-    let target =
-        std::time::Duration::from_nanos((per_unit * f64::from(1u32 << max_cost.min(31))) as u64);
-    if let Some(rest) = target.checked_sub(started.elapsed()) {
-        std::thread::sleep(rest);
-    }
-}
-
-/// Verify's last resort for a key not found by digest: a waiting bcrypt import. Returns the
-/// key's row (with the presented key's digest) when its bcrypt matches; costs exactly one bcrypt
-/// whenever the key's format has waiting imports (failing paths are padded to the time of one at
-/// the highest waiting cost), and nothing otherwise.
-pub fn verify_pending(key: &str) -> Option<StoredKey> {
-    let format = crate::formats::try_detect(key).ok()?;
-    let (min_len, max_len, max_cost) = pending_for(&format.name)?;
-    let started = std::time::Instant::now();
-    let candidates: Vec<String> = imported::lookup_candidates(key, min_len, max_len)
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-    let found = store::as_owner(|| store::find_import(candidates));
-    let Some((key_id, hash, stand_in)) = found else {
-        timed_bcrypt(max_cost, || imported::bcrypt_decoy(key, max_cost));
-        return None;
-    };
-    let cost = imported::bcrypt_cost(&hash).unwrap_or(max_cost);
-    if !timed_bcrypt(cost, || imported::bcrypt_matches(key, &hash)) {
-        pad_failure(key, started, max_cost);
-        return None;
-    }
-    let stand_in = <[u8; DIGEST_LEN]>::try_from(stand_in.as_slice()).ok()?;
-    let mut row = store::find_by_digest(&stand_in)?;
-    let digest = sha256(key.as_bytes());
-    rehash_or_queue(key_id, &digest, last_chars(key));
-    row.digest = digest;
-    Some(row)
-}
-
-/// How many bcrypt computations this backend has run for verify: one per key not found by
-/// digest whose format has bcrypt imports waiting, matching or not, and none otherwise.
-#[pg_extern(volatile, parallel_restricted)]
-fn bcrypt_checks() -> i64 {
-    BCRYPT_RUNS.get()
-}
-
-/// Can this transaction write? Not on a standby, in a READ ONLY transaction, or while a parallel
-/// query runs.
-fn writable() -> bool {
-    // SAFETY: read backend and shared state; no preconditions.
-    unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly && !pg_sys::IsInParallelMode() }
-}
-
-fn rehash_or_queue(key_id: i64, digest: &[u8; DIGEST_LEN], last4: &str) {
-    if writable() {
-        let actor = privilege::caller_name();
-        store::as_owner(|| apply_rehash(&actor, key_id, digest, last4));
-    } else if crate::shmem::preloaded() {
-        // SAFETY: reads a backend global set at connection.
-        let db = u32::from(unsafe { pg_sys::MyDatabaseId });
-        REHASHES
-            .exclusive()
-            .0
-            .push(Rehash::new(db, key_id, *digest, last4));
-    }
-}
-
-/// Store `digest` for imported key `key_id`, unless another key already has it (the same key
-/// imported twice: that one is found first anyway). Runs inside `store::as_owner`.
-fn apply_rehash(actor: &str, key_id: i64, digest: &[u8; DIGEST_LEN], last4: &str) {
-    if store::find_by_digest(digest).is_some() {
-        return;
-    }
-    if let Some((owner, name)) = store::rehash(key_id, digest, last4) {
-        policy::audit_as(
-            actor,
-            None,
-            "rehash",
-            key_id,
-            &owner,
-            &name,
-            json!({"from": "bcrypt", "to": "sha256"}),
-        );
-    }
-}
-
-/// The usage worker's share: rehashes queued by read-only verifies of its database.
-pub fn flush_rehashes() {
-    if !crate::shmem::preloaded() {
-        return;
-    }
-    // SAFETY: reads a backend global set at connection.
-    let db = u32::from(unsafe { pg_sys::MyDatabaseId });
-    let taken = REHASHES.exclusive().0.take(db);
-    if taken.is_empty() {
-        return;
-    }
-    pgrx::bgworkers::BackgroundWorker::transaction(|| {
-        if crate::catalog::installed().is_none() {
-            return;
-        }
-        store::as_owner(|| {
-            for r in &taken {
-                apply_rehash("pg_apikey worker", r.key_id, &r.digest, &r.last4());
-            }
-        });
-    });
-}
+use crate::store;
 
 /// One key to import, as `apikey.import` takes it or a row of `apikey.import_keys`' source.
 #[derive(Default)]
@@ -226,7 +35,7 @@ struct ImportRow {
     resource: Option<String>,
     kind: Option<String>,
     format: Option<String>,
-    metadata: Option<JsonB>,
+    metadata: Option<Json>,
     rate_limit: Option<i32>,
     rate_period: Option<Interval>,
     rate_burst: Option<i32>,
@@ -235,7 +44,7 @@ struct ImportRow {
     credits: Option<i64>,
     refill_amount: Option<i64>,
     refill_interval: Option<Interval>,
-    limits: Option<JsonB>,
+    limits: Option<Json>,
 }
 
 fn refused(r: Refusal) -> ! {
@@ -362,7 +171,7 @@ fn import(
     resource: default!(Option<&str>, "NULL"),
     kind: default!(Option<&str>, "'user'"),
     format: default!(Option<&str>, "NULL"),
-    metadata: default!(Option<JsonB>, "NULL"),
+    metadata: default!(Option<Json>, "NULL"),
     rate_limit: default!(Option<i32>, "NULL"),
     rate_period: default!(Option<Interval>, "NULL"),
     rate_burst: default!(Option<i32>, "NULL"),
@@ -371,7 +180,7 @@ fn import(
     credits: default!(Option<i64>, "NULL"),
     refill_amount: default!(Option<i64>, "NULL"),
     refill_interval: default!(Option<Interval>, "NULL"),
-    limits: default!(Option<JsonB>, "NULL"),
+    limits: default!(Option<Json>, "NULL"),
 ) -> i64 {
     let caller = Caller::admin_only("import API keys");
     let s = |v: Option<&str>| v.map(str::to_owned);
@@ -469,57 +278,43 @@ const SOURCE_COLUMNS: [(&str, &str); 22] = [
 ///
 /// Reading a relation runs code: a view's functions, a row-level security policy, the cast or
 /// output function of a column's type. An importing administrator must not run another role's
-/// code, so the source must be a table the caller owns, and
-/// every column read must have the built-in type it is read as, or be text (so no cast or output
-/// function of someone else's type runs); values are read as
-/// text and converted row by row (`convert`), so a bad value refuses its row only.
-/// "The caller owns it" is checked exactly: a superuser importing another role's table is refused
-/// too.
+/// code, so the source must be a plain table the caller owns, and every column read must have
+/// the built-in type it is read as, or be text (so no cast or output function of someone else's
+/// type runs); values are read as text and converted row by row (`convert`), so a bad value
+/// refuses its row only. "The caller owns it" is checked exactly: a superuser importing another
+/// role's table is refused too.
+///
+/// The table is found by OID only, locked *before* it is checked, and read with a heap scan of
+/// that OID: no name is resolved after the check (a schema owner could otherwise rename the
+/// schema between the check and the read and put a view under the same name), and no policy,
+/// rule or view definition is consulted.
 fn read_source(source: pg_sys::Oid) -> Vec<Vec<Option<String>>> {
-    let (qualified, kind, owner, present) = privilege::with_pinned_search_path(|| {
-        spi(Spi::connect(|c| {
-            let t = c.select(
-                "SELECT pg_catalog.format('%I.%I', n.nspname, r.relname) AS q,
-                        r.relkind::pg_catalog.text AS kind, r.relowner AS owner
-                   FROM pg_catalog.pg_class r
-                   JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) r.relnamespace
-                  WHERE r.oid OPERATOR(pg_catalog.=) $1",
-                Some(1),
-                &[source.into()],
-            )?;
-            if t.is_empty() {
-                return Ok((String::new(), String::new(), pg_sys::InvalidOid, Vec::new()));
-            }
-            let r = t.first();
-            let q = r.get_by_name::<String, _>("q")?.unwrap_or_default();
-            let kind = r.get_by_name::<String, _>("kind")?.unwrap_or_default();
-            let owner = r
-                .get_by_name::<pg_sys::Oid, _>("owner")?
-                .unwrap_or(pg_sys::InvalidOid);
-            let mut cols = Vec::new();
-            for row in c.select(
-                "SELECT attname::pg_catalog.text AS a,
-                        pg_catalog.format_type(atttypid, NULL) AS t
-                   FROM pg_catalog.pg_attribute
-                  WHERE attrelid OPERATOR(pg_catalog.=) $1 AND attnum OPERATOR(pg_catalog.>) 0
-                    AND NOT attisdropped ORDER BY attnum",
-                None,
-                &[source.into()],
-            )? {
-                cols.push((
-                    row.get_by_name::<String, _>("a")?.unwrap_or_default(),
-                    row.get_by_name::<String, _>("t")?.unwrap_or_default(),
-                ));
-            }
-            Ok::<_, pgrx::spi::SpiError>((q, kind, owner, cols))
-        }))
-    });
-    if qualified.is_empty() {
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    // SAFETY: LockRelationOid takes a lock on an OID whether or not it names a relation; the
+    // syscache probe then tells whether it does (a relation dropped before we locked it is gone
+    // for good: DROP needs a lock that conflicts with ours).
+    let exists = unsafe {
+        pg_sys::LockRelationOid(source, lock);
+        pg_sys::SearchSysCacheExists(
+            pg_sys::SysCacheIdentifier::RELOID as i32,
+            pg_sys::Datum::from(source),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+        )
+    };
+    if !exists {
         raise(ApiError::InvalidArgument(
             "the import source does not exist".into(),
         ));
     }
-    if kind != "r" && kind != "p" {
+    // SAFETY: the relation exists and is locked by this transaction, so opening it with NoLock
+    // is what the executor does for a relation it has locked; it is closed below on every path
+    // that returns (an error releases it through the resource owner).
+    let rel = unsafe { pg_sys::relation_open(source, pg_sys::NoLock as pg_sys::LOCKMODE) };
+    // SAFETY: rd_rel of an open relation is valid until it is closed.
+    let (kind, owner) = unsafe { ((*(*rel).rd_rel).relkind as u8, (*(*rel).rd_rel).relowner) };
+    if kind != pg_sys::RELKIND_RELATION {
         raise(ApiError::InvalidArgument(
             "the import source must be a table (a view, or any other relation, would run its owner's code as you)".into(),
         ));
@@ -531,54 +326,98 @@ fn read_source(source: pg_sys::Oid) -> Vec<Vec<Option<String>>> {
             "the import source must be a table you own: reading another role's table runs its code (row-level security policies) as you".into(),
         ));
     }
-    let mut select = Vec::new();
+    // (attribute index, output function) for each of SOURCE_COLUMNS the table has.
+    let mut read: Vec<Option<(usize, pg_sys::Oid)>> = vec![None; SOURCE_COLUMNS.len()];
     let mut ignored = Vec::new();
-    for (col, ty) in &present {
-        match SOURCE_COLUMNS.iter().find(|(n, _)| n == col) {
-            None => ignored.push(format!("\"{col}\"")),
-            Some((_, want)) => {
-                let text_like = ["text", "character varying", "character"];
-                let ok = ty == *want
-                    || text_like.contains(&ty.as_str())
-                    || (*col == "allowed_ips" && ["cidr[]", "inet[]"].contains(&ty.as_str()))
-                    || (want.ends_with("[]")
-                        && ["text[]", "character varying[]"].contains(&ty.as_str()))
-                    || (*want == "jsonb" && ty == "json");
-                if !ok {
-                    raise(ApiError::InvalidArgument(format!(
-                        "column {col} of the import source must be of type {want} or text, not {ty}"
-                    )));
-                }
-            }
+    // SAFETY: rd_att of an open relation is its tuple descriptor, valid until it is closed.
+    let desc = unsafe { pgrx::PgTupleDesc::from_pg_unchecked((*rel).rd_att) };
+    for (i, att) in desc.iter().enumerate() {
+        if att.is_dropped() {
+            continue;
         }
+        let col = att.name().to_owned();
+        let typid = att.type_oid().value();
+        let Some(at) = SOURCE_COLUMNS.iter().position(|(n, _)| *n == col) else {
+            ignored.push(format!("\"{col}\""));
+            continue;
+        };
+        let want = SOURCE_COLUMNS[at].1;
+        // Built-in types only: their names cannot be shadowed, and their output functions are
+        // Postgres' own.
+        let ty = if u32::from(typid) < pg_sys::FirstNormalObjectId {
+            privilege::with_pinned_search_path(|| {
+                // SAFETY: format_type_be returns a palloc'd name for any type OID.
+                unsafe { std::ffi::CStr::from_ptr(pg_sys::format_type_be(typid)) }
+                    .to_string_lossy()
+                    .into_owned()
+            })
+        } else {
+            String::from("a type that is not built in")
+        };
+        let text_like = ["text", "character varying", "character"];
+        let ok = ty == want
+            || text_like.contains(&ty.as_str())
+            || (col == "allowed_ips" && ["cidr[]", "inet[]"].contains(&ty.as_str()))
+            || (want.ends_with("[]") && ["text[]", "character varying[]"].contains(&ty.as_str()))
+            || (want == "jsonb" && ty == "json");
+        if !ok {
+            raise(ApiError::InvalidArgument(format!(
+                "column {col} of the import source must be of type {want} or text, not {ty}"
+            )));
+        }
+        let (mut output, mut varlena) = (pg_sys::InvalidOid, false);
+        // SAFETY: out-parameters are valid locals; the type is a built-in one.
+        unsafe { pg_sys::getTypeOutputInfo(typid, &mut output, &mut varlena) };
+        read[at] = Some((i, output));
     }
+    drop(desc);
     if !ignored.is_empty() {
         pgrx::notice!(
             "apikey.import_keys ignores the source's columns {}",
             ignored.join(", ")
         );
     }
-    for (c, _) in SOURCE_COLUMNS {
-        if present.iter().any(|(p, _)| p == c) {
-            select.push(format!("s.{}::pg_catalog.text", quote(c)));
-        } else {
-            select.push("NULL::pg_catalog.text".into());
+    let mut rows = Vec::new();
+    // SAFETY: a sequential scan of the locked, open relation under the statement's active
+    // snapshot; every value is converted to an owned String (by the type's built-in output
+    // function) before the next tuple replaces the slot's contents. The slot, scan and relation
+    // are released in reverse order of creation; an error in between releases them through the
+    // transaction's resource owner.
+    unsafe {
+        let snapshot = pg_sys::GetActiveSnapshot();
+        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+        let scan = pg_sys::table_beginscan(rel, snapshot, 0, std::ptr::null_mut());
+        while pg_sys::table_scan_getnextslot(
+            scan,
+            pg_sys::ScanDirection::ForwardScanDirection,
+            slot,
+        ) {
+            pgrx::check_for_interrupts!();
+            pg_sys::slot_getallattrs(slot);
+            let values = (*slot).tts_values;
+            let nulls = (*slot).tts_isnull;
+            let row = read
+                .iter()
+                .map(|r| {
+                    let (i, output) = (*r)?;
+                    if *nulls.add(i) {
+                        return None;
+                    }
+                    let text = pg_sys::OidOutputFunctionCall(output, *values.add(i));
+                    Some(
+                        std::ffi::CStr::from_ptr(text)
+                            .to_string_lossy()
+                            .into_owned(),
+                    )
+                })
+                .collect();
+            rows.push(row);
         }
+        pg_sys::table_endscan(scan);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::relation_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
     }
-    let query = format!("SELECT {} FROM {qualified} s", select.join(", "));
-    privilege::with_pinned_search_path(|| {
-        spi(Spi::connect(|c| {
-            let mut rows = Vec::new();
-            for row in c.select(&query, None, &[])? {
-                let mut values = Vec::with_capacity(SOURCE_COLUMNS.len());
-                for i in 1..=SOURCE_COLUMNS.len() {
-                    values.push(row.get::<String>(i)?);
-                }
-                rows.push(values);
-            }
-            Ok::<_, pgrx::spi::SpiError>(rows)
-        }))
-    })
+    rows
 }
 
 /// A source value converted to `ty` by Postgres' own input function, refusing the row with a
@@ -637,7 +476,7 @@ fn import_row(v: &[Option<String>]) -> ImportRow {
         resource: text(col("resource")),
         kind: text(col("kind")),
         format: text(col("format")),
-        metadata: typed!("metadata", JsonB),
+        metadata: typed!("metadata", Json),
         rate_limit: typed!("rate_limit", i32),
         rate_period: typed!("rate_period", Interval),
         rate_burst: typed!("rate_burst", i32),
@@ -646,12 +485,8 @@ fn import_row(v: &[Option<String>]) -> ImportRow {
         credits: typed!("credits", i64),
         refill_amount: typed!("refill_amount", i64),
         refill_interval: typed!("refill_interval", Interval),
-        limits: typed!("limits", JsonB),
+        limits: typed!("limits", Json),
     }
-}
-
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
 /// Run `f` in a subtransaction: its changes are kept if it returns, undone if it raises, and the

@@ -10,6 +10,8 @@ use pg_apikey_core::digest::sha256;
 use pg_apikey_core::errors::ApiError;
 use pgrx::prelude::*;
 use pgrx::JsonB;
+
+use crate::jsonarg::Json;
 use serde_json::json;
 
 use crate::errors::raise;
@@ -24,7 +26,7 @@ fn handle(caller: &Caller, token: &str, source: &str, url: Option<&str>) -> bool
         return false;
     }
     let digest = sha256(token.as_bytes());
-    let row = store::find_by_digest(&digest).or_else(|| crate::imports::verify_pending(token));
+    let row = store::find_by_digest(&digest).or_else(|| crate::pending::verify_pending(token));
     let Some(row) = row else {
         return false;
     };
@@ -71,7 +73,7 @@ fn report_leaked(
 /// GitHub secret scanning's partner endpoint: `payload` is `[{token, type, url, source}]`, the
 /// answer `[{token_hash, token_type, label}]`. Administrators only.
 #[pg_extern(volatile, strict, parallel_unsafe)]
-fn secret_scanning(payload: JsonB) -> JsonB {
+fn secret_scanning(payload: Json) -> JsonB {
     let caller = Caller::admin_only("report leaked keys");
     let serde_json::Value::Array(items) = payload.0 else {
         raise(ApiError::InvalidArgument(

@@ -13,7 +13,9 @@
 use pgrx::prelude::*;
 
 mod admin;
+mod audit;
 mod auth;
+mod authority;
 mod catalog;
 mod client;
 mod credits;
@@ -23,6 +25,7 @@ mod formats;
 mod gucs;
 mod identity;
 mod imports;
+mod jsonarg;
 mod key_type;
 mod keycache;
 mod leaks;
@@ -30,6 +33,7 @@ mod lifecycle;
 mod limiter;
 mod limits;
 mod lookup;
+mod pending;
 mod policy;
 mod privilege;
 mod quota;
@@ -49,6 +53,13 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // pgrx puts a captured backtrace in the DETAIL of an error made from a Rust panic when the
+    // server's environment asks for one (RUST_BACKTRACE=1); a backtrace is no user's business and
+    // may carry values from the stack. RUST_LIB_BACKTRACE outranks RUST_BACKTRACE for
+    // `Backtrace::capture`, which reads it once: set before anything here can panic. A backend
+    // (and the postmaster while preloading) is single-threaded, so changing the environment
+    // races with nothing.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     shmem::init();
     gucs::init(shmem::preloaded());
     errors::init();
@@ -59,12 +70,12 @@ pub extern "C-unwind" fn _PG_init() {
     keycache::register(catalog::invalidate);
     keycache::register(verify::key_info_changed);
     keycache::register(limits::invalidate);
-    keycache::register(imports::invalidate);
+    keycache::register(pending::invalidate);
     identity::init();
     limiter::init();
     credits::init();
     usage::init();
-    imports::init();
+    pending::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -1,6 +1,7 @@
 //! The key lifecycle's SQL API: create, revoke, delete, rotate. Each function only orchestrates:
 //! caller → policy (rights never widen) → store → audit.
 
+use crate::jsonarg::Json;
 use pg_apikey_core::digest::sha256;
 use pg_apikey_core::errors::ApiError;
 use pg_apikey_core::format::{last_chars, Format};
@@ -9,7 +10,6 @@ use pg_apikey_core::ipnet::Cidr;
 use pg_apikey_core::rights::{self, KeyKind};
 use pg_apikey_core::scope;
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use serde_json::json;
 
 use crate::errors::{raise, spi};
@@ -45,6 +45,12 @@ fn required<'a>(value: Option<&'a str>, arg: &'static str) -> &'a str {
 /// authorization), administrators up to the table's own limit.
 const HOLDER_METADATA_BYTES: usize = 4096;
 const ADMIN_METADATA_BYTES: usize = 65536;
+/// Named limits and allow-list blocks a key may carry, given by a key holder or an
+/// administrator.
+const HOLDER_MAX_LIMITS: usize = 16;
+const ADMIN_MAX_LIMITS: usize = 64;
+const HOLDER_MAX_BLOCKS: usize = 32;
+const ADMIN_MAX_BLOCKS: usize = 1024;
 
 /// A freshly generated key and the parts of it we store.
 struct NewKey {
@@ -138,9 +144,12 @@ fn named_json(
 }
 
 /// The administrator's precondition for new keys (`apikey.creation_check`): a function
-/// `(owner text) RETURNS void` that refuses by raising. It runs with the caller's rights (or its
-/// own, if it is SECURITY DEFINER), never elevated. A setting that names no such function fails
-/// closed.
+/// `(owner text) RETURNS void` that refuses by raising. It runs on every path that makes a key
+/// (create and import alike: `prepare` calls it), with the caller's rights (or its own, if it is
+/// SECURITY DEFINER), never elevated, and with `search_path = pg_catalog, pg_temp`: a caller's
+/// own functions and operators earlier on their search_path cannot change its answer (a check
+/// that reads its own tables names them with their schema, or sets its own search_path). A
+/// setting that names no such function fails closed.
 fn creation_check(owner: &str) {
     let Some(name) = crate::gucs::CREATION_CHECK
         .get()
@@ -166,11 +175,14 @@ fn creation_check(owner: &str) {
     };
     use pgrx::IntoDatum;
     let arg = owner.into_datum().unwrap_or_else(|| internal("text datum"));
-    // SAFETY: calls a function checked above to take one text argument and return void, with a
-    // text datum; errors it raises propagate as Postgres errors (its own SQLSTATE and message).
-    unsafe {
-        pgrx::pg_sys::OidFunctionCall1Coll(fn_oid, pgrx::pg_sys::InvalidOid, arg);
-    }
+    crate::privilege::with_pinned_search_path(|| {
+        // SAFETY: calls a function checked above to take one text argument and return void,
+        // with a text datum; errors it raises propagate as Postgres errors (its own SQLSTATE and
+        // message).
+        unsafe {
+            pgrx::pg_sys::OidFunctionCall1Coll(fn_oid, pgrx::pg_sys::InvalidOid, arg);
+        }
+    });
 }
 
 /// `apikey.max_lifetime`, when set, refuses a longer lifetime or a key that never expires.
@@ -216,7 +228,7 @@ pub struct KeyOptions<'a> {
     pub resource: Option<&'a str>,
     pub kind: Option<&'a str>,
     pub format: Option<&'a str>,
-    pub metadata: Option<JsonB>,
+    pub metadata: Option<Json>,
     pub rate_limit: Option<i32>,
     pub rate_period: Option<Interval>,
     pub rate_burst: Option<i32>,
@@ -225,7 +237,7 @@ pub struct KeyOptions<'a> {
     pub credits: Option<i64>,
     pub refill_amount: Option<i64>,
     pub refill_interval: Option<Interval>,
-    pub limits: Option<JsonB>,
+    pub limits: Option<Json>,
 }
 
 /// A new key's row without its secret, checked and (for a key holder) derived from the
@@ -239,7 +251,7 @@ pub struct Prepared<'a> {
     pub resource: Option<String>,
     pub expires_in: Option<Interval>,
     pub expires_at: Option<i64>,
-    pub metadata: Option<JsonB>,
+    pub metadata: Option<Json>,
     pub rate_limit: Option<i32>,
     pub rate_period: Option<Interval>,
     pub rate_burst: Option<i32>,
@@ -307,7 +319,7 @@ fn create(
     resource: default!(Option<&str>, "NULL"),
     kind: default!(Option<&str>, "'user'"),
     format: default!(Option<&str>, "NULL"),
-    metadata: default!(Option<JsonB>, "NULL"),
+    metadata: default!(Option<Json>, "NULL"),
     rate_limit: default!(Option<i32>, "NULL"),
     rate_period: default!(Option<Interval>, "NULL"),
     rate_burst: default!(Option<i32>, "NULL"),
@@ -316,7 +328,7 @@ fn create(
     credits: default!(Option<i64>, "NULL"),
     refill_amount: default!(Option<i64>, "NULL"),
     refill_interval: default!(Option<Interval>, "NULL"),
-    limits: default!(Option<JsonB>, "NULL"),
+    limits: default!(Option<Json>, "NULL"),
 ) -> TableIterator<'static, (name!(id, i64), name!(api_key, ApiKey))> {
     privilege::require_primary("create API keys");
     let caller = Caller::get();
@@ -343,7 +355,6 @@ fn create(
             limits,
         },
     );
-    creation_check(p.owner);
     let key = generate(&p.format);
     let sealed = sealing::seal_for(&p.format.name, &key.plaintext);
     let audit_detail = p.audit_detail();
@@ -386,6 +397,25 @@ pub fn prepare<'a>(caller: &Caller, o: KeyOptions<'a>) -> Prepared<'a> {
         refill_interval,
         limits,
     } = o;
+    // Every named limit and allowed block is carried by every verify of the key and held in each
+    // backend's cache: bounded like metadata, tighter for key holders (checked before parsing).
+    let (max_limits, max_blocks) = if caller.admin {
+        (ADMIN_MAX_LIMITS, ADMIN_MAX_BLOCKS)
+    } else {
+        (HOLDER_MAX_LIMITS, HOLDER_MAX_BLOCKS)
+    };
+    if limits
+        .as_ref()
+        .and_then(|l| l.0.as_object())
+        .is_some_and(|m| m.len() > max_limits)
+    {
+        invalid(format!("a key may have at most {max_limits} named limits"));
+    }
+    if allowed_ips.as_ref().is_some_and(|l| l.len() > max_blocks) {
+        invalid(format!(
+            "allowed_ips may list at most {max_blocks} address blocks"
+        ));
+    }
     let named = limits.map(|l| parse_named_limits(l.0)).unwrap_or_default();
     if credits.is_some_and(|c| c < 0) {
         invalid("credits must not be negative");
@@ -557,6 +587,8 @@ pub fn prepare<'a>(caller: &Caller, o: KeyOptions<'a>) -> Prepared<'a> {
     } else {
         stored_rate(rate.as_ref())
     };
+    // Last, once the request itself is known to be acceptable: the administrator's own rule.
+    creation_check(owner);
 
     Prepared {
         owner,
@@ -651,9 +683,10 @@ fn delete(id: i64) -> bool {
 /// quota like a `create`; an expired key, or one already in a rotation's grace, cannot be rotated.
 #[pg_extern(volatile, parallel_unsafe, requires = ["api_key_type"])]
 fn rotate(
-    id: i64,
+    id: Option<i64>,
     grace: default!(Option<Interval>, "'0'"),
 ) -> TableIterator<'static, (name!(id, i64), name!(api_key, ApiKey))> {
+    let id = id.unwrap_or_else(|| raise(ApiError::NullArgument("id")));
     privilege::require_primary("rotate API keys");
     let caller = Caller::get();
     let grace = grace.unwrap_or_else(|| Interval::from_micros(0));

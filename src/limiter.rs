@@ -83,42 +83,6 @@ pub fn init() {
         init_partitions();
         pgrx::pg_shmem_init!(SECRET = fresh_secret());
     }
-    // SAFETY: registering a static callback once, from _PG_init.
-    unsafe { pg_sys::RegisterXactCallback(Some(forget_charges), std::ptr::null_mut()) };
-}
-
-thread_local! {
-    /// What this transaction charged to keys' limits: (partition, first slot, hash, TAT amount),
-    /// so a request refused by a later check of ours can be given its allowance back.
-    static CHARGED: std::cell::RefCell<Vec<(usize, usize, u64, i64)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn forget_charges(
-    event: pg_sys::XactEvent::Type,
-    _arg: *mut std::ffi::c_void,
-) {
-    use pg_sys::XactEvent::*;
-    if matches!(
-        event,
-        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE
-    ) {
-        CHARGED.with_borrow_mut(|c| c.clear());
-    }
-}
-
-/// Give back every key limit this transaction charged: a check of ours (a scope, a resource)
-/// refused the request after authenticate charged it, and a refusal charges nothing.
-pub fn refund_charges() {
-    if !crate::shmem::preloaded() {
-        return;
-    }
-    let db = current_db();
-    let now = now_us();
-    for (part, start, hash, amount) in CHARGED.take() {
-        limiter_table::refund(&mut TABLE[part].exclusive().0, start, db, hash, amount, now);
-    }
 }
 
 thread_local! {
@@ -274,16 +238,6 @@ pub fn charge_all(items: &[Charge]) -> Result<(), ApiError> {
         limiter_table::commit(&mut guard.0, plan, p.share, p.hash, &c.bucket);
     }
     drop(guards);
-    CHARGED.with_borrow_mut(|charged| {
-        for (p, c) in places.iter().zip(items) {
-            let amount = c
-                .rate
-                .scaled(scale)
-                .emission_us
-                .saturating_mul(c.cost as i64);
-            charged.push((p.part, p.start, p.hash, amount));
-        }
-    });
     Ok(())
 }
 
@@ -323,7 +277,7 @@ fn rate_limit(
 fn rate_limit_buckets(
 ) -> TableIterator<'static, (name!(bucket, String), name!(reset_after_seconds, f64))> {
     require_preload("the rate limiter state");
-    if !crate::policy::caller_is_admin() {
+    if !crate::admin::caller_is_admin() {
         raise(ApiError::AdminOnly("read the rate limiter state"));
     }
     let db = current_db();

@@ -16,7 +16,6 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::errors::raise;
-use crate::identity;
 use crate::limiter::{self, Charge};
 use crate::policy::Caller;
 use crate::store;
@@ -115,7 +114,7 @@ fn charge(name: Option<&str>, cost: default!(Option<i32>, "1")) -> bool {
             "cost must not be negative".into(),
         ));
     }
-    let Some(me) = identity::current() else {
+    let Some(me) = crate::authority::acting() else {
         raise(ApiError::KeyRequired(""))
     };
     let owner_rate = owner_limit(&me.owner, name);
@@ -156,12 +155,16 @@ fn require_admin(what: &'static str) -> Caller {
 /// owner): at most `max` per `per`, bursts of `burst`. Administrators only.
 #[pg_extern(volatile, parallel_unsafe)]
 fn set_owner_limit(
-    owner: &str,
-    name: &str,
-    max: i32,
-    per: pgrx::datum::Interval,
+    owner: Option<&str>,
+    name: Option<&str>,
+    max: Option<i32>,
+    per: Option<pgrx::datum::Interval>,
     burst: default!(Option<i32>, "NULL"),
 ) -> bool {
+    let owner = owner.unwrap_or_else(|| raise(ApiError::NullArgument("owner")));
+    let name = name.unwrap_or_else(|| raise(ApiError::NullArgument("name")));
+    let max = max.unwrap_or_else(|| raise(ApiError::NullArgument("max")));
+    let per = per.unwrap_or_else(|| raise(ApiError::NullArgument("per")));
     let caller = require_admin("set owner limits");
     if owner.trim().is_empty() || name.trim().is_empty() {
         raise(ApiError::InvalidArgument(

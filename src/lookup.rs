@@ -7,7 +7,7 @@ use pg_apikey_core::errors::ApiError;
 use pgrx::pg_sys;
 
 use crate::errors::raise;
-use crate::identity::Identity;
+use crate::identity::{Digest, Identity};
 use crate::key_type::ApiKey;
 use crate::keycache;
 use crate::sharedkeys;
@@ -19,6 +19,8 @@ impl StoredKey {
     pub fn identity(self, app: Option<(i64, String)>) -> Identity {
         Identity {
             key_id: self.id,
+            digest: Digest(self.digest),
+            app_digest: None,
             owner: self.owner,
             kind: self.kind,
             scopes: self.scopes,
@@ -47,12 +49,36 @@ pub fn lookup(key: &ApiKey) -> StoredKey {
 /// `lookup` for a well-formed key, reporting rather than raising the caller's mistakes.
 pub fn try_lookup(key: &str) -> Result<StoredKey, ApiError> {
     let digest = sha256(key.as_bytes());
+    match find(&digest) {
+        Some(row) => judge(row, &digest, true),
+        // A bcrypt-imported key not presented before: found (and rehashed) by its lookup part.
+        None => match crate::pending::verify_pending(key) {
+            Some(row) => judge(row, &digest, true),
+            None => Err(ApiError::InvalidKey),
+        },
+    }
+}
+
+/// The key whose digest is `digest` as it is now, judged as a presented key would be (revoked,
+/// disabled, expired, address), but counting nothing: the question of `authority`, asked again
+/// at every act of an identity.
+pub fn recheck(digest: &[u8; DIGEST_LEN]) -> Result<StoredKey, ApiError> {
+    match find(digest) {
+        Some(row) => judge(row, digest, false),
+        None => Err(ApiError::InvalidKey),
+    }
+}
+
+/// The row of `digest`: the backend cache, the shared cache, else the table under the latest
+/// snapshot.
+fn find(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
+    let digest = *digest;
     // Apply any invalidations other sessions have committed, so a revoke or delete is seen at
     // our next statement even inside a long transaction that takes no new locks.
     // SAFETY: processes the shared invalidation queue; callable at any point in a transaction.
     unsafe { pg_sys::AcceptInvalidationMessages() };
     if let Some(hit) = keycache::get(&digest) {
-        return judge(hit, &digest);
+        return Some(hit);
     }
     let since = keycache::generation();
     // A transaction that wrote anything may be looking at its own uncommitted keys, or have
@@ -72,16 +98,10 @@ pub fn try_lookup(key: &str) -> Result<StoredKey, ApiError> {
             if keycache::admits(&digest, since) {
                 keycache::insert(digest, hit.clone());
             }
-            return judge(hit, &digest);
+            return Some(hit);
         }
     }
-    let Some(found) = store::find_by_digest(&digest) else {
-        // A bcrypt-imported key not presented before: found (and rehashed) by its lookup part.
-        return match crate::imports::verify_pending(key) {
-            Some(row) => judge(row, &digest),
-            None => Err(ApiError::InvalidKey),
-        };
-    };
+    let found = store::find_by_digest(&digest)?;
     keycache::set_keys_relid(crate::catalog::get().relation("keys"));
     if !wrote {
         if let Some(t) = ticket {
@@ -91,37 +111,43 @@ pub fn try_lookup(key: &str) -> Result<StoredKey, ApiError> {
             keycache::insert(digest, found.clone());
         }
     }
-    judge(found, &digest)
+    Some(found)
 }
 
-fn judge(entry: StoredKey, digest: &[u8; DIGEST_LEN]) -> Result<StoredKey, ApiError> {
+/// The status checks, in the documented order; `count` records a refusal in the key's usage.
+fn judge(entry: StoredKey, digest: &[u8; DIGEST_LEN], count: bool) -> Result<StoredKey, ApiError> {
     if !ct_eq(&entry.digest, digest) {
         return Err(ApiError::InvalidKey);
     }
+    let record = |id, event| {
+        if count {
+            usage::record(id, event)
+        }
+    };
     // SAFETY: reads a backend global.
     let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
     if entry
         .revoked_at
         .is_some_and(|t| pg_sys::TimestampTz::from(t) <= now)
     {
-        usage::record(entry.id, usage::Event::Revoked);
+        record(entry.id, usage::Event::Revoked);
         return Err(ApiError::InvalidKey);
     }
     if entry.disabled {
-        usage::record(entry.id, usage::Event::Denied);
+        record(entry.id, usage::Event::Denied);
         return Err(ApiError::DisabledKey);
     }
     if entry
         .expires_at
         .is_some_and(|t| pg_sys::TimestampTz::from(t) <= now)
     {
-        usage::record(entry.id, usage::Event::Expired);
+        record(entry.id, usage::Event::Expired);
         return Err(ApiError::ExpiredKey);
     }
     if let Some(allowed) = &entry.allowed {
         let from = crate::client::address();
         if !from.is_some_and(|a| allowed.iter().any(|c| c.contains(a))) {
-            usage::record(entry.id, usage::Event::Denied);
+            record(entry.id, usage::Event::Denied);
             return Err(ApiError::AddressNotAllowed);
         }
     }

@@ -3,37 +3,12 @@
 
 use pg_apikey_core::errors::ApiError;
 use pg_apikey_core::rights;
-use pgrx::pg_sys;
 
+use crate::authority;
 use crate::errors::raise;
-use crate::identity::{self, Identity};
+use crate::identity::Identity;
 use crate::privilege;
 use crate::store::{self, Target};
-
-/// Superusers, and roles listed in this database's `apikey.admins` (and their members), manage
-/// every key of this database. Roles are cluster-wide, so the list is a table: being an
-/// administrator in one database says nothing about another. Entries are role OIDs, and count
-/// only while that role still has the name it was granted under: a dropped role's entry is never
-/// adopted by a new role of the same name, and a renamed role loses its rights (fail closed).
-pub fn caller_is_admin() -> bool {
-    if privilege::caller_is_superuser() {
-        return true;
-    }
-    let me = privilege::caller();
-    store::as_owner(store::admin_roles)
-        .into_iter()
-        .any(|(role, granted_as)| {
-            // SAFETY: GetUserNameFromId(noerr = true) returns NULL for a role that no longer
-            // exists, else a palloc'd NUL-terminated name; has_privs_of_role only reads the
-            // role-membership cache.
-            unsafe {
-                let name = pg_sys::GetUserNameFromId(role, true);
-                !name.is_null()
-                    && std::ffi::CStr::from_ptr(name).to_bytes() == granted_as.as_bytes()
-                    && pg_sys::has_privs_of_role(me, role)
-            }
-        })
-}
 
 /// Who is calling a management function, captured before switching to the extension owner.
 pub struct Caller {
@@ -46,8 +21,9 @@ impl Caller {
     pub fn get() -> Self {
         Caller {
             name: privilege::caller_name(),
-            admin: caller_is_admin(),
-            identity: identity::current(),
+            admin: crate::admin::caller_is_admin(),
+            // Checked again now: the key may have lost its rights since it authenticated.
+            identity: authority::acting(),
         }
     }
 
@@ -112,7 +88,7 @@ pub fn audit(
     key_name: &str,
     detail: serde_json::Value,
 ) {
-    audit_as(
+    crate::audit::audit_as(
         &caller.name,
         caller.actor_key_id(),
         action,
@@ -121,26 +97,4 @@ pub fn audit(
         key_name,
         detail,
     );
-}
-
-/// Write an audit row for `actor`, and the event it announces. Runs inside `store::as_owner`.
-pub fn audit_as(
-    actor: &str,
-    actor_key_id: Option<i64>,
-    action: &str,
-    key_id: i64,
-    owner: &str,
-    key_name: &str,
-    detail: serde_json::Value,
-) {
-    store::audit(store::AuditRow {
-        action,
-        key_id,
-        owner,
-        key_name,
-        actor,
-        actor_key_id,
-        detail: detail.clone(),
-    });
-    crate::events::key_event(action, key_id, owner, key_name, detail);
 }

@@ -370,7 +370,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
 /// read exactly as a lookup's miss reads it.
 #[pg_extern(volatile, parallel_unsafe)]
 fn prewarm_key_cache() -> i64 {
-    crate::policy::Caller::admin_only("prewarm the shared key cache");
+    crate::admin::require_admin("prewarm the shared key cache");
     prewarm()
 }
 
@@ -436,7 +436,7 @@ fn shared_key_cache_stats() -> TableIterator<
         name!(misses, i64),
     ),
 > {
-    if !crate::policy::caller_is_admin() {
+    if !crate::admin::caller_is_admin() {
         crate::errors::raise(pg_apikey_core::errors::ApiError::AdminOnly(
             "read shared key cache statistics",
         ));

@@ -616,26 +616,30 @@ const TARGET_COLUMNS: &str = "owner, name, format, kind, scopes, resource, expir
 /// the id is deliberately not indexable: the statement reads (and locks) only that owner's rows,
 /// so neither the answer, the row locks nor the table's access statistics
 /// (`pg_stat_get_xact_tuples_fetched`) say whether another owner's id exists.
+///
+/// Without `lock` the statement runs read-only (no transaction id is assigned), so reading a
+/// key's state (`apikey.credits`) works on a hot standby and in READ ONLY transactions.
 pub fn load_target(id: i64, owner: Option<&str>, lock: bool) -> Option<Target> {
     let lock_clause = if lock { " FOR UPDATE" } else { "" };
+    let query = match owner {
+        None => format!(
+            "SELECT {TARGET_COLUMNS} FROM apikey.keys WHERE id OPERATOR(pg_catalog.=) $1{lock_clause}"
+        ),
+        Some(_) => format!(
+            "SELECT {TARGET_COLUMNS} FROM apikey.keys
+              WHERE owner OPERATOR(pg_catalog.=) $2
+                AND (id OPERATOR(pg_catalog.+) 0) OPERATOR(pg_catalog.=) $1{lock_clause}"
+        ),
+    };
+    let mut args = vec![id.into()];
+    if let Some(owner) = owner {
+        args.push(owner.into());
+    }
     spi(Spi::connect_mut(|c| {
-        let t = match owner {
-            None => c.update(
-                &format!(
-                    "SELECT {TARGET_COLUMNS} FROM apikey.keys WHERE id OPERATOR(pg_catalog.=) $1{lock_clause}"
-                ),
-                Some(1),
-                &[id.into()],
-            )?,
-            Some(owner) => c.update(
-                &format!(
-                    "SELECT {TARGET_COLUMNS} FROM apikey.keys
-                      WHERE owner OPERATOR(pg_catalog.=) $2
-                        AND (id OPERATOR(pg_catalog.+) 0) OPERATOR(pg_catalog.=) $1{lock_clause}"
-                ),
-                Some(1),
-                &[id.into(), owner.into()],
-            )?,
+        let t = if lock {
+            c.update(query.as_str(), Some(1), &args)?
+        } else {
+            c.select(query.as_str(), Some(1), &args)?
         };
         if t.is_empty() {
             return Ok(None);
@@ -658,6 +662,7 @@ pub fn load_target(id: i64, owner: Option<&str>, lock: bool) -> Option<Target> {
                 db_role: col(r, "db_role")?,
                 allowed: allowed_from_text(col(r, "allowed_ips")?),
                 named: named_limits(col::<pgrx::JsonB>(r, "limits")?.map(|j| j.0)),
+                metered: col(r, "has_credits")?.unwrap_or(false),
             },
             sealed: col(r, "sealed")?,
             digest: col(r, "digest")?.unwrap_or_default(),

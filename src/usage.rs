@@ -196,7 +196,7 @@ fn flush_all() -> bool {
     if unsafe { pg_sys::RecoveryInProgress() } {
         return true;
     }
-    crate::imports::flush_rehashes();
+    crate::pending::flush_rehashes();
     BackgroundWorker::transaction(|| {
         if crate::catalog::installed().is_some() {
             crate::events::worker_tick(&limited, &credited);
@@ -234,6 +234,49 @@ thread_local! {
     static PREWARMED: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Session settings the worker's work depends on, and the values it needs. The connection took
+/// the database's own settings (`ALTER DATABASE … SET`, which its owner controls, and
+/// `ALTER ROLE … IN DATABASE`): any of these could stop every flush (a read-only default, a
+/// tiny statement timeout) or change what the flush does (replica mode skips the keys table's
+/// triggers). They are overridden here, for the whole life of the process.
+const WORKER_SETTINGS: [(&std::ffi::CStr, &std::ffi::CStr); 11] = [
+    (c"default_transaction_read_only", c"off"),
+    (c"default_transaction_isolation", c"read committed"),
+    (c"default_transaction_deferrable", c"off"),
+    (c"statement_timeout", c"0"),
+    (c"lock_timeout", c"0"),
+    (c"idle_in_transaction_session_timeout", c"0"),
+    (c"session_replication_role", c"origin"),
+    (c"search_path", c"pg_catalog, pg_temp"),
+    (c"synchronous_commit", c"on"),
+    (c"transaction_timeout", c"0"),
+    (c"row_security", c"on"),
+];
+
+fn pin_session_settings() {
+    for (name, value) in WORKER_SETTINGS {
+        // SAFETY: GetConfigOption(missing_ok) only tells whether this server has the setting
+        // (transaction_timeout exists from PostgreSQL 17); set_config_option at PGC_S_OVERRIDE
+        // outranks every source a database or role setting comes from. Both strings are valid,
+        // NUL-terminated constants.
+        unsafe {
+            if pg_sys::GetConfigOption(name.as_ptr(), true, false).is_null() {
+                continue;
+            }
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_OVERRIDE,
+                pg_sys::GucAction::GUC_ACTION_SET,
+                true,
+                0,
+                false,
+            );
+        }
+    }
+}
+
 /// The flush worker's main. Exits with code 1 on SIGTERM (after a last flush) so the postmaster
 /// restarts it, unless the server itself is shutting down.
 #[pg_guard]
@@ -245,6 +288,7 @@ pub extern "C-unwind" fn pg_apikey_usage_worker(arg: pg_sys::Datum) {
         return;
     };
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    pin_session_settings();
     // The worker flushes the partition of the database it serves (it knows its index; looking
     // the name up would need a transaction).
     crate::shmem::set_db_index(index);
@@ -280,7 +324,7 @@ fn usage_pending() -> TableIterator<
         name!(denied, i64),
     ),
 > {
-    if !crate::policy::caller_is_admin() {
+    if !crate::admin::caller_is_admin() {
         raise(ApiError::AdminOnly("read live usage"));
     }
     if !crate::shmem::preloaded() {
@@ -307,7 +351,7 @@ fn usage_pending() -> TableIterator<
 /// (for a database not in `apikey.usage_databases`) it has no flush worker. Administrators only.
 #[pg_extern(volatile, parallel_restricted)]
 fn usage_dropped() -> i64 {
-    if !crate::policy::caller_is_admin() {
+    if !crate::admin::caller_is_admin() {
         raise(ApiError::AdminOnly("read usage statistics"));
     }
     if !crate::shmem::preloaded() {

@@ -11,7 +11,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cmd=$1 name=$2
 dir="$ROOT/.run/$name"
 
-as_pg() { runuser -u postgres -- env RUST_BACKTRACE=0 "$@"; }
+# CLUSTER_RUST_BACKTRACE=1 starts a server the way a careless environment would (tests that no
+# backtrace reaches a client or the log whatever the environment says).
+as_pg() { runuser -u postgres -- env RUST_BACKTRACE="${CLUSTER_RUST_BACKTRACE:-0}" "$@"; }
 
 case "$cmd" in
 dir) echo "$dir" ;;

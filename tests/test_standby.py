@@ -149,3 +149,30 @@ def test_credits_are_spent_on_the_standby_from_its_own_memory(pair):
         with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="no credits left"):
             s.execute("SELECT apikey.authenticate(%s)", (key,))
         s.execute("ROLLBACK")
+
+
+def test_an_allow_listed_key_and_a_balance_are_read_without_a_transaction_id(pair):
+    """The request path writes nothing: a key with an address allow-list verifies in a READ ONLY
+    transaction on the primary without being given a transaction id, and on the standby (where
+    assigning one is an error); apikey.credits(id) reads a balance there too."""
+    with connect("primary", PRIMARY_PORT) as p:
+        p.execute("SET apikey.creation_limit = 0")
+        kid, key = p.execute("SELECT id, api_key::text FROM apikey.create('replica', 'listed', credits => 5, "
+                             "allowed_ips => '{127.0.0.1/32}')").fetchone()
+        lsn = p.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    tcp = "host=127.0.0.1 user=postgres dbname=postgres port="
+    with psycopg.connect(tcp + PRIMARY_PORT, autocommit=True) as p:
+        p.execute("BEGIN READ ONLY")
+        assert p.execute("SELECT owner FROM apikey.verify(%s)", (key,)).fetchone()[0] == "replica"
+        assert p.execute("SELECT apikey.credits(%s)", (kid,)).fetchone()[0] == 5
+        assert p.execute("SELECT pg_current_xact_id_if_assigned()").fetchone()[0] is None
+        p.execute("COMMIT")
+    with connect("standby", STANDBY_PORT) as s:
+        wait_for(lambda: s.execute("SELECT pg_last_wal_replay_lsn() >= %s", (lsn,)).fetchone()[0])
+    with psycopg.connect(tcp + STANDBY_PORT, autocommit=True) as s:
+        assert s.execute("SELECT owner FROM apikey.verify(%s)", (key,)).fetchone()[0] == "replica"
+        assert s.execute("SELECT apikey.authenticate(%s, cost => 2)", (key,)).fetchone()[0] == "replica"
+        assert s.execute("SELECT apikey.credits(%s)", (kid,)).fetchone()[0] == 3
+    with connect("standby", STANDBY_PORT) as s:  # a Unix socket: no address, so the list refuses
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="not allowed from this address"):
+            s.execute("SELECT apikey.verify(%s)", (key,))

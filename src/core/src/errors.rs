@@ -72,6 +72,9 @@ pub enum ApiError {
     },
     /// No key was presented (or no transaction identity where one is required).
     KeyRequired(&'static str),
+    /// The key this transaction authenticated with was revoked, disabled, deleted or expired
+    /// (or is used from an address it does not allow) since: it acts no more.
+    AuthorityLost,
     WrongKind {
         expected: &'static str,
     },
@@ -123,6 +126,7 @@ impl ApiError {
             | Self::ExpiredKey
             | Self::DisabledKey
             | Self::KeyRequired(_)
+            | Self::AuthorityLost
             | Self::WrongKind { .. } => Sqlstate::InvalidAuthorization,
             Self::NotKeyAdmin
             | Self::AdminOnly(_)
@@ -170,6 +174,9 @@ impl ApiError {
                 "Check that the whole key was copied, without spaces or line breaks.".into(),
             ),
             Self::ExpiredKey => Some("Create a new key to restore access.".into()),
+            Self::AuthorityLost => Some(
+                "It was revoked, disabled, deleted or expired after apikey.authenticate(); authenticate again with a valid key.".into(),
+            ),
             Self::OnStandby(_) => Some(
                 "Keys verify and authenticate on a standby; create and change them on the primary.".into(),
             ),
@@ -195,6 +202,10 @@ impl fmt::Display for ApiError {
             Self::NoCredits { .. } => write!(f, "API key has no credits left"),
             Self::KeyRequired("") => write!(f, "API key required"),
             Self::KeyRequired(kind) => write!(f, "{kind} API key required"),
+            Self::AuthorityLost => write!(
+                f,
+                "the API key this transaction authenticated with is no longer valid"
+            ),
             Self::WrongKind { expected } => write!(f, "invalid API key: {expected} key required"),
             Self::NotKeyAdmin => write!(f, "permission denied to manage this API key"),
             Self::AdminOnly(what) => {

@@ -24,8 +24,11 @@ pub const MIN_LOOKUP_BODY: usize = 4;
 /// that shares its first 72 bytes, so such keys are not imported with bcrypt.
 pub const BCRYPT_MAX_KEY: usize = 72;
 
-/// The bcrypt costs Postgres-side verification accepts (the bcrypt definition's own range).
-pub const BCRYPT_COSTS: std::ops::RangeInclusive<u32> = 4..=31;
+/// The bcrypt costs an import may have. bcrypt allows up to 31, but the one bcrypt a presented
+/// key can cause cannot be interrupted (statement_timeout and cancel wait for it): 14 keeps it
+/// near a second on current hardware (each step doubles it), and is above what systems issue
+/// for API keys (10 to 12).
+pub const BCRYPT_COSTS: std::ops::RangeInclusive<u32> = 4..=14;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algorithm {
@@ -33,7 +36,7 @@ pub enum Algorithm {
     Sha256Hex,
     /// SHA-256 of the key text, base64 (standard or URL-safe alphabet, padded or not).
     Sha256Base64,
-    /// bcrypt (`$2a$`, `$2b$`, `$2y$`), any cost.
+    /// bcrypt (`$2a$`, `$2b$`, `$2y$`), cost 04 to 14.
     Bcrypt,
 }
 
@@ -114,7 +117,7 @@ pub fn parse_hash(algorithm: Algorithm, text: &str) -> Result<Stored, Refusal> {
         }
         Algorithm::Bcrypt => {
             let cost = bcrypt_cost(text).ok_or(Refusal::BadHash(
-                "bcrypt needs $2a$, $2b$ or $2y$, a two-digit cost from 04 to 31 and 53 characters of salt and hash",
+                "bcrypt needs $2a$, $2b$ or $2y$, a two-digit cost from 04 to 14 and 53 characters of salt and hash",
             ))?;
             Ok(Stored::Bcrypt {
                 hash: text.to_owned(),

@@ -12,6 +12,7 @@ pub mod format;
 pub mod gcra;
 pub mod imported;
 pub mod ipnet;
+pub mod json_depth;
 pub mod limiter_table;
 pub mod owner_limits;
 pub mod permexpr;

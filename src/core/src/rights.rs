@@ -51,6 +51,10 @@ pub struct Rights {
     pub allowed: Option<Vec<Cidr>>,
     /// Named limits (`expensive`: 10/hour, …), charged by `apikey.charge(name)`.
     pub named: Vec<(String, Rate)>,
+    /// A usage-limited key (it has a credit balance). A metered key manages only metered keys:
+    /// taking over an unmetered sibling (rotating, revealing, re-enabling it) would be unmetered
+    /// use bought with a metered key.
+    pub metered: bool,
 }
 
 /// The first way in which a key would hold more than its caller's key.
@@ -79,7 +83,9 @@ impl Widening {
             Self::RateLimit => "a request limit looser than the calling key's",
             Self::DbRole => "a database role other than the calling key's",
             Self::Address => "addresses outside the calling key's allow-list",
-            Self::Credits => "a key with credits cannot create keys",
+            Self::Credits => {
+                "a key with credits cannot create keys, nor manage a key without credits"
+            }
             Self::NamedLimit => "a named limit missing or looser than the calling key's",
         }
     }
@@ -133,6 +139,9 @@ pub fn within(caller: &Rights, target: &Rights) -> Result<(), Widening> {
             _ => return Err(Widening::Address),
         }
     }
+    if caller.metered && !target.metered {
+        return Err(Widening::Credits);
+    }
     Ok(())
 }
 
@@ -172,6 +181,7 @@ pub fn derive(caller: &Rights, wanted: Request) -> Result<Rights, Widening> {
             }
             named
         },
+        metered: caller.metered,
     };
     within(caller, &rights)?;
     Ok(rights)
@@ -195,6 +205,7 @@ mod tests {
             db_role: None,
             allowed: None,
             named: vec![],
+            metered: false,
         }
     }
 
@@ -208,6 +219,7 @@ mod tests {
             db_role: Some("reader".into()),
             allowed: Some(vec![Cidr::parse("10.0.0.0/8").unwrap()]),
             named: vec![("expensive".into(), rate(10, 3600))],
+            metered: true,
         }
     }
 
@@ -226,7 +238,8 @@ mod tests {
     #[test]
     fn each_wider_field_is_named() {
         let caller = narrow();
-        let cases: [Case; 12] = [
+        let cases: [Case; 13] = [
+            (|r| r.metered = false, Widening::Credits),
             (|r| r.kind = KeyKind::App, Widening::Kind),
             (|r| r.scopes = None, Widening::Scope),
             (
@@ -348,6 +361,7 @@ mod tests {
                 db_role: None,
                 allowed: None,
                 named: vec![],
+                metered: false,
             };
             let wanted = Request {
                 scopes: pick(next()),

@@ -1,0 +1,423 @@
+"""One authority model, tested as the attacker on a real cluster (docs/security.md, "One authority
+model"): authority re-checked at every act, charges that cannot be dodged, every policy in the
+rights rule, nothing privileged read by a name after it was checked, creation rules on every path,
+bounded inputs, and a worker that a database owner cannot switch off."""
+
+import concurrent.futures
+import hashlib
+import os
+import time
+import uuid
+
+import psycopg
+import pytest
+
+from conftest import ROOT, own_cluster
+
+PORT = "54371"
+DB = "authz_db"
+
+
+@pytest.fixture(scope="module")
+def connect():
+    # Started the way a careless environment would: RUST_BACKTRACE=1 (see the bounded-input tests).
+    os.environ["CLUSTER_RUST_BACKTRACE"] = "1"
+    try:
+        with own_cluster("authority", PORT, DB, f"apikey.usage_databases = '{DB}'",
+                         "apikey.usage_flush_interval = 200",
+                         setup=(f"ALTER DATABASE {DB} SET apikey.creation_limit = 0",)) as conn:
+            os.environ.pop("CLUSTER_RUST_BACKTRACE", None)
+            yield conn
+    finally:
+        os.environ.pop("CLUSTER_RUST_BACKTRACE", None)
+
+
+def role(c, prefix="az"):
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    c.execute(f"CREATE ROLE {name} LOGIN")
+    return name
+
+
+def key(c, owner, name="k", **kw):
+    args = "".join(f", {k} => %({k})s" for k in kw)
+    return c.execute(f"SELECT id, api_key::text FROM apikey.create(%(o)s, %(n)s{args})",
+                     dict(o=owner, n=name, **kw)).fetchone()
+
+
+def owner():
+    return f"o_{uuid.uuid4().hex[:8]}"
+
+
+# --- Authority is re-checked at every act ---------------------------------------------------------
+
+@pytest.mark.parametrize("loss", ["revoke", "disable", "delete", "leak", "expire"])
+@pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ"])
+def test_a_key_that_lost_its_rights_in_another_session_stops_acting(connect, loss, isolation):
+    """A holder authenticates, then another session takes the key away: the next management call
+    (even minting a replacement) is refused with 28000 and the policy readers see nobody."""
+    o = owner()
+    with connect() as su:
+        holder = role(su)
+        kid, k = key(su, o, expires_in="3 seconds" if loss == "expire" else None)
+        sibling, _ = key(su, o, "sibling")
+    with connect(user=holder, autocommit=False) as h, connect() as admin:
+        h.execute(f"BEGIN ISOLATION LEVEL {isolation}")
+        h.execute("SELECT apikey.authenticate(%s)", (k,))
+        assert h.execute("SELECT apikey.current_owner()").fetchone()[0] == o
+        if loss == "revoke":
+            admin.execute("SELECT apikey.revoke(%s)", (kid,))
+        elif loss == "disable":
+            admin.execute("SELECT apikey.disable(%s)", (kid,))
+        elif loss == "delete":
+            admin.execute("SELECT apikey.delete(%s)", (kid,))
+        elif loss == "leak":
+            admin.execute("SELECT apikey.report_leaked(ARRAY[%s], 'test')", (k,))
+        else:
+            time.sleep(3.2)
+        assert h.execute("SELECT apikey.current_owner(), apikey.current_key_id(), "
+                         "apikey.has_scope('x')").fetchone() == (None, None, False)
+        for call, args in (("SELECT apikey.create(%s, 'replacement')", (o,)),
+                           ("SELECT apikey.revoke(%s)", (sibling,)),
+                           ("SELECT apikey.disable(%s)", (sibling,)),
+                           ("SELECT apikey.rotate(%s)", (sibling,)),
+                           ("SELECT apikey.charge('requests')", None)):
+            h.execute("SAVEPOINT s")
+            with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification,
+                               match="no longer valid"):
+                h.execute(call, args)
+            h.execute("ROLLBACK TO SAVEPOINT s")
+        h.rollback()
+    with connect() as su:
+        assert su.execute("SELECT count(*) FROM apikey.keys WHERE owner = %s AND name = 'replacement'",
+                          (o,)).fetchone()[0] == 0
+        assert su.execute("SELECT revoked_at IS NULL AND disabled_at IS NULL FROM apikey.keys WHERE id = %s",
+                          (sibling,)).fetchone()[0]
+
+
+def test_a_live_key_keeps_acting_and_a_two_key_identity_needs_both(connect):
+    o = owner()
+    with connect() as su:
+        holder = role(su)
+        kid, k = key(su, o)
+        app_id, app = key(su, "the_app", "app", kind="app")
+    with connect(user=holder, autocommit=False) as h, connect() as admin:
+        h.execute("SELECT apikey.authenticate(%s)", (k,))
+        assert h.execute("SELECT count(*) FROM apikey.create(%s, 'ok')", (o,)).fetchone()[0] == 1
+        h.commit()
+        h.execute("SELECT apikey.authenticate(%s, %s)", (app, k))
+        assert h.execute("SELECT apikey.current_owner()").fetchone()[0] == o
+        admin.execute("SELECT apikey.revoke(%s)", (app_id,))
+        assert h.execute("SELECT apikey.current_owner()").fetchone()[0] is None
+        h.rollback()
+
+
+# --- Charges are final ----------------------------------------------------------------------------
+
+def test_a_rolled_back_request_is_still_charged(connect):
+    """The client saw its rows before rolling back: credits and limits stay spent."""
+    with connect() as c:
+        kid, k = key(c, owner(), credits=20, rate_limit=3, rate_period="1 hour")
+    with connect(autocommit=False) as c:
+        c.execute("SELECT apikey.authenticate(%s, cost => 4)", (k,))
+        c.rollback()
+        c.execute("BEGIN READ ONLY")
+        c.execute("SELECT apikey.authenticate(%s, cost => 3)", (k,))
+        c.execute("SAVEPOINT s")
+        c.execute("SELECT apikey.authenticate(%s, cost => 5)", (k,))
+        c.execute("ROLLBACK TO SAVEPOINT s")
+        c.commit()
+        assert c.execute("SELECT apikey.credits(%s)", (kid,)).fetchone()[0] == 8
+        c.rollback()
+        # Three requests were charged to the per-key limit of 3 an hour: the fourth is refused.
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
+            c.execute("SELECT apikey.authenticate(%s, cost => 0)", (k,))
+        c.rollback()
+
+
+def test_a_refusal_the_client_provokes_after_its_work_gives_nothing_back(connect):
+    """authenticate, read, then fail require_scope on purpose: the request stays charged to the
+    key's limit, its owner's limit and its credits."""
+    o = owner()
+    with connect() as c:
+        c.execute("SELECT apikey.set_owner_limit(%s, 'requests', 2, '1 hour')", (o,))
+        kid, k = key(c, o, scopes=["a:read"], credits=10)
+    with connect(autocommit=False) as c:
+        for _ in range(2):
+            c.execute("SELECT apikey.authenticate(%s, cost => 2)", (k,))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("SELECT apikey.require_scope('b:write')")
+            c.rollback()
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="Owner"):
+            c.execute("SELECT apikey.authenticate(%s)", (k,))
+        c.rollback()
+        assert c.execute("SELECT apikey.credits(%s)", (kid,)).fetchone()[0] == 6
+        c.rollback()
+
+
+def test_a_refusal_by_pg_apikey_charges_nothing(connect):
+    """A request the limiter refuses spends none of the credits taken before the limit refused."""
+    with connect() as c:
+        kid, k = key(c, owner(), credits=10, rate_limit=1, rate_period="1 hour")
+        c.execute("SELECT apikey.authenticate(%s, cost => 2)", (k,))
+        for _ in range(3):
+            with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
+                c.execute("SELECT apikey.authenticate(%s, cost => 2)", (k,))
+        assert c.execute("SELECT apikey.credits(%s)", (kid,)).fetchone()[0] == 8
+
+
+# --- Every policy in the rights rule --------------------------------------------------------------
+
+def test_a_metered_key_cannot_take_over_an_unmetered_sibling(connect):
+    o = owner()
+    with connect() as su:
+        holder = role(su)
+        _, metered = key(su, o, "metered", credits=5)
+        free_id, _ = key(su, o, "free")
+        metered2_id, _ = key(su, o, "metered2", credits=5)
+    with connect(user=holder, autocommit=False) as h:
+        for call in ("SELECT apikey.rotate(%s)", "SELECT apikey.disable(%s)",
+                     "SELECT apikey.revoke(%s)", "SELECT apikey.delete(%s)"):
+            h.execute("SELECT apikey.authenticate(%s, cost => 0)", (metered,))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="without credits"):
+                h.execute(call, (free_id,))
+            h.rollback()
+        h.execute("SELECT apikey.authenticate(%s, cost => 0)", (metered,))
+        assert h.execute("SELECT apikey.disable(%s)", (metered2_id,)).fetchone()[0] is True
+        h.rollback()
+
+
+# --- Nothing privileged reads an object by name after checking it ---------------------------------
+
+def test_import_reads_the_table_it_checked_even_if_its_name_is_swapped(connect):
+    """A schema owner renames the schema of the importing superuser's table while the import
+    waits for a lock, and puts a view of the same name in its place: the import reads the table
+    (by OID), and the view's function never runs as the superuser."""
+    with connect() as su:
+        attacker = role(su, "sch")
+        su.execute(f"GRANT CREATE ON DATABASE {DB} TO {attacker}")
+        su.execute(f"CREATE SCHEMA imp_{attacker} AUTHORIZATION {attacker}")
+        schema = f"imp_{attacker}"
+        su.execute(f"CREATE TABLE {schema}.src (owner text, name text, hash text, algorithm text)")
+        digest = hashlib.sha256(b"cfk_" + b"a" * 64).hexdigest()
+        su.execute(f"INSERT INTO {schema}.src VALUES ('imp_owner', 'real', %s, 'sha256')", (digest,))
+        su.execute(f"CREATE TABLE {schema}.ran (who text)")
+        su.execute(f"ALTER TABLE {schema}.ran OWNER TO {attacker}")
+        oid = su.execute(f"SELECT '{schema}.src'::regclass::oid").fetchone()[0]
+    with connect(autocommit=False) as blocker, connect() as importer, \
+            connect(user=attacker) as a:
+        blocker.execute(f"LOCK TABLE {schema}.src IN ACCESS EXCLUSIVE MODE")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            job = pool.submit(lambda: importer.execute(
+                "SELECT status, reason FROM apikey.import_keys(%s::oid::regclass)", (oid,)).fetchall())
+            try:
+                time.sleep(1.0)
+                a.execute(f"ALTER SCHEMA {schema} RENAME TO {schema}_old")
+                a.execute(f"CREATE SCHEMA {schema}")
+                a.execute(f"""CREATE FUNCTION {schema}.spy() RETURNS text LANGUAGE sql AS
+                              $$ INSERT INTO {schema}_old.ran VALUES (current_user) RETURNING 'x' $$""")
+                a.execute(f"""CREATE VIEW {schema}.src AS SELECT {schema}.spy() AS owner, 'view' AS name,
+                              '{digest}' AS hash, 'sha256' AS algorithm""")
+            finally:
+                blocker.commit()
+            rows = job.result(timeout=30)
+        assert [r[0] for r in rows] == ["imported"]
+    with connect() as su:
+        assert su.execute(f"SELECT count(*) FROM {schema}_old.ran").fetchone()[0] == 0
+        assert su.execute("SELECT name FROM apikey.keys WHERE owner = 'imp_owner'").fetchall() == [("real",)]
+
+
+def test_import_refuses_a_view_and_a_table_of_another_role(connect):
+    with connect() as su:
+        other = role(su, "oth")
+        su.execute("CREATE TABLE imp_view_base (owner text)")
+        su.execute("CREATE VIEW imp_view AS SELECT * FROM imp_view_base")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="must be a table"):
+            su.execute("SELECT * FROM apikey.import_keys('imp_view')")
+        su.execute(f"CREATE TABLE imp_theirs (owner text); ALTER TABLE imp_theirs OWNER TO {other}")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="you own"):
+            su.execute("SELECT * FROM apikey.import_keys('imp_theirs')")
+
+
+# --- Creation rules hold on every path ------------------------------------------------------------
+
+def test_creation_check_runs_on_import_and_with_a_pinned_search_path(connect):
+    """The administrator's creation_check refuses imports as it refuses create, and a caller's
+    own '=' first on their search_path cannot change its answer."""
+    o = owner()
+    with connect() as su:
+        su.execute("CREATE SCHEMA IF NOT EXISTS cc")
+        su.execute("""CREATE OR REPLACE FUNCTION cc.check(owner text) RETURNS void LANGUAGE plpgsql AS $$
+                      BEGIN IF owner = 'blocked' THEN RAISE EXCEPTION 'owner % may not have keys', owner
+                            USING ERRCODE = '42501'; END IF; END $$""")
+        su.execute("GRANT USAGE ON SCHEMA cc TO PUBLIC")
+        holder = role(su)
+        _, k = key(su, "blocked", "existing")
+        _, k2 = key(su, o, "existing")
+        su.execute(f"GRANT CREATE ON DATABASE {DB} TO {holder}")
+    with connect() as su:
+        su.execute("SET apikey.creation_check = 'cc.check(text)'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not have keys"):
+            su.execute("SELECT apikey.import('blocked', 'imported', %s, 'sha256')",
+                       (hashlib.sha256(uuid.uuid4().bytes).hexdigest(),))
+        su.execute("SELECT apikey.import(%s, 'imported', %s, 'sha256')",
+                   (o, hashlib.sha256(uuid.uuid4().bytes).hexdigest()))
+    with connect(user=holder) as h:
+        h.execute("CREATE SCHEMA evil")
+        h.execute("""CREATE FUNCTION evil.never(a text, b text) RETURNS boolean
+                     LANGUAGE sql IMMUTABLE AS 'SELECT false'""")
+        h.execute("CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.never)")
+    with connect() as su:
+        su.execute(f"ALTER ROLE {holder} IN DATABASE {DB} SET apikey.creation_check = 'cc.check(text)'")
+    with connect(user=holder, autocommit=False) as h:
+        h.execute("SET search_path = evil, pg_catalog")
+        h.execute("SELECT apikey.authenticate(%s)", (k,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not have keys"):
+            h.execute("SELECT apikey.create('blocked', 'sneaky')")
+        h.rollback()
+        h.execute("SELECT apikey.authenticate(%s)", (k2,))
+        assert h.execute("SELECT count(*) FROM apikey.create(%s, 'fine')", (o,)).fetchone()[0] == 1
+        h.commit()
+
+
+# --- Bounded inputs -------------------------------------------------------------------------------
+
+def test_holder_keys_bound_their_limits_and_allow_lists(connect):
+    o = owner()
+    with connect() as su:
+        holder = role(su)
+        _, k = key(su, o)
+    many_limits = psycopg.types.json.Jsonb({f"l{i}": {"max": 1, "per": "1 hour"} for i in range(17)})
+    many_blocks = [f"10.0.{i}.0/24" for i in range(33)]
+    with connect(user=holder, autocommit=False) as h:
+        for kw, arg in (("limits", many_limits), ("allowed_ips", many_blocks)):
+            h.execute("SELECT apikey.authenticate(%s)", (k,))
+            with pytest.raises(psycopg.errors.InvalidParameterValue, match="at most"):
+                h.execute(f"SELECT apikey.create(%s, 'big', {kw} => %s)", (o, arg))
+            h.rollback()
+        h.execute("SELECT apikey.authenticate(%s)", (k,))
+        assert h.execute("SELECT count(*) FROM apikey.create(%s, 'ok', allowed_ips => %s)",
+                         (o, many_blocks[:32])).fetchone()[0] == 1
+        h.rollback()
+
+
+def deep(n):
+    """JSON text nesting n objects (passed as text and cast: Python's encoder stops at ~1000)."""
+    return '{"a": ' * n + "1" + "}" * n
+
+
+def test_odd_input_gets_a_documented_sqlstate_and_no_backtrace(connect):
+    """Every function of the API called with NULL for every argument, and JSON nested thousands
+    of levels deep wherever JSON is taken, on a server started with RUST_BACKTRACE=1: each answer
+    is a documented SQLSTATE (never XX000), and no backtrace reaches the client or the log."""
+    seen = []
+    with connect() as su:
+        su.execute("CREATE TABLE deep_src (owner text, name text, hash text, algorithm text, metadata jsonb)")
+        su.execute("INSERT INTO deep_src VALUES ('deep', 'k', %s, 'sha256', %s::jsonb)",
+                   (hashlib.sha256(b"deep").hexdigest(), deep(3000)))
+        functions = su.execute("""
+            SELECT p.oid::regprocedure::text, p.proname, pg_catalog.array_agg(pg_catalog.format_type(t, NULL) ORDER BY o)
+              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                   CROSS JOIN LATERAL unnest(p.proargtypes::oid[]) WITH ORDINALITY AS a(t, o)
+             WHERE n.nspname = 'apikey' AND p.prokind = 'f' AND p.pronargs > 0
+             GROUP BY p.oid, p.proname""").fetchall()
+        assert len(functions) > 30
+        calls = [(f"SELECT apikey.{name}({', '.join(f'NULL::{t}' for t in types)})", None)
+                 for _, name, types in functions if not name.startswith("_")]
+        calls += [("SELECT apikey.create('deep', 'k', metadata => %s::jsonb)", (deep(3000),)),
+                  ("SELECT apikey.create('deep', 'k', limits => %s::jsonb)", (deep(3000),)),
+                  ("SELECT apikey.import('deep', 'k', %s, 'sha256', metadata => %s::jsonb)",
+                   (hashlib.sha256(b"x").hexdigest(), deep(3000))),
+                  ("SELECT apikey.secret_scanning(%s::jsonb)", (deep(3000),)),
+                  ("SELECT apikey.create('deep', 'k', metadata => %s::jsonb)", (deep(40),))]
+        for sql, args in calls:
+            try:
+                with su.transaction():
+                    su.execute(sql, args)
+            except psycopg.Error as e:
+                seen.append((sql, e.sqlstate, e.diag.message_primary, e.diag.message_detail))
+        rows = su.execute("SELECT status, reason FROM apikey.import_keys('deep_src')").fetchall()
+        assert rows == [("refused", "column metadata is not a valid jsonb")]
+    internal = [s[0].split("(")[0] for s in seen if s[1] in ("XX000", None)]
+    assert internal == []
+    for sql, state, message, detail in seen:
+        assert "backtrace" not in f"{message} {detail}".lower(), sql
+    deep_refusals = [s for s in seen if "levels deep" in (s[2] or "")]
+    assert len(deep_refusals) == 5 and all(s[1] == "22023" for s in deep_refusals)
+    log = (ROOT / ".run/authority/server.log").read_text(errors="replace")
+    assert "stack backtrace" not in log.lower() and "rust_begin_unwind" not in log
+
+
+# --- Background work cannot be switched off by a database owner -----------------------------------
+
+def test_a_database_owner_cannot_stop_the_flush(connect):
+    """The database's owner sets a read-only default, a 1 ms statement timeout and a hostile
+    search_path for the database: the worker (restarted so that it connects under them) still
+    writes spent credits and usage."""
+    with connect() as su:
+        dbo = role(su, "dbo")
+        su.execute(f"ALTER DATABASE {DB} OWNER TO {dbo}")
+    try:
+        with connect(user=dbo) as o:
+            o.execute(f"ALTER DATABASE {DB} SET default_transaction_read_only = on")
+            o.execute(f"ALTER DATABASE {DB} SET statement_timeout = '1ms'")
+            o.execute(f"ALTER DATABASE {DB} SET lock_timeout = '1ms'")
+            o.execute(f"ALTER DATABASE {DB} SET search_path = nowhere")
+        with connect(dbname="postgres") as p:
+            p.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE backend_type = 'pg_apikey usage flush'")
+            time.sleep(2.5)
+            assert p.execute("SELECT count(*) FROM pg_stat_activity "
+                             "WHERE backend_type = 'pg_apikey usage flush'").fetchone()[0] >= 1
+        with connect(autocommit=False) as c:
+            c.execute("SET statement_timeout = 0")
+            c.execute("SET TRANSACTION READ WRITE")
+            kid, k = c.execute("SELECT id, api_key::text FROM apikey.create('flushed', 'k', credits => 10)"
+                               ).fetchone()
+            c.commit()
+            c.execute("SET statement_timeout = 0")
+            c.execute("SELECT apikey.authenticate(%s, cost => 3)", (k,))
+            c.commit()
+            deadline = time.time() + 10
+            while True:
+                c.execute("SET statement_timeout = 0")
+                row = c.execute("SELECT credits, (SELECT sum(uses) FROM apikey.usage WHERE key_id = k.id) "
+                                "FROM apikey.keys k WHERE k.id = %s", (kid,)).fetchone()
+                c.commit()
+                if row == (7, 1):
+                    break
+                assert time.time() < deadline, f"the worker never wrote the balance: {row}"
+                time.sleep(0.1)
+    finally:
+        with connect(dbname="postgres") as p:
+            p.execute(f"ALTER DATABASE {DB} RESET ALL")
+            p.execute(f"ALTER DATABASE {DB} OWNER TO postgres")
+            p.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE backend_type = 'pg_apikey usage flush'")
+        time.sleep(1.5)
+
+
+# --- Expensive paths are cancellable and bounded --------------------------------------------------
+
+def test_unknown_keys_of_a_format_with_bcrypt_imports_wait_cancellably(connect):
+    """After a backend has timed one bcrypt, a key with no candidate waits instead of computing,
+    and the wait honours statement_timeout (57014); costs above 14 are refused at import."""
+    import bcrypt
+    import secrets
+    key = "cfk_" + secrets.token_hex(32)
+    no_candidate = key[:4] + ("f" if key[4] != "f" else "e") + key[5:]
+    with connect() as su:
+        su.execute("SELECT apikey.import('bc', 'slow', %s, 'bcrypt', lookup => %s)",
+                   (bcrypt.hashpw(key.encode(), bcrypt.gensalt(13)).decode(), key[:12]))
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
+            su.execute("SELECT apikey.verify(%s)", (no_candidate,))  # the backend's decoy bcrypt
+        before = su.execute("SELECT apikey.bcrypt_checks()").fetchone()[0]
+        su.execute("SET statement_timeout = '50ms'")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            su.execute("SELECT apikey.verify(%s)", (no_candidate,))
+        su.execute("SET statement_timeout = 0")
+        assert su.execute("SELECT apikey.bcrypt_checks()").fetchone()[0] == before + 1
+        assert su.execute("SELECT name FROM apikey.verify(%s)", (key,)).fetchone()[0] == "slow"
+        cheap = bcrypt.hashpw(b"x", bcrypt.gensalt(4)).decode()
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="from 04 to 14"):
+            su.execute("SELECT apikey.import('bc', 'dear', %s, 'bcrypt', lookup => 'cfk_abcd')",
+                       (cheap[:4] + "15" + cheap[6:],))
