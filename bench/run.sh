@@ -97,12 +97,14 @@ request = function()
     return wrk.format("GET", "/rpc/whoami", h)
 end
 LUA
+    # This run's JWT secret, for PostgREST (through examples/api.sh) and for signing the token.
+    JWT_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '/+=\n'); export JWT_SECRET
     jwt=$(python3 -c '
 import base64, hashlib, hmac, json, sys
 b = lambda x: base64.urlsafe_b64encode(x).rstrip(b"=")
 h, p = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()), b(json.dumps({"role": "jwt_user"}).encode())
 s = b(hmac.new(sys.argv[1].encode(), h + b"." + p, hashlib.sha256).digest())
-print((h + b"." + p + b"." + s).decode())' "pg_apikey-example-jwt-secret-0123456789abcdef")
+print((h + b"." + p + b"." + s).decode())' "$JWT_SECRET")
     rps() { # pre_request extra_authorization
         "$ROOT/examples/api.sh" start bench "$PORT" bench 54392 54393 "$1" >/dev/null
         # Warm up first (same for every configuration): new PostgREST, new backends, cold caches.

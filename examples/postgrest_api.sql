@@ -38,6 +38,12 @@ ALTER ROLE authenticator SET apikey.trusted_proxies = 'local';
 -- Every request needs a key (401 without one), except the seed's login endpoint, which issues keys,
 -- and the Cool Farm Tool endpoint, which answers 403 itself as that seed documents.
 ALTER ROLE authenticator SET apikey.anonymous_paths = '/rpc/user_key, /rpc/cft_user';
+-- GET /rpc/reports refuses keys holding reports:embargoed: a restriction its holders cannot shed.
+-- Declared for the whole database, so it holds in every session (SQL as well as HTTP).
+DO $$ BEGIN
+    EXECUTE pg_catalog.format('ALTER DATABASE %I SET apikey.deny_scopes = %L',
+                              pg_catalog.current_database(), 'reports:embargoed');
+END $$;
 -- Keys travel in request.headers, a bind parameter: keep parameters out of the log.
 ALTER ROLE authenticator SET log_parameter_max_length = 0;
 ALTER ROLE authenticator SET log_parameter_max_length_on_error = 0;
@@ -259,9 +265,24 @@ CREATE FUNCTION api.user_key(username text, password text) RETURNS json
 $$
 DECLARE stored text; k record; st text; m text; d text;
 BEGIN
+    IF username IS NULL OR password IS NULL OR length(username) > 200 OR length(password) > 200 THEN
+        PERFORM apikey.http_error(400, 'Bad Request', 'username and password are required (at most 200 characters each)');
+    END IF;
+    -- Password guessing: at most 5 attempts per user name and minute, right or wrong, known user
+    -- or not. The limiter lives in shared memory, so the error below gives nothing back.
+    BEGIN
+        PERFORM apikey.rate_limit('user_key:' || md5(lower(username)), 5, '1 minute');
+    EXCEPTION WHEN SQLSTATE '53400' THEN
+        GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
+        PERFORM apikey.raise_http(st, m, d);
+    END;
     SELECT u.password_hash INTO stored FROM app.users u WHERE u.username = user_key.username;
-    -- Two statements: without pgcrypto no hash is stored, and crypt() is never planned.
+    -- Two statements: without pgcrypto no hash is stored, and crypt() is never planned. An
+    -- unknown user costs the same bcrypt as a known one, so the answer's time tells nothing.
     IF stored IS NULL THEN
+        IF pg_catalog.to_regprocedure('public.gen_salt(text,integer)') IS NOT NULL THEN
+            PERFORM public.crypt(password, public.gen_salt('bf', 8));
+        END IF;
         PERFORM apikey.http_error(403, 'Forbidden', 'invalid username or password');
     END IF;
     IF public.crypt(password, stored) IS DISTINCT FROM stored THEN

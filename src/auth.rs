@@ -136,6 +136,7 @@ fn app_and_user(
     let mut id = identity_of(user, Some((app.id, app.owner.clone())));
     id.app_bounds = Some((app.scopes.clone(), app.resource.clone()));
     id.app_digest = Some(crate::identity::Digest(app.digest));
+    id.app_named = app.named.clone();
     Ok(id)
 }
 
@@ -145,8 +146,9 @@ fn authenticate(key: ApiKey) -> String {
     authenticate_cost(key, 1)
 }
 
-/// `authenticate`, spending `cost` credits of a usage-limited key (0 is allowed; negative is
-/// refused). The credits are given back if the transaction rolls back.
+/// `authenticate`, spending `cost` credits of a usage-limited key (0 checks the key without
+/// spending, but an exhausted key is refused even then; negative is refused). Spending is final:
+/// a rollback gives nothing back (docs/limits.md, "Charges are final").
 #[pg_extern(name = "authenticate", volatile, strict, parallel_unsafe, requires = ["api_key_type"])]
 fn authenticate_cost(key: ApiKey, cost: i64) -> String {
     if cost < 0 {
@@ -187,12 +189,17 @@ fn request_setting(name: &std::ffi::CStr) -> Option<String> {
 /// May a request without an API key go on as PostgREST's anonymous role? Only where the
 /// administrator said so in `apikey.anonymous_paths` ('*' for every path), or when PostgREST
 /// already authenticated it with a JWT (it refuses a bad one before the pre-request runs).
-fn anonymous_allowed(headers: &serde_json::Map<String, serde_json::Value>) -> bool {
-    let jwt = headers
-        .get("authorization")
-        .and_then(|v| v.as_str())
-        .is_some_and(|v| pg_apikey_core::format::is_bearer_jwt(v.as_bytes()));
-    if jwt {
+///
+/// "Authenticated with a JWT" is read from what PostgREST *verified* (`request.jwt.claims`, the
+/// claims of the token it checked; `{}` without one), never from the headers: a request with
+/// two `Authorization` headers can show a JWT-shaped one in `request.headers` while PostgREST
+/// verified the other, or none.
+fn anonymous_allowed() -> bool {
+    let verified = request_setting(c"request.jwt.claims")
+        .filter(|c| c.len() <= 65536)
+        .and_then(|c| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&c).ok())
+        .is_some_and(|claims| !claims.is_empty());
+    if verified {
         return true;
     }
     let path = request_setting(c"request.path").unwrap_or_default();
@@ -227,7 +234,7 @@ fn authenticate_request() -> Option<String> {
     let outcome = match (single, two_key) {
         (_, true) => app_and_user(app, user, unchecked_key),
         (Some(key), false) => one_key(key, unchecked_key, 1),
-        (None, false) if anonymous_allowed(&headers) => return None,
+        (None, false) if anonymous_allowed() => return None,
         (None, false) => Err(ApiError::KeyRequired("")),
     };
     match outcome {
@@ -366,5 +373,16 @@ fn has_permissions(expression: &str) -> bool {
         p
     });
     let expr = parsed.unwrap_or_else(|e| raise(ApiError::InvalidArgument(e.to_string())));
+    // A scope tested with NOT is a restriction: only one declared as such is inherited by every
+    // key its holder creates, so NOT over any other scope could be escaped by shedding it.
+    let declared = crate::gucs::deny_scopes();
+    if let Some(s) = permexpr::negated(&expr)
+        .into_iter()
+        .find(|s| !declared.iter().any(|d| d == s))
+    {
+        raise(ApiError::InvalidArgument(format!(
+            "permission expression tests NOT {s}, which apikey.deny_scopes does not list: a key could shed it by creating a key without it"
+        )));
+    }
     authority::current().is_some_and(|i| permexpr::eval(&expr, &|s| i.holds_scope(s)))
 }

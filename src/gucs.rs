@@ -64,6 +64,22 @@ pub fn anonymous_paths() -> Vec<String> {
         .collect()
 }
 
+/// `apikey.deny_scopes`: scopes that mark restrictions (tested with NOT in permission
+/// expressions); a key holding one passes it to every key it creates or manages.
+pub static DENY_SCOPES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+pub fn deny_scopes() -> Vec<String> {
+    DENY_SCOPES
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .unwrap_or_default()
+        .split(',')
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .take(64)
+        .collect()
+}
+
 /// `apikey.default_lifetime`: seconds a new key lives when `create` gets no expiry (0: forever).
 pub static DEFAULT_LIFETIME: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// `apikey.max_lifetime`: the longest lifetime a key may have, in seconds (0: no maximum).
@@ -220,6 +236,14 @@ pub fn init(preloaded: bool) {
         c"PostgREST request paths apikey.pre_request lets through without an API key.",
         c"Comma-separated request.path values such as /rpc/user_key, or * for every path. Empty (the default): every request without a key gets 401.",
         &ANONYMOUS_PATHS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"apikey.deny_scopes",
+        c"Scopes that mark restrictions, which permission expressions test with NOT (default: none).",
+        c"Comma-separated scope names, e.g. reports:embargoed. A key holding one passes it to every key it creates, and manages no key without it; apikey.has_permissions refuses NOT over a scope not listed here.",
+        &DENY_SCOPES,
         GucContext::Suset,
         GucFlags::default(),
     );

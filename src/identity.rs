@@ -50,6 +50,8 @@ pub struct Identity {
     pub has_credits: bool,
     /// The key's named limits, charged by `apikey.charge(name)`.
     pub named: Vec<(String, Rate)>,
+    /// For two-key requests: the application key's named limits, charged by `charge(name)` too.
+    pub app_named: Vec<(String, Rate)>,
 }
 
 impl Identity {
@@ -114,6 +116,7 @@ impl Identity {
             allowed: self.allowed.clone(),
             named: self.named.clone(),
             metered: self.has_credits,
+            deny: crate::gucs::deny_scopes(),
         }
     }
 }

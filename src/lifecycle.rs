@@ -51,6 +51,12 @@ const HOLDER_MAX_LIMITS: usize = 16;
 const ADMIN_MAX_LIMITS: usize = 64;
 const HOLDER_MAX_BLOCKS: usize = 32;
 const ADMIN_MAX_BLOCKS: usize = 1024;
+/// Scopes a key may carry (key holder, administrator), and the size of one scope and of a
+/// resource: every verify returns them and every backend caches them.
+const HOLDER_MAX_SCOPES: usize = 64;
+const ADMIN_MAX_SCOPES: usize = 256;
+const MAX_SCOPE_BYTES: usize = 128;
+const MAX_RESOURCE_BYTES: usize = 200;
 
 /// A freshly generated key and the parts of it we store.
 struct NewKey {
@@ -416,6 +422,25 @@ pub fn prepare<'a>(caller: &Caller, o: KeyOptions<'a>) -> Prepared<'a> {
             "allowed_ips may list at most {max_blocks} address blocks"
         ));
     }
+    let max_scopes = if caller.admin {
+        ADMIN_MAX_SCOPES
+    } else {
+        HOLDER_MAX_SCOPES
+    };
+    if scopes.as_ref().is_some_and(|l| l.len() > max_scopes) {
+        invalid(format!("a key may have at most {max_scopes} scopes"));
+    }
+    if scopes.as_ref().is_some_and(|l| {
+        l.iter()
+            .any(|s| s.as_ref().is_some_and(|s| s.len() > MAX_SCOPE_BYTES))
+    }) {
+        invalid(format!("a scope may be at most {MAX_SCOPE_BYTES} bytes"));
+    }
+    if resource.is_some_and(|r| r.len() > MAX_RESOURCE_BYTES) {
+        invalid(format!(
+            "resource may be at most {MAX_RESOURCE_BYTES} bytes"
+        ));
+    }
     let named = limits.map(|l| parse_named_limits(l.0)).unwrap_or_default();
     if credits.is_some_and(|c| c < 0) {
         invalid("credits must not be negative");
@@ -483,7 +508,23 @@ pub fn prepare<'a>(caller: &Caller, o: KeyOptions<'a>) -> Prepared<'a> {
         } else {
             HOLDER_METADATA_BYTES
         };
-        if m.0.to_string().len() > limit {
+        // Measured as the table's CHECK measures it (jsonb's own text form), so an accepted
+        // value never fails the CHECK later.
+        let text = m.0.to_string();
+        let stored: Option<i32> = if text.len() > 2 * ADMIN_METADATA_BYTES {
+            Some(i32::MAX)
+        } else {
+            spi(Spi::connect(|c| {
+                c.select(
+                    "SELECT pg_catalog.octet_length(($1::pg_catalog.jsonb)::pg_catalog.text)",
+                    Some(1),
+                    &[text.into()],
+                )?
+                .first()
+                .get_one()
+            }))
+        };
+        if stored.unwrap_or(i32::MAX) as usize > limit {
             invalid(format!("metadata must be at most {limit} bytes of JSON"));
         }
     }
@@ -658,6 +699,7 @@ fn set_disabled(id: i64, disabled: bool) -> bool {
         if !store::set_disabled(id, disabled) {
             return false;
         }
+        quota::charge(quota::Act::Toggle, &key.owner, caller.admin);
         policy::audit(&caller, action, id, &key.owner, &key.name, json!({}));
         true
     })
@@ -700,7 +742,7 @@ fn rotate(
             "grace must be at most apikey.max_rotation_grace ({max_grace} seconds)"
         ));
     }
-    let (new_id, plaintext) = store::as_owner(|| {
+    let (new_id, plaintext, owner) = store::as_owner(|| {
         let old = policy::target(&caller, id, true);
         if old.revoked {
             raise(ApiError::KeyRevoked(id));
@@ -711,9 +753,11 @@ fn rotate(
         if old.in_grace {
             raise(ApiError::KeyInGrace(id));
         }
-        if grace_us > 0 {
-            quota::charge_creation(&old.owner, caller.admin);
+        if old.disabled {
+            raise(ApiError::KeyDisabled(id));
         }
+        // A rotation makes a key, grace or not: it counts against the creation quota.
+        quota::charge_creation(&old.owner, caller.admin);
         // The new key lives as long as the old one was meant to (expires_in from now), but a key
         // holder's rotation never outlives the key they hold.
         let mut expires_at = old.expires_in.map(now_plus);
@@ -755,8 +799,11 @@ fn rotate(
             &old.name,
             json!({"new_key_id": new_id, "grace": grace.to_string()}),
         );
-        (new_id, key.plaintext)
+        (new_id, key.plaintext, old.owner)
     });
+    // A rotation makes a key: the administrator's rule for new keys holds for it too, with the
+    // caller's rights as for create (a refusal rolls the rotation back).
+    creation_check(&owner);
     TableIterator::once((new_id, ApiKey::from_generated(plaintext)))
 }
 

@@ -102,12 +102,18 @@ pub fn named<'a>(limits: &'a [(String, Rate)], name: &str) -> Option<&'a Rate> {
     limits.iter().find(|(n, _)| n == name).map(|(_, r)| r)
 }
 
-/// Charge `cost` against the limit `name` of the authenticated key and its owner, all or
-/// nothing. True when a limit applied; false when neither the key nor its owner has one of that
-/// name. 53400 with the seconds to wait when refused; 28000 without an authenticated key.
+/// Charge `cost` against the limit `name` of the authenticated key and its owner (and, for a
+/// two-key request, of the application key and its owner), all or nothing. True when a limit
+/// applied; false when none of them has one of that name. 53400 with the seconds to wait when
+/// refused; 28000 without an authenticated key, or once that key no longer holds.
 #[pg_extern(volatile, parallel_unsafe)]
 fn charge(name: Option<&str>, cost: default!(Option<i32>, "1")) -> bool {
     let name = name.unwrap_or_else(|| raise(ApiError::NullArgument("name")));
+    if name.len() > 64 {
+        raise(ApiError::InvalidArgument(
+            "a limit name is at most 64 characters".into(),
+        ));
+    }
     let cost = cost.unwrap_or(1);
     if cost < 0 {
         raise(ApiError::InvalidArgument(
@@ -117,24 +123,37 @@ fn charge(name: Option<&str>, cost: default!(Option<i32>, "1")) -> bool {
     let Some(me) = crate::authority::acting() else {
         raise(ApiError::KeyRequired(""))
     };
-    let owner_rate = owner_limit(&me.owner, name);
-    let own = named(&me.named, name);
-    for rate in own.iter().copied().chain(owner_rate.as_ref()) {
-        if cost as u32 > rate.burst {
-            raise(ApiError::InvalidArgument(format!(
-                "cost {cost} exceeds the burst of limit \"{name}\" ({}): it could never pass",
-                rate.burst
-            )));
+    // The user key and, for a two-key request, the application key: each with its own limit of
+    // that name and its owner's, all charged or none (the application's are no free pass).
+    let mut keys = vec![(me.key_id, me.owner.clone(), named(&me.named, name).copied())];
+    if let Some((app_id, app_owner)) = &me.app {
+        keys.push((*app_id, app_owner.clone(), named(&me.app_named, name).copied()));
+    }
+    let rates: Vec<(i64, String, Option<Rate>, Option<Rate>)> = keys
+        .into_iter()
+        .map(|(id, owner, own)| {
+            let owner_rate = owner_limit(&owner, name);
+            (id, owner, own, owner_rate)
+        })
+        .collect();
+    for (_, _, own, owner_rate) in &rates {
+        for rate in own.iter().chain(owner_rate.iter()) {
+            if cost as u32 > rate.burst {
+                raise(ApiError::InvalidArgument(format!(
+                    "cost {cost} exceeds the burst of limit \"{name}\" ({}): it could never pass",
+                    rate.burst
+                )));
+            }
         }
     }
-    let items = charges_for(
-        me.key_id,
-        &me.owner,
-        own,
-        owner_rate.as_ref(),
-        name,
-        cost as u32,
-    );
+    let mut items = Vec::new();
+    for (id, owner, own, owner_rate) in &rates {
+        // Two keys of one owner share that owner's bucket: charge it once.
+        let owner_rate = owner_rate
+            .as_ref()
+            .filter(|_| !items.iter().any(|c: &Charge| c.bucket == format!("owner:{owner}:{name}")));
+        items.extend(charges_for(*id, owner, own.as_ref(), owner_rate, name, cost as u32));
+    }
     if items.is_empty() {
         return false;
     }

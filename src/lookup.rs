@@ -33,6 +33,7 @@ impl StoredKey {
             allowed: self.allowed,
             has_credits: self.has_credits,
             named: self.named,
+            app_named: Vec::new(),
         }
     }
 }

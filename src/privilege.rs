@@ -75,8 +75,19 @@ unsafe extern "C-unwind" fn hide_in_log(_arg: *mut std::ffi::c_void) {
         pg_sys::errhidestmt(true);
         pg_sys::errhidecontext(true);
         pg_sys::internalerrquery(std::ptr::null());
+        // A constraint of our own tables that refuses a row names the row's values in DETAIL
+        // ("Failing row contains (…)", "Key (digest)=(…)"): a digest or a sealed key may be
+        // among them. Class 23 (integrity constraint violation) gets a DETAIL without values.
+        if pg_sys::geterrcode() & 0xFFF == CLASS_23 {
+            pg_sys::errdetail_internal(
+                c"a row was refused by a constraint of pg_apikey's tables".as_ptr(),
+            );
+        }
     }
 }
+
+/// The SQLSTATE class 23 as Postgres packs it (ERRCODE_TO_CATEGORY of MAKE_SQLSTATE('2','3',…)).
+const CLASS_23: i32 = (b'2' - b'0') as i32 | (((b'3' - b'0') as i32) << 6);
 
 impl Elevated {
     /// Pin `search_path` (and mark errors hidden) without changing the user.

@@ -595,6 +595,7 @@ pub struct Target {
     /// Revocation scheduled for later: the key is in a rotation's grace period.
     pub in_grace: bool,
     pub expired: bool,
+    pub disabled: bool,
     pub expires_in: Option<Interval>,
     pub rights: Rights,
     pub sealed: Option<Vec<u8>>,
@@ -610,7 +611,8 @@ const TARGET_COLUMNS: &str = "owner, name, format, kind, scopes, resource, expir
        refill_amount, refill_interval, limits,
        revoked_at IS NOT NULL AND revoked_at OPERATOR(pg_catalog.<=) pg_catalog.now() AS revoked,
        revoked_at IS NOT NULL AND revoked_at OPERATOR(pg_catalog.>) pg_catalog.now() AS in_grace,
-       expires_at IS NOT NULL AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.now() AS expired";
+       expires_at IS NOT NULL AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.now() AS expired,
+       disabled_at IS NOT NULL AS disabled";
 
 /// Key `id` (locked FOR UPDATE when `lock`). With `owner`, the owner is part of the predicate and
 /// the id is deliberately not indexable: the statement reads (and locks) only that owner's rows,
@@ -663,6 +665,7 @@ pub fn load_target(id: i64, owner: Option<&str>, lock: bool) -> Option<Target> {
                 allowed: allowed_from_text(col(r, "allowed_ips")?),
                 named: named_limits(col::<pgrx::JsonB>(r, "limits")?.map(|j| j.0)),
                 metered: col(r, "has_credits")?.unwrap_or(false),
+                deny: crate::gucs::deny_scopes(),
             },
             sealed: col(r, "sealed")?,
             digest: col(r, "digest")?.unwrap_or_default(),
@@ -680,6 +683,7 @@ pub fn load_target(id: i64, owner: Option<&str>, lock: bool) -> Option<Target> {
             revoked: col(r, "revoked")?.unwrap_or(false),
             in_grace: col(r, "in_grace")?.unwrap_or(false),
             expired: col(r, "expired")?.unwrap_or(false),
+            disabled: col(r, "disabled")?.unwrap_or(false),
         }))
     }))
 }
@@ -762,10 +766,13 @@ pub fn rotate(old_id: i64, new: Rotated, grace: Interval) -> i64 {
             )?
             .first()
             .get_by_name::<i64, _>("id")?;
+        // The old key keeps no refill either: during its grace it would otherwise refill
+        // beside its successor, and a chain of rotations would multiply the allowance.
         c.update(
             "UPDATE apikey.keys
                 SET revoked_at = LEAST(COALESCE(revoked_at, 'infinity'::pg_catalog.timestamptz),
-                                       pg_catalog.now() OPERATOR(pg_catalog.+) $2)
+                                       pg_catalog.now() OPERATOR(pg_catalog.+) $2),
+                    refill_amount = NULL, refill_interval = NULL
               WHERE id OPERATOR(pg_catalog.=) $1",
             None,
             &[old_id.into(), grace.into()],
@@ -838,22 +845,16 @@ pub fn audit(row: AuditRow) {
 
 /// The administrator roles: (OID, the name it had when granted).
 pub fn admin_roles() -> Vec<(pg_sys::Oid, String)> {
-    spi(Spi::connect(|c| {
-        let mut roles = Vec::new();
-        for row in c.select(
-            "SELECT role, role_name::pg_catalog.text AS role_name FROM apikey.admins",
-            None,
-            &[],
-        )? {
-            if let (Some(oid), Some(name)) = (
-                col::<pg_sys::Oid>(&row, "role")?,
-                col::<String>(&row, "role_name")?,
-            ) {
-                roles.push((oid, name));
-            }
-        }
-        Ok::<_, pgrx::spi::SpiError>(roles)
-    }))
+    // Under the latest snapshot: a revoke_admin committed after a REPEATABLE READ transaction
+    // began takes effect in it at once.
+    latest(
+        c"SELECT role, role_name::pg_catalog.text FROM apikey.admins",
+        &[],
+        |r| r.get::<pg_sys::Oid>(1).zip(r.get::<String>(2)),
+    )
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// What an administrator may read directly (everything else goes through functions).
@@ -1047,29 +1048,96 @@ pub fn write_usage(b: UsageBatch) -> Result<(), pgrx::spi::SpiError> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Reads under the latest snapshot.
+
+/// One row of [`latest`], read by column number (from 1).
+pub struct LatestRow {
+    tuple: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+}
+
+impl LatestRow {
+    pub fn get<V: FromDatum>(&self, column: i32) -> Option<V> {
+        // SAFETY: the tuple and descriptor belong to the SPI result that `latest` holds while
+        // it calls the row closure; FromDatum copies what it returns out of SPI memory; the
+        // column's own type OID is passed, as FromDatum expects.
+        unsafe {
+            let mut isnull = false;
+            let d = pg_sys::SPI_getbinval(self.tuple, self.desc, column, &mut isnull);
+            let typoid = pg_sys::SPI_gettypeid(self.desc, column);
+            V::from_polymorphic_datum(d, isnull, typoid)
+        }
+    }
+}
+
+/// The rows of a read-only query under the *latest* snapshot, not the transaction's. What
+/// decides authority or money now (a balance, the administrators, owner limits, waiting
+/// imports; several are then cached per backend) must not be read as a REPEATABLE READ
+/// transaction saw it when it began: a transaction kept open would otherwise keep spending a
+/// balance already spent, or keep rights already taken away. Read-only: no transaction id.
+/// `args` are (type OID, by-value datum) pairs.
+pub fn latest<T>(
+    query: &std::ffi::CStr,
+    args: &[(pg_sys::Oid, pg_sys::Datum)],
+    mut row: impl FnMut(&LatestRow) -> T,
+) -> Vec<T> {
+    spi(Spi::connect(|_| {
+        // SAFETY: runs inside the SPI connection Spi::connect opened. The plan's parameter
+        // types and datums come from `args` (by-value datums, all not null); the snapshot is
+        // registered for the execution and unregistered after; the result's tuples are read
+        // (and copied out by `row`) before the plan is freed. An error raised inside releases
+        // the plan, snapshot and tuple table with the SPI context and resource owner.
+        unsafe {
+            let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.0).collect();
+            let mut values: Vec<pg_sys::Datum> = args.iter().map(|a| a.1).collect();
+            let nulls: Vec<std::ffi::c_char> = vec![b' ' as std::ffi::c_char; args.len() + 1];
+            let plan = pg_sys::SPI_prepare(query.as_ptr(), args.len() as i32, types.as_mut_ptr());
+            if plan.is_null() {
+                internal("a read under the latest snapshot did not plan");
+            }
+            let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+            let rc = pg_sys::SPI_execute_snapshot(
+                plan,
+                values.as_mut_ptr(),
+                nulls.as_ptr(),
+                snapshot,
+                std::ptr::null_mut(),
+                true,
+                false,
+                0,
+            );
+            pg_sys::UnregisterSnapshot(snapshot);
+            let table = pg_sys::SPI_tuptable;
+            let mut out = Vec::new();
+            if rc == pg_sys::SPI_OK_SELECT as i32 && !table.is_null() {
+                for i in 0..pg_sys::SPI_processed as usize {
+                    out.push(row(&LatestRow {
+                        tuple: *(*table).vals.add(i),
+                        desc: (*table).tupdesc,
+                    }));
+                }
+            }
+            pg_sys::SPI_freeplan(plan);
+            Ok::<_, pgrx::spi::SpiError>(out)
+        }
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Credits.
 
 /// The table's balance of key `key_id`: (credits, refilled at in µs).
 pub fn credit_balance(key_id: i64) -> (i64, i64) {
-    spi(Spi::connect(|c| {
-        let t = c.select(
-            "SELECT COALESCE(credits, 0) AS credits,
-                    COALESCE(credits_refilled_at, created_at) AS refilled_at
-               FROM apikey.keys WHERE id OPERATOR(pg_catalog.=) $1",
-            Some(1),
-            &[key_id.into()],
-        )?;
-        if t.is_empty() {
-            return Ok((0, 0));
-        }
-        let r = t.first();
-        Ok::<_, pgrx::spi::SpiError>((
-            col::<i64>(&r, "credits")?.unwrap_or(0),
-            col::<TimestampWithTimeZone>(&r, "refilled_at")?
-                .map(Into::into)
-                .unwrap_or(0),
-        ))
-    }))
+    latest(
+        c"SELECT COALESCE(credits, 0::pg_catalog.int8),
+                 COALESCE(credits_refilled_at, created_at)
+            FROM apikey.keys WHERE id OPERATOR(pg_catalog.=) $1",
+        &[(pg_sys::INT8OID, pg_sys::Datum::from(key_id))],
+        |r| (r.get::<i64>(1).unwrap_or(0), r.get::<i64>(2).unwrap_or(0)),
+    )
+    .into_iter()
+    .next()
+    .unwrap_or((0, 0))
 }
 
 pub fn add_credits(key_id: i64, n: i64) {
@@ -1111,23 +1179,22 @@ pub fn write_credits(rows: &[(i64, i64, i64, u64)]) {
 
 /// Every owner limit: (owner or pattern, name, max, per, burst).
 pub fn owner_limits() -> Vec<(String, String, i32, Interval, Option<i32>)> {
-    spi(Spi::connect(|c| {
-        let mut rows = Vec::new();
-        for row in c.select(
-            "SELECT owner, name, max, per, burst FROM apikey.owner_limits",
-            None,
-            &[],
-        )? {
-            rows.push((
-                col::<String>(&row, "owner")?.unwrap_or_default(),
-                col::<String>(&row, "name")?.unwrap_or_default(),
-                col::<i32>(&row, "max")?.unwrap_or(1),
-                col::<Interval>(&row, "per")?.unwrap_or_else(|| Interval::from_micros(1)),
-                col::<i32>(&row, "burst")?,
-            ));
-        }
-        Ok::<_, pgrx::spi::SpiError>(rows)
-    }))
+    // Under the latest snapshot: backends cache what this returns, so a transaction with an old
+    // snapshot must not load (and keep) the limits as they were before one was set.
+    latest(
+        c"SELECT owner, name, max, per, burst FROM apikey.owner_limits",
+        &[],
+        |r| {
+            (
+                r.get::<String>(1).unwrap_or_default(),
+                r.get::<String>(2).unwrap_or_default(),
+                r.get::<i32>(3).unwrap_or(1),
+                r.get::<Interval>(4)
+                    .unwrap_or_else(|| Interval::from_micros(1)),
+                r.get::<i32>(5),
+            )
+        },
+    )
 }
 
 pub fn set_owner_limit(
@@ -1174,27 +1241,21 @@ pub struct PendingImports {
 }
 
 pub fn pending_imports() -> Vec<PendingImports> {
-    spi(Spi::connect(|c| {
-        let mut out = Vec::new();
-        for row in c.select(
-            "SELECT k.format, pg_catalog.min(pg_catalog.length(i.lookup)) AS min_len,
-                    pg_catalog.max(pg_catalog.length(i.lookup)) AS max_len,
-                    pg_catalog.max(i.cost) AS max_cost
-               FROM apikey.key_imports i
-               JOIN apikey.keys k ON k.id OPERATOR(pg_catalog.=) i.key_id
-              GROUP BY k.format",
-            None,
-            &[],
-        )? {
-            out.push(PendingImports {
-                format: col::<String>(&row, "format")?.unwrap_or_default(),
-                min_len: col::<i32>(&row, "min_len")?.unwrap_or(0).max(0) as usize,
-                max_len: col::<i32>(&row, "max_len")?.unwrap_or(0).max(0) as usize,
-                max_cost: col::<i32>(&row, "max_cost")?.unwrap_or(4).max(4) as u32,
-            });
-        }
-        Ok::<_, pgrx::spi::SpiError>(out)
-    }))
+    // Cached per backend: read under the latest snapshot (see owner_limits).
+    latest(
+        c"SELECT k.format, pg_catalog.min(pg_catalog.length(i.lookup)),
+                 pg_catalog.max(pg_catalog.length(i.lookup)), pg_catalog.max(i.cost)
+            FROM apikey.key_imports i
+            JOIN apikey.keys k ON k.id OPERATOR(pg_catalog.=) i.key_id
+           GROUP BY k.format",
+        &[],
+        |r| PendingImports {
+            format: r.get::<String>(1).unwrap_or_default(),
+            min_len: r.get::<i32>(2).unwrap_or(0).max(0) as usize,
+            max_len: r.get::<i32>(3).unwrap_or(0).max(0) as usize,
+            max_cost: r.get::<i32>(4).unwrap_or(4).max(4) as u32,
+        },
+    )
 }
 
 /// Serialize imports of bcrypt keys, so two concurrent imports cannot add overlapping lookup

@@ -421,3 +421,92 @@ def test_unknown_keys_of_a_format_with_bcrypt_imports_wait_cancellably(connect):
         with pytest.raises(psycopg.errors.InvalidParameterValue, match="from 04 to 14"):
             su.execute("SELECT apikey.import('bc', 'dear', %s, 'bcrypt', lookup => 'cfk_abcd')",
                        (cheap[:4] + "15" + cheap[6:],))
+
+
+# --- Rotations and toggles are bounded per owner --------------------------------------------------
+
+def test_rotations_and_toggles_are_bounded_per_owner(connect):
+    """One transaction cannot write a thousand key rows by rotating, nor flip a key a thousand
+    times: rotations count as creations (5 an hour here), disable/enable ten times that; a
+    disabled key cannot be rotated into an enabled successor."""
+    o = owner()
+    with connect() as su:
+        holder = role(su)
+        _, k = key(su, o)
+        target, _ = key(su, o, "target")
+    with connect() as su:
+        su.execute(f"ALTER ROLE {holder} IN DATABASE {DB} SET apikey.creation_limit = 5")
+    with connect(user=holder, autocommit=False) as h:
+        h.execute("SELECT apikey.authenticate(%s)", (k,))
+        current = target
+        for _ in range(5):
+            current = h.execute("SELECT id FROM apikey.rotate(%s)", (current,)).fetchone()[0]
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="Too many API key creation"):
+            h.execute("SELECT apikey.rotate(%s)", (current,))
+        h.rollback()
+        h.execute("SELECT apikey.authenticate(%s)", (k,))
+        flips = 0
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="Too many API key changes"):
+            for i in range(100):
+                h.execute("SELECT apikey.disable(%s)" if i % 2 == 0 else "SELECT apikey.enable(%s)", (target,))
+                flips += 1
+        assert flips == 50
+        h.rollback()
+        h.execute("SELECT apikey.authenticate(%s)", (k,))
+        h.execute("SELECT apikey.disable(%s)", (target,))
+        h.commit()
+        h.execute("SELECT apikey.authenticate(%s)", (k,))
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="disabled"):
+            h.execute("SELECT apikey.rotate(%s)", (target,))
+        h.rollback()
+
+
+def test_charge_name_charges_the_application_key_of_a_pair_too(connect):
+    """A two-key request's charge('expensive') spends the application key's own limit and its
+    owner's as well as the user's, all or nothing."""
+    limit = psycopg.types.json.Jsonb({"expensive": {"max": 1, "per": "1 hour"}})
+    o = owner()
+    with connect() as su:
+        _, app = key(su, "app_" + o, "app", kind="app", limits=limit)
+        _, user = key(su, o, "user")
+    with connect(autocommit=False) as c:
+        c.execute("SELECT apikey.authenticate(%s, %s)", (app, user))
+        assert c.execute("SELECT apikey.charge('expensive')").fetchone()[0] is True
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match='API key "expensive"'):
+            c.execute("SELECT apikey.charge('expensive')")
+        c.rollback()
+
+
+def slot_start(key_id, slots=1024):
+    """Where the credits table starts probing for a key (credits_table::start_of)."""
+    return ((key_id * 0x9E3779B97F4A7C15) % 2**64 >> 32) % slots
+
+
+def test_a_balance_is_never_reloaded_from_an_old_snapshot(connect):
+    """A REPEATABLE READ transaction opened before a key's credits were spent (and written by the
+    worker) must not reload the balance it saw and spend it again once the key's shared-memory
+    balance has been evicted."""
+    o = owner()
+    with connect() as su:
+        victim, k = key(su, o, "victim", credits=10)
+    with connect(autocommit=False) as old, connect() as su:
+        old.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        old.execute("SELECT count(*) FROM pg_class")  # takes the transaction's snapshot
+        su.execute("SELECT apikey.authenticate(%s, cost => 10)", (k,))
+        deadline = time.time() + 10
+        while su.execute("SELECT credits FROM apikey.keys WHERE id = %s", (victim,)).fetchone()[0] != 0:
+            assert time.time() < deadline, "the worker never wrote the balance"
+            time.sleep(0.1)
+        time.sleep(0.5)  # the flush marks the slot clean after writing
+        # Keys whose balances start probing where the victim's does take its (clean) slot.
+        next_id = su.execute("SELECT last_value FROM apikey.keys_id_seq").fetchone()[0] + 1
+        for _ in range(24):
+            while slot_start(next_id) != slot_start(victim):
+                next_id += 1
+            su.execute("SELECT setval('apikey.keys_id_seq', %s, false)", (next_id,))
+            _, other = key(su, o, "evictor", credits=1)
+            su.execute("SELECT apikey.authenticate(%s, cost => 0)", (other,))
+            next_id += 1
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="no credits left"):
+            old.execute("SELECT apikey.authenticate(%s)", (k,))
+        old.rollback()

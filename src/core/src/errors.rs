@@ -103,6 +103,8 @@ pub enum ApiError {
     KeyExpired(i64),
     /// A key already in a rotation's grace period cannot be rotated again.
     KeyInGrace(i64),
+    /// A disabled key cannot be rotated: its successor would be an enabled key.
+    KeyDisabled(i64),
     /// The extension is not installed in this database (a stale call path).
     NotInstalled,
     /// The shared-memory rate limiter has no idle slot for a new bucket: refuse rather than evict
@@ -139,6 +141,7 @@ impl ApiError {
             Self::KeyRevoked(_)
             | Self::KeyExpired(_)
             | Self::KeyInGrace(_)
+            | Self::KeyDisabled(_)
             | Self::NotInstalled => Sqlstate::NotInPrerequisiteState,
             Self::InvalidArgument(_) | Self::ImportRefused(_) => Sqlstate::InvalidParameterValue,
             Self::AlreadyStored(_) => Sqlstate::UniqueViolation,
@@ -235,6 +238,10 @@ impl fmt::Display for ApiError {
             Self::KeyInGrace(id) => write!(
                 f,
                 "API key {id} is already being replaced: rotate its successor instead"
+            ),
+            Self::KeyDisabled(id) => write!(
+                f,
+                "API key {id} is disabled: enable it before rotating it"
             ),
             Self::NotInstalled => write!(f, "pg_apikey is not installed in this database"),
             Self::LimiterFull => write!(

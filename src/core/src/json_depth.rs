@@ -56,7 +56,7 @@ mod tests {
             let depth = (next() % 12) as usize;
             let mut doc = String::from("1");
             for level in 0..depth {
-                doc = if next() % 2 == 0 {
+                doc = if next().is_multiple_of(2) {
                     format!("[\"]{level}\", {doc}]")
                 } else {
                     format!("{{\"k{{\": {doc}}}")

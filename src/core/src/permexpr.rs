@@ -197,6 +197,22 @@ pub fn parse(text: &str) -> Result<Expr, ParseError> {
     Ok(e)
 }
 
+/// The scopes that appear under a NOT: holding one of them takes a right away, so a key must not
+/// be able to shed it (see `rights::Rights::deny`).
+pub fn negated(expr: &Expr) -> Vec<&str> {
+    fn walk<'a>(e: &'a Expr, under_not: bool, out: &mut Vec<&'a str>) {
+        match e {
+            Expr::Scope(s) if under_not => out.push(s),
+            Expr::Scope(_) => {}
+            Expr::Not(x) => walk(x, true, out),
+            Expr::And(xs) | Expr::Or(xs) => xs.iter().for_each(|x| walk(x, under_not, out)),
+        }
+    }
+    let mut out = Vec::new();
+    walk(expr, false, &mut out);
+    out
+}
+
 /// Evaluate with `holds(scope)` answering whether the key holds a scope.
 pub fn eval(e: &Expr, holds: &dyn Fn(&str) -> bool) -> bool {
     match e {
@@ -214,6 +230,13 @@ mod tests {
     fn with(held: &[&str], text: &str) -> bool {
         let held: Vec<String> = held.iter().map(|s| s.to_string()).collect();
         eval(&parse(text).unwrap(), &|s| scope::covers(&held, s))
+    }
+
+    #[test]
+    fn scopes_under_not_are_found() {
+        let e = parse("a AND NOT (b OR c:d) AND (e OR NOT f)").unwrap();
+        assert_eq!(negated(&e), vec!["b", "c:d", "f"]);
+        assert!(negated(&parse("a OR b").unwrap()).is_empty());
     }
 
     #[test]

@@ -55,6 +55,17 @@ pub struct Rights {
     /// taking over an unmetered sibling (rotating, revealing, re-enabling it) would be unmetered
     /// use bought with a metered key.
     pub metered: bool,
+    /// The scopes this database declares as restrictions (`apikey.deny_scopes`): tested with NOT
+    /// in permission expressions, so holding one takes rights away. The same list for every
+    /// key; a key that holds one of them passes it on and manages no key without it.
+    pub deny: Vec<String>,
+}
+
+impl Rights {
+    /// Does this key hold `scope` (an unscoped key holds every scope)?
+    fn holds(&self, scope: &str) -> bool {
+        self.scopes.as_ref().is_none_or(|s| scope::covers(s, scope))
+    }
 }
 
 /// The first way in which a key would hold more than its caller's key.
@@ -69,6 +80,7 @@ pub enum Widening {
     Address,
     Credits,
     NamedLimit,
+    DenyScope,
 }
 
 impl Widening {
@@ -87,6 +99,7 @@ impl Widening {
                 "a key with credits cannot create keys, nor manage a key without credits"
             }
             Self::NamedLimit => "a named limit missing or looser than the calling key's",
+            Self::DenyScope => "a key without a restricting scope (apikey.deny_scopes) the calling key holds",
         }
     }
 }
@@ -142,6 +155,9 @@ pub fn within(caller: &Rights, target: &Rights) -> Result<(), Widening> {
     if caller.metered && !target.metered {
         return Err(Widening::Credits);
     }
+    if caller.deny.iter().any(|d| caller.holds(d) && !target.holds(d)) {
+        return Err(Widening::DenyScope);
+    }
     Ok(())
 }
 
@@ -161,9 +177,18 @@ pub struct Request {
 /// expiry past the caller's is capped to it (a UI's default of 90 days must not fail for a key
 /// that expires sooner), and anything else wider is refused.
 pub fn derive(caller: &Rights, wanted: Request) -> Result<Rights, Widening> {
+    // Restricting scopes the caller holds are inherited, even when scopes are given.
+    let scopes = wanted.scopes.map(|mut given| {
+        for d in caller.deny.iter().filter(|d| caller.holds(d)) {
+            if !scope::covers(&given, d) {
+                given.push(d.clone());
+            }
+        }
+        given
+    });
     let rights = Rights {
         kind: KeyKind::User,
-        scopes: wanted.scopes.or_else(|| caller.scopes.clone()),
+        scopes: scopes.or_else(|| caller.scopes.clone()),
         resource: wanted.resource.or_else(|| caller.resource.clone()),
         expires_at: match (wanted.expires_at, caller.expires_at) {
             (Some(w), Some(c)) => Some(w.min(c)),
@@ -182,6 +207,7 @@ pub fn derive(caller: &Rights, wanted: Request) -> Result<Rights, Widening> {
             named
         },
         metered: caller.metered,
+        deny: caller.deny.clone(),
     };
     within(caller, &rights)?;
     Ok(rights)
@@ -206,6 +232,7 @@ mod tests {
             allowed: None,
             named: vec![],
             metered: false,
+            deny: vec![],
         }
     }
 
@@ -220,7 +247,39 @@ mod tests {
             allowed: Some(vec![Cidr::parse("10.0.0.0/8").unwrap()]),
             named: vec![("expensive".into(), rate(10, 3600))],
             metered: true,
+            deny: vec![],
         }
+    }
+
+    #[test]
+    fn restricting_scopes_are_inherited_and_never_shed() {
+        let deny = vec!["reports:embargoed".to_string()];
+        let mut caller = open();
+        caller.deny = deny.clone();
+        // An unscoped key holds every restriction: a scoped child gets them all.
+        let child = derive(
+            &caller,
+            Request {
+                scopes: Some(vec!["reports:read".into()]),
+                ..Request::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            child.scopes,
+            Some(vec!["reports:read".into(), "reports:embargoed".into()])
+        );
+        let mut shed = child.clone();
+        shed.scopes = Some(vec!["reports:read".into()]);
+        assert_eq!(within(&child, &shed), Err(Widening::DenyScope));
+        assert_eq!(within(&caller, &shed), Err(Widening::DenyScope));
+        // A wildcard holds the restriction too; a key without it may manage keys without it.
+        let mut wide = caller.clone();
+        wide.scopes = Some(vec!["reports:*".into()]);
+        assert_eq!(within(&wide, &shed), Err(Widening::DenyScope));
+        let mut free = caller.clone();
+        free.scopes = Some(vec!["reports:read".into()]);
+        assert_eq!(within(&free, &shed), Ok(()));
     }
 
     #[test]
@@ -362,6 +421,7 @@ mod tests {
                 allowed: None,
                 named: vec![],
                 metered: false,
+                deny: vec![],
             };
             let wanted = Request {
                 scopes: pick(next()),
