@@ -38,6 +38,9 @@ ALTER ROLE authenticator SET apikey.trusted_proxies = 'local';
 -- Every request needs a key (401 without one), except the seed's login endpoint, which issues keys,
 -- and the Cool Farm Tool endpoint, which answers 403 itself as that seed documents.
 ALTER ROLE authenticator SET apikey.anonymous_paths = '/rpc/user_key, /rpc/cft_user';
+-- PostgREST's anonymous role, also as in-database configuration: pg_apikey reads it to tell a
+-- request PostgREST authenticated with a JWT from an anonymous one (docs/postgrest.md).
+ALTER ROLE authenticator SET pgrst.db_anon_role = 'web_anon';
 -- GET /rpc/reports refuses keys holding reports:embargoed: a restriction its holders cannot shed.
 -- Declared for the whole database, so it holds in every session (SQL as well as HTTP).
 DO $$ BEGIN

@@ -188,24 +188,46 @@ fn request_setting(name: &std::ffi::CStr) -> Option<String> {
 
 /// May a request without an API key go on as PostgREST's anonymous role? Only where the
 /// administrator said so in `apikey.anonymous_paths` ('*' for every path), or when PostgREST
-/// already authenticated it with a JWT (it refuses a bad one before the pre-request runs).
-///
-/// "Authenticated with a JWT" is read from what PostgREST *verified* (`request.jwt.claims`, the
-/// claims of the token it checked; `{}` without one), never from the headers: a request with
-/// two `Authorization` headers can show a JWT-shaped one in `request.headers` while PostgREST
-/// verified the other, or none.
-fn anonymous_allowed() -> bool {
-    let verified = request_setting(c"request.jwt.claims")
-        .filter(|c| c.len() <= 65536)
-        .and_then(|c| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&c).ok())
-        .is_some_and(|claims| !claims.is_empty());
-    if verified {
+/// authenticated it with a JWT (it refuses a bad one before the pre-request runs).
+fn anonymous_allowed(headers: &serde_json::Map<String, serde_json::Value>) -> bool {
+    if jwt_verified(headers) {
         return true;
     }
     let path = request_setting(c"request.path").unwrap_or_default();
     crate::gucs::anonymous_paths()
         .iter()
         .any(|p| p == "*" || *p == path)
+}
+
+/// Did PostgREST verify a JWT for this request? Read from what PostgREST verified, never from
+/// the headers alone: PostgREST checks the *first* `Authorization` header, while
+/// `request.headers` shows the *last* one, so a client that reaches PostgREST directly can show
+/// a JWT-shaped header it never verified. `request.jwt.claims` holds the verified token's
+/// claims, or `{"role": <anonymous role>}` when there was none:
+/// - when PostgREST's in-database setting `pgrst.db_anon_role` names the anonymous role, a JWT
+///   was verified exactly when the claims name another role;
+/// - otherwise the claims must be exactly the payload of the `Authorization` header shown, and
+///   name a role (a forged token whose payload equals the anonymous claims would need the
+///   anonymous role's name; set `pgrst.db_anon_role` to close even that).
+fn jwt_verified(headers: &serde_json::Map<String, serde_json::Value>) -> bool {
+    let Some(claims) = request_setting(c"request.jwt.claims")
+        .filter(|c| c.len() <= 65536)
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
+    else {
+        return false;
+    };
+    let Some(role) = claims.get("role").and_then(|r| r.as_str()) else {
+        return false;
+    };
+    if let Some(anon) = request_setting(c"pgrst.db_anon_role").filter(|a| !a.is_empty()) {
+        return role != anon;
+    }
+    headers
+        .get("authorization")
+        .and_then(|v| v.as_str())
+        .and_then(|v| pg_apikey_core::format::bearer_jwt_payload(v.as_bytes()))
+        .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+        .is_some_and(|payload| payload == claims)
 }
 
 /// The work of `apikey.pre_request`: read PostgREST's `request.headers`, authenticate
@@ -234,7 +256,7 @@ fn authenticate_request() -> Option<String> {
     let outcome = match (single, two_key) {
         (_, true) => app_and_user(app, user, unchecked_key),
         (Some(key), false) => one_key(key, unchecked_key, 1),
-        (None, false) if anonymous_allowed() => return None,
+        (None, false) if anonymous_allowed(&headers) => return None,
         (None, false) => Err(ApiError::KeyRequired("")),
     };
     match outcome {

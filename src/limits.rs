@@ -127,7 +127,11 @@ fn charge(name: Option<&str>, cost: default!(Option<i32>, "1")) -> bool {
     // that name and its owner's, all charged or none (the application's are no free pass).
     let mut keys = vec![(me.key_id, me.owner.clone(), named(&me.named, name).copied())];
     if let Some((app_id, app_owner)) = &me.app {
-        keys.push((*app_id, app_owner.clone(), named(&me.app_named, name).copied()));
+        keys.push((
+            *app_id,
+            app_owner.clone(),
+            named(&me.app_named, name).copied(),
+        ));
     }
     let rates: Vec<(i64, String, Option<Rate>, Option<Rate>)> = keys
         .into_iter()
@@ -149,10 +153,19 @@ fn charge(name: Option<&str>, cost: default!(Option<i32>, "1")) -> bool {
     let mut items = Vec::new();
     for (id, owner, own, owner_rate) in &rates {
         // Two keys of one owner share that owner's bucket: charge it once.
-        let owner_rate = owner_rate
-            .as_ref()
-            .filter(|_| !items.iter().any(|c: &Charge| c.bucket == format!("owner:{owner}:{name}")));
-        items.extend(charges_for(*id, owner, own.as_ref(), owner_rate, name, cost as u32));
+        let owner_rate = owner_rate.as_ref().filter(|_| {
+            !items
+                .iter()
+                .any(|c: &Charge| c.bucket == format!("owner:{owner}:{name}"))
+        });
+        items.extend(charges_for(
+            *id,
+            owner,
+            own.as_ref(),
+            owner_rate,
+            name,
+            cost as u32,
+        ));
     }
     if items.is_empty() {
         return false;

@@ -79,10 +79,22 @@ unsafe extern "C-unwind" fn hide_in_log(_arg: *mut std::ffi::c_void) {
         // ("Failing row contains (…)", "Key (digest)=(…)"): a digest or a sealed key may be
         // among them. Class 23 (integrity constraint violation) gets a DETAIL without values.
         if pg_sys::geterrcode() & 0xFFF == CLASS_23 {
-            pg_sys::errdetail_internal(
-                c"a row was refused by a constraint of pg_apikey's tables".as_ptr(),
-            );
+            replace_detail();
         }
+    }
+}
+
+/// Set the DETAIL of the error being reported to a text without values.
+#[allow(ffi_unwind_calls)]
+fn replace_detail() {
+    // SAFETY: a variadic C function, so pgrx cannot wrap it: called directly, with a constant
+    // format that has no conversion. It only copies the string into the error being built; the
+    // one way it can raise (out of memory) longjmps to the #[pg_guard] frame of `hide_in_log`,
+    // and no Rust value with a destructor is alive in between.
+    unsafe {
+        pg_sys::errdetail_internal(
+            c"a row was refused by a constraint of pg_apikey's tables".as_ptr(),
+        );
     }
 }
 

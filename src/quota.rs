@@ -56,9 +56,9 @@ pub fn charge(act: Act, owner: &str, by_admin: bool) {
         Decision::Refused { retry_after } => raise(ApiError::RateLimited {
             message: match act {
                 Act::Create => creation_quota_message(retry_after),
-                Act::Toggle => format!(
-                    "Too many API key changes. Please try again in {retry_after} seconds."
-                ),
+                Act::Toggle => {
+                    format!("Too many API key changes. Please try again in {retry_after} seconds.")
+                }
             },
             retry_after,
         }),

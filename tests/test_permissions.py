@@ -64,6 +64,7 @@ def test_in_a_row_level_security_policy(db):
     su.execute("INSERT INTO reports VALUES (1, 'q3')")
     su.execute("ALTER TABLE reports ENABLE ROW LEVEL SECURITY")
     su.execute("CREATE POLICY readers ON reports USING ((SELECT apikey.has_permissions('reports:read AND NOT reports:embargoed')))")
+    su.execute(f'ALTER DATABASE "{db.name}" SET apikey.deny_scopes = \'reports:embargoed\'')
     reader = su.execute("SELECT 'pr_' || substr(md5(random()::text), 1, 8)").fetchone()[0]
     su.execute(f"CREATE ROLE {reader} LOGIN")
     su.execute(f"GRANT SELECT ON reports TO {reader}")

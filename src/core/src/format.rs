@@ -557,16 +557,18 @@ pub fn os_random(buf: &mut [u8]) -> Result<(), rand::rngs::SysError> {
 /// parts) means "authenticated by PostgREST"; anything else is an anonymous request. Works on
 /// bytes: header text is untrusted and need not be ASCII.
 pub fn is_bearer_jwt(header: &[u8]) -> bool {
+    bearer_jwt_parts(header).is_some()
+}
+
+/// The three dot-separated parts of a bearer JWT header (see `is_bearer_jwt`).
+fn bearer_jwt_parts(header: &[u8]) -> Option<[&[u8]; 3]> {
     let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0xa0);
-    let Some(rest) = header
+    let rest = header
         .get(..6)
         .filter(|p| p.eq_ignore_ascii_case(b"bearer"))
-        .map(|_| &header[6..])
-    else {
-        return false;
-    };
+        .map(|_| &header[6..])?;
     if !rest.first().is_some_and(is_space) {
-        return false;
+        return None;
     }
     let token: &[u8] = {
         let start = rest.iter().position(|b| !is_space(b)).unwrap_or(rest.len());
@@ -577,17 +579,38 @@ pub fn is_bearer_jwt(header: &[u8]) -> bool {
         &rest[start..end.max(start)]
     };
     let parts: Vec<&[u8]> = token.split(|&b| b == b'.').collect();
-    parts.len() == 3
+    let ok = parts.len() == 3
         && parts.iter().all(|p| {
             !p.is_empty()
                 && p.iter()
                     .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
-        })
+        });
+    ok.then(|| [parts[0], parts[1], parts[2]])
+}
+
+/// The payload (the middle part, base64url-decoded) of a bearer JWT header, unverified: only
+/// good for comparing with what PostgREST says it verified.
+pub fn bearer_jwt_payload(header: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let [_, payload, _] = bearer_jwt_parts(header)?;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
 }
 
 #[cfg(test)]
 mod bearer_tests {
-    use super::is_bearer_jwt;
+    use super::{bearer_jwt_payload, is_bearer_jwt};
+
+    #[test]
+    fn a_payload_is_decoded_only_from_a_jwt_shaped_bearer() {
+        assert_eq!(
+            bearer_jwt_payload(b"Bearer eyJh.eyJyb2xlIjoieCJ9.c2ln").as_deref(),
+            Some(&b"{\"role\":\"x\"}"[..])
+        );
+        assert_eq!(bearer_jwt_payload(b"Basic eyJh.eyJi.c2ln"), None);
+        assert_eq!(bearer_jwt_payload(b"Bearer a.%%.c"), None);
+    }
 
     #[test]
     fn only_a_jwt_shaped_token_counts() {

@@ -99,7 +99,9 @@ impl Widening {
                 "a key with credits cannot create keys, nor manage a key without credits"
             }
             Self::NamedLimit => "a named limit missing or looser than the calling key's",
-            Self::DenyScope => "a key without a restricting scope (apikey.deny_scopes) the calling key holds",
+            Self::DenyScope => {
+                "a key without a restricting scope (apikey.deny_scopes) the calling key holds"
+            }
         }
     }
 }
@@ -155,7 +157,11 @@ pub fn within(caller: &Rights, target: &Rights) -> Result<(), Widening> {
     if caller.metered && !target.metered {
         return Err(Widening::Credits);
     }
-    if caller.deny.iter().any(|d| caller.holds(d) && !target.holds(d)) {
+    if caller
+        .deny
+        .iter()
+        .any(|d| caller.holds(d) && !target.holds(d))
+    {
         return Err(Widening::DenyScope);
     }
     Ok(())
