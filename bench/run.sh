@@ -106,7 +106,7 @@ h, p = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()), b(json.dumps({"ro
 s = b(hmac.new(sys.argv[1].encode(), h + b"." + p, hashlib.sha256).digest())
 print((h + b"." + p + b"." + s).decode())' "$JWT_SECRET")
     rps() { # pre_request extra_authorization
-        "$ROOT/examples/api.sh" start bench "$PORT" bench 54392 54393 "$1" >/dev/null
+        POSTGREST_LISTEN=tcp "$ROOT/examples/api.sh" start bench "$PORT" bench 54392 54393 "$1" >/dev/null
         # Warm up first (same for every configuration): new PostgREST, new backends, cold caches.
         KEYS_FILE="$work/http_keys.txt" EXTRA_AUTH="$2" wrk -t2 -c16 -d"${SECONDS_PER_RUN}s" \
             -s "$work/random_key.lua" http://127.0.0.1:54392/rpc/whoami >/dev/null 2>&1

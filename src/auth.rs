@@ -54,7 +54,9 @@ fn charge(rows: &[&StoredKey], cost: i64) -> Result<(), ApiError> {
     for (r, owner_rate) in rows.iter().zip(&owner_rates) {
         if let Some(rate) = r.rate.as_ref().filter(|_| !r.created_here) {
             items.push(crate::limiter::Charge {
-                bucket: format!("key:{}", r.id),
+                // The lineage's bucket: a rotation hands out no fresh allowance, and a key and
+                // its successor in their grace period share one.
+                bucket: format!("key:{}", r.lineage),
                 rate,
                 cost: 1,
                 key_id: r.id,
@@ -65,6 +67,7 @@ fn charge(rows: &[&StoredKey], cost: i64) -> Result<(), ApiError> {
             crate::limits::named(&r.named, crate::limits::DEFAULT_NAME).filter(|_| !r.created_here);
         items.extend(crate::limits::charges_for(
             r.id,
+            r.lineage,
             &r.owner,
             own,
             owner_rate.as_ref(),
@@ -137,6 +140,7 @@ fn app_and_user(
     id.app_bounds = Some((app.scopes.clone(), app.resource.clone()));
     id.app_digest = Some(crate::identity::Digest(app.digest));
     id.app_named = app.named.clone();
+    id.app_lineage = app.lineage;
     Ok(id)
 }
 

@@ -72,6 +72,8 @@ pub struct KeyColumns {
     pub rate_burst: i16,
     pub db_role: i16,
     pub metadata: i16,
+    /// Added in 0.3.0: the first key of the key's rotation lineage (NULL: the key itself).
+    pub lineage: i16,
     /// The highest of them: how far a slot must be deformed.
     pub max: i16,
 }
@@ -152,9 +154,11 @@ fn key_columns(attrs: &[(String, i16)]) -> Option<KeyColumns> {
         rate_burst: a("rate_burst")?,
         db_role: a("db_role")?,
         metadata: a("metadata")?,
+        lineage: a("lineage").unwrap_or(0),
         max: 0,
     };
     k.max = [
+        k.lineage,
         k.id,
         k.owner,
         k.name,

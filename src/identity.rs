@@ -26,6 +26,10 @@ impl std::fmt::Debug for Digest {
 #[derive(Clone, Debug)]
 pub struct Identity {
     pub key_id: i64,
+    /// The key's rotation lineage (see `StoredKey::lineage`), and for a two-key request the
+    /// application key's: the limiter's buckets belong to them.
+    pub lineage: i64,
+    pub app_lineage: i64,
     /// The digests of the key (and, for a two-key request, of the application key) that
     /// authenticated: `authority` finds their rows again by them.
     pub digest: Digest,

@@ -167,6 +167,13 @@ fn size_of(k: &StoredKey) -> usize {
         + k.scopes
             .as_ref()
             .map_or(0, |s| s.iter().map(|x| x.len() + 24).sum())
+        + k.allowed.as_ref().map_or(0, |a| {
+            a.len() * std::mem::size_of::<pg_apikey_core::ipnet::Cidr>()
+        })
+        + k.named
+            .iter()
+            .map(|(n, _)| n.len() + 24 + std::mem::size_of::<pg_apikey_core::gcra::Rate>())
+            .sum::<usize>()
         + k.metadata.0.len()
 }
 

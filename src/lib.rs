@@ -26,6 +26,7 @@ mod gucs;
 mod identity;
 mod imports;
 mod jsonarg;
+mod key_columns;
 mod key_type;
 mod keycache;
 mod leaks;

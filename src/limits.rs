@@ -64,6 +64,7 @@ fn owner_limit(owner: &str, name: &str) -> Option<Rate> {
 /// that name (named, or the per-key columns for `requests`), and its owner's.
 pub fn charges_for<'a>(
     key_id: i64,
+    lineage: i64,
     owner: &str,
     own: Option<&'a Rate>,
     owner_rate: Option<&'a Rate>,
@@ -73,7 +74,7 @@ pub fn charges_for<'a>(
     let mut out = Vec::new();
     if let Some(rate) = own {
         out.push(Charge {
-            bucket: format!("key:{key_id}:{name}"),
+            bucket: format!("key:{lineage}:{name}"),
             rate,
             cost,
             key_id,

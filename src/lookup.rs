@@ -19,6 +19,8 @@ impl StoredKey {
     pub fn identity(self, app: Option<(i64, String)>) -> Identity {
         Identity {
             key_id: self.id,
+            lineage: self.lineage,
+            app_lineage: 0,
             digest: Digest(self.digest),
             app_digest: None,
             owner: self.owner,

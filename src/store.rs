@@ -79,6 +79,9 @@ fn rate_of(limit: Option<i32>, period: Option<Interval>, burst: Option<i32>) -> 
 #[derive(Clone)]
 pub struct StoredKey {
     pub id: i64,
+    /// The first key of this key's rotation lineage (the key itself if it was never rotated):
+    /// request limits belong to the lineage, so a rotation hands out no fresh allowance.
+    pub lineage: i64,
     pub owner: String,
     pub name: String,
     pub kind: KeyKind,
@@ -116,7 +119,10 @@ impl StoredKey {
         }
         let ts = |t: &TimestampWithTimeZone| pg_sys::TimestampTz::from(*t);
         let mut w = Writer::new();
-        w.i64(self.id).str(&self.owner).str(&self.name);
+        w.i64(self.id)
+            .i64(self.lineage)
+            .str(&self.owner)
+            .str(&self.name);
         w.u8(match self.kind {
             KeyKind::User => 0,
             KeyKind::App => 1,
@@ -186,6 +192,7 @@ impl StoredKey {
         let r = &mut Reader::new(bytes);
         let key = StoredKey {
             id: r.i64()?,
+            lineage: r.i64()?,
             owner: r.str()?.to_owned(),
             name: r.str()?.to_owned(),
             kind: match r.u8()? {
@@ -323,8 +330,10 @@ pub fn find_by_digest(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
             if should_free {
                 pg_sys::heap_freetuple(tuple);
             }
+            let id = read!(a.id, i64).unwrap_or_default();
             Some(StoredKey {
-                id: read!(a.id, i64).unwrap_or_default(),
+                id,
+                lineage: read!(a.lineage, i64).unwrap_or(id),
                 owner: read!(a.owner, String).unwrap_or_default(),
                 name: read!(a.name, String).unwrap_or_default(),
                 kind: kind_of(read!(a.kind, String)),
@@ -605,7 +614,8 @@ pub struct Target {
     pub refill: Option<(i64, i64)>,
 }
 
-const TARGET_COLUMNS: &str = "owner, name, format, kind, scopes, resource, expires_at, rate_limit,
+pub(crate) const TARGET_COLUMNS: &str =
+    "owner, name, format, kind, scopes, resource, expires_at, rate_limit,
        rate_period, rate_burst, db_role, sealed, digest, expires_in,
        allowed_ips::pg_catalog.text AS allowed_ips, credits IS NOT NULL AS has_credits,
        refill_amount, refill_interval, limits,
@@ -742,16 +752,7 @@ pub fn rotate(old_id: i64, new: Rotated, grace: Interval) -> i64 {
     spi(Spi::connect_mut(|c| {
         let new_id = c
             .update(
-                "INSERT INTO apikey.keys (owner, name, format, kind, scopes, resource, display_prefix, last4,
-                                         digest, expires_in, expires_at, created_by, metadata, rotated_from, sealed,
-                                         rate_limit, rate_period, rate_burst, db_role, allowed_ips,
-                                         credits, refill_amount, refill_interval, credits_refilled_at, limits)
-                 SELECT owner, name, format, kind, scopes, resource, $2, $3, $4, expires_in,
-                        $7, $5, metadata, id, $6,
-                        rate_limit, rate_period, rate_burst, db_role, allowed_ips,
-                        $8, refill_amount, refill_interval, credits_refilled_at, limits
-                   FROM apikey.keys WHERE id OPERATOR(pg_catalog.=) $1
-                 RETURNING id",
+                crate::key_columns::rotation_insert().as_str(),
                 Some(1),
                 &[
                     old_id.into(),

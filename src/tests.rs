@@ -34,6 +34,48 @@ mod tests {
         .execute()
     }
 
+    fn texts(sql: &str) -> Vec<String> {
+        Spi::connect(|c| {
+            c.select(sql, None, &[])
+                .unwrap()
+                .map(|r| r.get::<String>(1).unwrap().unwrap())
+                .collect()
+        })
+    }
+
+    /// The keys table has exactly the declared columns, the update trigger lists exactly the
+    /// cached ones, and every policy column is read into the rights a key is judged by.
+    #[pg_test]
+    fn key_columns_are_declared_once() {
+        use crate::key_columns::{Role, KEY_COLUMNS};
+        let declared: Vec<&str> = KEY_COLUMNS.iter().map(|c| c.name).collect();
+        let table = texts(
+            "SELECT attname::text FROM pg_catalog.pg_attribute
+              WHERE attrelid = 'apikey.keys'::regclass AND attnum > 0 AND NOT attisdropped
+              ORDER BY attnum",
+        );
+        assert_eq!(table, declared);
+        let cached: Vec<&str> = KEY_COLUMNS
+            .iter()
+            .filter(|c| c.cached)
+            .map(|c| c.name)
+            .collect();
+        let trigger = texts(
+            "SELECT a.attname::text FROM pg_catalog.pg_trigger t
+               CROSS JOIN LATERAL unnest(t.tgattr::int2[]) AS u(n)
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = t.tgrelid AND a.attnum = u.n
+              WHERE t.tgname = 'keys_invalidate_key_on_update' ORDER BY a.attnum",
+        );
+        assert_eq!(trigger, cached);
+        for c in KEY_COLUMNS.iter().filter(|c| c.role == Role::Policy) {
+            assert!(
+                crate::store::TARGET_COLUMNS.contains(c.name),
+                "policy column {} is not read into Rights",
+                c.name
+            );
+        }
+    }
+
     #[pg_test]
     fn a_created_key_verifies_and_reports_its_owner() {
         let key = new_key("alice", "cfk");

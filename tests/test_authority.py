@@ -610,3 +610,29 @@ def test_scopes_and_resources_are_bounded_and_rotation_obeys_creation_check(conn
         su.execute("SET apikey.creation_check = 'public.no_more(text)'")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no more keys"):
             su.execute("SELECT apikey.rotate(%s)", (kid,))
+
+
+# --- Limits belong to a key's lineage -------------------------------------------------------------
+
+def test_a_rotation_hands_out_no_fresh_allowance(connect):
+    """A key and its successors share the request limit and named limits of their lineage:
+    rotating (with or without grace) starts no fresh bucket, and during the grace the old and
+    the new key draw on the same one."""
+    limit = psycopg.types.json.Jsonb({"expensive": {"max": 1, "per": "1 hour"}})
+    with connect() as su:
+        kid, old = key(su, owner(), rate_limit=3, rate_period="1 hour", limits=limit)
+        su.execute("SELECT apikey.authenticate(%s)", (old,))
+        su.execute("BEGIN")
+        su.execute("SELECT apikey.authenticate(%s)", (old,))
+        assert su.execute("SELECT apikey.charge('expensive')").fetchone()[0] is True
+        su.execute("COMMIT")
+        new_id, new = su.execute("SELECT id, api_key::text FROM apikey.rotate(%s, '1 hour')", (kid,)).fetchone()
+        assert su.execute("SELECT lineage FROM apikey.keys WHERE id = %s", (new_id,)).fetchone()[0] == kid
+        su.execute("SELECT apikey.authenticate(%s)", (new,))  # the third of three
+        for k in (old, new):
+            with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="API key rate limit"):
+                su.execute("SELECT apikey.authenticate(%s)", (k,))
+        newer_id, newer = su.execute("SELECT id, api_key::text FROM apikey.rotate(%s)", (new_id,)).fetchone()
+        assert su.execute("SELECT lineage FROM apikey.keys WHERE id = %s", (newer_id,)).fetchone()[0] == kid
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="API key rate limit"):
+            su.execute("SELECT apikey.authenticate(%s)", (newer,))

@@ -60,7 +60,9 @@ def test_the_cache_is_bounded_in_bytes(db):
     reader = db()
     reader.execute("SET apikey.key_cache_size = '64kB'")
     reader.execute("SELECT count(apikey.verify(k)) FROM unnest(%s::text[]) k", (keys,))
-    assert stats(reader)[0] == 0, "a key seen once is not cached"
+    # A key seen once is not cached, but for the doorkeeper's false positives (two hash bits out
+    # of 2^18 per key: about one key in 7,000 at this fill).
+    assert stats(reader)[0] <= 3, "a key seen once is not cached"
     reader.execute("SELECT count(apikey.verify(k)) FROM unnest(%s::text[]) k", (keys,))
     entries, size, _, _ = stats(reader)
     assert 0 < size <= 64 * 1024 and entries < 1500

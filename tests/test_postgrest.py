@@ -2,12 +2,15 @@
 clients (curl lines and the Python requests snippet) with only the base URL and key changed."""
 
 import base64
+import grp
 import hashlib
 import hmac
 import http.client
 import json
 import os
 import secrets
+import socket
+import stat
 import subprocess
 import textwrap
 import time
@@ -19,6 +22,7 @@ import requests
 from conftest import ROOT, needs_pgcrypto
 
 PG_PORT, PGRST_PORT, NGINX_PORT = "54346", "54380", "54381"
+# PostgREST listens on a Unix socket that only nginx's workers may open (examples/api.sh).
 BASE = f"http://127.0.0.1:{NGINX_PORT}"
 CLUSTER = "e2e"
 DB = "apikey_api"
@@ -71,6 +75,10 @@ def api():
     finally:
         subprocess.run([str(ROOT / "examples/api.sh"), "stop", CLUSTER], check=False)
         subprocess.run([str(ROOT / "tests/cluster.sh"), "stop", CLUSTER], check=False)
+
+
+def pgrst_socket():
+    return ROOT / ".run" / f"{CLUSTER}-api" / "postgrest.sock"
 
 
 def curl(*args):
@@ -256,15 +264,16 @@ def test_a_request_without_a_key_is_401_even_where_anon_may_read(api):
         c.execute("GRANT SELECT ON api.notes TO web_anon, api_user")
         c.execute("INSERT INTO api.notes VALUES ('alice', 'hello')")
         c.execute("NOTIFY pgrst, 'reload schema'")
-    url = f"http://127.0.0.1:{PGRST_PORT}/notes"
+    url = "http://localhost/notes"
+    sock = ("--unix-socket", str(pgrst_socket()))
     for _ in range(50):
-        status, _, body = curl(url)
+        status, _, body = curl(*sock, url)
         if status != 404:
             break
         import time
         time.sleep(0.1)
     assert status == 401 and json.loads(body)["message"] == "API key required"
-    status, _, body = curl("-H", f"X-Api-Key: {api['alice']}", url)
+    status, _, body = curl(*sock, "-H", f"X-Api-Key: {api['alice']}", url)
     assert status == 200 and json.loads(body) == [{"owner": "alice", "body": "hello"}]
     # The login endpoint stays open because the example lists it in apikey.anonymous_paths.
     r = requests.post(f"{BASE}/user/key/", data={"username": "nobody", "password": "x"})
@@ -336,9 +345,10 @@ def test_credits_and_permission_expressions_through_postgrest(api):
                            "scopes => '{surveys:read}')").fetchone()[0]
         embargoed = c.execute("SELECT api_key::text FROM apikey.create('alice', 'embargoed', format => 'ct_live', "
                               "scopes => '{surveys:read,reports:embargoed}')").fetchone()[0]
-    url = f"http://127.0.0.1:{PGRST_PORT}/rpc/reports"
-    assert curl("-H", f"X-Api-Key: {reader}", url)[0] == 200
-    status, _, body = curl("-H", f"X-Api-Key: {embargoed}", url)
+    url = "http://localhost/rpc/reports"
+    sock = ("--unix-socket", str(pgrst_socket()))
+    assert curl(*sock, "-H", f"X-Api-Key: {reader}", url)[0] == 200
+    status, _, body = curl(*sock, "-H", f"X-Api-Key: {embargoed}", url)
     assert status == 403 and json.loads(body)["message"] == "this key may not read reports"
     # Credits: one request, then 429 (no refill, so no Retry-After).
     auth = {"Authorization": f"Bearer {paid}"}
@@ -417,10 +427,21 @@ def test_a_secret_scanner_reports_leaks_over_http(api):
     assert r.status_code == 200 and {k["name"] for k in r.json()} == {"scanner"}
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("localhost", timeout=10)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(str(self.path))
+
+
 def direct(method, path, headers):
-    """A request straight to PostgREST (not through nginx), with headers as a list of pairs, so a
-    header may be sent twice."""
-    conn = http.client.HTTPConnection("127.0.0.1", int(PGRST_PORT), timeout=10)
+    """A request straight to PostgREST (not through nginx; as a process allowed to open its
+    socket), with headers as a list of pairs, so a header may be sent twice."""
+    conn = UnixHTTPConnection(pgrst_socket())
     try:
         conn.putrequest(method, path)
         for name, value in headers:
@@ -468,3 +489,20 @@ def test_user_key_throttles_guesses_and_answers_unknown_users_with_the_same_work
                for i in range(6)]
     assert [a.status_code for a in answers] == [403] * 5 + [429]
     assert int(answers[-1].headers["Retry-After"]) > 0
+
+
+def test_only_the_proxy_reaches_postgrest(api):
+    """pg_apikey believes X-Forwarded-For from PostgREST's connection, so nobody but nginx may
+    reach PostgREST: it listens on no TCP port, and its socket opens for nginx's workers
+    (www-data) only, not for another local user; through nginx a forged header is overwritten."""
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", int(PGRST_PORT)), timeout=5).close()
+    st = pgrst_socket().stat()
+    assert stat.S_IMODE(st.st_mode) == 0o660 and grp.getgrgid(st.st_gid).gr_name == "www-data"
+    other = subprocess.run(["runuser", "-u", "nobody", "--", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                            "--unix-socket", str(pgrst_socket()), "http://localhost/"], capture_output=True, text=True)
+    assert other.stdout.strip() == "000"
+    proxied = subprocess.run(["runuser", "-u", "www-data", "--", "curl", "-s", "-o", "/dev/null", "-w",
+                              "%{http_code}", "--unix-socket", str(pgrst_socket()), "http://localhost/"],
+                             capture_output=True, text=True)
+    assert proxied.stdout.strip() == "401"

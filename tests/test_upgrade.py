@@ -1,6 +1,7 @@
-"""Upgrading in place: a database made with 0.1.0's install script (kept in sql/), holding keys,
-formats, usage and audit rows, runs ALTER EXTENSION pg_apikey UPDATE and then (a) has exactly the
-catalog of a fresh 0.2.0 install, (b) verifies every old key with its data, (c) lost nothing.
+"""Upgrading in place: a database made with 0.1.0's (or 0.2.0's) install script (kept in sql/),
+holding keys, formats, usage and audit rows, runs ALTER EXTENSION pg_apikey UPDATE and then (a)
+has exactly the catalog of a fresh install of the current version, (b) verifies every old key
+with its data, (c) lost nothing.
 
 The library is the current one throughout, as after a package upgrade and restart: 0.1.0's SQL
 must still find every C symbol it names. Until the UPDATE runs, data is written with plain SQL,
@@ -17,6 +18,9 @@ from conftest import PG_CONFIG, ROOT
 
 PORT = "54359"
 OLD_SCRIPT = ROOT / "sql/pg_apikey--0.1.0.sql"
+OLD_SCRIPTS = [OLD_SCRIPT, ROOT / "sql/pg_apikey--0.2.0.sql"]
+VERSION = next(line.split('"')[1] for line in (ROOT / "Cargo.toml").read_text().splitlines()
+               if line.startswith("version = "))
 SNAPSHOT = (ROOT / "tests/catalog_snapshot.sql").read_text()
 
 
@@ -26,9 +30,9 @@ def sharedir():
 
 @pytest.fixture(scope="module")
 def connect():
-    # make install puts the old install script beside the new one; do it here too when run alone.
-    target = f"{sharedir()}/extension/{OLD_SCRIPT.name}"
-    shutil.copyfile(OLD_SCRIPT, target)
+    # make install puts the old install scripts beside the new one; do it here too when run alone.
+    for old in OLD_SCRIPTS:
+        shutil.copyfile(old, f"{sharedir()}/extension/{old.name}")
     subprocess.run([str(ROOT / "tests/cluster.sh"), "start", "upgrade", PORT], check=True)
 
     def conn(dbname, autocommit=True, user="postgres"):
@@ -117,7 +121,7 @@ def test_an_upgraded_database_equals_a_fresh_install_and_keeps_everything(connec
         notices = []
         c.add_notice_handler(lambda d: notices.append(d.message_primary))
         c.execute("ALTER EXTENSION pg_apikey UPDATE")
-        assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_apikey'").fetchone()[0] == "0.2.0"
+        assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_apikey'").fetchone()[0] == VERSION
         assert any("apikey_admin no longer manages keys here" in n for n in notices), notices
         # (c) nothing lost.
         assert c.execute(OLD_DATA).fetchall() == before
@@ -203,3 +207,40 @@ def test_an_update_that_would_break_a_new_rule_stops_and_says_why(connect):
             c.execute("ALTER EXTENSION pg_apikey UPDATE")
         assert "more than 64 KiB of metadata" in str(e.value)
         assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_apikey'").fetchone()[0] == "0.1.0"
+
+
+def test_from_020_rotation_lineages_share_their_limits_and_the_catalog_equals_a_fresh_install(connect):
+    """0.2.0 → 0.3.0: keys rotated before the update join the lineage of the first key of their
+    chain (request limits belong to the lineage), and the catalog equals a fresh install's."""
+    new_db(connect, "up2_fresh")
+    new_db(connect, "up2_old", "0.2.0")
+    with connect("up2_old") as c:
+        rows = []
+        for i, key in enumerate(["cfk_" + f"{i}a" * 32 for i in range(1, 5)]):
+            rows.append(key)
+            # root, its successor, the successor's successor; and one whose parent is gone.
+            c.execute("""INSERT INTO apikey.keys (owner, name, format, display_prefix, last4, digest, created_by,
+                                                   rate_limit, rate_period, rotated_from)
+                         VALUES ('lin', %s, 'cfk', 'cfk_1a1a', %s, %s, 'postgres', 2, '1 hour',
+                                 CASE %s WHEN 0 THEN NULL WHEN 3 THEN 999999
+                                         ELSE (SELECT max(id) FROM apikey.keys WHERE owner = 'lin') END)""",
+                      (f"k{i}", key[-4:], hashlib.sha256(key.encode()).digest(), i))
+        before = c.execute(OLD_DATA).fetchall()
+        c.execute("ALTER EXTENSION pg_apikey UPDATE")
+        assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_apikey'").fetchone()[0] == VERSION
+        assert c.execute(OLD_DATA).fetchall() == before
+        ids = [r[0] for r in c.execute("SELECT id FROM apikey.keys WHERE owner = 'lin' ORDER BY id").fetchall()]
+        lineage = [r[0] for r in c.execute("SELECT lineage FROM apikey.keys WHERE owner = 'lin' ORDER BY id")]
+        assert lineage == [None, ids[0], ids[0], None]
+        # The chain's keys share one bucket of two requests an hour; the orphan has its own.
+        c.execute("SELECT apikey.authenticate(%s)", (rows[0],))
+        c.execute("SELECT apikey.authenticate(%s)", (rows[2],))
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
+            c.execute("SELECT apikey.authenticate(%s)", (rows[1],))
+        c.execute("SELECT apikey.authenticate(%s)", (rows[3],))
+        upgraded = snapshot(c)
+    with connect("up2_fresh") as c:
+        fresh = snapshot(c)
+    missing = sorted(set(fresh) - set(upgraded))
+    extra = sorted(set(upgraded) - set(fresh))
+    assert (missing, extra) == ([], []), f"missing after upgrade: {missing[:10]}\nextra after upgrade: {extra[:10]}"

@@ -38,11 +38,27 @@ SELECT current_user, apikey.current_owner();
 SELECT set_config('request.path', '/rpc/user_keys', true) IS NOT NULL AS other_path;
 SELECT apikey.pre_request();
 ROLLBACK;
--- ... or PostgREST authenticated the request with a JWT (it rejects a bad one itself).
+-- ... or PostgREST authenticated the request with a JWT (it rejects a bad one itself). What it
+-- verified is in request.jwt.claims; the header alone proves nothing (PostgREST checks the first
+-- Authorization header and shows the last).
 BEGIN;
-SELECT set_config('request.headers', '{"authorization": "Bearer eyJ.x.y"}', true) IS NOT NULL AS headers_set;
+SELECT set_config('request.headers', '{"authorization": "Bearer eyJh.eyJyb2xlIjoiand0X3VzZXIifQ.c2ln"}', true) IS NOT NULL AS headers_set;
+SELECT set_config('request.jwt.claims', '{"role":"jwt_user"}', true) IS NOT NULL AS claims_set;
 SELECT apikey.pre_request();
 SELECT apikey.current_owner();
+ROLLBACK;
+-- A JWT-shaped header PostgREST did not verify (its claims are the anonymous role's): 401.
+BEGIN;
+SELECT set_config('request.headers', '{"authorization": "Bearer eyJh.eyJyb2xlIjoiand0X3VzZXIifQ.c2ln"}', true) IS NOT NULL AS headers_set;
+SELECT set_config('request.jwt.claims', '{"role":"web_anon"}', true) IS NOT NULL AS claims_set;
+SELECT apikey.pre_request();
+ROLLBACK;
+-- With PostgREST's anonymous role known (pgrst.db_anon_role), claims naming it are anonymous.
+BEGIN;
+SELECT set_config('pgrst.db_anon_role', 'web_anon', true) IS NOT NULL AS anon_set;
+SELECT set_config('request.headers', '{"authorization": "Bearer eyJh.eyJyb2xlIjoid2ViX2Fub24ifQ.c2ln"}', true) IS NOT NULL AS headers_set;
+SELECT set_config('request.jwt.claims', '{"role":"web_anon"}', true) IS NOT NULL AS claims_set;
+SELECT apikey.pre_request();
 ROLLBACK;
 -- Only a superuser sets it.
 SET ROLE regress_attacker;

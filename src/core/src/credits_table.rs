@@ -219,12 +219,12 @@ mod tests {
             .count();
         assert_eq!(spent, 5);
         refund(&mut part, 1, 7, 2);
-        assert_eq!(spend_loaded(&mut part, 7, 2, 0, 5), Spend::Spent(0));
         assert_eq!(
             spend_loaded(&mut part, 7, 0, 0, 5),
-            Spend::Spent(0),
+            Spend::Spent(2),
             "cost 0 is allowed"
         );
+        assert_eq!(spend_loaded(&mut part, 7, 2, 0, 5), Spend::Spent(0));
     }
 
     #[test]
@@ -303,7 +303,7 @@ mod tests {
                         spent[key as usize] += cost;
                     }
                 }
-                Spend::Empty { .. } => assert!(spent[key as usize] + cost > initial),
+                Spend::Empty { .. } => assert!(spent[key as usize] + cost.max(1) > initial),
                 other => panic!("{other:?}"),
             }
         }

@@ -1,0 +1,110 @@
+//! The columns of `apikey.keys`, declared once. Every rule that must cover every column is
+//! derived from this list or checked against it (`tests::key_columns_are_declared_once`): the
+//! invalidation trigger's column list (what caches hold), rotation's copy (what a successor
+//! inherits), and the rights rule (every policy column is read into `Rights`). A column added to
+//! the table and not declared here fails that test, so it cannot slip past the rules.
+
+/// What a column is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Which key this is, and how it is found and shown.
+    Identity,
+    /// The digest, or material derived from the key text.
+    Secret,
+    /// A dimension of what the key may do: compared by `rights::within` and inherited by keys a
+    /// holder creates.
+    Policy,
+    /// Where the key is in its life (created, expiring, revoked, disabled, rotated).
+    Lifecycle,
+    /// What the holder or administrator wrote about the key; trusted for nothing.
+    Descriptive,
+    /// A balance or a record of use, written by the usage worker.
+    Bookkeeping,
+}
+
+/// What a rotation does with a column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnRotation {
+    /// The successor inherits the old key's value.
+    Copy,
+    /// The successor gets this SQL expression (over the old key's row, and the parameters of
+    /// `store::rotate`'s statement).
+    New(&'static str),
+    /// The successor starts with the column's default.
+    Fresh,
+}
+
+pub struct Column {
+    pub name: &'static str,
+    pub role: Role,
+    /// Held by the key caches, so a change must invalidate the key (the update trigger's list).
+    pub cached: bool,
+    pub on_rotation: OnRotation,
+}
+
+const fn col(name: &'static str, role: Role, cached: bool, on_rotation: OnRotation) -> Column {
+    Column {
+        name,
+        role,
+        cached,
+        on_rotation,
+    }
+}
+
+use OnRotation::{Copy, Fresh, New};
+use Role::*;
+
+/// Every column of `apikey.keys`, in table order. `credits` is cached only as "has credits": its
+/// own trigger fires when that changes, not on every balance the worker writes.
+pub const KEY_COLUMNS: &[Column] = &[
+    col("id", Identity, true, Fresh),
+    col("owner", Policy, true, Copy),
+    col("name", Descriptive, true, Copy),
+    col("format", Identity, true, Copy),
+    col("kind", Policy, true, Copy),
+    col("scopes", Policy, true, Copy),
+    col("resource", Policy, true, Copy),
+    col("display_prefix", Secret, true, New("$2")),
+    col("last4", Secret, true, New("$3")),
+    col("digest", Secret, true, New("$4")),
+    col("expires_in", Policy, true, Copy),
+    col("created_at", Lifecycle, true, Fresh),
+    col("created_by", Lifecycle, true, New("$5")),
+    col("expires_at", Policy, true, New("$7")),
+    col("last_used_at", Bookkeeping, false, Fresh),
+    col("revoked_at", Lifecycle, true, Fresh),
+    col("rotated_from", Lifecycle, true, New("id")),
+    col("sealed", Secret, true, New("$6")),
+    col("rate_limit", Policy, true, Copy),
+    col("rate_period", Policy, true, Copy),
+    col("rate_burst", Policy, true, Copy),
+    col("db_role", Policy, true, Copy),
+    col("metadata", Descriptive, true, Copy),
+    col("disabled_at", Lifecycle, true, Fresh),
+    col("allowed_ips", Policy, true, Copy),
+    col("credits", Policy, false, New("$8")),
+    col("refill_amount", Policy, true, Copy),
+    col("refill_interval", Policy, true, Copy),
+    col("credits_refilled_at", Bookkeeping, false, Copy),
+    col("credits_peak", Bookkeeping, false, Fresh),
+    col("limits", Policy, true, Copy),
+    col("lineage", Lifecycle, true, New("COALESCE(lineage, id)")),
+];
+
+/// The statement that inserts the successor of key `$1` (see `store::rotate` for the other
+/// parameters), built from the declaration so no column can be forgotten.
+pub fn rotation_insert() -> String {
+    let moved = KEY_COLUMNS.iter().filter(|c| c.on_rotation != Fresh);
+    let names: Vec<&str> = moved.clone().map(|c| c.name).collect();
+    let values: Vec<&str> = moved
+        .map(|c| match c.on_rotation {
+            New(expr) => expr,
+            _ => c.name,
+        })
+        .collect();
+    format!(
+        "INSERT INTO apikey.keys ({}) SELECT {} FROM apikey.keys WHERE id OPERATOR(pg_catalog.=) $1 RETURNING id",
+        names.join(", "),
+        values.join(", ")
+    )
+}
