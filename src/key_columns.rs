@@ -51,54 +51,63 @@ const fn col(name: &'static str, role: Role, cached: bool, on_rotation: OnRotati
     }
 }
 
-use OnRotation::{Copy, Fresh, New};
-use Role::*;
-
 /// Every column of `apikey.keys`, in table order. `credits` is cached only as "has credits": its
 /// own trigger fires when that changes, not on every balance the worker writes.
 pub const KEY_COLUMNS: &[Column] = &[
-    col("id", Identity, true, Fresh),
-    col("owner", Policy, true, Copy),
-    col("name", Descriptive, true, Copy),
-    col("format", Identity, true, Copy),
-    col("kind", Policy, true, Copy),
-    col("scopes", Policy, true, Copy),
-    col("resource", Policy, true, Copy),
-    col("display_prefix", Secret, true, New("$2")),
-    col("last4", Secret, true, New("$3")),
-    col("digest", Secret, true, New("$4")),
-    col("expires_in", Policy, true, Copy),
-    col("created_at", Lifecycle, true, Fresh),
-    col("created_by", Lifecycle, true, New("$5")),
-    col("expires_at", Policy, true, New("$7")),
-    col("last_used_at", Bookkeeping, false, Fresh),
-    col("revoked_at", Lifecycle, true, Fresh),
-    col("rotated_from", Lifecycle, true, New("id")),
-    col("sealed", Secret, true, New("$6")),
-    col("rate_limit", Policy, true, Copy),
-    col("rate_period", Policy, true, Copy),
-    col("rate_burst", Policy, true, Copy),
-    col("db_role", Policy, true, Copy),
-    col("metadata", Descriptive, true, Copy),
-    col("disabled_at", Lifecycle, true, Fresh),
-    col("allowed_ips", Policy, true, Copy),
-    col("credits", Policy, false, New("$8")),
-    col("refill_amount", Policy, true, Copy),
-    col("refill_interval", Policy, true, Copy),
-    col("credits_refilled_at", Bookkeeping, false, Copy),
-    col("credits_peak", Bookkeeping, false, Fresh),
-    col("limits", Policy, true, Copy),
-    col("lineage", Lifecycle, true, New("COALESCE(lineage, id)")),
+    col("id", Role::Identity, true, OnRotation::Fresh),
+    col("owner", Role::Policy, true, OnRotation::Copy),
+    col("name", Role::Descriptive, true, OnRotation::Copy),
+    col("format", Role::Identity, true, OnRotation::Copy),
+    col("kind", Role::Policy, true, OnRotation::Copy),
+    col("scopes", Role::Policy, true, OnRotation::Copy),
+    col("resource", Role::Policy, true, OnRotation::Copy),
+    col("display_prefix", Role::Secret, true, OnRotation::New("$2")),
+    col("last4", Role::Secret, true, OnRotation::New("$3")),
+    col("digest", Role::Secret, true, OnRotation::New("$4")),
+    col("expires_in", Role::Policy, true, OnRotation::Copy),
+    col("created_at", Role::Lifecycle, true, OnRotation::Fresh),
+    col("created_by", Role::Lifecycle, true, OnRotation::New("$5")),
+    col("expires_at", Role::Policy, true, OnRotation::New("$7")),
+    col("last_used_at", Role::Bookkeeping, false, OnRotation::Fresh),
+    col("revoked_at", Role::Lifecycle, true, OnRotation::Fresh),
+    col("rotated_from", Role::Lifecycle, true, OnRotation::New("id")),
+    col("sealed", Role::Secret, true, OnRotation::New("$6")),
+    col("rate_limit", Role::Policy, true, OnRotation::Copy),
+    col("rate_period", Role::Policy, true, OnRotation::Copy),
+    col("rate_burst", Role::Policy, true, OnRotation::Copy),
+    col("db_role", Role::Policy, true, OnRotation::Copy),
+    col("metadata", Role::Descriptive, true, OnRotation::Copy),
+    col("disabled_at", Role::Lifecycle, true, OnRotation::Fresh),
+    col("allowed_ips", Role::Policy, true, OnRotation::Copy),
+    col("credits", Role::Policy, false, OnRotation::New("$8")),
+    col("refill_amount", Role::Policy, true, OnRotation::Copy),
+    col("refill_interval", Role::Policy, true, OnRotation::Copy),
+    col(
+        "credits_refilled_at",
+        Role::Bookkeeping,
+        false,
+        OnRotation::Copy,
+    ),
+    col("credits_peak", Role::Bookkeeping, false, OnRotation::Fresh),
+    col("limits", Role::Policy, true, OnRotation::Copy),
+    col(
+        "lineage",
+        Role::Lifecycle,
+        true,
+        OnRotation::New("COALESCE(lineage, id)"),
+    ),
 ];
 
 /// The statement that inserts the successor of key `$1` (see `store::rotate` for the other
 /// parameters), built from the declaration so no column can be forgotten.
 pub fn rotation_insert() -> String {
-    let moved = KEY_COLUMNS.iter().filter(|c| c.on_rotation != Fresh);
+    let moved = KEY_COLUMNS
+        .iter()
+        .filter(|c| c.on_rotation != OnRotation::Fresh);
     let names: Vec<&str> = moved.clone().map(|c| c.name).collect();
     let values: Vec<&str> = moved
         .map(|c| match c.on_rotation {
-            New(expr) => expr,
+            OnRotation::New(expr) => expr,
             _ => c.name,
         })
         .collect();

@@ -103,6 +103,27 @@ pub fn named<'a>(limits: &'a [(String, Rate)], name: &str) -> Option<&'a Rate> {
     limits.iter().find(|(n, _)| n == name).map(|(_, r)| r)
 }
 
+/// One key a `charge(name)` spends from: its own limit of that name and its owner's.
+struct Charged {
+    id: i64,
+    lineage: i64,
+    owner: String,
+    own: Option<Rate>,
+    owner_rate: Option<Rate>,
+}
+
+impl Charged {
+    fn of(id: i64, lineage: i64, owner: &str, own: Option<&Rate>, name: &str) -> Self {
+        Charged {
+            id,
+            lineage,
+            owner: owner.to_owned(),
+            own: own.copied(),
+            owner_rate: owner_limit(owner, name),
+        }
+    }
+}
+
 /// Charge `cost` against the limit `name` of the authenticated key and its owner (and, for a
 /// two-key request, of the application key and its owner), all or nothing. True when a limit
 /// applied; false when none of them has one of that name. 53400 with the seconds to wait when
@@ -126,23 +147,24 @@ fn charge(name: Option<&str>, cost: default!(Option<i32>, "1")) -> bool {
     };
     // The user key and, for a two-key request, the application key: each with its own limit of
     // that name and its owner's, all charged or none (the application's are no free pass).
-    let mut keys = vec![(me.key_id, me.owner.clone(), named(&me.named, name).copied())];
+    let mut keys = vec![Charged::of(
+        me.key_id,
+        me.lineage,
+        &me.owner,
+        named(&me.named, name),
+        name,
+    )];
     if let Some((app_id, app_owner)) = &me.app {
-        keys.push((
+        keys.push(Charged::of(
             *app_id,
-            app_owner.clone(),
-            named(&me.app_named, name).copied(),
+            me.app_lineage,
+            app_owner,
+            named(&me.app_named, name),
+            name,
         ));
     }
-    let rates: Vec<(i64, String, Option<Rate>, Option<Rate>)> = keys
-        .into_iter()
-        .map(|(id, owner, own)| {
-            let owner_rate = owner_limit(&owner, name);
-            (id, owner, own, owner_rate)
-        })
-        .collect();
-    for (_, _, own, owner_rate) in &rates {
-        for rate in own.iter().chain(owner_rate.iter()) {
+    for k in &keys {
+        for rate in k.own.iter().chain(k.owner_rate.iter()) {
             if cost as u32 > rate.burst {
                 raise(ApiError::InvalidArgument(format!(
                     "cost {cost} exceeds the burst of limit \"{name}\" ({}): it could never pass",
@@ -152,17 +174,19 @@ fn charge(name: Option<&str>, cost: default!(Option<i32>, "1")) -> bool {
         }
     }
     let mut items = Vec::new();
-    for (id, owner, own, owner_rate) in &rates {
+    for k in &keys {
         // Two keys of one owner share that owner's bucket: charge it once.
-        let owner_rate = owner_rate.as_ref().filter(|_| {
+        let owner = &k.owner;
+        let owner_rate = k.owner_rate.as_ref().filter(|_| {
             !items
                 .iter()
                 .any(|c: &Charge| c.bucket == format!("owner:{owner}:{name}"))
         });
         items.extend(charges_for(
-            *id,
+            k.id,
+            k.lineage,
             owner,
-            own.as_ref(),
+            k.own.as_ref(),
             owner_rate,
             name,
             cost as u32,
