@@ -70,19 +70,17 @@ pub fn caller_is_admin() -> bool {
         return true;
     }
     let me = privilege::caller();
-    store::as_owner(store::admin_roles)
-        .into_iter()
-        .any(|(role, granted_as)| {
-            // SAFETY: GetUserNameFromId(noerr = true) returns NULL for a role that no longer
-            // exists, else a palloc'd NUL-terminated name; has_privs_of_role only reads the
-            // role-membership cache.
-            unsafe {
-                let name = pg_sys::GetUserNameFromId(role, true);
-                !name.is_null()
-                    && std::ffi::CStr::from_ptr(name).to_bytes() == granted_as.as_bytes()
-                    && pg_sys::has_privs_of_role(me, role)
-            }
-        })
+    store::as_owner(store::admin_roles).into_iter().any(|a| {
+        // SAFETY: GetUserNameFromId(noerr = true) returns NULL for a role that no longer
+        // exists, else a palloc'd NUL-terminated name; has_privs_of_role only reads the
+        // role-membership cache.
+        unsafe {
+            let name = pg_sys::GetUserNameFromId(a.role, true);
+            !name.is_null()
+                && std::ffi::CStr::from_ptr(name).to_bytes() == a.granted_as.as_bytes()
+                && pg_sys::has_privs_of_role(me, a.role)
+        }
+    })
 }
 
 /// Refuse what only administrators may do (`what`, as the refusal names it): 25006 on a standby,

@@ -69,15 +69,15 @@ pub fn worker_tick(limited: &[i64], credited: &[i64]) {
     store::as_owner(|| {
         if !limited.is_empty() {
             let window = window_number(epoch_s(), window_s());
-            for (id, owner, name, _) in store::due_limit_notices(limited, window) {
+            for a in store::due_limit_notices(limited, window) {
                 let detail = serde_json::json!({"window_seconds": window_s()});
-                due.push(("limited", id, owner, name, detail));
+                due.push(("limited", a.key_id, a.owner, a.name, detail));
             }
         }
         let percent = gucs::CREDITS_LOW_PERCENT.get();
         if !credited.is_empty() && percent > 0 {
-            for (id, owner, name, detail) in store::due_credit_notices(credited, percent) {
-                due.push(("credits_low", id, owner, name, detail));
+            for a in store::due_credit_notices(credited, percent) {
+                due.push(("credits_low", a.key_id, a.owner, a.name, a.detail));
             }
         }
         let now = epoch_ms();
@@ -86,8 +86,8 @@ pub fn worker_tick(limited: &[i64], credited: &[i64]) {
             LAST_SWEEP.set(now);
             let days = notice_days(&gucs::expiry_notice_days());
             if !days.is_empty() {
-                for (id, owner, name, detail) in store::due_expiry_notices(&days) {
-                    due.push(("expiring", id, owner, name, detail));
+                for a in store::due_expiry_notices(&days) {
+                    due.push(("expiring", a.key_id, a.owner, a.name, a.detail));
                 }
             }
             store::prune_events(retention_s(), window_s());

@@ -46,6 +46,7 @@ mod shmem;
 mod store;
 mod usage;
 mod verify;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -76,6 +77,7 @@ pub extern "C-unwind" fn _PG_init() {
     limiter::init();
     credits::init();
     usage::init();
+    worker::init();
     pending::init();
 }
 

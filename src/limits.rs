@@ -44,12 +44,9 @@ fn owner_limit(owner: &str, name: &str) -> Option<Rate> {
         OWNER_LIMITS_RELID.set(relid);
         let rows: Vec<(String, String, Rate)> = store::as_owner(store::owner_limits)
             .into_iter()
-            .map(|(o, n, max, per, burst)| {
-                (
-                    o,
-                    n,
-                    crate::rates::rate_from(max as i64, per, burst.map(i64::from)),
-                )
+            .map(|l| {
+                let rate = crate::rates::rate_from(l.max as i64, l.per, l.burst.map(i64::from));
+                (l.owner, l.name, rate)
             })
             .collect();
         OWNER_LIMITS.with_borrow_mut(|c| *c = Some(rows));

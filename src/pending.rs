@@ -133,7 +133,12 @@ pub fn verify_pending(key: &str) -> Option<StoredKey> {
         .map(str::to_owned)
         .collect();
     let found = store::as_owner(|| store::find_import(candidates));
-    let Some((key_id, hash, stand_in)) = found else {
+    let Some(store::WaitingImport {
+        key_id,
+        hash,
+        stand_in,
+    }) = found
+    else {
         if NS_PER_UNIT.get().is_some() {
             BCRYPT_RUNS.set(BCRYPT_RUNS.get() + 1);
         }

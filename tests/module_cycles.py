@@ -10,6 +10,10 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 
 def graph():
     mods = {p.stem: p.read_text() for p in SRC.glob("*.rs")}
+    # A folder module (src/store/mod.rs and its files) is one module of the graph.
+    for folder in SRC.iterdir():
+        if (folder / "mod.rs").exists():
+            mods[folder.name] = "\n".join(p.read_text() for p in sorted(folder.glob("*.rs")))
     # lib.rs wires everything together and tests.rs reaches everywhere: neither is a layer.
     return {m: {d for d in re.findall(r"crate::([a-z_]+)", text) if d in mods and d != m}
             for m, text in mods.items() if m not in ("lib", "tests")}
