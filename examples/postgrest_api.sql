@@ -76,8 +76,12 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION app.may_create_keys(text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION app.may_create_keys(text) TO api_user, web_anon;
-ALTER ROLE authenticator SET apikey.creation_check = 'app.may_create_keys(text)';
+GRANT EXECUTE ON FUNCTION app.may_create_keys(text) TO PUBLIC;
+-- For the whole database, so the rule holds for a key used from any login, not only the API's.
+DO $$ BEGIN
+    EXECUTE pg_catalog.format('ALTER DATABASE %I SET apikey.creation_check = %L',
+                              pg_catalog.current_database(), 'app.may_create_keys(text)');
+END $$;
 
 CREATE SCHEMA api;
 GRANT USAGE ON SCHEMA api TO web_anon, api_user, jwt_user;

@@ -11,17 +11,6 @@
 ALTER TABLE apikey.keys ADD COLUMN lineage bigint;
 COMMENT ON COLUMN apikey.keys.lineage IS 'The first key of this key''s rotation lineage (NULL: the key itself). Request limits belong to the lineage: a rotation hands out no fresh allowance.';
 
-WITH RECURSIVE chain (id, root) AS (
-    SELECT k.id, k.id FROM apikey.keys k
-     WHERE k.rotated_from IS NULL
-        OR NOT EXISTS (SELECT 1 FROM apikey.keys p WHERE p.id OPERATOR(pg_catalog.=) k.rotated_from)
-    UNION ALL
-    SELECT k.id, c.root FROM apikey.keys k JOIN chain c ON k.rotated_from OPERATOR(pg_catalog.=) c.id
-)
-UPDATE apikey.keys k SET lineage = c.root
-  FROM chain c
- WHERE k.id OPERATOR(pg_catalog.=) c.id AND c.root OPERATOR(pg_catalog.<>) c.id;
-
 DROP TRIGGER keys_invalidate_key_on_update ON apikey.keys;
 CREATE TRIGGER keys_invalidate_key_on_update
     AFTER UPDATE OF id, owner, name, format, kind, scopes, resource, display_prefix, last4, digest,
@@ -35,3 +24,16 @@ CREATE TRIGGER keys_invalidate_key_on_metering
     EXECUTE FUNCTION apikey.invalidate_key_trigger();
 ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_invalidate_key_on_update;
 ALTER TABLE apikey.keys ENABLE ALWAYS TRIGGER keys_invalidate_key_on_metering;
+
+-- After the trigger that lists lineage: every key whose lineage is set here is invalidated in
+-- every backend's cache and the shared key cache, which still hold it without one.
+WITH RECURSIVE chain (id, root) AS (
+    SELECT k.id, k.id FROM apikey.keys k
+     WHERE k.rotated_from IS NULL
+        OR NOT EXISTS (SELECT 1 FROM apikey.keys p WHERE p.id OPERATOR(pg_catalog.=) k.rotated_from)
+    UNION ALL
+    SELECT k.id, c.root FROM apikey.keys k JOIN chain c ON k.rotated_from OPERATOR(pg_catalog.=) c.id
+)
+UPDATE apikey.keys k SET lineage = c.root
+  FROM chain c
+ WHERE k.id OPERATOR(pg_catalog.=) c.id AND c.root OPERATOR(pg_catalog.<>) c.id;

@@ -150,14 +150,16 @@ fn authenticate(key: ApiKey) -> String {
     authenticate_cost(key, 1)
 }
 
-/// `authenticate`, spending `cost` credits of a usage-limited key (0 checks the key without
-/// spending, but an exhausted key is refused even then; negative is refused). Spending is final:
+/// `authenticate`, spending `cost` credits of a usage-limited key (at least 1; an administrator
+/// may pass 0 to check a key without spending, but an exhausted key is refused even then). Spending is final:
 /// a rollback gives nothing back (docs/limits.md, "Charges are final").
 #[pg_extern(name = "authenticate", volatile, strict, parallel_unsafe, requires = ["api_key_type"])]
 fn authenticate_cost(key: ApiKey, cost: i64) -> String {
-    if cost < 0 {
+    // The caller names the cost, so a key holder at a SQL prompt could spend nothing forever:
+    // only administrators (a billing job checking a key) may authenticate for free.
+    if cost < 1 && !(cost == 0 && crate::admin::caller_is_admin()) {
         raise(ApiError::InvalidArgument(
-            "cost must not be negative".into(),
+            "cost must be at least 1 (0 for administrators only)".into(),
         ));
     }
     let id = one_key(key.as_str(), lookup::try_lookup, cost).unwrap_or_else(|e| raise(e));

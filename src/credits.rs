@@ -157,6 +157,34 @@ pub fn balance(key_id: i64, refill: Option<(i64, i64)>) -> i64 {
     })
 }
 
+/// Take key `key_id`'s whole balance (a due refill applied) and leave it none, for a rotation's
+/// successor. The balance is loaded into shared memory first, so the move happens there under
+/// the partition's lock, where every backend spends it: no concurrent spend can use what was
+/// moved.
+pub fn take_all(key_id: i64, refill: Option<(i64, i64)>) -> i64 {
+    let part = part();
+    let db = current_db();
+    let refill = refill_of(refill);
+    let now = now_us();
+    if let Some(left) = credits_table::take_all(&mut part.exclusive().0, db, key_id, refill, now) {
+        return left;
+    }
+    let loaded = crate::store::as_owner(|| crate::store::credit_balance(key_id));
+    let mut p = part.exclusive();
+    // Another backend may have loaded it meanwhile: its balance wins, as in `spend`.
+    let _ = credits_table::spend(
+        &mut p.0,
+        db,
+        key_id,
+        0,
+        refill,
+        now,
+        Some(loaded),
+        on_standby(),
+    );
+    credits_table::take_all(&mut p.0, db, key_id, refill, now).unwrap_or(0)
+}
+
 /// Add `n` credits: to the balance in memory if one is held (the worker writes it), else to the
 /// table.
 pub fn add(key_id: i64, n: i64) {

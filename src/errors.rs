@@ -81,7 +81,12 @@ unsafe extern "C-unwind" fn hide_statement_of_own_errors(edata: *mut pg_sys::Err
     // error can be emitted through this hook.
     unsafe {
         let domain = (*edata).domain;
-        if !domain.is_null() && CStr::from_ptr(domain) == DOMAIN {
+        let own = !domain.is_null() && CStr::from_ptr(domain) == DOMAIN;
+        // An error raised inside one of our privileged sections and re-raised by pgrx lost the
+        // marks set there (privilege::take_hidden_error).
+        let passed_through =
+            (*edata).elevel >= PgLogLevel::ERROR as i32 && crate::privilege::take_hidden_error();
+        if own || passed_through {
             (*edata).hide_stmt = true;
             (*edata).hide_ctx = true;
             (*edata).internalquery = std::ptr::null_mut();

@@ -68,12 +68,19 @@ impl Identity {
     }
 
     /// Does the identity hold `scope`? The user key must, and in a two-key request so must the
-    /// application key (an unscoped key holds every scope).
+    /// application key (an unscoped key holds every scope). A restricting scope
+    /// (`apikey.deny_scopes`) is held when *either* key holds it: a restriction of one half of a
+    /// pair is not shed by pairing it with a key that lacks it.
     pub fn holds_scope(&self, wanted: &str) -> bool {
-        self.scopes
+        let user = self
+            .scopes
             .as_ref()
-            .is_none_or(|s| scope::covers(s, wanted))
-            && self.app_scopes().is_none_or(|s| scope::covers(s, wanted))
+            .is_none_or(|s| scope::covers(s, wanted));
+        let app = self.app_scopes().is_none_or(|s| scope::covers(s, wanted));
+        if self.app_bounds.is_some() && crate::gucs::deny_scopes().iter().any(|d| d == wanted) {
+            return user || app;
+        }
+        user && app
     }
 
     /// May the identity reach `resource`? Both keys' resources must allow it.
@@ -82,23 +89,27 @@ impl Identity {
             && self.app_resource().is_none_or(|r| r == resource)
     }
 
-    /// The scopes in force: the user key's, narrowed by the application key's.
+    /// The scopes in force: the user key's, narrowed by the application key's, plus every
+    /// restricting scope (`apikey.deny_scopes`) either key holds.
     pub fn effective_scopes(&self) -> Option<Vec<String>> {
-        match (&self.scopes, self.app_scopes()) {
-            (mine, None) => mine.clone(),
-            (None, Some(app)) => Some(app.clone()),
-            (Some(mine), Some(app)) => {
-                let mut both: Vec<String> = mine
-                    .iter()
-                    .filter(|s| scope::covers(app, s))
-                    .chain(app.iter().filter(|s| scope::covers(mine, s)))
-                    .cloned()
-                    .collect();
-                both.sort();
-                both.dedup();
-                Some(both)
+        let mut both = match (&self.scopes, self.app_scopes()) {
+            (mine, None) => return mine.clone(),
+            (None, Some(app)) => app.clone(),
+            (Some(mine), Some(app)) => mine
+                .iter()
+                .filter(|s| scope::covers(app, s))
+                .chain(app.iter().filter(|s| scope::covers(mine, s)))
+                .cloned()
+                .collect(),
+        };
+        for d in crate::gucs::deny_scopes() {
+            if self.holds_scope(&d) && !scope::covers(&both, &d) {
+                both.push(d);
             }
         }
+        both.sort();
+        both.dedup();
+        Some(both)
     }
 
     /// The resource in force: the user key's, else the application key's.

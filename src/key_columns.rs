@@ -86,7 +86,9 @@ pub const KEY_COLUMNS: &[Column] = &[
         "credits_refilled_at",
         Role::Bookkeeping,
         false,
-        OnRotation::Copy,
+        // The moved balance is what the old key held now (a due refill applied): the
+        // successor's next refill is a whole interval away.
+        OnRotation::New("CASE WHEN credits IS NULL THEN NULL ELSE pg_catalog.now() END"),
     ),
     col("credits_peak", Role::Bookkeeping, false, OnRotation::Fresh),
     col("limits", Role::Policy, true, OnRotation::Copy),

@@ -182,11 +182,32 @@ fn creation_check(owner: &str) {
     use pgrx::IntoDatum;
     let arg = owner.into_datum().unwrap_or_else(|| internal("text datum"));
     crate::privilege::with_pinned_search_path(|| {
+        use pgrx::pg_sys;
         // SAFETY: calls a function checked above to take one text argument and return void,
-        // with a text datum; errors it raises propagate as Postgres errors (its own SQLSTATE and
-        // message).
+        // with a text datum, through a call frame built as fmgr's FunctionCall1Coll builds one
+        // (FmgrInfo from fmgr_info, one argument, no collation) but without its "function
+        // returned NULL" check: a `LANGUAGE sql` function returning void returns NULL. The frame
+        // is palloc'd in the current memory context with room for its one argument. Errors the
+        // function raises cross pg_guard_ffi_boundary as Postgres errors (its own SQLSTATE and
+        // message), unwinding our frames (the search_path guard included).
         unsafe {
-            pgrx::pg_sys::OidFunctionCall1Coll(fn_oid, pgrx::pg_sys::InvalidOid, arg);
+            let mut flinfo: pg_sys::FmgrInfo = std::mem::zeroed();
+            pg_sys::fmgr_info(fn_oid, &mut flinfo);
+            let size = std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>()
+                + std::mem::size_of::<pg_sys::NullableDatum>();
+            let fcinfo = pg_sys::palloc0(size) as *mut pg_sys::FunctionCallInfoBaseData;
+            (*fcinfo).flinfo = &mut flinfo;
+            (*fcinfo).nargs = 1;
+            (*fcinfo).fncollation = pg_sys::InvalidOid;
+            (*fcinfo).args.as_mut_slice(1)[0] = pg_sys::NullableDatum {
+                value: arg,
+                isnull: false,
+            };
+            let Some(call) = flinfo.fn_addr else {
+                internal("creation_check has no entry point")
+            };
+            #[allow(ffi_unwind_calls)]
+            pg_sys::ffi::pg_guard_ffi_boundary(|| call(fcinfo));
         }
     });
 }
@@ -760,7 +781,8 @@ fn rotate(
         quota::charge_creation(&old.owner, caller.admin);
         // The new key lives as long as the old one was meant to (expires_in from now), but a key
         // holder's rotation never outlives the key they hold.
-        let mut expires_at = old.expires_in.map(now_plus);
+        // A key with an absolute expiry and no lifetime (an import) keeps that expiry.
+        let mut expires_at = old.expires_in.map(now_plus).or(old.rights.expires_at);
         if let Some(mine) = caller.holder().and_then(|i| i.expires_at) {
             expires_at = Some(expires_at.map_or(mine, |e| e.min(mine)));
         }
@@ -772,11 +794,9 @@ fn rotate(
         }
         // The successor takes over the old key's balance, and the old key keeps none: rotating
         // must not mint fresh credits.
-        let moved = old.has_credits.then(|| {
-            let left = crate::credits::balance(id, old.refill);
-            crate::credits::add(id, -left);
-            left
-        });
+        let moved = old
+            .has_credits
+            .then(|| crate::credits::take_all(id, old.refill));
         let key = generate(&formats::by_name(&old.format));
         let new_id = store::rotate(
             id,

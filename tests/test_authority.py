@@ -177,11 +177,11 @@ def test_a_metered_key_cannot_take_over_an_unmetered_sibling(connect):
     with connect(user=holder, autocommit=False) as h:
         for call in ("SELECT apikey.rotate(%s)", "SELECT apikey.disable(%s)",
                      "SELECT apikey.revoke(%s)", "SELECT apikey.delete(%s)"):
-            h.execute("SELECT apikey.authenticate(%s, cost => 0)", (metered,))
+            h.execute("SELECT apikey.authenticate(%s)", (metered,))
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="without credits"):
                 h.execute(call, (free_id,))
             h.rollback()
-        h.execute("SELECT apikey.authenticate(%s, cost => 0)", (metered,))
+        h.execute("SELECT apikey.authenticate(%s)", (metered,))
         assert h.execute("SELECT apikey.disable(%s)", (metered2_id,)).fetchone()[0] is True
         h.rollback()
 
@@ -530,8 +530,18 @@ def test_a_rotated_key_stops_refilling_during_its_grace(connect):
 
 
 def test_an_exhausted_key_is_refused_even_at_cost_zero(connect):
+    """Only administrators may authenticate for free (cost 0), and not even they with a key that
+    has nothing left: a holder at a SQL prompt cannot use a metered key without paying."""
     with connect() as su:
-        _, k = key(su, owner(), credits=1)
+        holder = role(su)
+        _, k = key(su, owner(), credits=2)
+        su.execute("SELECT apikey.authenticate(%s)", (k,))
+    with connect(user=holder) as h:
+        for cost in (0, -1):
+            with pytest.raises(psycopg.errors.InvalidParameterValue, match="at least 1"):
+                h.execute("SELECT apikey.authenticate(%s, cost => %s)", (k, cost))
+    with connect() as su:
+        assert su.execute("SELECT apikey.authenticate(%s, cost => 0)", (k,)).fetchone()[0]
         su.execute("SELECT apikey.authenticate(%s)", (k,))
         with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="no credits left"):
             su.execute("SELECT apikey.authenticate(%s, cost => 0)", (k,))
@@ -636,3 +646,73 @@ def test_a_rotation_hands_out_no_fresh_allowance(connect):
         assert su.execute("SELECT lineage FROM apikey.keys WHERE id = %s", (newer_id,)).fetchone()[0] == kid
         with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="API key rate limit"):
             su.execute("SELECT apikey.authenticate(%s)", (newer,))
+
+
+# --- Found by the second review -------------------------------------------------------------------
+
+def test_a_restriction_is_not_shed_by_pairing_with_an_application_key(connect):
+    o = owner()
+    with connect() as su:
+        holder = role(su)
+        su.execute(f"ALTER ROLE {holder} IN DATABASE {DB} SET apikey.deny_scopes = 'reports:embargoed'")
+        _, user = key(su, o, "u", scopes=["surveys:read", "reports:embargoed"])
+        _, app = key(su, "app_" + o, "a", kind="app", scopes=["surveys:read"])
+    with connect(user=holder, autocommit=False) as h:
+        h.execute("SELECT apikey.authenticate(%s, %s)", (app, user))
+        assert h.execute("SELECT apikey.has_permissions('surveys:read AND NOT reports:embargoed')"
+                         ).fetchone()[0] is False
+        assert "reports:embargoed" in h.execute("SELECT apikey.current_scopes()").fetchone()[0]
+        child = h.execute("SELECT id FROM apikey.create(%s, 'shed', scopes => '{surveys:read}')",
+                          (o,)).fetchone()[0]
+        assert h.execute("SELECT scopes FROM apikey.key_list WHERE id = %s", (child,)).fetchone()[0] \
+            == ["surveys:read", "reports:embargoed"]
+        h.rollback()
+
+
+def test_a_rotation_right_after_a_refill_gives_no_second_refill(connect):
+    with connect() as su:
+        kid, k = key(su, owner(), credits=3, refill_amount=3, refill_interval="2 seconds")
+        time.sleep(2.2)  # a refill is due, and the table still holds the time before it
+        su.execute("BEGIN")
+        su.execute("SELECT apikey.authenticate(%s, cost => 3)", (k,))
+        _, new = su.execute("SELECT id, api_key::text FROM apikey.rotate(%s)", (kid,)).fetchone()
+        su.execute("COMMIT")
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match="no credits left"):
+            su.execute("SELECT apikey.authenticate(%s)", (new,))
+
+
+def test_an_error_inside_a_privileged_section_never_logs_the_statement(connect):
+    """A lock timeout raised inside pg_apikey's own statements (here the creation quota's row,
+    held by another session) is re-raised by pgrx without the marks that hide the statement: the
+    statement, key included, must still stay out of the server log."""
+    o = owner()
+    with connect() as su:
+        _, k = key(su, o)
+    with connect(autocommit=False) as a, connect() as b:
+        a.execute("SET apikey.creation_limit = 5")
+        a.execute("SELECT apikey.create(%s, 'holds the quota row')", (o,))
+        b.execute("SET apikey.creation_limit = 5")
+        b.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            b.execute(f"SELECT apikey.authenticate('{k}'), (SELECT id FROM apikey.create('{o}', 'x'))")
+        a.rollback()
+    log = (ROOT / ".run/authority/server.log").read_text(errors="replace")
+    assert k not in log
+
+
+def test_a_key_with_an_absolute_expiry_rotates_into_one_that_expires(connect):
+    with connect() as su:
+        kid = su.execute("SELECT apikey.import(%s, 'legacy', %s, 'sha256', expires_at => now() + interval '1 day')",
+                         (owner(), hashlib.sha256(uuid.uuid4().bytes).hexdigest())).fetchone()[0]
+        new_id = su.execute("SELECT id FROM apikey.rotate(%s)", (kid,)).fetchone()[0]
+        old_at, new_at = su.execute("SELECT (SELECT expires_at FROM apikey.keys WHERE id = %s), "
+                                    "(SELECT expires_at FROM apikey.keys WHERE id = %s)", (kid, new_id)).fetchone()
+        assert new_at is not None and new_at == old_at
+
+
+def test_a_sql_creation_check_returning_void_works(connect):
+    with connect() as su:
+        su.execute("CREATE OR REPLACE FUNCTION public.sql_check(owner text) RETURNS void "
+                   "LANGUAGE sql AS 'SELECT NULL::void'")
+        su.execute("SET apikey.creation_check = 'public.sql_check(text)'")
+        assert su.execute("SELECT count(*) FROM apikey.create(%s, 'ok')", (owner(),)).fetchone()[0] == 1

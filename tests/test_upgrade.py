@@ -226,6 +226,10 @@ def test_from_020_rotation_lineages_share_their_limits_and_the_catalog_equals_a_
                                          ELSE (SELECT max(id) FROM apikey.keys WHERE owner = 'lin') END)""",
                       (f"k{i}", key[-4:], hashlib.sha256(key.encode()).digest(), i))
         before = c.execute(OLD_DATA).fetchall()
+        # Verified before the update: this session's cache holds each key without a lineage.
+        for key in rows:
+            for _ in range(2):
+                c.execute("SELECT apikey.verify(%s)", (key,))
         c.execute("ALTER EXTENSION pg_apikey UPDATE")
         assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_apikey'").fetchone()[0] == VERSION
         assert c.execute(OLD_DATA).fetchall() == before

@@ -350,7 +350,7 @@ unsafe fn cidr_array(d: pg_sys::Datum) -> Vec<Cidr> {
     ipnet::parse_array(&text.to_string_lossy()).unwrap_or_default()
 }
 
-fn allowed_from_text(text: Option<String>) -> Option<Vec<Cidr>> {
+pub(super) fn allowed_from_text(text: Option<String>) -> Option<Vec<Cidr>> {
     text.map(|t| ipnet::parse_array(&t).unwrap_or_default())
 }
 

@@ -149,6 +149,29 @@ pub fn add(part: &mut [Balance], db: u32, key_id: i64, n: i64) -> bool {
     }
 }
 
+/// Take a held balance whole (a due refill applied first) and leave nothing: what a rotation
+/// moves to the successor. One step under the caller's lock, so no spend slips in between.
+/// None when the key's balance is not held here.
+pub fn take_all(
+    part: &mut [Balance],
+    db: u32,
+    key_id: i64,
+    refill: Option<Refill>,
+    now: i64,
+) -> Option<i64> {
+    match find(part, db, key_id, false) {
+        Probe::Found(i) => {
+            let b = &mut part[i];
+            apply_refill(b, refill, now);
+            let left = b.remaining.max(0);
+            b.remaining = 0;
+            b.version += 1;
+            Some(left)
+        }
+        _ => None,
+    }
+}
+
 /// What a balance of `remaining`, last refilled at `refilled_at`, holds at `now`.
 pub fn remaining_at(remaining: i64, refilled_at: i64, refill: Option<Refill>, now: i64) -> i64 {
     let mut b = Balance {
@@ -253,6 +276,22 @@ mod tests {
             spend(&mut part, 1, 9, 0, r, 250 * S, None, false),
             Spend::Spent(3)
         );
+    }
+
+    #[test]
+    fn take_all_leaves_nothing_and_counts_a_due_refill() {
+        let mut part = [Balance::FREE; 4];
+        let r = Some(Refill {
+            amount: 5,
+            interval_us: 10,
+        });
+        assert_eq!(take_all(&mut part, 1, 3, r, 0), None);
+        assert_eq!(
+            spend(&mut part, 1, 3, 2, r, 0, Some((4, 0)), false),
+            Spend::Spent(2)
+        );
+        assert_eq!(take_all(&mut part, 1, 3, r, 15), Some(5));
+        assert_eq!(peek(&part, 1, 3, None, 15), Some(0));
     }
 
     #[test]
