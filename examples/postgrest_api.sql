@@ -329,18 +329,21 @@ GRANT EXECUTE ON FUNCTION api.user_key(text, text) TO web_anon, api_user;
 
 -- POST /api/secret-scanning : a secret scanner's leak report in GitHub's partner format
 -- ([{token, type, url, source}] -> [{token_hash, token_type, label}]). Every reported key stored
--- here is revoked at once. The scanner gets an ordinary key whose scopes name leaks:report
--- explicitly, e.g. apikey.create('security', 'github scanner', scopes => '{leaks:report}'): that
--- key is no administrator (on every other endpoint it is just a key of owner "security"), and an
--- unscoped key, which holds every scope, is not enough. The report itself needs administrator
--- rights, so it runs as this function's owner.
+-- here is revoked at once. The scanner gets an ordinary key of the owner "security" whose scopes
+-- name leaks:report explicitly, made by an administrator, e.g.
+-- apikey.create('security', 'github scanner', scopes => '{leaks:report}'): that key is no
+-- administrator (on every other endpoint it is just a key of owner "security"). Both are checked:
+-- a scope alone proves nothing, since any unscoped key may create a key with any scope, but only
+-- for its own owner. The report itself needs administrator rights, so it runs as this function's
+-- owner.
 -- One unnamed jsonb parameter: PostgREST passes the whole request body (a JSON array).
 CREATE FUNCTION api.secret_scanning(jsonb) RETURNS jsonb
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
 $$
 BEGIN
     PERFORM api.need_key();
-    IF NOT 'leaks:report' = ANY (COALESCE(apikey.current_scopes(), '{}')) THEN
+    IF apikey.current_owner() IS DISTINCT FROM 'security'
+       OR NOT 'leaks:report' = ANY (COALESCE(apikey.current_scopes(), '{}')) THEN
         PERFORM apikey.http_error(403, 'Forbidden', 'this key may not report leaked keys');
     END IF;
     RETURN apikey.secret_scanning($1);

@@ -52,7 +52,10 @@ fn charge(rows: &[&StoredKey], cost: i64) -> Result<(), ApiError> {
         .collect();
     let mut items = Vec::new();
     for (r, owner_rate) in rows.iter().zip(&owner_rates) {
-        if let Some(rate) = r.rate.as_ref().filter(|_| !r.created_here) {
+        // A rotation's successor is inserted here too, but draws on its lineage's committed
+        // bucket: only a key that is its own lineage is exempt.
+        let exempt = r.created_here && r.lineage == r.id;
+        if let Some(rate) = r.rate.as_ref().filter(|_| !exempt) {
             items.push(crate::limiter::Charge {
                 // The lineage's bucket: a rotation hands out no fresh allowance, and a key and
                 // its successor in their grace period share one.
@@ -63,8 +66,7 @@ fn charge(rows: &[&StoredKey], cost: i64) -> Result<(), ApiError> {
                 what: "API key".into(),
             });
         }
-        let own =
-            crate::limits::named(&r.named, crate::limits::DEFAULT_NAME).filter(|_| !r.created_here);
+        let own = crate::limits::named(&r.named, crate::limits::DEFAULT_NAME).filter(|_| !exempt);
         items.extend(crate::limits::charges_for(
             r.id,
             r.lineage,

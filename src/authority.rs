@@ -20,7 +20,11 @@ fn still_holds(id: &Identity) -> bool {
     let holds = |digest: &identity::Digest, key_id: Option<i64>| {
         lookup::recheck(&digest.0).is_ok_and(|row| key_id.is_none_or(|k| k == row.id))
     };
-    holds(&id.digest, Some(id.key_id))
+    (holds(&id.digest, Some(id.key_id))
+        || id
+            .stand_in
+            .as_ref()
+            .is_some_and(|s| holds(s, Some(id.key_id))))
         && id
             .app_digest
             .as_ref()

@@ -52,6 +52,64 @@ pub fn init() {
     if crate::shmem::preloaded() {
         init_parts();
     }
+    // SAFETY: registering static callbacks once, from _PG_init.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}
+
+thread_local! {
+    /// Balances this transaction moved out of a key for a rotation: (subtransaction, (key id,
+    /// amount)). The rotation's successor row rolls back with the transaction, so the old key
+    /// must get its balance back then; not a refund of spending, which stays final.
+    static MOVED: std::cell::RefCell<Vec<(pg_sys::SubTransactionId, (i64, i64))>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn put_back(moves: Vec<(i64, i64)>) {
+    if let Some(i) = crate::shmem::db_index() {
+        let db = current_db();
+        let mut part = TABLE[i].exclusive();
+        for (key_id, amount) in moves {
+            credits_table::add(&mut part.0, db, key_id, amount);
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+            let moves = MOVED.take().into_iter().map(|(_, m)| m).collect();
+            put_back(moves);
+        }
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
+            MOVED.with_borrow_mut(|m| m.clear());
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    parent_subid: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    match event {
+        SUBXACT_EVENT_ABORT_SUB => {
+            let moves = MOVED.with_borrow_mut(|m| pg_apikey_core::subxact::abort(m, my_subid));
+            put_back(moves);
+        }
+        SUBXACT_EVENT_COMMIT_SUB => {
+            MOVED.with_borrow_mut(|m| pg_apikey_core::subxact::commit(m, my_subid, parent_subid))
+        }
+        _ => {}
+    }
 }
 
 fn part() -> &'static PgLwLock<Part> {
@@ -166,23 +224,28 @@ pub fn take_all(key_id: i64, refill: Option<(i64, i64)>) -> i64 {
     let db = current_db();
     let refill = refill_of(refill);
     let now = now_us();
-    if let Some(left) = credits_table::take_all(&mut part.exclusive().0, db, key_id, refill, now) {
-        return left;
-    }
-    let loaded = crate::store::as_owner(|| crate::store::credit_balance(key_id));
-    let mut p = part.exclusive();
-    // Another backend may have loaded it meanwhile: its balance wins, as in `spend`.
-    let _ = credits_table::spend(
-        &mut p.0,
-        db,
-        key_id,
-        0,
-        refill,
-        now,
-        Some(loaded),
-        on_standby(),
-    );
-    credits_table::take_all(&mut p.0, db, key_id, refill, now).unwrap_or(0)
+    let taken = credits_table::take_all(&mut part.exclusive().0, db, key_id, refill, now);
+    let left = taken.unwrap_or_else(|| {
+        let loaded = crate::store::as_owner(|| crate::store::credit_balance(key_id));
+        let mut p = part.exclusive();
+        // Another backend may have loaded it meanwhile: its balance wins, as in `spend`.
+        let _ = credits_table::spend(
+            &mut p.0,
+            db,
+            key_id,
+            0,
+            refill,
+            now,
+            Some(loaded),
+            on_standby(),
+        );
+        credits_table::take_all(&mut p.0, db, key_id, refill, now).unwrap_or(0)
+    });
+    // Given back to the key if the rotation does not commit (its successor is gone then).
+    // SAFETY: reads the transaction state.
+    let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    MOVED.with_borrow_mut(|m| m.push((sub, (key_id, left))));
+    left
 }
 
 /// Add `n` credits: to the balance in memory if one is held (the worker writes it), else to the

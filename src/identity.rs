@@ -34,6 +34,9 @@ pub struct Identity {
     /// authenticated: `authority` finds their rows again by them.
     pub digest: Digest,
     pub app_digest: Option<Digest>,
+    /// For a bcrypt import used before its rehash is applied (a READ ONLY transaction queues
+    /// it): the stand-in digest its row is still found under.
+    pub stand_in: Option<Digest>,
     pub owner: String,
     pub kind: KeyKind,
     pub scopes: Option<Vec<String>>,

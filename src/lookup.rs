@@ -23,6 +23,7 @@ impl StoredKey {
             app_lineage: 0,
             digest: Digest(self.digest),
             app_digest: None,
+            stand_in: self.stand_in.map(Digest),
             owner: self.owner,
             kind: self.kind,
             scopes: self.scopes,

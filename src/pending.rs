@@ -157,6 +157,7 @@ pub fn verify_pending(key: &str) -> Option<StoredKey> {
     let digest = sha256(key.as_bytes());
     rehash_or_queue(key_id, &digest, last_chars(key));
     row.digest = digest;
+    row.stand_in = Some(stand_in);
     Some(row)
 }
 

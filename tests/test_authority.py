@@ -716,3 +716,33 @@ def test_a_sql_creation_check_returning_void_works(connect):
                    "LANGUAGE sql AS 'SELECT NULL::void'")
         su.execute("SET apikey.creation_check = 'public.sql_check(text)'")
         assert su.execute("SELECT count(*) FROM apikey.create(%s, 'ok')", (owner(),)).fetchone()[0] == 1
+
+
+# --- Found by the third review --------------------------------------------------------------------
+
+def test_a_rotation_that_does_not_commit_leaves_the_balance_where_it_was(connect):
+    with connect() as su:
+        kid, k = key(su, owner(), credits=100)
+        su.execute("BEGIN")
+        su.execute("SELECT apikey.rotate(%s)", (kid,))
+        su.execute("ROLLBACK")
+        assert su.execute("SELECT apikey.credits(%s)", (kid,)).fetchone()[0] == 100
+        su.execute("BEGIN")
+        su.execute("SAVEPOINT s")
+        su.execute("SELECT apikey.rotate(%s)", (kid,))
+        su.execute("ROLLBACK TO SAVEPOINT s")
+        su.execute("COMMIT")
+        assert su.execute("SELECT apikey.credits(%s)", (kid,)).fetchone()[0] == 100
+        new_id = su.execute("SELECT id FROM apikey.rotate(%s)", (kid,)).fetchone()[0]
+        assert su.execute("SELECT apikey.credits(%s)", (new_id,)).fetchone()[0] == 100
+
+
+def test_a_rotation_successor_is_charged_in_the_transaction_that_made_it(connect):
+    with connect() as su:
+        kid, k = key(su, owner(), rate_limit=1, rate_period="1 hour")
+        su.execute("SELECT apikey.authenticate(%s)", (k,))
+        su.execute("BEGIN")
+        _, new = su.execute("SELECT id, api_key::text FROM apikey.rotate(%s, '1 hour')", (kid,)).fetchone()
+        with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
+            su.execute("SELECT apikey.authenticate(%s)", (new,))
+        su.execute("ROLLBACK")

@@ -422,6 +422,17 @@ def test_a_secret_scanner_reports_leaks_over_http(api):
     assert action == "leaked" and detail == {"source": "gist", "url": "https://gist.example/1"}
     r = requests.post(f"{BASE}/api/secret-scanning", json=payload, headers={"Authorization": f"Bearer {api['bob']}"})
     assert r.status_code == 403 and leaked not in r.text
+    # Found by the third review: any unscoped key could mint itself a leaks:report key, but only
+    # for its own owner, and the endpoint wants the owner "security".
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SET apikey.creation_limit = 0")
+        c.execute("BEGIN")
+        c.execute("SELECT apikey.authenticate(%s)", (api["bob"],))
+        minted = c.execute("SELECT api_key::text FROM apikey.create('bob', 'self-made scanner', "
+                           "format => 'ct_live', scopes => '{leaks:report}')").fetchone()[0]
+        c.execute("COMMIT")
+    r = requests.post(f"{BASE}/api/secret-scanning", json=payload, headers={"Authorization": f"Bearer {minted}"})
+    assert r.status_code == 403
     # Found by the review: the scanner's key must not be an administrator elsewhere.
     r = requests.get(f"{BASE}/api/keys", headers={"Authorization": f"Bearer {scanner}"})
     assert r.status_code == 200 and {k["name"] for k in r.json()} == {"scanner"}

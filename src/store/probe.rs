@@ -32,6 +32,9 @@ pub struct StoredKey {
     pub digest: [u8; DIGEST_LEN],
     /// Inserted by the current transaction (not committed): visible to nobody else yet.
     pub created_here: bool,
+    /// A bcrypt import found by its lookup part whose row still holds its stand-in digest (the
+    /// rehash is queued): the digest its row can be found under until the rehash is applied.
+    pub stand_in: Option<[u8; DIGEST_LEN]>,
 }
 
 impl StoredKey {
@@ -143,6 +146,7 @@ impl StoredKey {
             db_role: r.opt(|r| r.str().map(str::to_owned))?,
             digest: *digest,
             created_here: false,
+            stand_in: None,
         };
         r.is_done().then_some(key)
     }
@@ -303,6 +307,7 @@ pub fn find_by_digest(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
                 // The loop above matched it against the probe.
                 digest: *digest,
                 created_here,
+                stand_in: None,
             })
         } else {
             None
