@@ -68,6 +68,11 @@ thread_local! {
 }
 
 fn put_back(moves: Vec<(i64, i64)>) {
+    // Runs at abort: touch shared memory only when there is something to give back (and so it
+    // exists: a move needed it).
+    if moves.is_empty() || !crate::shmem::preloaded() {
+        return;
+    }
     if let Some(i) = crate::shmem::db_index() {
         let db = current_db();
         let mut part = TABLE[i].exclusive();
