@@ -71,6 +71,19 @@ pub fn log_line(message: String) {
     .report(PgLogLevel::LOG);
 }
 
+thread_local! {
+    /// A message was raised inside a privileged section (`privilege::Elevated`) since the last
+    /// error was reported. Over-hiding is the safe direction: an error caught inside (a refused
+    /// import row) leaves the mark for the next reported error, whose statement is hidden too.
+    static HIDE_NEXT_ERROR: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Mark that the error being raised passed through a privileged section: pgrx re-raises a copy
+/// without the marks that section set, so the log hook hides the reported error's statement.
+pub fn hide_next_error() {
+    HIDE_NEXT_ERROR.set(true);
+}
+
 static mut PREV_EMIT_LOG_HOOK: pg_sys::emit_log_hook_type = None;
 
 #[pg_guard]
@@ -85,7 +98,7 @@ unsafe extern "C-unwind" fn hide_statement_of_own_errors(edata: *mut pg_sys::Err
         // An error raised inside one of our privileged sections and re-raised by pgrx lost the
         // marks set there (privilege::take_hidden_error).
         let passed_through =
-            (*edata).elevel >= PgLogLevel::ERROR as i32 && crate::privilege::take_hidden_error();
+            (*edata).elevel >= PgLogLevel::ERROR as i32 && HIDE_NEXT_ERROR.replace(false);
         if own || passed_through {
             (*edata).hide_stmt = true;
             (*edata).hide_ctx = true;

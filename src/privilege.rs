@@ -72,7 +72,7 @@ unsafe extern "C-unwind" fn hide_in_log(_arg: *mut std::ffi::c_void) {
     // pgrx catches a Postgres error at its FFI boundary and raises a copy that keeps code,
     // message, detail and hint but not the marks below: remember that a message passed through
     // here, so the log hook (errors.rs) hides the statement of the error finally reported.
-    HIDE_NEXT_ERROR.set(true);
+    crate::errors::hide_next_error();
     // SAFETY: error-context callbacks run inside errfinish/errcontext handling, where these
     // functions act on the error being built; they only set fields of it.
     unsafe {
@@ -100,18 +100,6 @@ fn replace_detail() {
             c"a row was refused by a constraint of pg_apikey's tables".as_ptr(),
         );
     }
-}
-
-thread_local! {
-    /// An error was raised inside an `Elevated` section since the last error was reported.
-    static HIDE_NEXT_ERROR: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Did an error pass through an `Elevated` section since the last error was reported? Clears
-/// the mark. Over-hiding is the safe direction: an error caught inside (a refused import row)
-/// leaves the mark for the next reported error, whose statement is then hidden too.
-pub fn take_hidden_error() -> bool {
-    HIDE_NEXT_ERROR.replace(false)
 }
 
 /// The SQLSTATE class 23 as Postgres packs it (ERRCODE_TO_CATEGORY of MAKE_SQLSTATE('2','3',…)).
