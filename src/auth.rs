@@ -36,7 +36,7 @@ fn charge(rows: &[&StoredKey], cost: i64) -> Result<(), ApiError> {
             .iter()
             .for_each(|id| crate::credits::refund(*id, cost))
     };
-    for r in rows.iter().filter(|r| r.has_credits) {
+    for r in rows.iter().filter(|r| r.rights.metered) {
         if let Err(e) = crate::credits::spend(r, cost) {
             give_back(&spent);
             crate::usage::record(r.id, crate::usage::Event::RateLimited);
@@ -55,7 +55,7 @@ fn charge(rows: &[&StoredKey], cost: i64) -> Result<(), ApiError> {
         // A rotation's successor is inserted here too, but draws on its lineage's committed
         // bucket: only a key that is its own lineage is exempt.
         let exempt = r.created_here && r.lineage == r.id;
-        if let Some(rate) = r.rate.as_ref().filter(|_| !exempt) {
+        if let Some(rate) = r.rights.rate.as_ref().filter(|_| !exempt) {
             items.push(crate::limiter::Charge {
                 // The lineage's bucket: a rotation hands out no fresh allowance, and a key and
                 // its successor in their grace period share one.
@@ -66,7 +66,8 @@ fn charge(rows: &[&StoredKey], cost: i64) -> Result<(), ApiError> {
                 what: "API key".into(),
             });
         }
-        let own = crate::limits::named(&r.named, crate::limits::DEFAULT_NAME).filter(|_| !exempt);
+        let own =
+            crate::limits::named(&r.rights.named, crate::limits::DEFAULT_NAME).filter(|_| !exempt);
         items.extend(crate::limits::charges_for(
             r.id,
             r.lineage,
@@ -111,7 +112,7 @@ fn unchecked_key(text: &str) -> Result<StoredKey, ApiError> {
 /// two-key pair, and would otherwise manage its owner's user keys).
 fn one_key(key: &str, find: Find, cost: i64) -> Result<Identity, ApiError> {
     let row = find(key)?;
-    if row.kind != KeyKind::User {
+    if row.rights.kind != KeyKind::User {
         return Err(ApiError::WrongKind { expected: "user" });
     }
     charge(&[&row], cost)?;
@@ -126,22 +127,22 @@ fn app_and_user(
     let app_key = app_key.ok_or(ApiError::KeyRequired("application"))?;
     let user_key = user_key.ok_or(ApiError::KeyRequired("user"))?;
     let app = find(app_key)?;
-    if app.kind != KeyKind::App {
+    if app.rights.kind != KeyKind::App {
         return Err(ApiError::WrongKind {
             expected: "application",
         });
     }
     let user = find(user_key)?;
-    if user.kind != KeyKind::User {
+    if user.rights.kind != KeyKind::User {
         return Err(ApiError::WrongKind { expected: "user" });
     }
     charge(&[&app, &user], 1)?;
     // Both keys' policies apply: the identity is the user's, bounded by the application key's
     // scopes and resource as well.
     let mut id = identity_of(user, Some((app.id, app.owner.clone())));
-    id.app_bounds = Some((app.scopes.clone(), app.resource.clone()));
+    id.app_bounds = Some((app.rights.scopes.clone(), app.rights.resource.clone()));
     id.app_digest = Some(crate::identity::Digest(app.digest));
-    id.app_named = app.named.clone();
+    id.app_named = app.rights.named.clone();
     id.app_lineage = app.lineage;
     Ok(id)
 }

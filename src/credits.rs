@@ -155,7 +155,7 @@ fn refill_of(refill: Option<(i64, i64)>) -> Option<Refill> {
 /// Spend `cost` credits of `key` (a key without credits spends nothing). Refused with 53400
 /// "API key has no credits left" and, when the key refills, the seconds until it.
 pub fn spend(key: &StoredKey, cost: i64) -> Result<(), ApiError> {
-    if !key.has_credits || cost < 0 {
+    if !key.rights.metered || cost < 0 {
         return Ok(());
     }
     let part = part();

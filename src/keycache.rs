@@ -162,15 +162,17 @@ fn size_of(k: &StoredKey) -> usize {
     256 + k.owner.len()
         + k.name.len()
         + k.format.len()
-        + k.resource.as_ref().map_or(0, String::len)
-        + k.db_role.as_ref().map_or(0, String::len)
-        + k.scopes
+        + k.rights.resource.as_ref().map_or(0, String::len)
+        + k.rights.db_role.as_ref().map_or(0, String::len)
+        + k.rights
+            .scopes
             .as_ref()
             .map_or(0, |s| s.iter().map(|x| x.len() + 24).sum())
-        + k.allowed.as_ref().map_or(0, |a| {
+        + k.rights.allowed.as_ref().map_or(0, |a| {
             a.len() * std::mem::size_of::<pg_apikey_core::ipnet::Cidr>()
         })
-        + k.named
+        + k.rights
+            .named
             .iter()
             .map(|(n, _)| n.len() + 24 + std::mem::size_of::<pg_apikey_core::gcra::Rate>())
             .sum::<usize>()

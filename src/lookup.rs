@@ -25,17 +25,17 @@ impl StoredKey {
             app_digest: None,
             stand_in: self.stand_in.map(Digest),
             owner: self.owner,
-            kind: self.kind,
-            scopes: self.scopes,
-            resource: self.resource,
+            kind: self.rights.kind,
+            scopes: self.rights.scopes,
+            resource: self.rights.resource,
             app,
-            db_role: self.db_role,
-            expires_at: self.expires_at.map(Into::into),
-            rate: self.rate,
+            db_role: self.rights.db_role,
+            expires_at: self.rights.expires_at,
+            rate: self.rights.rate,
             app_bounds: None,
-            allowed: self.allowed,
-            has_credits: self.has_credits,
-            named: self.named,
+            allowed: self.rights.allowed,
+            has_credits: self.rights.metered,
+            named: self.rights.named,
             app_named: Vec::new(),
         }
     }
@@ -141,14 +141,11 @@ fn judge(entry: StoredKey, digest: &[u8; DIGEST_LEN], count: bool) -> Result<Sto
         record(entry.id, usage::Event::Denied);
         return Err(ApiError::DisabledKey);
     }
-    if entry
-        .expires_at
-        .is_some_and(|t| pg_sys::TimestampTz::from(t) <= now)
-    {
+    if entry.rights.expires_at.is_some_and(|t| t <= now) {
         record(entry.id, usage::Event::Expired);
         return Err(ApiError::ExpiredKey);
     }
-    if let Some(allowed) = &entry.allowed {
+    if let Some(allowed) = &entry.rights.allowed {
         let from = crate::client::address();
         if !from.is_some_and(|a| allowed.iter().any(|c| c.contains(a))) {
             record(entry.id, usage::Event::Denied);

@@ -86,12 +86,15 @@ fn verify(key: ApiKey) -> KeyInfo {
         r.id.into_datum(),
         r.owner.into_datum(),
         r.name.into_datum(),
-        r.kind.name().into_datum(),
+        r.rights.kind.name().into_datum(),
         r.format.into_datum(),
-        r.scopes.into_datum(),
-        r.resource.into_datum(),
+        r.rights.scopes.into_datum(),
+        r.rights.resource.into_datum(),
         r.created_at.into_datum(),
-        r.expires_at.into_datum(),
+        r.rights
+            .expires_at
+            .and_then(|t| TimestampWithTimeZone::try_from(t).ok())
+            .into_datum(),
         r.metadata.into_datum(),
     ];
     let mut values = columns.map(|d| d.unwrap_or(pg_sys::Datum::from(0)));

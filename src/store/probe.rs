@@ -2,7 +2,11 @@
 
 use super::*;
 
-/// A key as the verify path needs it.
+/// A key as the verify path needs it: the one typed record of a key row, embedding the core's
+/// `Rights` (what the key may do: kind, scopes, resource, expiry, request limit, database role,
+/// allow-list, named limits, credits) so that every rule that judges a key reads the same fields.
+/// `rights.deny` is empty here: restricting scopes are a setting of the database, added when a
+/// key acts (`Identity::rights`).
 #[derive(Clone)]
 pub struct StoredKey {
     pub id: i64,
@@ -11,24 +15,14 @@ pub struct StoredKey {
     pub lineage: i64,
     pub owner: String,
     pub name: String,
-    pub kind: KeyKind,
     pub format: String,
-    pub scopes: Option<Vec<String>>,
-    pub resource: Option<String>,
+    pub rights: Rights,
     pub created_at: TimestampWithTimeZone,
-    pub expires_at: Option<TimestampWithTimeZone>,
     pub revoked_at: Option<TimestampWithTimeZone>,
     pub disabled: bool,
-    /// Addresses the key may be used from; None: any.
-    pub allowed: Option<Vec<Cidr>>,
-    /// A usage-limited key (its balance is in `credits`), and its refill (amount, interval µs).
-    pub has_credits: bool,
+    /// A usage-limited key's refill (amount, interval µs); `rights.metered` says it has credits.
     pub refill: Option<(i64, i64)>,
-    /// Named limits (see `named_limits`).
-    pub named: Vec<(String, Rate)>,
     pub metadata: RawJsonb,
-    pub rate: Option<Rate>,
-    pub db_role: Option<String>,
     pub digest: [u8; DIGEST_LEN],
     /// Inserted by the current transaction (not committed): visible to nobody else yet.
     pub created_here: bool,
@@ -53,46 +47,46 @@ impl StoredKey {
             .i64(self.lineage)
             .str(&self.owner)
             .str(&self.name);
-        w.u8(match self.kind {
+        w.u8(match self.rights.kind {
             KeyKind::User => 0,
             KeyKind::App => 1,
         });
         w.str(&self.format);
-        w.opt(self.scopes.as_ref(), |w, v| {
+        w.opt(self.rights.scopes.as_ref(), |w, v| {
             w.u32(v.len() as u32);
             v.iter().for_each(|x| {
                 w.str(x);
             });
         });
-        w.opt(self.resource.as_deref(), |w, v| {
+        w.opt(self.rights.resource.as_deref(), |w, v| {
             w.str(v);
         });
         w.i64(ts(&self.created_at));
-        w.opt(self.expires_at.as_ref(), |w, t| {
-            w.i64(ts(t));
+        w.opt(self.rights.expires_at, |w, t| {
+            w.i64(t);
         });
         w.opt(self.revoked_at.as_ref(), |w, t| {
             w.i64(ts(t));
         });
         w.bool(self.disabled);
-        w.opt(self.allowed.as_ref(), |w, v| {
+        w.opt(self.rights.allowed.as_ref(), |w, v| {
             w.u32(v.len() as u32);
             v.iter().for_each(|c| {
                 w.str(&c.to_string());
             });
         });
-        w.bool(self.has_credits);
+        w.bool(self.rights.metered);
         w.opt(self.refill, |w, (amount, every)| {
             w.i64(amount).i64(every);
         });
-        w.u32(self.named.len() as u32);
-        for (name, r) in &self.named {
+        w.u32(self.rights.named.len() as u32);
+        for (name, r) in &self.rights.named {
             w.str(name);
             rate(&mut w, r);
         }
         w.bytes(&self.metadata.0);
-        w.opt(self.rate.as_ref(), rate);
-        w.opt(self.db_role.as_deref(), |w, v| {
+        w.opt(self.rights.rate.as_ref(), rate);
+        w.opt(self.rights.db_role.as_deref(), |w, v| {
             w.str(v);
         });
         w.finish()
@@ -120,30 +114,53 @@ impl StoredKey {
             (0..n).map(|_| one(r)).collect()
         }
         let r = &mut Reader::new(bytes);
+        // Read in the order `encode` wrote.
+        let id = r.i64()?;
+        let lineage = r.i64()?;
+        let owner = r.str()?.to_owned();
+        let name = r.str()?.to_owned();
+        let kind = match r.u8()? {
+            0 => KeyKind::User,
+            1 => KeyKind::App,
+            _ => return None,
+        };
+        let format = r.str()?.to_owned();
+        let scopes = r.opt(|r| list(r, |r| r.str().map(str::to_owned)))?;
+        let resource = r.opt(|r| r.str().map(str::to_owned))?;
+        let created_at = ts(r)?;
+        let expires_at = r.opt(|r| r.i64())?;
+        let revoked_at = r.opt(ts)?;
+        let disabled = r.bool()?;
+        let allowed = r.opt(|r| list(r, |r| Cidr::parse(r.str()?).ok()))?;
+        let metered = r.bool()?;
+        let refill = r.opt(|r| Some((r.i64()?, r.i64()?)))?;
+        let named = list(r, |r| Some((r.str()?.to_owned(), rate(r)?)))?;
+        let metadata = RawJsonb(r.bytes()?.to_vec());
+        let rate = r.opt(rate)?;
+        let db_role = r.opt(|r| r.str().map(str::to_owned))?;
         let key = StoredKey {
-            id: r.i64()?,
-            lineage: r.i64()?,
-            owner: r.str()?.to_owned(),
-            name: r.str()?.to_owned(),
-            kind: match r.u8()? {
-                0 => KeyKind::User,
-                1 => KeyKind::App,
-                _ => return None,
+            id,
+            lineage,
+            owner,
+            name,
+            format,
+            rights: Rights {
+                kind,
+                scopes,
+                resource,
+                expires_at,
+                rate,
+                db_role,
+                allowed,
+                named,
+                metered,
+                deny: Vec::new(),
             },
-            format: r.str()?.to_owned(),
-            scopes: r.opt(|r| list(r, |r| r.str().map(str::to_owned)))?,
-            resource: r.opt(|r| r.str().map(str::to_owned))?,
-            created_at: ts(r)?,
-            expires_at: r.opt(ts)?,
-            revoked_at: r.opt(ts)?,
-            disabled: r.bool()?,
-            allowed: r.opt(|r| list(r, |r| Cidr::parse(r.str()?).ok()))?,
-            has_credits: r.bool()?,
-            refill: r.opt(|r| Some((r.i64()?, r.i64()?)))?,
-            named: list(r, |r| Some((r.str()?.to_owned(), rate(r)?)))?,
-            metadata: RawJsonb(r.bytes()?.to_vec()),
-            rate: r.opt(rate)?,
-            db_role: r.opt(|r| r.str().map(str::to_owned))?,
+            created_at,
+            revoked_at,
+            disabled,
+            refill,
+            metadata,
             digest: *digest,
             created_here: false,
             stand_in: None,
@@ -267,27 +284,36 @@ pub fn find_by_digest(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
                 lineage: read!(a.lineage, i64).unwrap_or(id),
                 owner: read!(a.owner, String).unwrap_or_default(),
                 name: read!(a.name, String).unwrap_or_default(),
-                kind: kind_of(read!(a.kind, String)),
                 format: read!(a.format, String).unwrap_or_default(),
-                scopes: read!(a.scopes, Vec<String>),
-                resource: read!(a.resource, String),
+                rights: Rights {
+                    kind: kind_of(read!(a.kind, String)),
+                    scopes: read!(a.scopes, Vec<String>),
+                    resource: read!(a.resource, String),
+                    expires_at: read!(a.expires_at, TimestampWithTimeZone).map(Into::into),
+                    rate: rate_of(
+                        read!(a.rate_limit, i32),
+                        read!(a.rate_period, Interval),
+                        read!(a.rate_burst, i32),
+                    ),
+                    db_role: read!(a.db_role, String),
+                    allowed: {
+                        let (d, n) = get(a.allowed_ips);
+                        (!n).then(|| cidr_array(d))
+                    },
+                    named: match read!(a.limits, RawJsonb) {
+                        // Nearly every key has none: skip the text round trip a parse would cost.
+                        Some(raw) if !raw.is_empty_object() => {
+                            named_limits(read!(a.limits, pgrx::JsonB).map(|j| j.0))
+                        }
+                        _ => Vec::new(),
+                    },
+                    metered: !get(a.credits).1,
+                    deny: Vec::new(),
+                },
                 created_at: read!(a.created_at, TimestampWithTimeZone)
                     .unwrap_or_else(|| internal("created_at is NOT NULL")),
-                expires_at: read!(a.expires_at, TimestampWithTimeZone),
                 revoked_at: read!(a.revoked_at, TimestampWithTimeZone),
                 disabled: read!(a.disabled_at, TimestampWithTimeZone).is_some(),
-                allowed: {
-                    let (d, n) = get(a.allowed_ips);
-                    (!n).then(|| cidr_array(d))
-                },
-                has_credits: !get(a.credits).1,
-                named: match read!(a.limits, RawJsonb) {
-                    // Nearly every key has none: skip the text round trip a parse would cost.
-                    Some(raw) if !raw.is_empty_object() => {
-                        named_limits(read!(a.limits, pgrx::JsonB).map(|j| j.0))
-                    }
-                    _ => Vec::new(),
-                },
                 refill: match (
                     read!(a.refill_amount, i64),
                     read!(a.refill_interval, Interval),
@@ -298,12 +324,6 @@ pub fn find_by_digest(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
                     _ => None,
                 },
                 metadata: read!(a.metadata, RawJsonb).unwrap_or_default(),
-                rate: rate_of(
-                    read!(a.rate_limit, i32),
-                    read!(a.rate_period, Interval),
-                    read!(a.rate_burst, i32),
-                ),
-                db_role: read!(a.db_role, String),
                 // The loop above matched it against the probe.
                 digest: *digest,
                 created_here,
