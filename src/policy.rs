@@ -75,6 +75,12 @@ pub fn target(caller: &Caller, id: i64, lock: bool) -> Target {
     };
     if let Some(me) = holder {
         rights::within(&me.rights(), &t.rights).unwrap_or_else(|w| raise(ApiError::Widens(w)));
+        // A key with credits manages only itself: a sibling's balance (or its refill) is an
+        // allowance the caller's key does not have, and rotating or revealing the sibling would
+        // hand it over.
+        if me.has_credits && t.id != me.key_id {
+            raise(ApiError::Widens(rights::Widening::Credits));
+        }
     }
     t
 }

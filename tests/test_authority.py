@@ -167,22 +167,28 @@ def test_a_refusal_by_pg_apikey_charges_nothing(connect):
 
 # --- Every policy in the rights rule --------------------------------------------------------------
 
-def test_a_metered_key_cannot_take_over_an_unmetered_sibling(connect):
+def test_a_metered_key_cannot_take_over_a_sibling(connect):
+    """A key with credits manages only itself: not an unmetered sibling, and not a richer metered
+    one either (found by the fourth review: rotating a sibling with a million credits handed the
+    balance to the caller)."""
     o = owner()
     with connect() as su:
         holder = role(su)
-        _, metered = key(su, o, "metered", credits=5)
+        metered_id, metered = key(su, o, "metered", credits=20)
         free_id, _ = key(su, o, "free")
-        metered2_id, _ = key(su, o, "metered2", credits=5)
+        rich_id, _ = key(su, o, "rich", credits=1_000_000)
     with connect(user=holder, autocommit=False) as h:
-        for call in ("SELECT apikey.rotate(%s)", "SELECT apikey.disable(%s)",
-                     "SELECT apikey.revoke(%s)", "SELECT apikey.delete(%s)"):
-            h.execute("SELECT apikey.authenticate(%s)", (metered,))
-            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="without credits"):
-                h.execute(call, (free_id,))
-            h.rollback()
+        for target in (free_id, rich_id):
+            for call in ("SELECT apikey.rotate(%s)", "SELECT apikey.disable(%s)",
+                         "SELECT apikey.revoke(%s)", "SELECT apikey.delete(%s)",
+                         "SELECT apikey.credits(%s)"):
+                h.execute("SELECT apikey.authenticate(%s)", (metered,))
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="manages no key but itself"):
+                    h.execute(call, (target,))
+                h.rollback()
         h.execute("SELECT apikey.authenticate(%s)", (metered,))
-        assert h.execute("SELECT apikey.disable(%s)", (metered2_id,)).fetchone()[0] is True
+        assert h.execute("SELECT apikey.credits(%s)", (metered_id,)).fetchone()[0] is not None
+        assert h.execute("SELECT count(*) FROM apikey.rotate(%s)", (metered_id,)).fetchone()[0] == 1
         h.rollback()
 
 

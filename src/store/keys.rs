@@ -81,6 +81,7 @@ pub fn insert_key(k: NewKeyRow) -> Option<i64> {
 
 /// A key someone wants to change or see, with what bounds it.
 pub struct Target {
+    pub id: i64,
     pub owner: String,
     pub name: String,
     pub format: String,
@@ -142,6 +143,7 @@ pub fn load_target(id: i64, owner: Option<&str>, lock: bool) -> Option<Target> {
         }
         let r = &t.first();
         Ok::<_, pgrx::spi::SpiError>(Some(Target {
+            id,
             owner: col(r, "owner")?.unwrap_or_default(),
             name: col(r, "name")?.unwrap_or_default(),
             format: col(r, "format")?.unwrap_or_default(),

@@ -95,9 +95,7 @@ impl Widening {
             Self::RateLimit => "a request limit looser than the calling key's",
             Self::DbRole => "a database role other than the calling key's",
             Self::Address => "addresses outside the calling key's allow-list",
-            Self::Credits => {
-                "a key with credits cannot create keys, nor manage a key without credits"
-            }
+            Self::Credits => "a key with credits manages no key but itself, and creates none",
             Self::NamedLimit => "a named limit missing or looser than the calling key's",
             Self::DenyScope => {
                 "a key without a restricting scope (apikey.deny_scopes) the calling key holds"
