@@ -278,12 +278,17 @@ pub fn flush() -> Vec<i64> {
     if dirty.is_empty() {
         return Vec::new();
     }
-    pgrx::bgworkers::BackgroundWorker::transaction(|| {
-        if crate::catalog::installed().is_none() {
-            return;
-        }
-        crate::store::as_owner(|| crate::store::write_credits(&dirty))
+    let written = pgrx::bgworkers::BackgroundWorker::transaction(|| {
+        crate::catalog::installed()?;
+        Some(crate::store::as_owner(|| {
+            crate::store::write_credits(&dirty)
+        }))
     });
-    credits_table::settle(&mut TABLE[i].exclusive().0, db, &dirty);
-    dirty.iter().map(|d| d.0).collect()
+    // A balance whose key row was locked stays dirty: written at a later flush.
+    let done: Vec<_> = match written {
+        Some(ids) => dirty.into_iter().filter(|d| ids.contains(&d.0)).collect(),
+        None => dirty,
+    };
+    credits_table::settle(&mut TABLE[i].exclusive().0, db, &done);
+    done.iter().map(|d| d.0).collect()
 }

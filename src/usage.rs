@@ -150,17 +150,26 @@ pub fn flush() -> Vec<i64> {
             .collect(),
         counts: [column(0), column(1), column(2), column(3), column(4)],
     };
-    BackgroundWorker::transaction(|| {
+    let written = BackgroundWorker::transaction(|| {
         // The worker connected as the bootstrap superuser under the database's own settings,
         // which its owner controls: find the extension by OID and act as its owner with the
         // pinned search_path, exactly as a management function does.
-        if crate::catalog::installed().is_none() {
-            return;
-        }
-        crate::store::as_owner(|| crate::store::write_usage(batch()))
-            .unwrap_or_else(|_| raise(ApiError::Internal("the usage flush failed")))
+        crate::catalog::installed()?;
+        Some(
+            crate::store::as_owner(|| crate::store::write_usage(batch()))
+                .unwrap_or_else(|_| raise(ApiError::Internal("the usage flush failed"))),
+        )
     });
-    settle(&pending);
+    // The counts are written for every key; a last use whose key row was locked stays pending
+    // (settled as "nothing written": flushed_last_used unchanged) for the next flush.
+    let settled: Vec<_> = match &written {
+        Some(ids) => pending
+            .iter()
+            .map(|&(id, at, counts)| (id, if ids.contains(&id) { at } else { 0 }, counts))
+            .collect(),
+        None => pending.clone(),
+    };
+    settle(&settled);
     pending
         .iter()
         .filter(|p| p.2[Event::RateLimited as usize] > 0)

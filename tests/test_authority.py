@@ -752,3 +752,35 @@ def test_a_rotation_successor_is_charged_in_the_transaction_that_made_it(connect
         with pytest.raises(psycopg.errors.ConfigurationLimitExceeded):
             su.execute("SELECT apikey.authenticate(%s)", (new,))
         su.execute("ROLLBACK")
+
+
+# --- Found by the fifth review --------------------------------------------------------------------
+
+def test_a_key_row_locked_in_an_idle_transaction_does_not_stop_the_flush(connect):
+    """A holder locks their own key row (a management call that changes nothing) and idles: the
+    worker writes every other key's credits and usage meanwhile, and the locked key's as soon as
+    the lock goes, without waiting on it."""
+    o = owner()
+    with connect() as su:
+        holder = role(su)
+        kid, k = key(su, o, "locked", credits=100)
+        other_id, other = key(su, owner(), "other", credits=100)
+
+    def table(c, key_id):
+        return c.execute("SELECT credits, (SELECT sum(uses) FROM apikey.usage WHERE key_id = k.id) "
+                         "FROM apikey.keys k WHERE id = %s", (key_id,)).fetchone()
+
+    def wait_for(c, key_id, expected):
+        deadline = time.time() + 10
+        while table(c, key_id) != expected:
+            assert time.time() < deadline, f"not flushed: {table(c, key_id)}"
+            time.sleep(0.1)
+
+    with connect(user=holder, autocommit=False) as h, connect() as su:
+        h.execute("SELECT apikey.authenticate(%s, cost => 5)", (k,))
+        assert h.execute("SELECT apikey.enable(%s)", (kid,)).fetchone()[0] is False  # row now locked
+        su.execute("SELECT apikey.authenticate(%s, cost => 7)", (other,))
+        wait_for(su, other_id, (93, 1))
+        assert table(su, kid)[0] == 100  # pending, not lost
+        h.rollback()
+        wait_for(su, kid, (95, 1))

@@ -123,7 +123,13 @@ pub fn find_import(candidates: Vec<String>) -> Option<WaitingImport> {
 pub fn rehash(key_id: i64, digest: &[u8], last4: &str) -> Option<(String, String)> {
     spi(Spi::connect_mut(|c| {
         let t = c.update(
-            "WITH done AS (DELETE FROM apikey.key_imports WHERE key_id OPERATOR(pg_catalog.=) $1 RETURNING key_id)
+            // A key row locked by another transaction is skipped, never waited for (the worker
+            // applies queued rehashes, and a holder may keep the row locked): the import stays
+            // waiting and a later verify rehashes it.
+            "WITH free AS (SELECT k.id FROM apikey.keys k WHERE k.id OPERATOR(pg_catalog.=) $1
+                            FOR UPDATE SKIP LOCKED),
+                  done AS (DELETE FROM apikey.key_imports i USING free
+                            WHERE i.key_id OPERATOR(pg_catalog.=) free.id RETURNING i.key_id)
              UPDATE apikey.keys k SET digest = $2, last4 = $3
                FROM done WHERE k.id OPERATOR(pg_catalog.=) done.key_id
              RETURNING k.owner, k.name",
