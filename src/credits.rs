@@ -265,7 +265,7 @@ pub fn add(key_id: i64, n: i64) {
 }
 
 /// Called by the usage worker: write dirty balances of its database.
-/// Write dirty balances; returns the keys written.
+/// Write dirty balances; returns the keys it settled (all but those whose row is held elsewhere).
 pub fn flush() -> Vec<i64> {
     if !crate::shmem::preloaded() || on_standby() {
         return Vec::new();
@@ -278,15 +278,15 @@ pub fn flush() -> Vec<i64> {
     if dirty.is_empty() {
         return Vec::new();
     }
-    let written = pgrx::bgworkers::BackgroundWorker::transaction(|| {
+    let held = pgrx::bgworkers::BackgroundWorker::transaction(|| {
         crate::catalog::installed()?;
         Some(crate::store::as_owner(|| {
             crate::store::write_credits(&dirty)
         }))
     });
-    // A balance whose key row was locked stays dirty: written at a later flush.
-    let done: Vec<_> = match written {
-        Some(ids) => dirty.into_iter().filter(|d| ids.contains(&d.0)).collect(),
+    // A balance whose key row another transaction holds stays dirty: written at a later flush.
+    let done: Vec<_> = match held {
+        Some(ids) => dirty.into_iter().filter(|d| !ids.contains(&d.0)).collect(),
         None => dirty,
     };
     credits_table::settle(&mut TABLE[i].exclusive().0, db, &done);

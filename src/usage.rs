@@ -150,7 +150,7 @@ pub fn flush() -> Vec<i64> {
             .collect(),
         counts: [column(0), column(1), column(2), column(3), column(4)],
     };
-    let written = BackgroundWorker::transaction(|| {
+    let held = BackgroundWorker::transaction(|| {
         // The worker connected as the bootstrap superuser under the database's own settings,
         // which its owner controls: find the extension by OID and act as its owner with the
         // pinned search_path, exactly as a management function does.
@@ -160,12 +160,13 @@ pub fn flush() -> Vec<i64> {
                 .unwrap_or_else(|_| raise(ApiError::Internal("the usage flush failed"))),
         )
     });
-    // The counts are written for every key; a last use whose key row was locked stays pending
-    // (settled as "nothing written": flushed_last_used unchanged) for the next flush.
-    let settled: Vec<_> = match &written {
+    // The counts are written for every key; a last use whose key row another transaction holds
+    // stays pending (settled as "nothing written": flushed_last_used unchanged) for the next
+    // flush. A key that no longer exists is settled whole.
+    let settled: Vec<_> = match &held {
         Some(ids) => pending
             .iter()
-            .map(|&(id, at, counts)| (id, if ids.contains(&id) { at } else { 0 }, counts))
+            .map(|&(id, at, counts)| (id, if ids.contains(&id) { 0 } else { at }, counts))
             .collect(),
         None => pending.clone(),
     };

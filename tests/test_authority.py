@@ -784,3 +784,29 @@ def test_a_key_row_locked_in_an_idle_transaction_does_not_stop_the_flush(connect
         assert table(su, kid)[0] == 100  # pending, not lost
         h.rollback()
         wait_for(su, kid, (95, 1))
+
+
+# --- Found by the sixth review --------------------------------------------------------------------
+
+def test_keys_of_rolled_back_transactions_pin_no_slot(connect):
+    """Credits spent and uses recorded for keys that never committed (or no longer exist) are
+    settled by the next flush, not kept as pending forever: after 1,100 such keys (more than a
+    partition holds), a new metered key still spends and nothing pending names a missing key."""
+    o = owner()
+    with connect(autocommit=False) as c:
+        for i in range(1100):
+            _, k = c.execute("SELECT id, api_key::text FROM apikey.create(%s, 'gone', credits => 10)",
+                             (o,)).fetchone()
+            c.execute("SELECT apikey.authenticate(%s)", (k,))
+            c.rollback()
+    time.sleep(1.0)  # a few flushes
+    with connect() as su:
+        dropped = su.execute("SELECT apikey.usage_dropped()").fetchone()[0]
+        kid, k = key(su, owner(), "after", credits=5)
+        assert su.execute("SELECT apikey.authenticate(%s)", (k,)).fetchone()[0]
+        deadline = time.time() + 10
+        while su.execute("SELECT credits, (SELECT sum(uses) FROM apikey.usage WHERE key_id = k.id) "
+                         "FROM apikey.keys k WHERE id = %s", (kid,)).fetchone() != (4, 1):
+            assert time.time() < deadline, "the new key's spending and use were not written"
+            time.sleep(0.1)
+        assert su.execute("SELECT apikey.usage_dropped()").fetchone()[0] == dropped

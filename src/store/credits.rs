@@ -30,9 +30,10 @@ pub fn add_credits(key_id: i64, n: i64) {
 }
 
 /// Write balances (key id, remaining, refilled at µs, version) from shared memory.
-/// Write dirty balances; returns the keys written. A key row locked by another transaction is
-/// skipped, never waited for (a holder may keep one locked in an idle transaction): its balance
-/// stays dirty for the next flush, and every other key's is written.
+/// Write dirty balances; returns the keys whose row another transaction holds locked (a holder
+/// may keep one locked in an idle transaction): never waited for, their balances stay dirty for
+/// the next flush. Every other balance is settled (a key that no longer exists, or no longer has
+/// credits, has nothing to write).
 pub fn write_credits(rows: &[(i64, i64, i64, u64)]) -> Vec<i64> {
     let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
     let left: Vec<i64> = rows.iter().map(|r| r.1.max(0)).collect();
@@ -41,26 +42,16 @@ pub fn write_credits(rows: &[(i64, i64, i64, u64)]) -> Vec<i64> {
         .map(|r| TimestampWithTimeZone::try_from(r.2).ok())
         .collect();
     spi(Spi::connect_mut(|c| {
-        let mut written = Vec::new();
-        for row in c.update(
-            "WITH free AS (
-                 SELECT k.id FROM apikey.keys k
-                  WHERE k.id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[])
-                    FOR UPDATE SKIP LOCKED)
-             UPDATE apikey.keys k SET credits = x.remaining, credits_refilled_at = COALESCE(x.at, k.credits_refilled_at)
+        let (free, held) = lock_free_keys(c, &ids)?;
+        c.update(
+            "UPDATE apikey.keys k SET credits = x.remaining, credits_refilled_at = COALESCE(x.at, k.credits_refilled_at)
                FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int8[]),
-                               pg_catalog.unnest($3::pg_catalog.timestamptz[])) AS x(id, remaining, at),
-                    free f
-              WHERE k.id OPERATOR(pg_catalog.=) x.id AND f.id OPERATOR(pg_catalog.=) x.id
-                AND k.credits IS NOT NULL
-             RETURNING k.id",
+                               pg_catalog.unnest($3::pg_catalog.timestamptz[])) AS x(id, remaining, at)
+              WHERE k.id OPERATOR(pg_catalog.=) x.id AND k.credits IS NOT NULL
+                AND k.id OPERATOR(pg_catalog.=) ANY ($4::pg_catalog.int8[])",
             None,
-            &[ids.into(), left.into(), at.into()],
-        )? {
-            if let Some(id) = row.get_by_name::<i64, _>("id")? {
-                written.push(id);
-            }
-        }
-        Ok::<_, pgrx::spi::SpiError>(written)
+            &[ids.into(), left.into(), at.into(), free.into()],
+        )?;
+        Ok::<_, pgrx::spi::SpiError>(held)
     }))
 }

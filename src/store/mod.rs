@@ -55,6 +55,39 @@ pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Of key rows `ids`, lock those no other transaction holds (`FOR UPDATE SKIP LOCKED`) and say
+/// which exist but are held elsewhere: (free, held). A key that does not exist (deleted, or made
+/// by a transaction that rolled back) is in neither, so its pending state is settled, not kept.
+fn lock_free_keys(
+    c: &mut pgrx::spi::SpiClient<'_>,
+    ids: &[i64],
+) -> SpiResult<(Vec<i64>, Vec<i64>)> {
+    let mut free = Vec::new();
+    for row in c.update(
+        "SELECT k.id FROM apikey.keys k WHERE k.id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[])
+            FOR UPDATE SKIP LOCKED",
+        None,
+        &[ids.to_vec().into()],
+    )? {
+        if let Some(id) = row.get_by_name::<i64, _>("id")? {
+            free.push(id);
+        }
+    }
+    let mut held = Vec::new();
+    for row in c.select(
+        "SELECT k.id FROM apikey.keys k WHERE k.id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[])",
+        None,
+        &[ids.to_vec().into()],
+    )? {
+        if let Some(id) = row.get_by_name::<i64, _>("id")? {
+            if !free.contains(&id) {
+                held.push(id);
+            }
+        }
+    }
+    Ok((free, held))
+}
+
 fn internal(what: &'static str) -> ! {
     raise(ApiError::Internal(what))
 }

@@ -9,31 +9,21 @@ pub struct UsageBatch {
     pub counts: [Vec<i64>; 5],
 }
 
-/// Returns the keys whose `last_used_at` was written: a key row locked by another transaction
-/// (a holder may keep one locked in an idle transaction) is skipped, never waited for, and its
-/// last use stays pending for the next flush. The counts go to `apikey.usage`, which no one else
-/// locks.
+/// Returns the keys whose row another transaction holds locked (a holder may keep one locked in
+/// an idle transaction): their `last_used_at` is not written, never waited for, and stays pending
+/// for the next flush. The counts go to `apikey.usage`, which no one else locks.
 pub fn write_usage(b: UsageBatch) -> Result<Vec<i64>, pgrx::spi::SpiError> {
     let [uses, expired, revoked, limited, denied] = b.counts;
     Spi::connect_mut(|c| {
-        let mut written = Vec::new();
-        for row in c.update(
-            "WITH free AS (
-                 SELECT k.id FROM apikey.keys k
-                  WHERE k.id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[])
-                    FOR UPDATE SKIP LOCKED)
-             UPDATE apikey.keys k SET last_used_at = GREATEST(k.last_used_at, u.at)
-               FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.timestamptz[])) AS u(id, at),
-                    free f
-              WHERE k.id OPERATOR(pg_catalog.=) u.id AND f.id OPERATOR(pg_catalog.=) u.id AND u.at IS NOT NULL
-             RETURNING k.id",
+        let (free, held) = lock_free_keys(c, &b.ids)?;
+        c.update(
+            "UPDATE apikey.keys k SET last_used_at = GREATEST(k.last_used_at, u.at)
+               FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.timestamptz[])) AS u(id, at)
+              WHERE k.id OPERATOR(pg_catalog.=) u.id AND u.at IS NOT NULL
+                AND k.id OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.int8[])",
             None,
-            &[b.ids.clone().into(), b.last_used.into()],
-        )? {
-            if let Some(id) = row.get_by_name::<i64, _>("id")? {
-                written.push(id);
-            }
-        }
+            &[b.ids.clone().into(), b.last_used.into(), free.into()],
+        )?;
         c.update(
             "INSERT INTO apikey.usage AS u (key_id, bucket, uses, expired, revoked, rate_limited, denied)
              SELECT x.id, pg_catalog.date_trunc('minute', pg_catalog.now()), x.uses, x.expired, x.revoked, x.limited, x.denied
@@ -58,6 +48,6 @@ pub fn write_usage(b: UsageBatch) -> Result<Vec<i64>, pgrx::spi::SpiError> {
                 denied.into(),
             ],
         )?;
-        Ok(written)
+        Ok(held)
     })
 }
