@@ -797,7 +797,7 @@ def test_keys_of_rolled_back_transactions_pin_no_slot(connect):
         for i in range(1100):
             _, k = c.execute("SELECT id, api_key::text FROM apikey.create(%s, 'gone', credits => 10)",
                              (o,)).fetchone()
-            c.execute("SELECT apikey.authenticate(%s)", (k,))
+            c.execute("SELECT apikey.verify(%s)", (k,))  # a use recorded for a key that never commits
             c.rollback()
     time.sleep(1.0)  # a few flushes
     with connect() as su:
@@ -810,3 +810,28 @@ def test_keys_of_rolled_back_transactions_pin_no_slot(connect):
             assert time.time() < deadline, "the new key's spending and use were not written"
             time.sleep(0.1)
         assert su.execute("SELECT apikey.usage_dropped()").fetchone()[0] == dropped
+
+
+# --- Found by the seventh review ------------------------------------------------------------------
+
+def test_credits_of_a_key_made_in_this_transaction_are_not_spent_before_it_commits(connect):
+    """The worker cannot see a key row before its transaction commits, so spending from it
+    could not be written (and would come back after a restart): refused, for a new key and for a
+    rotation's successor alike, until the commit."""
+    with connect(autocommit=False) as c:
+        _, k = c.execute("SELECT id, api_key::text FROM apikey.create(%s, 'new', credits => 5)",
+                         (owner(),)).fetchone()
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="commit first"):
+            c.execute("SELECT apikey.authenticate(%s)", (k,))
+        c.rollback()
+        kid, k = c.execute("SELECT id, api_key::text FROM apikey.create(%s, 'old', credits => 5)",
+                           (owner(),)).fetchone()
+        c.commit()
+        _, new = c.execute("SELECT id, api_key::text FROM apikey.rotate(%s)", (kid,)).fetchone()
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="commit first"):
+            c.execute("SELECT apikey.authenticate(%s)", (new,))
+        c.rollback()
+        _, new = c.execute("SELECT id, api_key::text FROM apikey.rotate(%s)", (kid,)).fetchone()
+        c.commit()
+        assert c.execute("SELECT apikey.authenticate(%s)", (new,)).fetchone()[0]
+        c.commit()

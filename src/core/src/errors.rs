@@ -105,6 +105,9 @@ pub enum ApiError {
     KeyInGrace(i64),
     /// A disabled key cannot be rotated: its successor would be an enabled key.
     KeyDisabled(i64),
+    /// A key with credits made by the current transaction cannot spend them before it commits
+    /// (nobody else can see its row, so the spending could not be written).
+    UncommittedCredits,
     /// The extension is not installed in this database (a stale call path).
     NotInstalled,
     /// The shared-memory rate limiter has no idle slot for a new bucket: refuse rather than evict
@@ -142,6 +145,7 @@ impl ApiError {
             | Self::KeyExpired(_)
             | Self::KeyInGrace(_)
             | Self::KeyDisabled(_)
+            | Self::UncommittedCredits
             | Self::NotInstalled => Sqlstate::NotInPrerequisiteState,
             Self::InvalidArgument(_) | Self::ImportRefused(_) => Sqlstate::InvalidParameterValue,
             Self::AlreadyStored(_) => Sqlstate::UniqueViolation,
@@ -242,6 +246,10 @@ impl fmt::Display for ApiError {
             Self::KeyDisabled(id) => write!(
                 f,
                 "API key {id} is disabled: enable it before rotating it"
+            ),
+            Self::UncommittedCredits => write!(
+                f,
+                "a key with credits cannot spend them in the transaction that created it: commit first"
             ),
             Self::NotInstalled => write!(f, "pg_apikey is not installed in this database"),
             Self::LimiterFull => write!(
