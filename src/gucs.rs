@@ -31,13 +31,8 @@ pub static SHARED_KEY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(32 * 
 pub static SHARED_KEY_CACHE: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 pub fn usage_databases() -> Vec<String> {
-    USAGE_DATABASES
-        .get()
-        .and_then(|c| c.into_string().ok())
-        .unwrap_or_default()
-        .split(',')
-        .map(|d| d.trim().to_owned())
-        .filter(|d| !d.is_empty())
+    comma_list(&USAGE_DATABASES, usize::MAX)
+        .into_iter()
         .fold(Vec::new(), |mut seen, d| {
             // A name listed twice is one database: one worker, one partition, one region.
             if !seen.contains(&d) {
@@ -53,15 +48,21 @@ pub static MAX_ROTATION_GRACE: GucSetting<i32> = GucSetting::<i32>::new(7 * 8640
 /// `apikey.anonymous_paths`: PostgREST request paths that may be called without a key.
 pub static ANONYMOUS_PATHS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-pub fn anonymous_paths() -> Vec<String> {
-    ANONYMOUS_PATHS
+/// The non-empty, trimmed entries of a comma-separated setting, at most `max` of them.
+fn comma_list(setting: &GucSetting<Option<CString>>, max: usize) -> Vec<String> {
+    setting
         .get()
         .and_then(|c| c.into_string().ok())
         .unwrap_or_default()
         .split(',')
         .map(|p| p.trim().to_owned())
         .filter(|p| !p.is_empty())
+        .take(max)
         .collect()
+}
+
+pub fn anonymous_paths() -> Vec<String> {
+    comma_list(&ANONYMOUS_PATHS, usize::MAX)
 }
 
 /// `apikey.deny_scopes`: scopes that mark restrictions (tested with NOT in permission
@@ -69,15 +70,7 @@ pub fn anonymous_paths() -> Vec<String> {
 pub static DENY_SCOPES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 pub fn deny_scopes() -> Vec<String> {
-    DENY_SCOPES
-        .get()
-        .and_then(|c| c.into_string().ok())
-        .unwrap_or_default()
-        .split(',')
-        .map(|p| p.trim().to_owned())
-        .filter(|p| !p.is_empty())
-        .take(64)
-        .collect()
+    comma_list(&DENY_SCOPES, 64)
 }
 
 /// `apikey.default_lifetime`: seconds a new key lives when `create` gets no expiry (0: forever).

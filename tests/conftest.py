@@ -71,6 +71,20 @@ def db(cluster):
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def new_role(conn, prefix: str = "r", login: bool = True) -> str:
+    """A fresh role of a unique name (LOGIN unless `login` is False)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"CREATE ROLE {name} {'LOGIN' if login else 'NOLOGIN'}")
+    return name
+
+
+def new_key(conn, owner, name="k", **kw):
+    """apikey.create(owner, name, **kw) -> (id, key text)."""
+    args = "".join(f", {k} => %({k})s" for k in kw)
+    return conn.execute(f"SELECT id, api_key::text FROM apikey.create(%(o)s, %(n)s{args})",
+                        dict(o=owner, n=name, **kw)).fetchone()
+
+
 def server_log() -> str:
     return (cluster_dir() / "server.log").read_text(errors="replace")
 

@@ -10,19 +10,14 @@ import uuid
 import psycopg
 import pytest
 
-from conftest import ROOT, dsn, server_log
+from conftest import ROOT, dsn, new_key, new_role, server_log
 
 
 def role(conn, prefix="atk", login=True):
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    conn.execute(f"CREATE ROLE {name} {'LOGIN' if login else 'NOLOGIN'}")
-    return name
+    return new_role(conn, prefix, login)
 
 
-def key(conn, owner, name="k", **kw):
-    args = "".join(f", {k} => %({k})s" for k in kw)
-    return conn.execute(f"SELECT id, api_key::text FROM apikey.create(%(o)s, %(n)s{args})",
-                        dict(o=owner, n=name, **kw)).fetchone()
+key = new_key
 
 
 def sqlstate(conn, sql, params=None):

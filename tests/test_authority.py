@@ -12,7 +12,7 @@ import uuid
 import psycopg
 import pytest
 
-from conftest import ROOT, own_cluster
+from conftest import ROOT, new_key, new_role, own_cluster
 
 PORT = "54371"
 DB = "authz_db"
@@ -33,15 +33,10 @@ def connect():
 
 
 def role(c, prefix="az"):
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    c.execute(f"CREATE ROLE {name} LOGIN")
-    return name
+    return new_role(c, prefix)
 
 
-def key(c, owner, name="k", **kw):
-    args = "".join(f", {k} => %({k})s" for k in kw)
-    return c.execute(f"SELECT id, api_key::text FROM apikey.create(%(o)s, %(n)s{args})",
-                     dict(o=owner, n=name, **kw)).fetchone()
+key = new_key
 
 
 def owner():
