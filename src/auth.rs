@@ -39,7 +39,10 @@ fn charge(rows: &[&StoredKey], cost: i64) -> Result<(), ApiError> {
     // A key with credits made by this transaction (a create, a rotation's successor) is not
     // spent from: the worker cannot see its row before the commit, so the spending could not be
     // made durable, and after a restart the balance would come back.
-    if rows.iter().any(|r| r.rights.metered && r.created_here) {
+    if rows
+        .iter()
+        .any(|r| r.rights.metered && (r.created_here || crate::store::inserted_here(r.id)))
+    {
         return Err(ApiError::UncommittedCredits);
     }
     for r in rows.iter().filter(|r| r.rights.metered) {

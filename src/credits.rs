@@ -89,9 +89,11 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             let moves = MOVED.take().into_iter().map(|(_, m)| m).collect();
             put_back(moves);
+            crate::store::forget_inserted();
         }
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
             MOVED.with_borrow_mut(|m| m.clear());
+            crate::store::forget_inserted();
         }
         _ => {}
     }

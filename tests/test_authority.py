@@ -819,6 +819,14 @@ def test_credits_of_a_key_made_in_this_transaction_are_not_spent_before_it_commi
         with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="commit first"):
             c.execute("SELECT apikey.authenticate(%s)", (k,))
         c.rollback()
+        # Found by the eighth review: updating the new row (disable, enable) must not hide that
+        # this transaction inserted it.
+        nid, k = c.execute("SELECT id, api_key::text FROM apikey.create(%s, 'toggled', credits => 5)",
+                           (owner(),)).fetchone()
+        c.execute("SELECT apikey.disable(%s), apikey.enable(%s)", (nid, nid))
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="commit first"):
+            c.execute("SELECT apikey.authenticate(%s)", (k,))
+        c.rollback()
         kid, k = c.execute("SELECT id, api_key::text FROM apikey.create(%s, 'old', credits => 5)",
                            (owner(),)).fetchone()
         c.commit()

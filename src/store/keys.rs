@@ -75,8 +75,33 @@ pub fn insert_key(k: NewKeyRow) -> Option<i64> {
         if t.is_empty() {
             return Ok(None);
         }
-        t.first().get_by_name::<i64, _>("id")
+        let id = t.first().get_by_name::<i64, _>("id")?;
+        if let Some(id) = id {
+            note_inserted(id);
+        }
+        Ok(id)
     }))
+}
+
+thread_local! {
+    /// Keys this transaction inserted (create, import, a rotation's successor): nobody else can
+    /// see their rows before the commit, whatever later updates in this transaction did to them.
+    static INSERTED: std::cell::RefCell<Vec<i64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn note_inserted(id: i64) {
+    INSERTED.with_borrow_mut(|v| v.push(id));
+}
+
+/// Did this transaction insert key `id`? (Conservative after a rolled-back subtransaction: the
+/// key is then gone anyway.)
+pub fn inserted_here(id: i64) -> bool {
+    INSERTED.with_borrow(|v| v.contains(&id))
+}
+
+/// Forget the keys inserted by the transaction that just ended.
+pub fn forget_inserted() {
+    INSERTED.with_borrow_mut(|v| v.clear());
 }
 
 /// A key someone wants to change or see, with what bounds it.
@@ -264,6 +289,9 @@ pub fn rotate(old_id: i64, new: Rotated, grace: Interval) -> i64 {
             None,
             &[old_id.into(), grace.into()],
         )?;
+        if let Some(id) = new_id {
+            note_inserted(id);
+        }
         Ok::<_, pgrx::spi::SpiError>(new_id)
     }))
     .unwrap_or_else(|| internal("INSERT … RETURNING returned no row"))
