@@ -8,7 +8,7 @@ setup:
 
 install: setup
 	cargo pgrx install --release --pg-config $(PG_CONFIG)
-	install -m 644 sql/pg_apikey--0.1.0.sql sql/pg_apikey--0.2.0.sql "$$($(PG_CONFIG) --sharedir)/extension/"
+	install -m 644 sql/pg_apikey--0.1.0.sql sql/pg_apikey--0.2.0.sql sql/pg_apikey--0.3.0.sql "$$($(PG_CONFIG) --sharedir)/extension/"
 
 demo: install
 	bash examples/demo.sh

@@ -14,8 +14,7 @@ PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 PGBIN=${PGBIN:-$("$PG_CONFIG" --bindir)}
 PORT=${BENCH_PORT:-54343}
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
-"$ROOT/tests/cluster.sh" start bench "$PORT" "fsync = on" "shared_buffers = 1GB" \
-    "apikey.usage_databases = 'bench'" "apikey.shared_key_cache_size = '320MB'"
+"$ROOT/tests/cluster.sh" start bench "$PORT" "fsync = on" "shared_buffers = 1GB"
 trap '"$ROOT/examples/api.sh" stop bench; "$ROOT/tests/cluster.sh" stop bench; rm -rf "${work:-/nonexistent}"' EXIT
 dir=$("$ROOT/tests/cluster.sh" dir bench)
 PSQL=(psql -X -q -h "$dir" -p "$PORT" -U postgres)

@@ -5,7 +5,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PORT=${DEMO_PORT:-54329}
-"$ROOT/tests/cluster.sh" start demo "$PORT" "apikey.usage_databases = 'apikey_demo'"
+"$ROOT/tests/cluster.sh" start demo "$PORT"
 dir=$("$ROOT/tests/cluster.sh" dir demo)
 PSQL=(psql -X -h "$dir" -p "$PORT" -U postgres)
 "${PSQL[@]}" -q -d postgres -c "CREATE DATABASE apikey_demo"

@@ -171,6 +171,18 @@ CREATE TABLE apikey.usage (
 );
 COMMENT ON TABLE apikey.usage IS 'Per-key counts per minute (the minute of the flush that wrote them): uses and refusals by reason. Written by the pg_apikey usage worker.';
 
+-- Added in 0.4.0. Credit balances the worker could not write into apikey.keys because another
+-- transaction held the key's row (a holder idling after touching it): kept here until the row is
+-- free, so no holder can stretch what a crash forgets. No foreign key: writing here must not
+-- wait on the key's row either.
+CREATE TABLE apikey.held_balances (
+    key_id      bigint PRIMARY KEY,
+    credits     bigint NOT NULL,
+    refilled_at timestamptz,
+    written_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE apikey.held_balances IS 'Credit balances written while another transaction held the key''s row in apikey.keys; newer than apikey.keys.credits while present. Written only by the pg_apikey worker.';
+
 CREATE TYPE apikey.key_info AS (
     id         bigint,
     owner      text,

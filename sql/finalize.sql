@@ -132,6 +132,7 @@ REVOKE ALL ON FUNCTION apikey.invalidate_caches(), apikey.invalidate_key_trigger
 SELECT pg_catalog.pg_extension_config_dump('apikey.admins', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.owner_limits', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.keys', '');
+SELECT pg_catalog.pg_extension_config_dump('apikey.held_balances', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.keys_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('apikey.audit_log_id_seq', '');

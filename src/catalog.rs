@@ -21,7 +21,7 @@ use pgrx::prelude::*;
 use crate::errors::{raise, spi};
 
 /// The tables every module reads or writes, by the name they have in SQL.
-pub const TABLES: [&str; 11] = [
+pub const TABLES: [&str; 12] = [
     "owner_limits",
     "keys",
     "formats",
@@ -33,6 +33,7 @@ pub const TABLES: [&str; 11] = [
     "key_imports",
     "events",
     "announcements",
+    "held_balances",
 ];
 
 #[derive(Debug)]

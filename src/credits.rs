@@ -1,12 +1,12 @@
 //! Credits (usage-limited keys) with refill, kept in shared memory and spent exactly.
 //!
 //! A key with `credits` has a balance; `apikey.authenticate(key, cost)` spends from it under the
-//! partition's LWLock (exact under any concurrency on one server; READ ONLY transactions and
-//! standbys work). **Spending is final**: a client sees rows before it commits, so a rollback,
+//! lock of its database's region (exact under any concurrency on one server; READ ONLY
+//! transactions and standbys work). **Spending is final**: a client sees rows before it commits, so a rollback,
 //! or an error it provokes after authenticating, gives nothing back (shared memory does not roll
 //! back, and neither do we). Only a request that pg_apikey itself refuses before it is served
 //! (another of its limits) is not charged: `auth::charge` gives back what it took in that same
-//! call. The usage worker writes dirty balances to `apikey.keys` every flush interval.
+//! call. The database's worker writes dirty balances to `apikey.keys` every flush interval.
 //!
 //! Crash bound: a crash forgives at most one flush interval of spending (balances restart from
 //! the last written value). On a standby spending is never written: each standby keeps its own
@@ -14,44 +14,14 @@
 
 use pg_apikey_core::credits_table::{self, Balance, Refill, Spend};
 use pg_apikey_core::errors::ApiError;
-use pgrx::lwlock::PgLwLock;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::shmem::PGRXSharedMemory;
 
 use crate::errors::raise;
+use crate::shmem::regions::{self, Region};
 use crate::store::StoredKey;
 
-const SLOTS: usize = 1024;
-
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct Part([Balance; SLOTS]);
-
-// SAFETY: plain #[repr(C)] values with no pointers; every bit pattern is valid.
-unsafe impl PGRXSharedMemory for Part {}
-
-crate::shmem::partitioned_table!(
-    TABLE,
-    init_parts,
-    Part,
-    Part([Balance::FREE; SLOTS]),
-    [
-        C0 = c"pg_apikey_credits_0",
-        C1 = c"pg_apikey_credits_1",
-        C2 = c"pg_apikey_credits_2",
-        C3 = c"pg_apikey_credits_3",
-        C4 = c"pg_apikey_credits_4",
-        C5 = c"pg_apikey_credits_5",
-        C6 = c"pg_apikey_credits_6",
-        C7 = c"pg_apikey_credits_7",
-    ]
-);
-
 pub fn init() {
-    if crate::shmem::preloaded() {
-        init_parts();
-    }
     // SAFETY: registering static callbacks once, from _PG_init.
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
@@ -73,12 +43,13 @@ fn put_back(moves: Vec<(i64, i64)>) {
     if moves.is_empty() || !crate::shmem::preloaded() {
         return;
     }
-    if let Some(i) = crate::shmem::db_index() {
-        let db = current_db();
-        let mut part = TABLE[i].exclusive();
-        for (key_id, amount) in moves {
-            credits_table::add(&mut part.0, db, key_id, amount);
-        }
+    let db = current_db();
+    if let Some(r) = regions::mine_if_known() {
+        r.credits(|p| {
+            for (key_id, amount) in moves {
+                credits_table::add(&mut p.balances, db, key_id, amount);
+            }
+        });
     }
 }
 
@@ -119,17 +90,35 @@ unsafe extern "C-unwind" fn on_subxact(
     }
 }
 
-fn part() -> &'static PgLwLock<Part> {
+/// Can keys of this database hold credits? They need shared memory and a region of it (its
+/// worker makes spending durable). Checked when a key with credits is made, so none is made that
+/// could never be spent.
+pub fn available() -> Result<Region, ApiError> {
     if !crate::shmem::preloaded() {
-        raise(ApiError::NotPreloaded("credits"));
+        return Err(ApiError::NotPreloaded("credits"));
     }
-    match crate::shmem::db_index() {
-        Some(i) => TABLE[i],
-        None => raise(ApiError::NotRecoverable(
-            "credits need this database in apikey.usage_databases: its worker makes spending durable"
-                .into(),
-        )),
+    regions::mine().ok_or_else(|| {
+        ApiError::NotRecoverable(format!(
+            "credits need a region of pg_apikey's shared memory, and all {} are taken by other databases: raise apikey.max_databases",
+            crate::gucs::max_databases()
+        ))
+    })
+}
+
+/// Run `f` on this database's balances under their lock.
+fn with_balances<R>(f: impl FnOnce(&mut [Balance]) -> R) -> R {
+    let region = available().unwrap_or_else(|e| raise(e));
+    region
+        .credits(|p| f(&mut p.balances))
+        .unwrap_or_else(|| raise(ApiError::Internal("this database's region was given back")))
+}
+
+/// The balances of this database, if it has a region, under their lock.
+fn if_held<R>(f: impl FnOnce(&mut [Balance]) -> Option<R>) -> Option<R> {
+    if !crate::shmem::preloaded() {
+        return None;
     }
+    regions::mine()?.credits(|p| f(&mut p.balances)).flatten()
 }
 
 fn current_db() -> u32 {
@@ -160,21 +149,13 @@ pub fn spend(key: &StoredKey, cost: i64) -> Result<(), ApiError> {
     if !key.rights.metered || cost < 0 {
         return Ok(());
     }
-    let part = part();
     let db = current_db();
     let refill = refill_of(key.refill);
     let evictable = on_standby();
     let attempt = |loaded| {
-        credits_table::spend(
-            &mut part.exclusive().0,
-            db,
-            key.id,
-            cost,
-            refill,
-            now_us(),
-            loaded,
-            evictable,
-        )
+        with_balances(|b| {
+            credits_table::spend(b, db, key.id, cost, refill, now_us(), loaded, evictable)
+        })
     };
     let mut outcome = attempt(None);
     if outcome == Spend::Unknown {
@@ -196,26 +177,19 @@ pub fn spend(key: &StoredKey, cost: i64) -> Result<(), ApiError> {
 /// pg_apikey's own checks refused the request before it was served (all or nothing). Nothing
 /// else refunds: see the module comment.
 pub fn refund(key_id: i64, cost: i64) {
-    if let Some(i) = crate::shmem::db_index() {
-        credits_table::refund(&mut TABLE[i].exclusive().0, current_db(), key_id, cost);
-    }
+    let db = current_db();
+    if_held(|b| {
+        credits_table::refund(b, db, key_id, cost);
+        Some(())
+    });
 }
 
 /// The balance of key `key_id` left now: the one in memory, else the table's (with a due
 /// refill applied).
 pub fn balance(key_id: i64, refill: Option<(i64, i64)>) -> i64 {
     let now = now_us();
-    let held = crate::shmem::db_index()
-        .filter(|_| crate::shmem::preloaded())
-        .and_then(|i| {
-            credits_table::peek(
-                &TABLE[i].share().0,
-                current_db(),
-                key_id,
-                refill_of(refill),
-                now,
-            )
-        });
+    let db = current_db();
+    let held = if_held(|b| credits_table::peek(b, db, key_id, refill_of(refill), now));
     held.unwrap_or_else(|| {
         let (left, at) = crate::store::as_owner(|| crate::store::credit_balance(key_id));
         credits_table::remaining_at(left, at, refill_of(refill), now)
@@ -227,26 +201,17 @@ pub fn balance(key_id: i64, refill: Option<(i64, i64)>) -> i64 {
 /// the partition's lock, where every backend spends it: no concurrent spend can use what was
 /// moved.
 pub fn take_all(key_id: i64, refill: Option<(i64, i64)>) -> i64 {
-    let part = part();
     let db = current_db();
     let refill = refill_of(refill);
     let now = now_us();
-    let taken = credits_table::take_all(&mut part.exclusive().0, db, key_id, refill, now);
+    let taken = with_balances(|b| credits_table::take_all(b, db, key_id, refill, now));
     let left = taken.unwrap_or_else(|| {
         let loaded = crate::store::as_owner(|| crate::store::credit_balance(key_id));
-        let mut p = part.exclusive();
-        // Another backend may have loaded it meanwhile: its balance wins, as in `spend`.
-        let _ = credits_table::spend(
-            &mut p.0,
-            db,
-            key_id,
-            0,
-            refill,
-            now,
-            Some(loaded),
-            on_standby(),
-        );
-        credits_table::take_all(&mut p.0, db, key_id, refill, now).unwrap_or(0)
+        with_balances(|b| {
+            // Another backend may have loaded it meanwhile: its balance wins, as in `spend`.
+            let _ = credits_table::spend(b, db, key_id, 0, refill, now, Some(loaded), on_standby());
+            credits_table::take_all(b, db, key_id, refill, now).unwrap_or(0)
+        })
     });
     // Given back to the key if the rotation does not commit (its successor is gone then).
     // SAFETY: reads the transaction state.
@@ -258,39 +223,46 @@ pub fn take_all(key_id: i64, refill: Option<(i64, i64)>) -> i64 {
 /// Add `n` credits: to the balance in memory if one is held (the worker writes it), else to the
 /// table.
 pub fn add(key_id: i64, n: i64) {
-    let held = crate::shmem::db_index()
-        .filter(|_| crate::shmem::preloaded())
-        .is_some_and(|i| credits_table::add(&mut TABLE[i].exclusive().0, current_db(), key_id, n));
-    if !held {
+    let db = current_db();
+    let held = if_held(|b| credits_table::add(b, db, key_id, n).then_some(()));
+    if held.is_none() {
         crate::store::as_owner(|| crate::store::add_credits(key_id, n));
     }
 }
 
-/// Called by the usage worker: write dirty balances of its database.
-/// Write dirty balances; returns the keys it settled (all but those whose row is held elsewhere).
-pub fn flush() -> Vec<i64> {
-    if !crate::shmem::preloaded() || on_standby() {
+/// Called by the worker of `region`'s database: write dirty balances, in a transaction of their
+/// own; returns the keys it settled (all but those whose row is held elsewhere).
+pub fn flush(region: Region) -> Vec<i64> {
+    if on_standby() {
         return Vec::new();
     }
-    let Some(i) = crate::shmem::db_index() else {
-        return Vec::new();
-    };
     let db = current_db();
-    let dirty = credits_table::collect(&TABLE[i].share().0, db);
+    let dirty = region
+        .credits(|p| credits_table::collect(&p.balances, db))
+        .unwrap_or_default();
     if dirty.is_empty() {
+        // Balances written aside earlier go into their rows once those are free.
+        pgrx::bgworkers::BackgroundWorker::transaction(|| {
+            if crate::catalog::installed().is_some() {
+                crate::store::as_owner(crate::store::drain_held_balances);
+            }
+        });
         return Vec::new();
     }
     let held = pgrx::bgworkers::BackgroundWorker::transaction(|| {
         crate::catalog::installed()?;
         Some(crate::store::as_owner(|| {
-            crate::store::write_credits(&dirty)
+            let busy = crate::store::write_credits(&dirty);
+            crate::store::drain_held_balances();
+            busy
         }))
     });
-    // A balance whose key row another transaction holds stays dirty: written at a later flush.
+    // A balance that could be written nowhere (its row and its held balance both locked by
+    // others) stays dirty: written at a later flush.
     let done: Vec<_> = match held {
         Some(ids) => dirty.into_iter().filter(|d| !ids.contains(&d.0)).collect(),
         None => dirty,
     };
-    credits_table::settle(&mut TABLE[i].exclusive().0, db, &done);
+    region.credits(|p| credits_table::settle(&mut p.balances, db, &done));
     done.iter().map(|d| d.0).collect()
 }

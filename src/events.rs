@@ -13,7 +13,7 @@ use pg_apikey_core::events::{self, notice_days, window_number};
 use crate::gucs;
 use crate::store;
 
-/// Databases without a usage worker prune their events themselves, every this many events.
+/// A database whose worker is not running prunes its events itself, every this many events.
 const PRUNE_EVERY: i64 = 1000;
 
 /// The event of an audited `action` on a key. Runs inside `store::as_owner`.
@@ -31,7 +31,7 @@ pub fn key_event(
         Some(key_name),
         detail,
     );
-    if id % PRUNE_EVERY == 0 && crate::shmem::db_index().is_none() {
+    if id % PRUNE_EVERY == 0 && !crate::shmem::regions::mine().is_some_and(|r| r.has_worker()) {
         store::prune_events(retention_s(), window_s());
     }
 }

@@ -20,26 +20,37 @@ pub static DEFAULT_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CStri
 pub static TRACK_USAGE: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// `apikey.usage_flush_interval`: milliseconds between flushes of usage to tables.
 pub static USAGE_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5000);
-/// `apikey.usage_databases`: comma-separated databases whose usage a worker flushes.
-pub static USAGE_DATABASES: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// `apikey.max_databases`: databases that can use pg_apikey's shared memory at once (each gets
+/// a region: usage, credits, its worker, its part of the shared key cache).
+pub static MAX_DATABASES: GucSetting<i32> = GucSetting::<i32>::new(64);
 
-/// `apikey.shared_key_cache_size` (kB): shared memory holding recently verified keys of the
-/// databases in `apikey.usage_databases`, for every backend of that database.
-pub static SHARED_KEY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(32 * 1024);
+/// `apikey.shared_key_cache_size` (kB): shared memory holding recently verified keys, for every
+/// backend of the database they belong to; -1 sizes it from `shared_buffers` (see
+/// `shared_key_cache_bytes`).
+pub static SHARED_KEY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(-1);
 /// `apikey.shared_key_cache`: whether this session reads and fills the shared key cache.
 pub static SHARED_KEY_CACHE: GucSetting<bool> = GucSetting::<bool>::new(true);
 
-pub fn usage_databases() -> Vec<String> {
-    comma_list(&USAGE_DATABASES, usize::MAX)
-        .into_iter()
-        .fold(Vec::new(), |mut seen, d| {
-            // A name listed twice is one database: one worker, one partition, one region.
-            if !seen.contains(&d) {
-                seen.push(d);
-            }
-            seen
-        })
+/// The shared key cache's size in bytes. The automatic size (-1) is a quarter of
+/// `shared_buffers`, at least 8 MB and at most 8 GB, as `wal_buffers = -1` follows
+/// `shared_buffers`: a server tuned for its data is tuned for its keys (256 bytes a key, so
+/// `shared_buffers = 1GB` holds about a million).
+pub fn shared_key_cache_bytes() -> usize {
+    const MB: usize = 1024 * 1024;
+    match SHARED_KEY_CACHE_SIZE.get() {
+        n if n >= 0 => n as usize * 1024,
+        _ => {
+            // SAFETY: NBuffers is set from shared_buffers before shared memory is sized, and
+            // only read here.
+            let shared_buffers =
+                unsafe { pgrx::pg_sys::NBuffers }.max(0) as usize * pgrx::pg_sys::BLCKSZ as usize;
+            (shared_buffers / 4).clamp(8 * MB, 8 * 1024 * MB)
+        }
+    }
+}
+
+pub fn max_databases() -> usize {
+    MAX_DATABASES.get().clamp(1, 1024) as usize
 }
 
 /// `apikey.max_rotation_grace`: the longest grace `apikey.rotate` accepts, in seconds.
@@ -261,13 +272,22 @@ pub fn init(preloaded: bool) {
     // A postmaster-context setting can only be defined while preloading; without preload there
     // is no worker to configure.
     if preloaded {
-        define_usage_databases();
+        GucRegistry::define_int_guc(
+            c"apikey.max_databases",
+            c"Databases that can use pg_apikey's shared memory at once (default 64).",
+            c"Each database where the extension is used gets a region (usage, credits, its worker, its part of the shared key cache) on first use, given back when the extension or the database is dropped. Read at server start.",
+            &MAX_DATABASES,
+            1,
+            1024,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
         GucRegistry::define_int_guc(
             c"apikey.shared_key_cache_size",
-            c"Shared memory for keys verified recently, shared by the backends of each database in apikey.usage_databases.",
-            c"Split evenly between those databases; 256 bytes per key. 0 turns it off. Read at server start.",
+            c"Shared memory for keys verified recently, in kB (default -1: a quarter of shared_buffers, 8MB to 8GB).",
+            c"256 bytes per key. Each database's region grows into it on demand and never gives memory up to another database while it lives. 0 turns it off. Read at server start.",
             &SHARED_KEY_CACHE_SIZE,
-            0,
+            -1,
             16 * 1024 * 1024,
             GucContext::Postmaster,
             GucFlags::UNIT_KB,
@@ -337,16 +357,5 @@ pub fn init_quota() {
         31 * 86400,
         GucContext::Suset,
         GucFlags::UNIT_S,
-    );
-}
-
-fn define_usage_databases() {
-    GucRegistry::define_string_guc(
-        c"apikey.usage_databases",
-        c"Databases (comma-separated) whose usage a background worker flushes.",
-        c"Read at server start, like pg_cron's cron.database_name. At most 8.",
-        &USAGE_DATABASES,
-        GucContext::Postmaster,
-        GucFlags::default(),
     );
 }

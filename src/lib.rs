@@ -43,6 +43,7 @@ mod recovery;
 mod sealing;
 mod sharedkeys;
 mod shmem;
+mod stats;
 mod store;
 mod usage;
 mod verify;
@@ -76,7 +77,6 @@ pub extern "C-unwind" fn _PG_init() {
     identity::init();
     limiter::init();
     credits::init();
-    usage::init();
     worker::init();
     pending::init();
 }

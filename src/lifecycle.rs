@@ -466,6 +466,13 @@ pub fn prepare<'a>(caller: &Caller, o: KeyOptions<'a>) -> Prepared<'a> {
     if credits.is_some_and(|c| c < 0) {
         invalid("credits must not be negative");
     }
+    if credits.is_some() {
+        // Refused now rather than at the key's first use: a key whose credits can never be
+        // spent is no key to hand out.
+        if let Err(e) = crate::credits::available() {
+            raise(e);
+        }
+    }
     match (refill_amount, refill_interval) {
         (None, None) => {}
         (Some(a), Some(i)) if a > 0 && i.as_micros() > 0 && credits.is_some() => {}

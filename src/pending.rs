@@ -209,7 +209,15 @@ fn apply_rehash(actor: &str, key_id: i64, digest: &[u8; DIGEST_LEN], last4: &str
     }
 }
 
-/// The usage worker's share: rehashes queued by read-only verifies of its database.
+/// Drop the queued rehashes of database `db` (its region was given back: the extension or the
+/// database is gone).
+pub fn forget(db: u32) {
+    if crate::shmem::preloaded() {
+        REHASHES.exclusive().0.take(db);
+    }
+}
+
+/// The worker's share: rehashes queued by read-only verifies of its database.
 pub fn flush_rehashes() {
     if !crate::shmem::preloaded() {
         return;

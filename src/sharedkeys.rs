@@ -5,10 +5,14 @@
 //! `pg_apikey_core::shared_keys`; rows are encoded with `pg_apikey_core::record`.
 //!
 //! ## Whose memory
-//! `apikey.shared_key_cache_size` is split evenly between the databases of
-//! `apikey.usage_databases` (the superuser's list, read at start), one region each: a database
-//! reads, fills and evicts only its own region, so no database can evict or read another's keys.
-//! Databases not in the list use only the backend cache.
+//! `apikey.shared_key_cache_size` (by default a quarter of `shared_buffers`) is a pool of chunks
+//! of 1,024 slots. Each database's region (`shmem::regions`, by the same index) starts with one
+//! chunk and grows by linear hashing (`pg_apikey_core::growth`) when an insert would evict: one
+//! chunk taken from the pool, one chunk of its own split. A database reads, fills and evicts only
+//! its own chunks, and a chunk goes back to the pool only when its region is given back (the
+//! extension or the database dropped), so no database can evict or read another's keys. The
+//! pool keeps one chunk for every region that has none yet, so every database that comes later
+//! still gets its first chunk; beyond that, memory goes to the databases that use it first.
 //!
 //! ## Staying correct
 //! Entries are dropped exactly as the backend caches' are, plus once more by the committing
@@ -28,48 +32,75 @@
 //! COMMIT PREPARED runs in a backend that does not know which keys to evict.
 
 use std::cell::{Cell, RefCell};
-use std::ffi::CStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use pg_apikey_core::digest::DIGEST_LEN;
+use pg_apikey_core::growth::{Shape, MAX_CHUNKS};
 use pg_apikey_core::shared_keys::{self, Partition, PartitionMut};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::gucs;
+use crate::shmem::regions::{self, Region};
+use crate::shmem::{with_lock, Segment};
 use crate::store::StoredKey;
 
 type Digest = [u8; DIGEST_LEN];
 
-/// Lock partitions per region.
-const PARTITIONS: usize = 64;
-const TRANCHE: &CStr = c"pg_apikey_shared_keys";
-const SEGMENT: &CStr = c"pg_apikey shared key cache";
-/// Room for one owner word per region (database OID and keys-table file), before the partitions.
-const FILES_BYTES: usize = 8 * crate::shmem::MAX_WORKERS;
+/// Slots of a chunk.
+const CHUNK_SLOTS: usize = 1024;
+const ALIGN: usize = 64;
+
+fn chunk_bytes() -> usize {
+    shared_keys::partition_bytes(CHUNK_SLOTS).div_ceil(ALIGN) * ALIGN
+}
+
+/// Per region: which database and file of its keys table its entries belong to, its shape, and
+/// the pool chunk at each of its positions.
+#[repr(C)]
+struct Directory {
+    owner: AtomicU64,
+    shape: AtomicU64,
+}
 
 #[derive(Clone, Copy)]
 struct Layout {
     regions: usize,
-    part_bytes: usize,
+    chunks: usize,
 }
 
 impl Layout {
-    fn from_settings() -> Option<Layout> {
-        let regions = gucs::usage_databases().len().min(crate::shmem::MAX_WORKERS);
-        let total = gucs::SHARED_KEY_CACHE_SIZE.get().max(0) as usize * 1024;
-        if regions == 0 || total <= FILES_BYTES {
-            return None;
-        }
-        let slots = shared_keys::slots_in((total - FILES_BYTES) / (regions * PARTITIONS));
-        (slots > 0).then(|| Layout {
-            regions,
-            part_bytes: shared_keys::partition_bytes(slots),
-        })
+    fn from_settings() -> Layout {
+        let regions = gucs::max_databases();
+        let per_chunk = chunk_bytes() + 8 + 4 + 4 * regions;
+        let chunks = (gucs::shared_key_cache_bytes() / per_chunk).min(MAX_CHUNKS);
+        Layout { regions, chunks }
     }
 
+    // The segment: the pool's free count and free stack (u32 each), the chunks' owners (u64),
+    // the directories, each directory's chunk table (u32 × chunks), then the chunks.
+    fn owners(&self) -> usize {
+        (4 + 4 * self.chunks).div_ceil(8) * 8
+    }
+    fn directories(&self) -> usize {
+        self.owners() + 8 * self.chunks
+    }
+    fn tables(&self) -> usize {
+        self.directories() + self.regions * std::mem::size_of::<Directory>()
+    }
+    fn chunk_area(&self) -> usize {
+        (self.tables() + 4 * self.chunks * self.regions).div_ceil(ALIGN) * ALIGN
+    }
     fn size(&self) -> usize {
-        FILES_BYTES + self.regions * PARTITIONS * self.part_bytes
+        if self.chunks == 0 {
+            0
+        } else {
+            self.chunk_area() + self.chunks * chunk_bytes()
+        }
+    }
+    /// Locks: one per chunk, one per region (its growth), one for the pool.
+    fn locks(&self) -> usize {
+        self.chunks + self.regions + 1
     }
 }
 
@@ -81,8 +112,34 @@ struct Shared {
 }
 
 static mut SHARED: Option<Shared> = None;
-static mut PREV_REQUEST: pg_sys::shmem_request_hook_type = None;
-static mut PREV_STARTUP: pg_sys::shmem_startup_hook_type = None;
+
+static SEGMENT: Segment = Segment {
+    name: c"pg_apikey shared key cache",
+    size: || Layout::from_settings().size(),
+    locks: || Layout::from_settings().locks(),
+    attach: |base, locks, fresh| {
+        let layout = Layout::from_settings();
+        if layout.chunks == 0 {
+            return;
+        }
+        let s = Shared {
+            layout,
+            base,
+            locks,
+        };
+        if fresh {
+            // Every chunk starts in the pool.
+            for c in 0..layout.chunks {
+                // SAFETY: c < chunks, within the free stack of new, zeroed memory.
+                unsafe { s.free_stack().add(c).write(c as u32) };
+            }
+            s.free_count()
+                .store(layout.chunks as u32, Ordering::Release);
+        }
+        // SAFETY: called by the startup hook in the postmaster before any backend exists.
+        unsafe { SHARED = Some(s) };
+    },
+};
 
 thread_local! {
     /// Tags of the keys this transaction changed: evicted again after commit.
@@ -95,68 +152,9 @@ pub fn init() {
     if !crate::shmem::preloaded() {
         return;
     }
-    // SAFETY: from _PG_init while preloading, single-threaded: chain the shared-memory hooks
-    // (keeping the previous ones, which ours call first) and register a transaction callback.
-    unsafe {
-        PREV_REQUEST = pg_sys::shmem_request_hook;
-        pg_sys::shmem_request_hook = Some(request);
-        PREV_STARTUP = pg_sys::shmem_startup_hook;
-        pg_sys::shmem_startup_hook = Some(startup);
-        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn request() {
-    // SAFETY: the postmaster calls this hook once, while shared memory may be requested.
-    unsafe {
-        if let Some(prev) = PREV_REQUEST {
-            // Another module's hook (pgrx's own shared memory among them): Postgres errors
-            // unwind through it exactly as they would without us.
-            #[allow(ffi_unwind_calls)]
-            prev();
-        }
-        if let Some(layout) = Layout::from_settings() {
-            pg_sys::RequestAddinShmemSpace(layout.size());
-            pg_sys::RequestNamedLWLockTranche(
-                TRANCHE.as_ptr(),
-                (layout.regions * PARTITIONS) as i32,
-            );
-        }
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn startup() {
-    // SAFETY: called in the postmaster (and after a crash) once shared memory exists; the
-    // segment is created or found under AddinShmemInitLock, zeroed when new (all slots empty,
-    // generations 0), and its address and the tranche's locks are kept in a static that forked
-    // processes inherit. MainLWLockArray[21] is AddinShmemInitLock, as pgrx's own shmem uses it.
-    unsafe {
-        if let Some(prev) = PREV_STARTUP {
-            // Another module's hook (pgrx's own shared memory among them): Postgres errors
-            // unwind through it exactly as they would without us.
-            #[allow(ffi_unwind_calls)]
-            prev();
-        }
-        let Some(layout) = Layout::from_settings() else {
-            return;
-        };
-        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
-        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let mut found = false;
-        let base = pg_sys::ShmemInitStruct(SEGMENT.as_ptr(), layout.size(), &mut found) as *mut u8;
-        if !found {
-            std::ptr::write_bytes(base, 0, layout.size());
-        }
-        let locks = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
-        pg_sys::LWLockRelease(init_lock);
-        SHARED = Some(Shared {
-            layout,
-            base,
-            locks,
-        });
-    }
+    crate::shmem::register(&SEGMENT);
+    // SAFETY: from _PG_init, registering a static callback once.
+    unsafe { pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut()) };
 }
 
 fn shared() -> Option<Shared> {
@@ -165,58 +163,257 @@ fn shared() -> Option<Shared> {
     unsafe { SHARED }
 }
 
-/// The bytes of a partition, with its lock held in `mode` for the duration of `f`.
-fn locked<R>(
-    s: Shared,
-    region: usize,
-    part: usize,
-    mode: pg_sys::LWLockMode::Type,
-    f: impl FnOnce(*mut u8, usize) -> R,
-) -> R {
-    let index = region * PARTITIONS + part;
-    // SAFETY: index < regions * PARTITIONS, the number of locks requested and of partitions laid
-    // out. If `f` raises an error, transaction abort releases the lock (LWLockReleaseAll).
-    unsafe {
-        let lock = &raw mut (*s.locks.add(index)).lock;
-        pg_sys::LWLockAcquire(lock, mode);
-        let r = f(
-            s.base.add(FILES_BYTES + index * s.layout.part_bytes),
-            s.layout.part_bytes,
-        );
-        pg_sys::LWLockRelease(lock);
-        r
+impl Shared {
+    fn free_count(&self) -> &'static AtomicU32 {
+        // SAFETY: the segment starts with the free count (a u32, atomics valid at zero).
+        unsafe { &*(self.base as *const AtomicU32) }
+    }
+    fn free_stack(&self) -> *mut u32 {
+        // SAFETY: `chunks` u32 after the count, within owners() bytes.
+        unsafe { self.base.add(4) as *mut u32 }
+    }
+    fn chunk_owner(&self, c: usize) -> &'static AtomicU64 {
+        assert!(c < self.layout.chunks);
+        // SAFETY: c < chunks; 8-byte aligned u64 array at owners().
+        unsafe { &*(self.base.add(self.layout.owners() + 8 * c) as *const AtomicU64) }
+    }
+    fn directory(&self, r: usize) -> &'static Directory {
+        assert!(r < self.layout.regions);
+        // SAFETY: r < regions, within the directory array.
+        unsafe {
+            &*(self
+                .base
+                .add(self.layout.directories() + r * std::mem::size_of::<Directory>())
+                as *const Directory)
+        }
+    }
+    /// The pool chunk at `position` of region `r`.
+    fn table(&self, r: usize, position: usize) -> &'static AtomicU32 {
+        assert!(r < self.layout.regions && position < self.layout.chunks);
+        // SAFETY: within region r's table of `chunks` u32.
+        unsafe {
+            &*(self
+                .base
+                .add(self.layout.tables() + 4 * (r * self.layout.chunks + position))
+                as *const AtomicU32)
+        }
+    }
+    fn chunk_lock(&self, c: usize) -> *mut pg_sys::LWLock {
+        assert!(c < self.layout.chunks);
+        // SAFETY: lock c of the tranche, c < chunks.
+        unsafe { &raw mut (*self.locks.add(c)).lock }
+    }
+    fn growth_lock(&self, r: usize) -> *mut pg_sys::LWLock {
+        assert!(r < self.layout.regions);
+        // SAFETY: the lock after the chunks' for region r.
+        unsafe { &raw mut (*self.locks.add(self.layout.chunks + r)).lock }
+    }
+    fn pool_lock(&self) -> *mut pg_sys::LWLock {
+        // SAFETY: the tranche's last lock.
+        unsafe { &raw mut (*self.locks.add(self.layout.chunks + self.layout.regions)).lock }
+    }
+    fn chunk(&self, c: usize) -> (*mut u8, usize) {
+        assert!(c < self.layout.chunks);
+        // SAFETY: chunk c of the chunk area.
+        (
+            unsafe { self.base.add(self.layout.chunk_area() + c * chunk_bytes()) },
+            shared_keys::partition_bytes(CHUNK_SLOTS),
+        )
+    }
+    /// Regions holding no chunk: the pool keeps one chunk for each.
+    fn regions_without_chunks(&self) -> usize {
+        (0..self.layout.regions)
+            .filter(|&r| self.directory(r).shape.load(Ordering::Acquire) == 0)
+            .count()
     }
 }
 
-/// Read a partition under its shared lock.
-fn read<R>(s: Shared, region: usize, part: usize, f: impl FnOnce(Partition) -> R) -> R {
-    locked(s, region, part, pg_sys::LWLockMode::LW_SHARED, |p, n| {
-        // SAFETY: the partition's bytes, which writers change only under the exclusive lock.
+/// What a chunk's owner word says: the database and the position in its region (+1, so 0 is
+/// free).
+fn chunk_owner_word(db: u32, position: usize) -> u64 {
+    (u64::from(db) << 32) | (position as u64 + 1)
+}
+
+/// The bytes of chunk `c`, with its lock held in `mode`, if it still is `expected`'s.
+fn locked<R>(
+    s: Shared,
+    c: usize,
+    expected: u64,
+    mode: pg_sys::LWLockMode::Type,
+    f: impl FnOnce(*mut u8, usize) -> R,
+) -> Option<R> {
+    with_lock(s.chunk_lock(c), mode, || {
+        (s.chunk_owner(c).load(Ordering::Acquire) == expected).then(|| {
+            let (p, n) = s.chunk(c);
+            f(p, n)
+        })
+    })
+}
+
+fn read<R>(s: Shared, c: usize, expected: u64, f: impl FnOnce(Partition) -> R) -> Option<R> {
+    locked(s, c, expected, pg_sys::LWLockMode::LW_SHARED, |p, n| {
+        // SAFETY: the chunk's bytes, which writers change only under the exclusive lock.
         f(Partition::new(unsafe { std::slice::from_raw_parts(p, n) }))
     })
 }
 
-/// Change a partition under its exclusive lock.
-fn write<R>(s: Shared, region: usize, part: usize, f: impl FnOnce(PartitionMut) -> R) -> R {
-    locked(s, region, part, pg_sys::LWLockMode::LW_EXCLUSIVE, |p, n| {
-        // SAFETY: the partition's bytes, which nobody else reads or writes while we hold the
-        // exclusive lock.
+fn write<R>(s: Shared, c: usize, expected: u64, f: impl FnOnce(PartitionMut) -> R) -> Option<R> {
+    locked(s, c, expected, pg_sys::LWLockMode::LW_EXCLUSIVE, |p, n| {
+        // SAFETY: the chunk's bytes, which nobody else touches while we hold the exclusive lock.
         f(PartitionMut::new(unsafe {
             std::slice::from_raw_parts_mut(p, n)
         }))
     })
 }
 
-/// Which database and which file of its keys table the region's entries belong to.
-fn region_owner(s: Shared, region: usize) -> &'static AtomicU64 {
-    // SAFETY: region < regions <= MAX_WORKERS, so 8 * region + 8 <= FILES_BYTES; the segment is
-    // MAXALIGNed shared memory that lives as long as the server; AtomicU64 has u64's layout.
-    unsafe { &*(s.base.add(8 * region) as *const AtomicU64) }
+/// Where a tag lives now in region `r` of database `db`: (pool chunk, its owner word, shape).
+fn place(s: Shared, r: usize, db: u32, tag: u32) -> Option<(usize, u64, u64)> {
+    let packed = s.directory(r).shape.load(Ordering::Acquire);
+    if packed == 0 {
+        return None;
+    }
+    let position = Shape::unpack(packed - 1).chunk_of(tag);
+    let c = s.table(r, position).load(Ordering::Acquire) as usize;
+    (c < s.layout.chunks).then(|| (c, chunk_owner_word(db, position), packed))
 }
 
-fn clear_region(s: Shared, region: usize) {
-    for part in 0..PARTITIONS {
-        write(s, region, part, |mut p| p.clear());
+/// Run `f` on the chunk holding `tag` in region `r`, retrying while the region grows under us
+/// (a growth changes the shape and empties the split chunk; the owner check catches a chunk
+/// given back meanwhile).
+fn on_chunk<R>(
+    s: Shared,
+    r: usize,
+    db: u32,
+    tag: u32,
+    f: impl Fn(usize, u64) -> Option<R>,
+) -> Option<R> {
+    for _ in 0..8 {
+        let (c, owner, packed) = place(s, r, db, tag)?;
+        if let Some(out) = f(c, owner) {
+            if s.directory(r).shape.load(Ordering::Acquire) == packed {
+                return Some(out);
+            }
+        } else if s.directory(r).shape.load(Ordering::Acquire) == packed {
+            return None;
+        }
+    }
+    None
+}
+
+/// Take a chunk from the pool for region `r` (which has `held` chunks), keeping one for every
+/// region that has none.
+fn take_chunk(s: Shared, held: usize) -> Option<usize> {
+    with_lock(s.pool_lock(), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+        let free = s.free_count().load(Ordering::Acquire) as usize;
+        let keep = if held == 0 {
+            0
+        } else {
+            s.regions_without_chunks()
+        };
+        if free <= keep {
+            return None;
+        }
+        let top = free - 1;
+        s.free_count().store(top as u32, Ordering::Release);
+        // SAFETY: top < chunks, within the free stack.
+        Some(unsafe { s.free_stack().add(top).read() } as usize)
+    })
+}
+
+fn give_chunk(s: Shared, c: usize) {
+    with_lock(s.pool_lock(), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+        let free = s.free_count().load(Ordering::Acquire) as usize;
+        // SAFETY: a chunk is given back once per take, so free < chunks.
+        unsafe { s.free_stack().add(free).write(c as u32) };
+        s.free_count().store(free as u32 + 1, Ordering::Release);
+    });
+}
+
+/// Empty region `r` and give its chunks back; then, unless `owner` is 0, give it one fresh
+/// chunk for `owner` (database << 32 | keys-table file). Under the region's growth lock.
+fn reset_region(s: Shared, r: usize, owner: u64) {
+    with_lock(s.growth_lock(r), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+        let dir = s.directory(r);
+        let packed = dir.shape.swap(0, Ordering::AcqRel);
+        dir.owner.store(0, Ordering::Release);
+        if packed != 0 {
+            for position in 0..Shape::unpack(packed - 1).chunks() {
+                let c = s.table(r, position).load(Ordering::Acquire) as usize;
+                with_lock(s.chunk_lock(c), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+                    s.chunk_owner(c).store(0, Ordering::Release);
+                    let (p, n) = s.chunk(c);
+                    // SAFETY: the chunk's bytes under its exclusive lock.
+                    PartitionMut::new(unsafe { std::slice::from_raw_parts_mut(p, n) }).clear();
+                });
+                give_chunk(s, c);
+            }
+        }
+        if owner != 0 {
+            if let Some(c) = take_chunk(s, 0) {
+                with_lock(s.chunk_lock(c), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+                    s.chunk_owner(c)
+                        .store(chunk_owner_word((owner >> 32) as u32, 0), Ordering::Release);
+                });
+                s.table(r, 0).store(c as u32, Ordering::Release);
+                dir.owner.store(owner, Ordering::Release);
+                dir.shape.store(Shape::ONE.pack() + 1, Ordering::Release);
+            }
+        }
+    });
+}
+
+/// Grow region `r` by one chunk if the pool allows; false if it could not.
+fn grow(s: Shared, r: usize, db: u32) -> bool {
+    with_lock(s.growth_lock(r), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+        let dir = s.directory(r);
+        let packed = dir.shape.load(Ordering::Acquire);
+        if packed == 0 {
+            return false;
+        }
+        let shape = Shape::unpack(packed - 1);
+        let Some((split, added, next)) = shape.grow() else {
+            return false;
+        };
+        if added >= s.layout.chunks {
+            return false;
+        }
+        let Some(fresh) = take_chunk(s, shape.chunks()) else {
+            return false;
+        };
+        let old = s.table(r, split).load(Ordering::Acquire) as usize;
+        with_lock(s.chunk_lock(old), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+            with_lock(
+                s.chunk_lock(fresh),
+                pg_sys::LWLockMode::LW_EXCLUSIVE,
+                || {
+                    let (p, n) = s.chunk(old);
+                    // SAFETY: the split chunk's bytes under its exclusive lock. Emptied rather
+                    // than sorted: a cache refills, and the generation it moves refuses inserts of
+                    // rows read before.
+                    PartitionMut::new(unsafe { std::slice::from_raw_parts_mut(p, n) }).clear();
+                    let (p, n) = s.chunk(fresh);
+                    // SAFETY: the new chunk's bytes under its exclusive lock.
+                    PartitionMut::new(unsafe { std::slice::from_raw_parts_mut(p, n) }).clear();
+                    s.chunk_owner(fresh)
+                        .store(chunk_owner_word(db, added), Ordering::Release);
+                    s.table(r, added).store(fresh as u32, Ordering::Release);
+                    dir.shape.store(next.pack() + 1, Ordering::Release);
+                },
+            )
+        });
+        true
+    })
+}
+
+/// Give region `r`'s chunks back to the pool (its database or extension is gone).
+pub fn release(region: Region) {
+    if let Some(s) = shared() {
+        if region.index < s.layout.regions {
+            let owner = s.directory(region.index).owner.load(Ordering::Acquire);
+            if owner == 0 || (owner >> 32) as u32 == region.database() {
+                reset_region(s, region.index, 0);
+            }
+        }
     }
 }
 
@@ -227,57 +424,73 @@ fn tag(digest: &Digest) -> u32 {
 /// Where a lookup of `digest` stands in the shared cache, taken before the row is read.
 pub struct Ticket {
     region: usize,
-    part: usize,
+    db: u32,
     tag: u32,
+    chunk: usize,
+    owner: u64,
     generation: u64,
 }
 
-/// A ticket for `digest`, or None when this database has no shared cache (not preloaded, off,
-/// not in `apikey.usage_databases`, in recovery, or `apikey.shared_key_cache = off`). Empties the region first if it holds keys of
-/// another file of the keys table than the one this backend now sees.
-pub fn ticket(digest: &Digest) -> Option<Ticket> {
+/// The region of this database if the shared cache serves it here: preloaded with a cache,
+/// `apikey.shared_key_cache` on, not in recovery, and a region in the registry.
+fn my_region(claim: bool) -> Option<(Shared, usize)> {
     if !gucs::SHARED_KEY_CACHE.get() {
         return None;
     }
     let s = shared()?;
-    let region = crate::shmem::db_index()?;
     // SAFETY: reads shared recovery state; no preconditions.
-    if region >= s.layout.regions || unsafe { pg_sys::RecoveryInProgress() } {
+    if unsafe { pg_sys::RecoveryInProgress() } {
         return None;
     }
+    let region = if claim {
+        regions::mine()?
+    } else {
+        regions::mine_if_known()?
+    };
+    (region.index < s.layout.regions).then_some((s, region.index))
+}
+
+fn my_db() -> u32 {
+    // SAFETY: reads a backend global set at connection.
+    u32::from(unsafe { pg_sys::MyDatabaseId })
+}
+
+/// A ticket for `digest`, or None when this database has no shared cache (see `my_region`).
+/// Gives the region a fresh start if it holds keys of another database or of another file of
+/// the keys table than the one this backend now sees (TRUNCATE, VACUUM FULL, …).
+pub fn ticket(digest: &Digest) -> Option<Ticket> {
+    let (s, r) = my_region(true)?;
     let cat = crate::catalog::get();
     if !cat.per_key_invalidation() {
         // The 0.1.0 schema (before ALTER EXTENSION UPDATE) invalidates no key by itself.
         return None;
     }
     let file = crate::catalog::file_of(cat.relation("keys"))?;
-    // SAFETY: reads a backend global.
-    let database = unsafe { pg_sys::MyDatabaseId };
-    // A region is found by database name: a database dropped and created again under that name
-    // (from a template copy of the same files, say) must not find the old one's keys.
-    let owner = (u64::from(u32::from(database)) << 32) | u64::from(u32::from(file));
-    let stored = region_owner(s, region);
-    if stored.load(Ordering::Acquire) != owner {
-        clear_region(s, region);
-        stored.store(owner, Ordering::Release);
+    let db = my_db();
+    let owner = (u64::from(db) << 32) | u64::from(u32::from(file));
+    if s.directory(r).owner.load(Ordering::Acquire) != owner {
+        reset_region(s, r, owner);
     }
     let tag = tag(digest);
-    let part = shared_keys::partition_of(tag, PARTITIONS);
-    let generation = read(s, region, part, |p| p.generation());
-    Some(Ticket {
-        region,
-        part,
-        tag,
-        generation,
+    on_chunk(s, r, db, tag, |chunk, expected| {
+        read(s, chunk, expected, |p| p.generation()).map(|generation| Ticket {
+            region: r,
+            db,
+            tag,
+            chunk,
+            owner: expected,
+            generation,
+        })
     })
 }
 
 /// The key with `digest`, if the shared cache holds it.
 pub fn get(t: &Ticket, digest: &Digest) -> Option<StoredKey> {
     let s = shared()?;
-    let payload = read(s, t.region, t.part, |p| {
-        p.find(t.tag, digest, PARTITIONS).map(<[u8]>::to_vec)
-    });
+    let payload = read(s, t.chunk, t.owner, |p| {
+        p.find(t.tag, digest, MAX_CHUNKS).map(<[u8]>::to_vec)
+    })
+    .flatten();
     let found = payload.and_then(|p| StoredKey::decode(&p, digest));
     let (hits, misses) = COUNTS.get();
     COUNTS.set(if found.is_some() {
@@ -289,31 +502,42 @@ pub fn get(t: &Ticket, digest: &Digest) -> Option<StoredKey> {
 }
 
 /// Offer a key just read from the table, under the ticket taken before reading it; answers
-/// whether the cache took it.
+/// whether the cache took it. When storing it pushed another key out, the region grows by a
+/// chunk if the pool allows.
 pub fn offer(t: Ticket, digest: &Digest, key: &StoredKey) -> bool {
     let Some(s) = shared() else { return false };
     if key.created_here {
         return false;
     }
     let payload = key.encode();
-    write(s, t.region, t.part, |mut p| {
-        p.insert(t.tag, digest, &payload, t.generation, PARTITIONS)
-    })
+    let outcome = write(s, t.chunk, t.owner, |mut p| {
+        let crowded = p.would_evict(t.tag, digest, MAX_CHUNKS);
+        (
+            p.insert(t.tag, digest, &payload, t.generation, MAX_CHUNKS),
+            crowded,
+        )
+    });
+    let Some((stored, crowded)) = outcome else {
+        return false;
+    };
+    if crowded {
+        grow(s, t.region, t.db);
+    }
+    stored
 }
 
 /// A key changed in this transaction (from the invalidation trigger): evict it again at commit.
 pub fn changed(digest: &Digest) {
-    if let (Some(s), Some(region)) = (shared(), crate::shmem::db_index()) {
-        if region < s.layout.regions {
-            CHANGED.with_borrow_mut(|v| v.push(tag(digest)));
-        }
+    if my_region(true).is_some() {
+        CHANGED.with_borrow_mut(|v| v.push(tag(digest)));
     }
 }
 
-/// Evict the key(s) with `tag` and move the partition's generation.
-fn evict(s: Shared, region: usize, tag: u32) {
-    let part = shared_keys::partition_of(tag, PARTITIONS);
-    write(s, region, part, |mut p| p.evict_tag(tag, PARTITIONS));
+/// Evict the key(s) with `tag` and move their chunk's generation.
+fn evict(s: Shared, r: usize, tag: u32) {
+    on_chunk(s, r, my_db(), tag, |c, expected| {
+        write(s, c, expected, |mut p| p.evict_tag(tag, MAX_CHUNKS))
+    });
 }
 
 /// From the relcache callback: a per-key tag (or any relation: tags and OIDs look alike). The
@@ -322,19 +546,21 @@ fn evict(s: Shared, region: usize, tag: u32) {
 /// (no exclusive lock, no generation) when the window holds no such tag, so the invalidations
 /// any role causes (temporary tables, say) cost a shared lock and refuse no insert. Queue resets
 /// (`InvalidOid`) need nothing: every change was evicted at its commit. No catalog access here:
-/// a backend that never resolved its region has nothing to do.
+/// a backend that never found its region has nothing to do.
 pub fn invalidated(relid: pg_sys::Oid, is_keys_table: bool) {
-    let Some(s) = shared() else { return };
-    let Some(region) = crate::shmem::db_index_if_known() else {
-        return;
-    };
-    if region >= s.layout.regions || is_keys_table || relid == pg_sys::InvalidOid {
+    if is_keys_table || relid == pg_sys::InvalidOid {
         return;
     }
+    let Some((s, r)) = my_region(false) else {
+        return;
+    };
     let tag = u32::from(relid);
-    let part = shared_keys::partition_of(tag, PARTITIONS);
-    if read(s, region, part, |p| p.holds_tag(tag, PARTITIONS)) {
-        evict(s, region, tag);
+    let db = my_db();
+    let held = on_chunk(s, r, db, tag, |c, expected| {
+        read(s, c, expected, |p| p.holds_tag(tag, MAX_CHUNKS))
+    });
+    if held == Some(true) {
+        evict(s, r, tag);
     }
 }
 
@@ -346,15 +572,13 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             // An UPDATE queues the old and the new row's tag, mostly the same one.
             tags.sort_unstable();
             tags.dedup();
-            if let (Some(s), Some(region)) = (shared(), crate::shmem::db_index_if_known()) {
-                if region < s.layout.regions {
-                    tags.into_iter().for_each(|t| evict(s, region, t));
-                }
+            if let Some((s, r)) = my_region(false) {
+                tags.into_iter().for_each(|t| evict(s, r, t));
             }
         }
         pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE if CHANGED.with_borrow(|v| !v.is_empty()) => {
             crate::errors::raise(pg_apikey_core::errors::ApiError::NotRecoverable(
-                "a transaction that changed API keys cannot be prepared while apikey.shared_key_cache_size is set".into(),
+                "a transaction that changed API keys cannot be prepared while the shared key cache is on (apikey.shared_key_cache_size)".into(),
             ));
         }
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
@@ -366,15 +590,11 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
 
 /// Load every live key of this database into the shared cache (as `pg_prewarm` does for
 /// tables): after a restart, or after a bulk load. Administrators only; answers how many keys
-/// the region holds afterwards (fewer than loaded when windows filled and evicted). Each key is
-/// read exactly as a lookup's miss reads it.
+/// the region holds afterwards (fewer than loaded when the pool ran out and windows evicted).
+/// Each key is read exactly as a lookup's miss reads it.
 #[pg_extern(volatile, parallel_unsafe)]
 fn prewarm_key_cache() -> i64 {
     crate::admin::require_admin("prewarm the shared key cache");
-    prewarm()
-}
-
-fn prewarm() -> i64 {
     prewarm_digests(&prewarm_candidates());
     region_stats().0
 }
@@ -390,42 +610,62 @@ pub fn prewarm_candidates() -> Vec<Digest> {
     crate::store::as_owner(crate::store::live_digests)
 }
 
-/// Load these keys, each read exactly as a lookup's miss reads it.
+/// Load these keys, each read exactly as a lookup's miss reads it. The region first grows to
+/// hold them (each growth empties one chunk: better before loading than while).
 pub fn prewarm_digests(digests: &[Digest]) {
+    if let Some((s, r)) = my_region(true) {
+        let wanted = digests.len() + digests.len() / 4;
+        while capacity(s, r) < wanted && grow(s, r, my_db()) {}
+    }
     for digest in digests {
         let Some(t) = ticket(digest) else {
             return;
         };
+        if get(&t, digest).is_some() {
+            continue;
+        }
         if let Some(key) = crate::store::find_by_digest(digest) {
             offer(t, digest, &key);
         }
     }
 }
 
-/// Is this database's region empty (the server just started, rather than the usage worker
-/// alone restarting over a filled region)?
+fn capacity(s: Shared, r: usize) -> usize {
+    match s.directory(r).shape.load(Ordering::Acquire) {
+        0 => 0,
+        packed => Shape::unpack(packed - 1).chunks() * CHUNK_SLOTS,
+    }
+}
+
+/// Is this database's region empty (the server just started, rather than the worker alone
+/// restarting over a filled region)?
 pub fn region_is_empty() -> bool {
-    let (entries, capacity) = region_stats();
-    entries == 0 && capacity > 0
+    region_stats().0 == 0
 }
 
 /// (entries, capacity) of this database's region; (0, 0) without one.
 fn region_stats() -> (i64, i64) {
-    match (shared(), crate::shmem::db_index()) {
-        (Some(s), Some(region)) if region < s.layout.regions => {
-            let entries: usize = (0..PARTITIONS)
-                .map(|p| read(s, region, p, |p| p.len()))
-                .sum();
-            let capacity = PARTITIONS * shared_keys::slots_in(s.layout.part_bytes);
-            (entries as i64, capacity as i64)
-        }
-        _ => (0, 0),
+    let Some((s, r)) = my_region(true) else {
+        return (0, 0);
+    };
+    let db = my_db();
+    let packed = s.directory(r).shape.load(Ordering::Acquire);
+    if packed == 0 {
+        return (0, 0);
     }
+    let chunks = Shape::unpack(packed - 1).chunks();
+    let entries: usize = (0..chunks)
+        .filter_map(|position| {
+            let c = s.table(r, position).load(Ordering::Acquire) as usize;
+            read(s, c, chunk_owner_word(db, position), |p| p.len())
+        })
+        .sum();
+    (entries as i64, (chunks * CHUNK_SLOTS) as i64)
 }
 
-/// This database's region of the shared cache: keys held, keys it can hold, and this backend's
-/// hits and misses in it. Administrators only: how many keys are in use is the database's
-/// business.
+/// This database's region of the shared cache: keys held, keys it can hold now (it grows while
+/// the pool has chunks), and this backend's hits and misses in it. Administrators only: how
+/// many keys are in use is the database's business.
 #[pg_extern(volatile, parallel_restricted)]
 fn shared_key_cache_stats() -> TableIterator<
     'static,

@@ -50,7 +50,7 @@ class Stack:
 def demo_stack(cluster: str, pg_port: str, pgrst_port: str, nginx_port: str, *conf_lines: str):
     run = lambda *args: subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True)
     stack = Stack(cluster, pg_port, nginx_port)
-    run(ROOT / "tests/cluster.sh", "start", cluster, pg_port, f"apikey.usage_databases = '{DB}'", *conf_lines)
+    run(ROOT / "tests/cluster.sh", "start", cluster, pg_port, *conf_lines)
     try:
         psql = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", stack.socket_dir, "-p", pg_port, "-U", "postgres"]
         run(*psql, "-d", "postgres", "-c", f"CREATE DATABASE {DB}")

@@ -55,7 +55,9 @@ def test_the_debian_package_describes_itself():
                  "./usr/share/postgresql/15/extension/pg_apikey--0.1.0.sql",
                  "./usr/share/postgresql/15/extension/pg_apikey--0.1.0--0.2.0.sql",
                  "./usr/share/postgresql/15/extension/pg_apikey--0.2.0.sql",
-                 "./usr/share/postgresql/15/extension/pg_apikey--0.2.0--0.3.0.sql"]:
+                 "./usr/share/postgresql/15/extension/pg_apikey--0.2.0--0.3.0.sql",
+                 "./usr/share/postgresql/15/extension/pg_apikey--0.3.0.sql",
+                 "./usr/share/postgresql/15/extension/pg_apikey--0.3.0--0.4.0.sql"]:
         assert path in files, path
 
 

@@ -17,7 +17,7 @@ PORT = "54352"
 
 @pytest.fixture(scope="module")
 def connect():
-    with own_cluster("credits", PORT, "credits_db", "apikey.usage_databases = 'credits_db'",
+    with own_cluster("credits", PORT, "credits_db", 
                      "apikey.usage_flush_interval = 200",
                      setup=("ALTER DATABASE credits_db SET apikey.creation_limit = 0",)) as conn:
         yield conn

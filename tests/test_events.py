@@ -17,7 +17,7 @@ DB = "events_db"
 
 @pytest.fixture(scope="module")
 def connect():
-    with own_cluster("events", PORT, DB, f"apikey.usage_databases = '{DB}'", "apikey.usage_flush_interval = 200",
+    with own_cluster("events", PORT, DB, "apikey.usage_flush_interval = 200",
                      "apikey.expiry_notice_days = '30, 7'", "apikey.credits_low_percent = 25",
                      "apikey.limit_event_window = 3600",
                      setup=(f"ALTER DATABASE {DB} SET apikey.creation_limit = 0",

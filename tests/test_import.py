@@ -20,7 +20,7 @@ DB = "import_db"
 
 @pytest.fixture(scope="module")
 def connect():
-    with own_cluster("import", PORT, DB, f"apikey.usage_databases = '{DB}'", "apikey.usage_flush_interval = 200",
+    with own_cluster("import", PORT, DB, "apikey.usage_flush_interval = 200",
                      setup=("CREATE ROLE importer_nobody LOGIN",)) as conn:
         yield conn
 

@@ -44,7 +44,7 @@ def psql_file(path):
 @pytest.fixture(scope="module")
 def api():
     subprocess.run([str(ROOT / "tests/cluster.sh"), "start", CLUSTER, PG_PORT,
-                    f"apikey.usage_databases = '{DB}'", "track_functions = 'all'"], check=True)
+                    "track_functions = 'all'"], check=True)
     try:
         dsn = f"host={ROOT / '.run' / CLUSTER} port={PG_PORT} user=postgres"
         with psycopg.connect(dsn + " dbname=postgres", autocommit=True) as c:

@@ -1,8 +1,8 @@
 """The shared key cache (apikey.shared_key_cache_size): a key one backend read is found by every
 other backend of the database without touching the table; revocation is still seen at the very
-next statement in every session; revokes racing with misses leave no revoked key valid; each
-database listed in apikey.usage_databases has its own region, and others have none; TRUNCATE
-empties it; a transaction that changed keys cannot be prepared while it is on."""
+next statement in every session; revokes racing with misses leave no revoked key valid; every
+database gets its own region, which grows into the pool and never evicts another database's
+keys; TRUNCATE empties it; a transaction that changed keys cannot be prepared while it is on."""
 
 import psycopg
 import pytest
@@ -14,15 +14,16 @@ PORT = "54360"
 
 @pytest.fixture(scope="module")
 def connect():
+    # A small pool (4 MB: 15 chunks of 1,024 keys) for at most 6 databases, so one database can
+    # grow into it and the pool still keeps a first chunk for every database.
     with own_cluster("shared", PORT, "shared_a",
-                     "apikey.usage_databases = 'shared_a, shared_b, shared_a, shared_old, shared_re'",
-                     "apikey.shared_key_cache_size = '2MB'",
+                     "apikey.shared_key_cache_size = '4MB'", "apikey.max_databases = 6",
                      "max_prepared_transactions = 2",
                      setup=("ALTER DATABASE shared_a SET apikey.creation_limit = 0",)) as conn:
         with conn("postgres") as c:
             c.execute("CREATE DATABASE shared_b")
-            c.execute("CREATE DATABASE unlisted")
-        for name in ("shared_b", "unlisted"):
+            c.execute("CREATE DATABASE shared_c")
+        for name in ("shared_b", "shared_c"):
             with conn(name) as c:
                 c.execute("CREATE EXTENSION pg_apikey")
                 c.execute(f"ALTER DATABASE {name} SET apikey.creation_limit = 0")
@@ -115,26 +116,30 @@ def test_revokes_racing_with_shared_cache_misses_never_leave_a_revoked_key_valid
                 c.execute("SELECT apikey.verify(%s)", (k,))
 
 
-def test_each_listed_database_has_its_own_region_and_others_none(connect):
+def test_every_database_has_its_own_region_that_grows_without_evicting_another(connect):
     with connect("shared_b") as b:
         (_, kb), = make_keys(b, 1)
         b.execute("SELECT apikey.verify(%s)", (kb,))
         entries_b, capacity_b, _, _ = stats(b)
-        assert entries_b >= 1 and capacity_b > 0
+        assert entries_b >= 1 and capacity_b == 1024
     with connect() as a:
-        # Fill database a's region well past its capacity.
-        capacity_a = stats(a)[1]
-        make_keys(a, capacity_a + 500, owner="filler")
+        # Database a loads far more keys than one chunk holds: its region grows into the pool,
+        # up to what the pool keeps back for databases that have no chunk yet.
+        make_keys(a, 6000, owner="filler")
         a.execute("SELECT apikey.prewarm_key_cache()")
+        entries_a, capacity_a, _, _ = stats(a)
+        assert capacity_a > 1024 and entries_a > 1024, (entries_a, capacity_a)
     with reader(connect, "shared_b") as b:
         b.execute("SELECT apikey.verify(%s)", (kb,))
         assert stats(b)[2] == 1, "database a's keys evicted database b's"
-    with connect("unlisted") as u:
-        (_, ku), = make_keys(u, 1)
-        u.execute("SELECT apikey.verify(%s)", (ku,))
-        u.execute("SET apikey.key_cache_size = 0")
-        u.execute("SELECT apikey.verify(%s)", (ku,))
-        assert stats(u) == (0, 0, 0, 0)
+    with connect("shared_c") as c:
+        # A database that came last still gets its first chunk.
+        (_, kc), = make_keys(c, 1)
+        c.execute("SELECT apikey.verify(%s)", (kc,))
+        c.execute("SET apikey.key_cache_size = 0")
+        c.execute("SELECT apikey.verify(%s)", (kc,))
+        entries, capacity, hits, _ = stats(c)
+        assert (capacity, hits) == (1024, 1) and entries >= 1
 
 
 def test_truncate_empties_the_region(connect):
@@ -183,8 +188,8 @@ def test_before_alter_extension_update_the_shared_cache_stays_out_of_the_way(con
                 fresh.execute("SELECT apikey.verify(%s)", (key,))
 
 
-def test_a_database_created_again_under_a_listed_name_does_not_find_the_old_keys(connect):
-    """Regions are found by database name. A database dropped and created again from the same
+def test_a_database_created_again_under_the_same_name_does_not_find_the_old_keys(connect):
+    """A database dropped and created again from the same
     template has its keys table in a file of the same number; it must still not see the keys
     the dropped one had cached (found by the review)."""
     with connect("postgres") as c:

@@ -1,4 +1,4 @@
-"""Upgrading in place: a database made with 0.1.0's (or 0.2.0's) install script (kept in sql/),
+"""Upgrading in place: a database made with 0.1.0's (or 0.2.0's, or 0.3.0's) install script (kept in sql/),
 holding keys, formats, usage and audit rows, runs ALTER EXTENSION pg_apikey UPDATE and then (a)
 has exactly the catalog of a fresh install of the current version, (b) verifies every old key
 with its data, (c) lost nothing.
@@ -9,6 +9,7 @@ since functions whose arguments changed refuse to run with the old definitions."
 
 import hashlib
 import shutil
+import time
 import subprocess
 
 import psycopg
@@ -18,7 +19,7 @@ from conftest import PG_CONFIG, ROOT
 
 PORT = "54359"
 OLD_SCRIPT = ROOT / "sql/pg_apikey--0.1.0.sql"
-OLD_SCRIPTS = [OLD_SCRIPT, ROOT / "sql/pg_apikey--0.2.0.sql"]
+OLD_SCRIPTS = [OLD_SCRIPT, ROOT / "sql/pg_apikey--0.2.0.sql", ROOT / "sql/pg_apikey--0.3.0.sql"]
 VERSION = next(line.split('"')[1] for line in (ROOT / "Cargo.toml").read_text().splitlines()
                if line.startswith("version = "))
 SNAPSHOT = (ROOT / "tests/catalog_snapshot.sql").read_text()
@@ -244,6 +245,33 @@ def test_from_020_rotation_lineages_share_their_limits_and_the_catalog_equals_a_
         c.execute("SELECT apikey.authenticate(%s)", (rows[3],))
         upgraded = snapshot(c)
     with connect("up2_fresh") as c:
+        fresh = snapshot(c)
+    missing = sorted(set(fresh) - set(upgraded))
+    extra = sorted(set(upgraded) - set(fresh))
+    assert (missing, extra) == ([], []), f"missing after upgrade: {missing[:10]}\nextra after upgrade: {extra[:10]}"
+
+
+def test_from_030_a_balance_is_kept_and_the_catalog_equals_a_fresh_install(connect):
+    """0.3.0 → 0.4.0 adds apikey.held_balances (balances written while a key's row is held): a
+    key's credits spent before the update stay spent, and the catalog equals a fresh install's."""
+    new_db(connect, "up3_fresh")
+    new_db(connect, "up3_old", "0.3.0")
+    with connect("up3_old") as c:
+        c.execute("SET apikey.creation_limit = 0")
+        kid, key = c.execute("SELECT id, api_key::text FROM apikey.create('up3', 'k', credits => 10)").fetchone()
+        c.execute("SELECT apikey.authenticate(%s, 4)", (key,))
+        # The database's worker writes the spending: wait for it, so nothing moves meanwhile.
+        deadline = time.time() + 20
+        while c.execute("SELECT credits FROM apikey.keys WHERE id = %s", (kid,)).fetchone()[0] != 6:
+            assert time.time() < deadline, "the worker never wrote the balance"
+            time.sleep(0.2)
+        before = c.execute(OLD_DATA).fetchall()
+        c.execute("ALTER EXTENSION pg_apikey UPDATE")
+        assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_apikey'").fetchone()[0] == VERSION
+        assert c.execute(OLD_DATA).fetchall() == before
+        assert c.execute("SELECT apikey.credits(%s)", (kid,)).fetchone()[0] == 6
+        upgraded = snapshot(c)
+    with connect("up3_fresh") as c:
         fresh = snapshot(c)
     missing = sorted(set(fresh) - set(upgraded))
     extra = sorted(set(upgraded) - set(fresh))

@@ -31,14 +31,14 @@ def wait_for(predicate, timeout=10.0):
 def workers():
     with connect("postgres") as c:
         return c.execute(
-            "SELECT pid, datname FROM pg_stat_activity WHERE backend_type = 'pg_apikey usage flush' ORDER BY datname"
+            "SELECT pid, datname FROM pg_stat_activity WHERE backend_type = 'pg_apikey worker' ORDER BY datname"
         ).fetchall()
 
 
 @pytest.fixture(scope="module")
 def cluster():
     subprocess.run([str(ROOT / "tests/cluster.sh"), "start", "usage", PORT,
-                    "apikey.usage_databases = 'usage_a, usage_b'", "apikey.usage_flush_interval = 300"], check=True)
+                    "apikey.usage_flush_interval = 300"], check=True)
     try:
         with connect("postgres") as c:
             for db in ("usage_a", "usage_b"):

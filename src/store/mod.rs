@@ -65,7 +65,7 @@ fn lock_free_keys(
     let mut free = Vec::new();
     for row in c.update(
         "SELECT k.id FROM apikey.keys k WHERE k.id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[])
-            FOR UPDATE SKIP LOCKED",
+            FOR NO KEY UPDATE SKIP LOCKED",
         None,
         &[ids.to_vec().into()],
     )? {

@@ -192,6 +192,23 @@ pub fn live_digests() -> Vec<[u8; DIGEST_LEN]> {
     }))
 }
 
+/// About how many rows the keys table holds (the statistics' live-row count, kept current at
+/// every commit): what tells the worker a bulk load happened, without counting a million rows.
+pub fn live_key_estimate() -> i64 {
+    let keys = crate::catalog::get().relation("keys");
+    spi(Spi::connect(|c| {
+        let n = c
+            .select(
+                "SELECT pg_catalog.pg_stat_get_live_tuples($1)",
+                None,
+                &[keys.into()],
+            )?
+            .first()
+            .get::<i64>(1)?;
+        Ok(n.unwrap_or(0))
+    }))
+}
+
 /// Find the key whose digest is `digest`, under the latest committed snapshot (which includes
 /// this transaction's own changes). An authorization decision must see a revoke that committed
 /// after a REPEATABLE READ transaction began, so the transaction snapshot will not do: Postgres'

@@ -10,6 +10,7 @@ pub mod errors;
 pub mod events;
 pub mod format;
 pub mod gcra;
+pub mod growth;
 pub mod imported;
 pub mod ipnet;
 pub mod json_depth;

@@ -167,6 +167,14 @@ impl<'a> PartitionMut<'a> {
         true
     }
 
+    /// Would storing this key push another entry out (its window is full of other keys)?
+    pub fn would_evict(&self, tag: u32, digest: &[u8; DIGEST_LEN], partitions: usize) -> bool {
+        let b = &*self.0;
+        let mut window = window(b, tag, partitions).peekable();
+        window.peek().is_some()
+            && window.all(|at| b[at + USED] == 1 && !matches(b, at, tag, digest))
+    }
+
     /// Drop every entry with this tag (an invalidation), and move the generation.
     pub fn evict_tag(&mut self, tag: u32, partitions: usize) -> usize {
         self.bump();
@@ -293,6 +301,28 @@ mod tests {
         let mut tiny = vec![0u8; partition_bytes(WINDOW - 1)];
         assert_eq!(slots_in(tiny.len()), 0);
         assert!(!PartitionMut::new(&mut tiny).insert(tag(&d), &d, b"x", 0, 1));
+    }
+
+    #[test]
+    fn a_full_window_says_it_would_evict() {
+        let mut buf = vec![0u8; partition_bytes(WINDOW)];
+        let mut p = PartitionMut::new(&mut buf);
+        let keys: Vec<[u8; DIGEST_LEN]> = (0..=WINDOW as u8).map(|i| [i; DIGEST_LEN]).collect();
+        for d in &keys[..WINDOW] {
+            assert!(!p.would_evict(tag(d), d, 1));
+            assert!(p.insert(tag(d), d, b"row", p.generation(), 1));
+        }
+        assert!(
+            !p.would_evict(tag(&keys[0]), &keys[0], 1),
+            "a stored key replaces itself"
+        );
+        assert!(p.would_evict(tag(&keys[WINDOW]), &keys[WINDOW], 1));
+    }
+
+    #[test]
+    fn tiny_partitions_find_nothing() {
+        let tiny = vec![0u8; partition_bytes(WINDOW - 1)];
+        let d = digest(3);
         assert!(Partition::new(&tiny).find(tag(&d), &d, 1).is_none());
     }
 

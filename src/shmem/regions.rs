@@ -1,0 +1,516 @@
+//! The registry of per-database regions: every database where pg_apikey is used gets one region
+//! on first use (a backend's first verify, `CREATE EXTENSION`, or its worker's start), chosen
+//! among `apikey.max_databases` and given back when the extension or the database is dropped.
+//! A region holds that database's usage slots and credit balances here, its part of the shared
+//! key cache (`sharedkeys`, by the same index) and names its worker.
+//!
+//! ## Whose memory
+//! A region is bound to one database OID and a generation that moves at every claim and release.
+//! Every access locks the part it needs and then checks that the region still belongs to this
+//! database under the generation this backend saw (`Region::usage`, `Region::credits`), so a
+//! backend can never write into a region given to another database meanwhile. Nothing one
+//! database does (filling its slots, dropping its extension) touches another's region.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+use pg_apikey_core::credits_table::Balance;
+use pg_apikey_core::usage_table::Slot;
+use pgrx::pg_sys;
+
+use super::{with_lock, Segment};
+
+/// Keys with usage counts waiting for the next flush, per database.
+pub const USAGE_SLOTS: usize = 1024;
+/// Credit balances held in memory, per database.
+pub const CREDIT_SLOTS: usize = 1024;
+/// Databases whose worker is held off at once (see `pause`).
+const PAUSES: usize = 16;
+
+#[repr(C)]
+pub struct UsagePart {
+    pub slots: [Slot; USAGE_SLOTS],
+    /// Events that found every slot pending (a flush is late or failing, or a standby).
+    pub dropped: u64,
+}
+
+#[repr(C)]
+pub struct CreditsPart {
+    pub balances: [Balance; CREDIT_SLOTS],
+}
+
+#[repr(C)]
+struct Descriptor {
+    /// The database's OID; 0 while free.
+    db: AtomicU32,
+    /// Moves at every claim and release.
+    generation: AtomicU32,
+    /// The process id of the database's worker, 0 when none runs.
+    worker: AtomicI32,
+    /// The worker's latch (in its PGPROC), to wake it.
+    latch: AtomicU64,
+}
+
+#[repr(C)]
+struct Pause {
+    db: AtomicU32,
+    /// Until when (µs since the Postgres epoch) no worker may start for `db`.
+    until: AtomicI64,
+}
+
+#[repr(C)]
+struct Header {
+    /// The launcher's latch (in its PGPROC, shared memory), 0 while none runs.
+    launcher: AtomicU64,
+    /// Set by the launcher while a region waits for a worker slot (max_worker_processes):
+    /// idle workers then make way.
+    starved: AtomicU32,
+    /// Usage events of databases that found no free region.
+    unplaced: AtomicU64,
+    pauses: [Pause; PAUSES],
+}
+
+const ALIGN: usize = 64;
+
+fn aligned(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+#[derive(Clone, Copy)]
+struct Layout {
+    regions: usize,
+    descriptors: usize,
+    usage: usize,
+    credits: usize,
+    size: usize,
+}
+
+impl Layout {
+    fn new() -> Layout {
+        let regions = crate::gucs::max_databases();
+        let descriptors = aligned(std::mem::size_of::<Header>());
+        let usage = descriptors + aligned(regions * std::mem::size_of::<Descriptor>());
+        let credits = usage + regions * aligned(std::mem::size_of::<UsagePart>());
+        let size = credits + regions * aligned(std::mem::size_of::<CreditsPart>());
+        Layout {
+            regions,
+            descriptors,
+            usage,
+            credits,
+            size,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Shared {
+    layout: Layout,
+    base: *mut u8,
+    locks: *mut pg_sys::LWLockPadded,
+}
+
+static mut SHARED: Option<Shared> = None;
+
+static SEGMENT: Segment = Segment {
+    name: c"pg_apikey regions",
+    size: || Layout::new().size,
+    // One registry lock, then a usage and a credits lock per region.
+    locks: || 1 + 2 * Layout::new().regions,
+    attach: |base, locks, _fresh| {
+        // SAFETY: called by the startup hook in the postmaster, before any backend exists.
+        unsafe {
+            SHARED = Some(Shared {
+                layout: Layout::new(),
+                base,
+                locks,
+            })
+        };
+    },
+};
+
+pub fn init() {
+    super::register(&SEGMENT);
+}
+
+fn shared() -> Option<Shared> {
+    // SAFETY: written only by the startup hook before backends exist; read by copy afterwards.
+    unsafe { SHARED }
+}
+
+impl Shared {
+    fn header(&self) -> &'static Header {
+        // SAFETY: the segment starts with a zeroed Header (atomics are valid at zero) and lives
+        // as long as the server; MAXALIGNed.
+        unsafe { &*(self.base as *const Header) }
+    }
+
+    fn descriptor(&self, i: usize) -> &'static Descriptor {
+        assert!(i < self.layout.regions);
+        // SAFETY: i < regions, within the descriptor array laid out by Layout.
+        unsafe {
+            &*(self
+                .base
+                .add(self.layout.descriptors + i * std::mem::size_of::<Descriptor>())
+                as *const Descriptor)
+        }
+    }
+
+    fn lock(&self, n: usize) -> *mut pg_sys::LWLock {
+        assert!(n < 1 + 2 * self.layout.regions);
+        // SAFETY: n is below the number of locks requested for the tranche.
+        unsafe { &raw mut (*self.locks.add(n)).lock }
+    }
+
+    fn usage_part(&self, i: usize) -> *mut UsagePart {
+        // SAFETY: i < regions (checked by descriptor() in every caller's path), laid out by Layout.
+        unsafe {
+            self.base
+                .add(self.layout.usage + i * aligned(std::mem::size_of::<UsagePart>()))
+                as *mut UsagePart
+        }
+    }
+
+    fn credits_part(&self, i: usize) -> *mut CreditsPart {
+        // SAFETY: as usage_part.
+        unsafe {
+            self.base
+                .add(self.layout.credits + i * aligned(std::mem::size_of::<CreditsPart>()))
+                as *mut CreditsPart
+        }
+    }
+}
+
+fn my_db() -> u32 {
+    // SAFETY: reads a backend global set at connection.
+    u32::from(unsafe { pg_sys::MyDatabaseId })
+}
+
+fn now_us() -> i64 {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// A region as a backend of its database saw it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Region {
+    pub index: usize,
+    generation: u32,
+    db: u32,
+}
+
+thread_local! {
+    /// This backend's region, once found or claimed.
+    static MINE: Cell<Option<Region>> = const { Cell::new(None) };
+}
+
+impl Region {
+    fn still_ours(&self, s: &Shared) -> bool {
+        let d = s.descriptor(self.index);
+        d.db.load(Ordering::Acquire) == self.db
+            && d.generation.load(Ordering::Acquire) == self.generation
+    }
+
+    /// Run `f` on this region's usage slots under their lock, if the region is still this one.
+    pub fn usage<R>(&self, f: impl FnOnce(&mut UsagePart) -> R) -> Option<R> {
+        let s = shared()?;
+        with_lock(
+            s.lock(1 + 2 * self.index),
+            pg_sys::LWLockMode::LW_EXCLUSIVE,
+            || {
+                self.still_ours(&s).then(|| {
+                    // SAFETY: the part's memory, which only holders of its lock touch.
+                    f(unsafe { &mut *s.usage_part(self.index) })
+                })
+            },
+        )
+    }
+
+    /// Run `f` on this region's credit balances under their lock, if the region is still this
+    /// one.
+    pub fn credits<R>(&self, f: impl FnOnce(&mut CreditsPart) -> R) -> Option<R> {
+        let s = shared()?;
+        with_lock(
+            s.lock(2 + 2 * self.index),
+            pg_sys::LWLockMode::LW_EXCLUSIVE,
+            || {
+                self.still_ours(&s).then(|| {
+                    // SAFETY: as in usage().
+                    f(unsafe { &mut *s.credits_part(self.index) })
+                })
+            },
+        )
+    }
+
+    /// Does the region hold anything to write (usage not flushed, balances not written)?
+    pub fn busy(&self) -> bool {
+        let usage = self.usage(|p| p.slots.iter().any(|s| s.db != 0 && s.pending()));
+        let credits = self.credits(|p| p.balances.iter().any(|b| b.db != 0 && b.dirty()));
+        usage == Some(true) || credits == Some(true)
+    }
+
+    /// Is this region's worker running?
+    pub fn has_worker(&self) -> bool {
+        shared().is_some_and(|s| s.descriptor(self.index).worker.load(Ordering::Acquire) != 0)
+    }
+}
+
+/// This database's region: found, or claimed if this database has none yet (the launcher is
+/// woken to start its worker). None without preload, or when every region is taken.
+pub fn mine() -> Option<Region> {
+    let s = shared()?;
+    if let Some(r) = MINE.get() {
+        if r.still_ours(&s) {
+            return Some(r);
+        }
+    }
+    let r = claim(&s, my_db());
+    MINE.set(r);
+    r
+}
+
+/// This backend's region if it already found one (callbacks must not claim).
+pub fn mine_if_known() -> Option<Region> {
+    let s = shared()?;
+    MINE.get().filter(|r| r.still_ours(&s))
+}
+
+fn claim(s: &Shared, db: u32) -> Option<Region> {
+    if db == 0 {
+        return None;
+    }
+    let (region, fresh) = with_lock(s.lock(0), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+        let found =
+            (0..s.layout.regions).find(|&i| s.descriptor(i).db.load(Ordering::Acquire) == db);
+        if let Some(i) = found {
+            let d = s.descriptor(i);
+            return Some((
+                Region {
+                    index: i,
+                    generation: d.generation.load(Ordering::Acquire),
+                    db,
+                },
+                false,
+            ));
+        }
+        let free =
+            (0..s.layout.regions).find(|&i| s.descriptor(i).db.load(Ordering::Acquire) == 0)?;
+        let d = s.descriptor(free);
+        let generation = d.generation.load(Ordering::Acquire).wrapping_add(1);
+        d.generation.store(generation, Ordering::Release);
+        d.db.store(db, Ordering::Release);
+        Some((
+            Region {
+                index: free,
+                generation,
+                db,
+            },
+            true,
+        ))
+    })?;
+    if fresh {
+        wake_launcher();
+    }
+    Some(region)
+}
+
+/// The region of database `db`, if it has one.
+pub fn of_database(db: u32) -> Option<Region> {
+    let s = shared()?;
+    (0..s.layout.regions).find_map(|i| {
+        let d = s.descriptor(i);
+        (db != 0 && d.db.load(Ordering::Acquire) == db).then(|| Region {
+            index: i,
+            generation: d.generation.load(Ordering::Acquire),
+            db,
+        })
+    })
+}
+
+/// Every claimed region.
+pub fn claimed() -> Vec<Region> {
+    let Some(s) = shared() else {
+        return Vec::new();
+    };
+    (0..s.layout.regions)
+        .filter_map(|i| {
+            let d = s.descriptor(i);
+            let db = d.db.load(Ordering::Acquire);
+            (db != 0).then(|| Region {
+                index: i,
+                generation: d.generation.load(Ordering::Acquire),
+                db,
+            })
+        })
+        .collect()
+}
+
+impl Region {
+    pub fn database(&self) -> u32 {
+        self.db
+    }
+
+    /// Give the region back: its usage and balances are emptied (what was not written is lost,
+    /// as the database or the extension is gone) and the generation moves, so no backend that
+    /// saw it can touch it again. The caller empties the region's shared key cache too.
+    pub fn release(&self) {
+        let Some(s) = shared() else { return };
+        with_lock(s.lock(0), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+            // Both parts' locks, so no access is under way while the owner changes.
+            with_lock(
+                s.lock(1 + 2 * self.index),
+                pg_sys::LWLockMode::LW_EXCLUSIVE,
+                || {
+                    with_lock(
+                        s.lock(2 + 2 * self.index),
+                        pg_sys::LWLockMode::LW_EXCLUSIVE,
+                        || {
+                            if !self.still_ours(&s) {
+                                return;
+                            }
+                            // SAFETY: the parts' memory, with both their locks held; zero is their
+                            // empty state (free slots, no drops).
+                            unsafe {
+                                std::ptr::write_bytes(s.usage_part(self.index), 0, 1);
+                                std::ptr::write_bytes(s.credits_part(self.index), 0, 1);
+                            }
+                            let d = s.descriptor(self.index);
+                            d.generation
+                                .store(self.generation.wrapping_add(1), Ordering::Release);
+                            d.db.store(0, Ordering::Release);
+                        },
+                    );
+                },
+            );
+        });
+    }
+
+    /// Record this process as the region's worker; false if another worker holds it.
+    pub fn become_worker(&self) -> bool {
+        let Some(s) = shared() else { return false };
+        // SAFETY: reads this process' id.
+        let pid = unsafe { pg_sys::MyProcPid };
+        let d = s.descriptor(self.index);
+        let taken = self.still_ours(&s)
+            && d.worker
+                .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+        if taken {
+            // SAFETY: MyLatch is this process' PGPROC latch, in shared memory.
+            d.latch
+                .store(unsafe { pg_sys::MyLatch } as u64, Ordering::Release);
+        }
+        taken
+    }
+
+    /// Wake the region's worker (it exits when its database is paused).
+    pub fn wake_worker(&self) {
+        let Some(s) = shared() else { return };
+        let d = s.descriptor(self.index);
+        let latch = d.latch.load(Ordering::Acquire);
+        if d.worker.load(Ordering::Acquire) != 0 && latch != 0 {
+            // SAFETY: a PGPROC latch in shared memory (see wake_launcher).
+            unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+        }
+    }
+
+    /// The running worker's process id, if any.
+    pub fn worker_pid(&self) -> Option<i32> {
+        let pid = shared()?
+            .descriptor(self.index)
+            .worker
+            .load(Ordering::Acquire);
+        (pid != 0).then_some(pid)
+    }
+}
+
+/// This process stops being a worker of any region (at its exit).
+pub fn forget_worker(pid: i32) {
+    let Some(s) = shared() else { return };
+    for i in 0..s.layout.regions {
+        let _ =
+            s.descriptor(i)
+                .worker
+                .compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+/// Count a usage event of a database that has no region.
+pub fn count_unplaced() {
+    if let Some(s) = shared() {
+        s.header().unplaced.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub fn unplaced() -> u64 {
+    shared().map_or(0, |s| s.header().unplaced.load(Ordering::Relaxed))
+}
+
+/// From the launcher: wake me through my latch.
+pub fn set_launcher() {
+    if let Some(s) = shared() {
+        // SAFETY: MyLatch is this process' PGPROC latch, in shared memory for the server's life.
+        let latch = unsafe { pg_sys::MyLatch } as u64;
+        s.header().launcher.store(latch, Ordering::Release);
+    }
+}
+
+/// Wake the launcher (a region was claimed, or a database created or dropped).
+pub fn wake_launcher() {
+    let Some(s) = shared() else { return };
+    let latch = s.header().launcher.load(Ordering::Acquire);
+    if latch != 0 {
+        // SAFETY: a PGPROC's latch, in shared memory for the server's life; setting the latch of
+        // a process that has since exited (and whose PGPROC another process took) only wakes
+        // that process once, spuriously.
+        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    }
+}
+
+pub fn set_starved(starved: bool) {
+    if let Some(s) = shared() {
+        s.header()
+            .starved
+            .store(u32::from(starved), Ordering::Release);
+    }
+}
+
+pub fn starved() -> bool {
+    shared().is_some_and(|s| s.header().starved.load(Ordering::Acquire) != 0)
+}
+
+/// Hold off database `db`'s worker for `seconds` (a statement that needs the database free of
+/// connections is about to run); `seconds == 0` lifts it.
+pub fn pause(db: u32, seconds: i64) {
+    let Some(s) = shared() else { return };
+    with_lock(s.lock(0), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+        let pauses = &s.header().pauses;
+        let now = now_us();
+        let slot = pauses
+            .iter()
+            .find(|p| p.db.load(Ordering::Acquire) == db)
+            .or_else(|| {
+                pauses.iter().find(|p| {
+                    p.db.load(Ordering::Acquire) == 0 || p.until.load(Ordering::Acquire) < now
+                })
+            });
+        if let Some(p) = slot {
+            if seconds > 0 {
+                p.db.store(db, Ordering::Release);
+                p.until.store(now + seconds * 1_000_000, Ordering::Release);
+            } else if p.db.load(Ordering::Acquire) == db {
+                p.db.store(0, Ordering::Release);
+                p.until.store(0, Ordering::Release);
+            }
+        }
+    });
+}
+
+/// Is database `db`'s worker held off?
+pub fn paused(db: u32) -> bool {
+    let Some(s) = shared() else { return false };
+    let now = now_us();
+    s.header()
+        .pauses
+        .iter()
+        .any(|p| p.db.load(Ordering::Acquire) == db && p.until.load(Ordering::Acquire) > now)
+}
