@@ -78,7 +78,6 @@ pub extern "C-unwind" fn _PG_init() {
     limiter::init();
     credits::init();
     worker::init();
-    pending::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -462,6 +462,10 @@ pub fn prepare<'a>(caller: &Caller, o: KeyOptions<'a>) -> Prepared<'a> {
             "resource may be at most {MAX_RESOURCE_BYTES} bytes"
         ));
     }
+    // Request limits live in shared memory: without it such a key could never be used.
+    if !crate::shmem::preloaded() && (rate_limit.is_some() || limits.is_some()) {
+        raise(ApiError::NotPreloaded("a key with request limits"));
+    }
     let named = limits.map(|l| parse_named_limits(l.0)).unwrap_or_default();
     if credits.is_some_and(|c| c < 0) {
         invalid("credits must not be negative");

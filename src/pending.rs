@@ -3,7 +3,7 @@
 //! When a key is not found by digest and its format has waiting bcrypt imports, verify finds the
 //! one import whose lookup part begins the key (lookup parts never overlap), checks bcrypt once,
 //! and stores the key's SHA-256 in place of the stand-in ("rehash"): in the verifying transaction
-//! when it can write, else through a small shared-memory queue that the usage worker applies. A
+//! when it can write, else through a small queue in the database's region that its worker applies. A
 //! key with no candidate costs a decoy bcrypt at the highest waiting cost, so timing does not
 //! tell whether a lookup part exists. This is request-path code: it imports no management module.
 
@@ -12,31 +12,13 @@ use std::cell::RefCell;
 use pg_apikey_core::digest::{sha256, DIGEST_LEN};
 use pg_apikey_core::format::last_chars;
 use pg_apikey_core::imported;
-use pg_apikey_core::rehash_queue::{Queue, Rehash};
-use pgrx::lwlock::PgLwLock;
+use pg_apikey_core::rehash_queue::Rehash;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::shmem::PGRXSharedMemory;
 use serde_json::json;
 
 use crate::privilege;
 use crate::store::{self, PendingImports, StoredKey};
-
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct SharedQueue(Queue);
-
-// SAFETY: plain #[repr(C)] values with no pointers; every bit pattern is valid.
-unsafe impl PGRXSharedMemory for SharedQueue {}
-
-// SAFETY: const construction of a named shared-memory lock, registered in init() before use.
-static REHASHES: PgLwLock<SharedQueue> = unsafe { PgLwLock::new(c"pg_apikey_rehash_queue") };
-
-pub fn init() {
-    if crate::shmem::preloaded() {
-        pgrx::pg_shmem_init!(REHASHES = SharedQueue(Queue::EMPTY));
-    }
-}
 
 thread_local! {
     /// bcrypt computations this backend ran for verify (see `apikey.bcrypt_checks`).
@@ -180,13 +162,10 @@ fn rehash_or_queue(key_id: i64, digest: &[u8; DIGEST_LEN], last4: &str) {
     if writable() {
         let actor = privilege::caller_name();
         store::as_owner(|| apply_rehash(&actor, key_id, digest, last4));
-    } else if crate::shmem::preloaded() {
+    } else if let Some(region) = crate::shmem::regions::mine() {
         // SAFETY: reads a backend global set at connection.
         let db = u32::from(unsafe { pg_sys::MyDatabaseId });
-        REHASHES
-            .exclusive()
-            .0
-            .push(Rehash::new(db, key_id, *digest, last4));
+        region.rehashes(|q| q.queue.push(Rehash::new(db, key_id, *digest, last4)));
     }
 }
 
@@ -209,22 +188,11 @@ fn apply_rehash(actor: &str, key_id: i64, digest: &[u8; DIGEST_LEN], last4: &str
     }
 }
 
-/// Drop the queued rehashes of database `db` (its region was given back: the extension or the
-/// database is gone).
-pub fn forget(db: u32) {
-    if crate::shmem::preloaded() {
-        REHASHES.exclusive().0.take(db);
-    }
-}
-
-/// The worker's share: rehashes queued by read-only verifies of its database.
-pub fn flush_rehashes() {
-    if !crate::shmem::preloaded() {
-        return;
-    }
+/// The worker's share: rehashes queued by read-only verifies of its database (in its region).
+pub fn flush_rehashes(region: crate::shmem::regions::Region) {
     // SAFETY: reads a backend global set at connection.
     let db = u32::from(unsafe { pg_sys::MyDatabaseId });
-    let taken = REHASHES.exclusive().0.take(db);
+    let taken = region.rehashes(|q| q.queue.take(db)).unwrap_or_default();
     if taken.is_empty() {
         return;
     }

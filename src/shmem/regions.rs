@@ -1,8 +1,8 @@
 //! The registry of per-database regions: every database where pg_apikey is used gets one region
 //! on first use (a backend's first verify, `CREATE EXTENSION`, or its worker's start), chosen
 //! among `apikey.max_databases` and given back when the extension or the database is dropped.
-//! A region holds that database's usage slots and credit balances here, its part of the shared
-//! key cache (`sharedkeys`, by the same index) and names its worker.
+//! A region holds that database's usage slots, credit balances and queued rehashes here, its
+//! part of the shared key cache (`sharedkeys`, by the same index) and names its worker.
 //!
 //! ## Whose memory
 //! A region is bound to one database OID and a generation that moves at every claim and release.
@@ -15,6 +15,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use pg_apikey_core::credits_table::Balance;
+use pg_apikey_core::rehash_queue::Queue;
 use pg_apikey_core::usage_table::Slot;
 use pgrx::pg_sys;
 
@@ -37,6 +38,11 @@ pub struct UsagePart {
 #[repr(C)]
 pub struct CreditsPart {
     pub balances: [Balance; CREDIT_SLOTS],
+}
+
+#[repr(C)]
+pub struct RehashPart {
+    pub queue: Queue,
 }
 
 #[repr(C)]
@@ -71,6 +77,7 @@ struct Header {
 }
 
 const ALIGN: usize = 64;
+const LOCKS_PER_REGION: usize = 3;
 
 fn aligned(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
@@ -82,6 +89,7 @@ struct Layout {
     descriptors: usize,
     usage: usize,
     credits: usize,
+    rehashes: usize,
     size: usize,
 }
 
@@ -91,12 +99,14 @@ impl Layout {
         let descriptors = aligned(std::mem::size_of::<Header>());
         let usage = descriptors + aligned(regions * std::mem::size_of::<Descriptor>());
         let credits = usage + regions * aligned(std::mem::size_of::<UsagePart>());
-        let size = credits + regions * aligned(std::mem::size_of::<CreditsPart>());
+        let rehashes = credits + regions * aligned(std::mem::size_of::<CreditsPart>());
+        let size = rehashes + regions * aligned(std::mem::size_of::<RehashPart>());
         Layout {
             regions,
             descriptors,
             usage,
             credits,
+            rehashes,
             size,
         }
     }
@@ -114,8 +124,8 @@ static mut SHARED: Option<Shared> = None;
 static SEGMENT: Segment = Segment {
     name: c"pg_apikey regions",
     size: || Layout::new().size,
-    // One registry lock, then a usage and a credits lock per region.
-    locks: || 1 + 2 * Layout::new().regions,
+    // One registry lock, then a usage, a credits and a rehash lock per region.
+    locks: || 1 + LOCKS_PER_REGION * Layout::new().regions,
     attach: |base, locks, _fresh| {
         // SAFETY: called by the startup hook in the postmaster, before any backend exists.
         unsafe {
@@ -156,7 +166,7 @@ impl Shared {
     }
 
     fn lock(&self, n: usize) -> *mut pg_sys::LWLock {
-        assert!(n < 1 + 2 * self.layout.regions);
+        assert!(n < 1 + LOCKS_PER_REGION * self.layout.regions);
         // SAFETY: n is below the number of locks requested for the tranche.
         unsafe { &raw mut (*self.locks.add(n)).lock }
     }
@@ -168,6 +178,20 @@ impl Shared {
                 .add(self.layout.usage + i * aligned(std::mem::size_of::<UsagePart>()))
                 as *mut UsagePart
         }
+    }
+
+    fn rehash_part(&self, i: usize) -> *mut RehashPart {
+        // SAFETY: as usage_part.
+        unsafe {
+            self.base
+                .add(self.layout.rehashes + i * aligned(std::mem::size_of::<RehashPart>()))
+                as *mut RehashPart
+        }
+    }
+
+    /// Lock `k` (0 usage, 1 credits, 2 rehashes) of region `i`.
+    fn part_lock(&self, i: usize, k: usize) -> *mut pg_sys::LWLock {
+        self.lock(1 + LOCKS_PER_REGION * i + k)
     }
 
     fn credits_part(&self, i: usize) -> *mut CreditsPart {
@@ -214,7 +238,7 @@ impl Region {
     pub fn usage<R>(&self, f: impl FnOnce(&mut UsagePart) -> R) -> Option<R> {
         let s = shared()?;
         with_lock(
-            s.lock(1 + 2 * self.index),
+            s.part_lock(self.index, 0),
             pg_sys::LWLockMode::LW_EXCLUSIVE,
             || {
                 self.still_ours(&s).then(|| {
@@ -230,12 +254,28 @@ impl Region {
     pub fn credits<R>(&self, f: impl FnOnce(&mut CreditsPart) -> R) -> Option<R> {
         let s = shared()?;
         with_lock(
-            s.lock(2 + 2 * self.index),
+            s.part_lock(self.index, 1),
             pg_sys::LWLockMode::LW_EXCLUSIVE,
             || {
                 self.still_ours(&s).then(|| {
                     // SAFETY: as in usage().
                     f(unsafe { &mut *s.credits_part(self.index) })
+                })
+            },
+        )
+    }
+
+    /// Run `f` on this region's queued rehashes under their lock, if the region is still this
+    /// one.
+    pub fn rehashes<R>(&self, f: impl FnOnce(&mut RehashPart) -> R) -> Option<R> {
+        let s = shared()?;
+        with_lock(
+            s.part_lock(self.index, 2),
+            pg_sys::LWLockMode::LW_EXCLUSIVE,
+            || {
+                self.still_ours(&s).then(|| {
+                    // SAFETY: as in usage().
+                    f(unsafe { &mut *s.rehash_part(self.index) })
                 })
             },
         )
@@ -349,38 +389,35 @@ impl Region {
         self.db
     }
 
-    /// Give the region back: its usage and balances are emptied (what was not written is lost,
-    /// as the database or the extension is gone) and the generation moves, so no backend that
-    /// saw it can touch it again. The caller empties the region's shared key cache too.
+    /// Give the region back: its usage, balances and queued rehashes are emptied (what was not
+    /// written is lost, as the database or the extension is gone) and the generation moves, so
+    /// no backend that saw it can touch it again. The caller empties the region's shared key
+    /// cache too.
     pub fn release(&self) {
         let Some(s) = shared() else { return };
-        with_lock(s.lock(0), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
-            // Both parts' locks, so no access is under way while the owner changes.
-            with_lock(
-                s.lock(1 + 2 * self.index),
-                pg_sys::LWLockMode::LW_EXCLUSIVE,
-                || {
-                    with_lock(
-                        s.lock(2 + 2 * self.index),
-                        pg_sys::LWLockMode::LW_EXCLUSIVE,
-                        || {
-                            if !self.still_ours(&s) {
-                                return;
-                            }
-                            // SAFETY: the parts' memory, with both their locks held; zero is their
-                            // empty state (free slots, no drops).
-                            unsafe {
-                                std::ptr::write_bytes(s.usage_part(self.index), 0, 1);
-                                std::ptr::write_bytes(s.credits_part(self.index), 0, 1);
-                            }
-                            let d = s.descriptor(self.index);
-                            d.generation
-                                .store(self.generation.wrapping_add(1), Ordering::Release);
-                            d.db.store(0, Ordering::Release);
-                        },
-                    );
-                },
-            );
+        let mode = pg_sys::LWLockMode::LW_EXCLUSIVE;
+        with_lock(s.lock(0), mode, || {
+            // Every part's lock, so no access is under way while the owner changes.
+            with_lock(s.part_lock(self.index, 0), mode, || {
+                with_lock(s.part_lock(self.index, 1), mode, || {
+                    with_lock(s.part_lock(self.index, 2), mode, || {
+                        if !self.still_ours(&s) {
+                            return;
+                        }
+                        // SAFETY: the parts' memory, with their locks held; zero is their empty
+                        // state (free slots, no drops, an empty queue).
+                        unsafe {
+                            std::ptr::write_bytes(s.usage_part(self.index), 0, 1);
+                            std::ptr::write_bytes(s.credits_part(self.index), 0, 1);
+                            std::ptr::write_bytes(s.rehash_part(self.index), 0, 1);
+                        }
+                        let d = s.descriptor(self.index);
+                        d.generation
+                            .store(self.generation.wrapping_add(1), Ordering::Release);
+                        d.db.store(0, Ordering::Release);
+                    });
+                });
+            });
         });
     }
 

@@ -52,10 +52,9 @@ pub fn start(db: u32) -> Option<DynamicBackgroundWorker> {
 }
 
 /// Give a region back (its database or its extension is gone): the shared key cache's chunks,
-/// queued rehashes, usage and balances.
+/// then usage, balances and queued rehashes.
 pub fn release(region: Region) {
     crate::sharedkeys::release(region);
-    crate::pending::forget(region.database());
     region.release();
 }
 
@@ -131,7 +130,9 @@ fn flush_all(region: Region, warm: &mut Prewarm) -> Flushed {
     if unsafe { pg_sys::RecoveryInProgress() } {
         return Flushed::Done(busy);
     }
-    step("queued rehashes", crate::pending::flush_rehashes);
+    step("queued rehashes", move || {
+        crate::pending::flush_rehashes(region)
+    });
     let installed = step("the event sweep", move || {
         BackgroundWorker::transaction(|| {
             let installed = crate::catalog::installed().is_some();
