@@ -331,8 +331,13 @@ fn give_chunk(s: Shared, c: usize) {
 
 /// Empty region `r` and give its chunks back; then, unless `owner` is 0, give it one fresh
 /// chunk for `owner` (database << 32 | keys-table file). Under the region's growth lock.
-fn reset_region(s: Shared, r: usize, owner: u64) {
+fn reset_region(s: Shared, r: usize, owner: u64, claim: Option<Region>) {
     with_lock(s.growth_lock(r), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+        // Checked under the growth lock: the region may have gone to another database since
+        // this backend found it (a release resets it under this lock too).
+        if claim.is_some_and(|c| !c.is_current()) {
+            return;
+        }
         let dir = s.directory(r);
         let packed = dir.shape.swap(0, Ordering::AcqRel);
         dir.owner.store(0, Ordering::Release);
@@ -362,9 +367,18 @@ fn reset_region(s: Shared, r: usize, owner: u64) {
     });
 }
 
-/// Grow region `r` by one chunk if the pool allows; false if it could not.
-fn grow(s: Shared, r: usize, db: u32) -> bool {
+/// Grow `region` by one chunk if the pool allows; false if it could not.
+fn grow(s: Shared, region: Region) -> bool {
+    let (r, db) = (region.index, region.database());
+    // Without locks first: a region at the pool's limit is offered a growth at every crowded
+    // insert, and should cost nobody a lock.
+    if s.free_count().load(Ordering::Acquire) as usize <= s.regions_without_chunks() {
+        return false;
+    }
     with_lock(s.growth_lock(r), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+        if !region.is_current() {
+            return false;
+        }
         let dir = s.directory(r);
         let packed = dir.shape.load(Ordering::Acquire);
         if packed == 0 {
@@ -411,7 +425,7 @@ pub fn release(region: Region) {
         if region.index < s.layout.regions {
             let owner = s.directory(region.index).owner.load(Ordering::Acquire);
             if owner == 0 || (owner >> 32) as u32 == region.database() {
-                reset_region(s, region.index, 0);
+                reset_region(s, region.index, 0, None);
             }
         }
     }
@@ -423,8 +437,7 @@ fn tag(digest: &Digest) -> u32 {
 
 /// Where a lookup of `digest` stands in the shared cache, taken before the row is read.
 pub struct Ticket {
-    region: usize,
-    db: u32,
+    region: Region,
     tag: u32,
     chunk: usize,
     owner: u64,
@@ -433,7 +446,7 @@ pub struct Ticket {
 
 /// The region of this database if the shared cache serves it here: preloaded with a cache,
 /// `apikey.shared_key_cache` on, not in recovery, and a region in the registry.
-fn my_region(claim: bool) -> Option<(Shared, usize)> {
+fn my_region(claim: bool) -> Option<(Shared, Region)> {
     if !gucs::SHARED_KEY_CACHE.get() {
         return None;
     }
@@ -447,7 +460,7 @@ fn my_region(claim: bool) -> Option<(Shared, usize)> {
     } else {
         regions::mine_if_known()?
     };
-    (region.index < s.layout.regions).then_some((s, region.index))
+    (region.index < s.layout.regions).then_some((s, region))
 }
 
 fn my_db() -> u32 {
@@ -459,7 +472,8 @@ fn my_db() -> u32 {
 /// Gives the region a fresh start if it holds keys of another database or of another file of
 /// the keys table than the one this backend now sees (TRUNCATE, VACUUM FULL, …).
 pub fn ticket(digest: &Digest) -> Option<Ticket> {
-    let (s, r) = my_region(true)?;
+    let (s, region) = my_region(true)?;
+    let r = region.index;
     let cat = crate::catalog::get();
     if !cat.per_key_invalidation() {
         // The 0.1.0 schema (before ALTER EXTENSION UPDATE) invalidates no key by itself.
@@ -469,13 +483,12 @@ pub fn ticket(digest: &Digest) -> Option<Ticket> {
     let db = my_db();
     let owner = (u64::from(db) << 32) | u64::from(u32::from(file));
     if s.directory(r).owner.load(Ordering::Acquire) != owner {
-        reset_region(s, r, owner);
+        reset_region(s, r, owner, Some(region));
     }
     let tag = tag(digest);
     on_chunk(s, r, db, tag, |chunk, expected| {
         read(s, chunk, expected, |p| p.generation()).map(|generation| Ticket {
-            region: r,
-            db,
+            region,
             tag,
             chunk,
             owner: expected,
@@ -521,7 +534,7 @@ pub fn offer(t: Ticket, digest: &Digest, key: &StoredKey) -> bool {
         return false;
     };
     if crowded {
-        grow(s, t.region, t.db);
+        grow(s, t.region);
     }
     stored
 }
@@ -551,9 +564,10 @@ pub fn invalidated(relid: pg_sys::Oid, is_keys_table: bool) {
     if is_keys_table || relid == pg_sys::InvalidOid {
         return;
     }
-    let Some((s, r)) = my_region(false) else {
+    let Some((s, region)) = my_region(false) else {
         return;
     };
+    let r = region.index;
     let tag = u32::from(relid);
     let db = my_db();
     let held = on_chunk(s, r, db, tag, |c, expected| {
@@ -572,7 +586,8 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             // An UPDATE queues the old and the new row's tag, mostly the same one.
             tags.sort_unstable();
             tags.dedup();
-            if let Some((s, r)) = my_region(false) {
+            if let Some((s, region)) = my_region(false) {
+                let r = region.index;
                 tags.into_iter().for_each(|t| evict(s, r, t));
             }
         }
@@ -613,9 +628,9 @@ pub fn prewarm_candidates() -> Vec<Digest> {
 /// Load these keys, each read exactly as a lookup's miss reads it. The region first grows to
 /// hold them (each growth empties one chunk: better before loading than while).
 pub fn prewarm_digests(digests: &[Digest]) {
-    if let Some((s, r)) = my_region(true) {
+    if let Some((s, region)) = my_region(true) {
         let wanted = digests.len() + digests.len() / 4;
-        while capacity(s, r) < wanted && grow(s, r, my_db()) {}
+        while capacity(s, region.index) < wanted && grow(s, region) {}
     }
     for digest in digests {
         let Some(t) = ticket(digest) else {
@@ -645,9 +660,10 @@ pub fn region_is_empty() -> bool {
 
 /// (entries, capacity) of this database's region; (0, 0) without one.
 fn region_stats() -> (i64, i64) {
-    let Some((s, r)) = my_region(true) else {
+    let Some((s, region)) = my_region(true) else {
         return (0, 0);
     };
+    let r = region.index;
     let db = my_db();
     let packed = s.directory(r).shape.load(Ordering::Acquire);
     if packed == 0 {

@@ -30,7 +30,7 @@ fn shared_memory_stats() -> TableIterator<
     let region = crate::shmem::preloaded().then(regions::mine).flatten();
     let used = region
         .and_then(|r| r.usage(|p| (p.slots.iter().filter(|s| s.db != 0).count(), p.dropped)))
-        .unwrap_or((0, regions::unplaced()));
+        .unwrap_or((0, regions::unplaced_if_superuser()));
     let held = region
         .and_then(|r| r.credits(|p| p.balances.iter().filter(|b| b.db != 0).count()))
         .unwrap_or(0);

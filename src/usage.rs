@@ -171,6 +171,6 @@ fn usage_dropped() -> i64 {
     }
     let n = regions::mine()
         .and_then(|r| r.usage(|p| p.dropped))
-        .unwrap_or_else(regions::unplaced);
+        .unwrap_or_else(regions::unplaced_if_superuser);
     n.min(i64::MAX as u64) as i64
 }

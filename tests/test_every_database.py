@@ -221,7 +221,12 @@ def test_a_blocked_worker_complains_once_a_minute_and_writes_credits_meanwhile(c
     with connect(db) as su:
         su.execute("ALTER SYSTEM SET apikey.usage_flush_interval = 200")
         su.execute("SELECT pg_reload_conf()")
+        # The database's owner would have a failed step end the worker: it keeps that off.
+        su.execute(f"ALTER DATABASE {db} SET exit_on_error = on")
+        su.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                   "WHERE backend_type = 'pg_apikey worker' AND datname = %s", (db,))
         kid, key = new_key(su, "blocked", "k", credits=50)
+    pid = wait_for("the worker back", lambda: _worker_pid(db))
     try:
         before = log.read_text(errors="replace").count("the usage flush failed")
         with connect(db, autocommit=False) as locker, connect(db) as c:
@@ -234,8 +239,10 @@ def test_a_blocked_worker_complains_once_a_minute_and_writes_credits_meanwhile(c
         wait_for("the usage written once the lock went", lambda: _uses(db, kid) == 1)
         complaints = log.read_text(errors="replace").count("the usage flush failed") - before
         assert complaints == 1, complaints
+        assert _worker_pid(db) == pid, "a failed step ended the worker"
     finally:
         with connect(db) as su:
+            su.execute(f"ALTER DATABASE {db} RESET exit_on_error")
             su.execute("ALTER SYSTEM RESET apikey.usage_flush_interval")
             su.execute("SELECT pg_reload_conf()")
 
@@ -243,3 +250,71 @@ def test_a_blocked_worker_complains_once_a_minute_and_writes_credits_meanwhile(c
 def _uses(db, kid):
     with connect(db) as c:
         return c.execute("SELECT coalesce(sum(uses), 0) FROM apikey.usage WHERE key_id = %s", (kid,)).fetchone()[0]
+
+
+def _worker_pid(db):
+    with connect("postgres") as c:
+        row = c.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_apikey worker' AND datname = %s",
+                        (db,)).fetchone()
+        return row and row[0]
+
+
+def test_nobody_but_the_owner_can_send_a_database_worker_away(cluster):
+    """DROP DATABASE, CREATE DATABASE … TEMPLATE and RENAME hold the database's worker off, but
+    only for a role Postgres would let run them: anyone else's attempt (refused, or cancelled
+    while waiting) leaves the worker where it is."""
+    db = DBS[0]
+    pid = wait_for("a worker", lambda: _worker_pid(db))
+    with connect(db) as su:
+        nobody = new_role(su, "nobody")
+    with connect("postgres", user=nobody) as c:
+        for statement in (f"DROP DATABASE {db}", f"CREATE DATABASE copy_of_it TEMPLATE {db}",
+                          f"ALTER DATABASE {db} RENAME TO stolen"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(statement)
+    time.sleep(1)
+    assert _worker_pid(db) == pid, "a refused statement sent the worker away"
+
+
+def test_a_database_closed_to_connections_for_a_while_keeps_its_region_and_worker(cluster):
+    """ALLOW_CONNECTIONS false is not a dropped database: its region (unflushed usage, balances)
+    and its worker stay, and flushing goes on."""
+    db = DBS[2]
+    wait_for("a worker", lambda: _worker_pid(db))
+    with connect(db) as c:
+        before = region(c)
+        kid, key = new_key(c, "closed", "k")
+    with connect("postgres") as p:
+        p.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS false")
+        try:
+            time.sleep(6)  # more than one launcher round
+        finally:
+            p.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+    with connect(db) as c:
+        assert region(c) == before
+        c.execute("SELECT apikey.verify(%s)", (key,))
+        wait_for("the use flushed", lambda: c.execute(
+            "SELECT last_used_at IS NOT NULL FROM apikey.keys WHERE id = %s", (kid,)).fetchone()[0])
+
+
+def test_a_rotation_followed_by_a_crash_mints_no_credits(cluster):
+    """Rotation moves a balance to the successor; the old key's durable balance goes to zero in
+    the same transaction, so a crash before the next flush cannot give it back beside the
+    successor's."""
+    db = DBS[0]
+    with connect(db) as c:
+        kid, key = new_key(c, "rot-crash", "k", credits=100)
+        c.execute("SELECT apikey.authenticate(%s, 10)", (key,))
+        wait_for("spending written", lambda: c.execute(
+            "SELECT credits FROM apikey.keys WHERE id = %s", (kid,)).fetchone()[0] == 90)
+        new_id = c.execute("SELECT id FROM apikey.rotate(%s, grace => interval '1 hour')", (kid,)).fetchone()[0]
+        victim = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+    log = ROOT / ".run" / NAME / "server.log"
+    ready = log.read_text(errors="replace").count("ready to accept connections")
+    os.kill(victim, signal.SIGKILL)
+    wait_for("the crash restart", lambda: log.read_text(errors="replace").count(
+        "ready to accept connections") > ready, timeout=60)
+    c = wait_for("the server back", lambda: _try_connect(db), timeout=60)
+    with c:
+        old, new = (c.execute("SELECT apikey.credits(%s)", (i,)).fetchone()[0] for i in (kid, new_id))
+        assert (old, new) == (0, 90)

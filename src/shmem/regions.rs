@@ -55,11 +55,16 @@ struct Descriptor {
     worker: AtomicI32,
     /// The worker's latch (in its PGPROC), to wake it.
     latch: AtomicU64,
+    /// Set by a worker that exits because it was asked to (SIGTERM, its database paused or its
+    /// region given back, making way): the launcher restarts it without counting a failure.
+    clean_exit: AtomicU32,
 }
 
 #[repr(C)]
 struct Pause {
     db: AtomicU32,
+    /// The backend whose statement holds the worker off: only it lifts its pause.
+    pid: AtomicI32,
     /// Until when (µs since the Postgres epoch) no worker may start for `db`.
     until: AtomicI64,
 }
@@ -228,6 +233,11 @@ thread_local! {
 }
 
 impl Region {
+    /// Does the region still belong to the database it was found for, under the same claim?
+    pub fn is_current(&self) -> bool {
+        shared().is_some_and(|s| self.still_ours(&s))
+    }
+
     fn still_ours(&self, s: &Shared) -> bool {
         let d = s.descriptor(self.index);
         d.db.load(Ordering::Acquire) == self.db
@@ -415,6 +425,15 @@ impl Region {
                         d.generation
                             .store(self.generation.wrapping_add(1), Ordering::Release);
                         d.db.store(0, Ordering::Release);
+                        // A worker still running for it sees the region is no longer its own
+                        // at its next wake (now) and exits; the next database's worker can
+                        // take the region then.
+                        let latch = d.latch.swap(0, Ordering::AcqRel);
+                        d.worker.store(0, Ordering::Release);
+                        if latch != 0 {
+                            // SAFETY: a PGPROC latch in shared memory (see wake_launcher).
+                            unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+                        }
                     });
                 });
             });
@@ -435,8 +454,28 @@ impl Region {
             // SAFETY: MyLatch is this process' PGPROC latch, in shared memory.
             d.latch
                 .store(unsafe { pg_sys::MyLatch } as u64, Ordering::Release);
+            d.clean_exit.store(0, Ordering::Release);
         }
         taken
+    }
+
+    /// From a worker about to exit because it was asked to.
+    pub fn note_clean_exit(&self) {
+        if let Some(s) = shared() {
+            s.descriptor(self.index)
+                .clean_exit
+                .store(1, Ordering::Release);
+        }
+    }
+
+    /// From the launcher: did the region's last worker exit because it was asked to? (Reset.)
+    pub fn take_clean_exit(&self) -> bool {
+        shared().is_some_and(|s| {
+            s.descriptor(self.index)
+                .clean_exit
+                .swap(0, Ordering::AcqRel)
+                != 0
+        })
     }
 
     /// Wake the region's worker (it exits when its database is paused).
@@ -478,7 +517,13 @@ pub fn count_unplaced() {
     }
 }
 
-pub fn unplaced() -> u64 {
+/// Usage events of every database that found no region: counted for the whole server, so shown
+/// to superusers only (another database's traffic is no administrator's business).
+pub fn unplaced_if_superuser() -> u64 {
+    // SAFETY: superuser() reads the current user's role; no preconditions.
+    if !unsafe { pg_sys::superuser() } {
+        return 0;
+    }
     shared().map_or(0, |s| s.header().unplaced.load(Ordering::Relaxed))
 }
 
@@ -515,27 +560,44 @@ pub fn starved() -> bool {
     shared().is_some_and(|s| s.header().starved.load(Ordering::Acquire) != 0)
 }
 
-/// Hold off database `db`'s worker for `seconds` (a statement that needs the database free of
-/// connections is about to run); `seconds == 0` lifts it.
-pub fn pause(db: u32, seconds: i64) {
-    let Some(s) = shared() else { return };
+/// Hold off database `db`'s worker for at most `seconds`, on behalf of this backend (a statement
+/// that needs the database free of connections is about to run). False when every pause slot is
+/// taken (the statement then runs as it would without pg_apikey).
+pub fn pause(db: u32, seconds: i64) -> bool {
+    let Some(s) = shared() else { return false };
+    // SAFETY: reads this process' id.
+    let me = unsafe { pg_sys::MyProcPid };
     with_lock(s.lock(0), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
         let pauses = &s.header().pauses;
         let now = now_us();
-        let slot = pauses
+        let mine =
+            |p: &&Pause| p.db.load(Ordering::Acquire) == db && p.pid.load(Ordering::Acquire) == me;
+        let free =
+            |p: &&Pause| p.db.load(Ordering::Acquire) == 0 || p.until.load(Ordering::Acquire) < now;
+        let Some(p) = pauses
             .iter()
-            .find(|p| p.db.load(Ordering::Acquire) == db)
-            .or_else(|| {
-                pauses.iter().find(|p| {
-                    p.db.load(Ordering::Acquire) == 0 || p.until.load(Ordering::Acquire) < now
-                })
-            });
-        if let Some(p) = slot {
-            if seconds > 0 {
-                p.db.store(db, Ordering::Release);
-                p.until.store(now + seconds * 1_000_000, Ordering::Release);
-            } else if p.db.load(Ordering::Acquire) == db {
+            .find(mine)
+            .or_else(|| pauses.iter().find(free))
+        else {
+            return false;
+        };
+        p.db.store(db, Ordering::Release);
+        p.pid.store(me, Ordering::Release);
+        p.until.store(now + seconds * 1_000_000, Ordering::Release);
+        true
+    })
+}
+
+/// Lift this backend's pause of database `db` (others' pauses stay).
+pub fn unpause(db: u32) {
+    let Some(s) = shared() else { return };
+    // SAFETY: reads this process' id.
+    let me = unsafe { pg_sys::MyProcPid };
+    with_lock(s.lock(0), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
+        for p in &s.header().pauses {
+            if p.db.load(Ordering::Acquire) == db && p.pid.load(Ordering::Acquire) == me {
                 p.db.store(0, Ordering::Release);
+                p.pid.store(0, Ordering::Release);
                 p.until.store(0, Ordering::Release);
             }
         }

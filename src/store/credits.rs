@@ -175,10 +175,10 @@ pub fn drain_held_balances() {
             &[],
         )?;
         c.update(
-            "DELETE FROM apikey.held_balances WHERE key_id IN (
+            "DELETE FROM apikey.held_balances WHERE key_id OPERATOR(pg_catalog.=) ANY (ARRAY(
                  SELECT h.key_id FROM apikey.held_balances h
                   WHERE NOT EXISTS (SELECT FROM apikey.keys k WHERE k.id OPERATOR(pg_catalog.=) h.key_id)
-                    FOR UPDATE SKIP LOCKED)",
+                    FOR UPDATE SKIP LOCKED))",
             None,
             &[],
         )

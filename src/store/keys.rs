@@ -284,11 +284,25 @@ pub fn rotate(old_id: i64, new: Rotated, grace: Interval) -> i64 {
             "UPDATE apikey.keys
                 SET revoked_at = LEAST(COALESCE(revoked_at, 'infinity'::pg_catalog.timestamptz),
                                        pg_catalog.now() OPERATOR(pg_catalog.+) $2),
-                    refill_amount = NULL, refill_interval = NULL
+                    refill_amount = NULL, refill_interval = NULL,
+                    credits = CASE WHEN credits IS NOT NULL THEN 0::pg_catalog.int8 END
               WHERE id OPERATOR(pg_catalog.=) $1",
             None,
             &[old_id.into(), grace.into()],
         )?;
+        // The balance moved to the successor in this transaction: the old key's durable balance
+        // goes with it, so a crash before the next flush cannot give it back beside the
+        // successor's.
+        if crate::catalog::get()
+            .relation_if_present("held_balances")
+            .is_some()
+        {
+            c.update(
+                "DELETE FROM apikey.held_balances WHERE key_id OPERATOR(pg_catalog.=) $1",
+                None,
+                &[old_id.into()],
+            )?;
+        }
         if let Some(id) = new_id {
             note_inserted(id);
         }

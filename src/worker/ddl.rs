@@ -50,41 +50,86 @@ fn option(options: *mut pg_sys::List, name: &CStr) -> Option<*mut pg_sys::DefEle
     found
 }
 
-/// The databases statement `node` needs free of connections.
+/// Would Postgres let this user run the statement on database `db` (so holding its worker off is
+/// theirs to ask)? DROP, RENAME and SET TABLESPACE need its owner; copying it needs CREATEDB and
+/// a template or ownership. Anyone else's statement passes through untouched and fails as it
+/// would without pg_apikey.
+fn may_take(db: u32, copying: bool) -> bool {
+    // SAFETY: superuser(), GetUserId() and has_privs_of_role() read the current role; the
+    // syscache tuples are released before returning and read only while held.
+    unsafe {
+        if pg_sys::superuser() {
+            return true;
+        }
+        let me = pg_sys::GetUserId();
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::DATABASEOID as i32,
+            pg_sys::Datum::from(pg_sys::Oid::from(db)),
+        );
+        if tuple.is_null() {
+            return false;
+        }
+        let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+        let owner = pg_sys::has_privs_of_role(me, form.datdba);
+        let template = form.datistemplate;
+        pg_sys::ReleaseSysCache(tuple);
+        if !copying {
+            return owner;
+        }
+        let role = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::AUTHOID as i32,
+            pg_sys::Datum::from(me),
+        );
+        if role.is_null() {
+            return false;
+        }
+        let createdb =
+            (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_authid>(role)).rolcreatedb;
+        pg_sys::ReleaseSysCache(role);
+        createdb && (template || owner)
+    }
+}
+
+/// The databases statement `node` needs free of connections, that this user may ask for.
 fn databases_to_free(node: *mut pg_sys::Node) -> Vec<u32> {
+    let (db, copying) = target(node);
+    db.filter(|&d| may_take(d, copying)).into_iter().collect()
+}
+
+/// The database statement `node` needs free of connections, and whether it copies it.
+fn target(node: *mut pg_sys::Node) -> (Option<u32>, bool) {
     // SAFETY: `node` is the utility statement of a PlannedStmt; its tag says which struct it is.
     unsafe {
         match (*node).type_ {
-            pg_sys::NodeTag::T_DropdbStmt => {
-                database_oid((*(node as *mut pg_sys::DropdbStmt)).dbname)
-                    .into_iter()
-                    .collect()
-            }
+            pg_sys::NodeTag::T_DropdbStmt => (
+                database_oid((*(node as *mut pg_sys::DropdbStmt)).dbname),
+                false,
+            ),
             pg_sys::NodeTag::T_CreatedbStmt => {
                 let s = &*(node as *mut pg_sys::CreatedbStmt);
                 let template = match option(s.options, c"template") {
                     Some(d) if !(*d).arg.is_null() => pg_sys::defGetString(d) as *const _,
                     _ => c"template1".as_ptr(),
                 };
-                database_oid(template).into_iter().collect()
+                (database_oid(template), true)
             }
             pg_sys::NodeTag::T_RenameStmt => {
                 let s = &*(node as *mut pg_sys::RenameStmt);
                 if s.renameType == pg_sys::ObjectType::OBJECT_DATABASE {
-                    database_oid(s.subname).into_iter().collect()
+                    (database_oid(s.subname), false)
                 } else {
-                    Vec::new()
+                    (None, false)
                 }
             }
             pg_sys::NodeTag::T_AlterDatabaseStmt => {
                 let s = &*(node as *mut pg_sys::AlterDatabaseStmt);
                 if option(s.options, c"tablespace").is_some() {
-                    database_oid(s.dbname).into_iter().collect()
+                    (database_oid(s.dbname), false)
                 } else {
-                    Vec::new()
+                    (None, false)
                 }
             }
-            _ => Vec::new(),
+            _ => (None, false),
         }
     }
 }
@@ -101,7 +146,9 @@ fn creates_this_extension(node: *mut pg_sys::Node) -> bool {
 
 /// Hold database `db`'s worker off and wait (cancellably) until it has left.
 fn hold_off(db: u32) {
-    regions::pause(db, HOLD_S);
+    if !regions::pause(db, HOLD_S) {
+        return;
+    }
     let Some(region) = regions::of_database(db) else {
         return;
     };
@@ -135,7 +182,6 @@ unsafe extern "C-unwind" fn utility(
         databases_to_free(node)
     };
     let creates = !node.is_null() && creates_this_extension(node);
-    held.iter().for_each(|&db| hold_off(db));
     let run = || {
         // SAFETY: the arguments Postgres gave us, passed on unchanged to the previous hook or
         // the standard implementation; its errors unwind through us as they would without us.
@@ -159,12 +205,16 @@ unsafe extern "C-unwind" fn utility(
     if held.is_empty() {
         run();
     } else {
-        PgTryBuilder::new(run)
-            .finally(|| {
-                held.iter().for_each(|&db| regions::pause(db, 0));
-                regions::wake_launcher();
-            })
-            .execute();
+        // The wait is inside: a cancel while waiting lifts the pause as any error does.
+        PgTryBuilder::new(|| {
+            held.iter().for_each(|&db| hold_off(db));
+            run()
+        })
+        .finally(|| {
+            held.iter().for_each(|&db| regions::unpause(db));
+            regions::wake_launcher();
+        })
+        .execute();
     }
     if creates {
         // The region (and so the worker) now rather than at the first verify.

@@ -33,8 +33,9 @@ pub fn register() {
         .load();
 }
 
-/// The databases that accept connections (not template0, not one being dropped).
-fn databases() -> Vec<u32> {
+/// Every database: (OID, accepts connections). One whose DROP was interrupted (datconnlimit -2)
+/// counts as gone.
+fn databases() -> Vec<(u32, bool)> {
     BackgroundWorker::transaction(|| {
         let mut out = Vec::new();
         // SAFETY: a catalog heap scan of the shared catalog pg_database inside a transaction,
@@ -52,9 +53,8 @@ fn databases() -> Vec<u32> {
                     break;
                 }
                 let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
-                // datconnlimit -2 marks a database whose DROP was interrupted.
-                if form.datallowconn && form.datconnlimit != -2 {
-                    out.push(u32::from(form.oid));
+                if form.datconnlimit != -2 {
+                    out.push((u32::from(form.oid), form.datallowconn));
                 }
             }
             pg_sys::table_endscan(scan);
@@ -90,10 +90,17 @@ impl Launcher {
                 }
             });
         for (db, since) in exited {
-            if regions::of_database(db).is_none() {
-                // It found no extension there (or gave its region back after a DROP EXTENSION).
+            let Some(region) = regions::of_database(db) else {
+                // It found no extension (or no key) there, or gave its region back after a
+                // DROP EXTENSION: nothing to start until a backend there claims a region.
                 self.absent.insert(db);
                 self.failures.remove(&db);
+                continue;
+            };
+            if region.take_clean_exit() {
+                // Asked to leave (a statement needed the database, SIGTERM, making way).
+                self.failures.remove(&db);
+                self.not_before.remove(&db);
                 continue;
             }
             // A worker that exits soon after starting again and again (say, it fails at once)
@@ -113,12 +120,19 @@ impl Launcher {
             self.not_before.insert(db, now + Duration::from_secs(wait));
         }
 
-        let live = databases();
+        let all = databases();
+        // Only a database that no longer exists gives its region back: one that merely stopped
+        // accepting connections (ALLOW_CONNECTIONS false) keeps it, and its backends and worker.
         for r in regions::claimed() {
-            if !live.contains(&r.database()) {
+            if !all.iter().any(|(db, _)| *db == r.database()) {
                 super::release(r);
             }
         }
+        let live: Vec<u32> = all
+            .iter()
+            .filter(|(_, open)| *open)
+            .map(|(db, _)| *db)
+            .collect();
         self.absent.retain(|db| live.contains(db));
 
         // Databases with a region first (the extension is in use there), then visits; among

@@ -217,7 +217,7 @@ impl Prewarm {
 /// `ALTER ROLE … IN DATABASE`): any of these could stop every flush (a read-only default, a
 /// tiny statement timeout) or change what the flush does (replica mode skips the keys table's
 /// triggers). They are overridden here, for the whole life of the process.
-const WORKER_SETTINGS: [(&std::ffi::CStr, &std::ffi::CStr); 11] = [
+const WORKER_SETTINGS: [(&std::ffi::CStr, &std::ffi::CStr); 12] = [
     (c"default_transaction_read_only", c"off"),
     (c"default_transaction_isolation", c"read committed"),
     (c"default_transaction_deferrable", c"off"),
@@ -231,6 +231,8 @@ const WORKER_SETTINGS: [(&std::ffi::CStr, &std::ffi::CStr); 11] = [
     (c"synchronous_commit", c"on"),
     (c"transaction_timeout", c"0"),
     (c"row_security", c"on"),
+    // A failed step is caught and retried; exit_on_error would turn it into the worker's exit.
+    (c"exit_on_error", c"off"),
 ];
 
 fn pin_session_settings() {
@@ -287,7 +289,23 @@ pub extern "C-unwind" fn pg_apikey_worker(arg: pg_sys::Datum) {
         }
         return;
     }
-    let Some(region) = regions::mine() else {
+    // A database's region is claimed by its first use; after a start, by this visit only if the
+    // database has keys (so copies of a database nobody uses take no region and no worker).
+    let has_keys = || {
+        step("the start", || {
+            BackgroundWorker::transaction(|| {
+                crate::store::as_owner(crate::store::live_key_estimate)
+            })
+        })
+        .unwrap_or(0)
+            > 0
+    };
+    let region = match regions::of_database(db) {
+        Some(_) => regions::mine(),
+        None if has_keys() => regions::mine(),
+        None => return,
+    };
+    let Some(region) = region else {
         complain(
             "the start",
             "every region of pg_apikey's shared memory is taken: raise apikey.max_databases",
@@ -308,16 +326,24 @@ pub extern "C-unwind" fn pg_apikey_worker(arg: pg_sys::Datum) {
             // SAFETY: rereads postgresql.conf, as every process does on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
+        if !region.is_current() {
+            // The region was given back (the launcher found the database gone).
+            return;
+        }
         match flush_all(region, &mut warm) {
             Flushed::Gone => {
                 release(region);
                 return;
             }
-            Flushed::Stopped => return,
+            Flushed::Stopped => {
+                region.note_clean_exit();
+                return;
+            }
             Flushed::Done(busy) => idle = if busy { 0 } else { idle + 1 },
         }
         let make_way = regions::starved() && idle >= 3;
         if !alive || regions::paused(db) || make_way {
+            region.note_clean_exit();
             return;
         }
     }
