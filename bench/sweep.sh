@@ -59,11 +59,11 @@ ratio() { # a b n [pgoptions]
 }
 
 start_churn() { # seconds
-    "${PSQL[@]}" -c "ALTER DATABASE bench SET apikey.creation_limit = 0" >/dev/null
     # One persistent connection (pgbench, one client) so the churn costs what it would in
-    # production, not a process start per change.
+    # production, not a process start per change. It alone may create keys past the quota; the
+    # measured sessions run with no pg_apikey setting.
     printf "SELECT apikey.revoke(id) FROM apikey.create('churn', 'churn key');\n\\sleep 50 ms\n" > "$work/churn.sql"
-    "$PGBIN/pgbench" -n -h "$dir" -p "$port" -U postgres -c 1 -T "$1" -f "$work/churn.sql" bench >/dev/null 2>&1 &
+    PGOPTIONS="-c apikey.creation_limit=0" "$PGBIN/pgbench" -n -h "$dir" -p "$port" -U postgres -c 1 -T "$1" -f "$work/churn.sql" bench >/dev/null 2>&1 &
     churn_pid=$!
 }
 

@@ -348,9 +348,27 @@ unsafe extern "C-unwind" fn relcache_changed(_arg: pg_sys::Datum, relid: pg_sys:
     INVALIDATORS.with_borrow(|v| v.iter().for_each(|f| f(relid)));
 }
 
+/// `ALTER EXTENSION … UPDATE` (or any change of a pg_extension row) may add tables that the
+/// catalog and every cache must now see: drop them all, as for a relcache queue reset.
+#[pg_guard]
+unsafe extern "C-unwind" fn extension_changed(
+    _arg: pg_sys::Datum,
+    _cache: std::ffi::c_int,
+    _hash: u32,
+) {
+    // SAFETY: the relcache callback with InvalidOid touches only backend-local caches and the
+    // shared cache's region lookups, as when Postgres resets the invalidation queue.
+    unsafe { relcache_changed(pg_sys::Datum::from(0), pg_sys::InvalidOid) };
+}
+
 pub fn init() {
-    // SAFETY: registers a static callback once, from _PG_init.
+    // SAFETY: registers static callbacks once, from _PG_init.
     unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), pg_sys::Datum::from(0))
-    };
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), pg_sys::Datum::from(0));
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::EXTENSIONOID as i32,
+            Some(extension_changed),
+            pg_sys::Datum::from(0),
+        );
+    }
 }

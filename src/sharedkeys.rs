@@ -8,7 +8,8 @@
 //! `apikey.shared_key_cache_size` (by default a quarter of `shared_buffers`) is a pool of chunks
 //! of 1,024 slots. Each database's region (`shmem::regions`, by the same index) starts with one
 //! chunk and grows by linear hashing (`pg_apikey_core::growth`) when an insert would evict: one
-//! chunk taken from the pool, one chunk of its own split. A database reads, fills and evicts only
+//! chunk taken from the pool, one chunk of its own split (its keys whose address moves go to the
+//! new chunk; nothing is lost). A database reads, fills and evicts only
 //! its own chunks, and a chunk goes back to the pool only when its region is given back (the
 //! extension or the database dropped), so no database can evict or read another's keys. The
 //! pool keeps one chunk for every region that has none yet, so every database that comes later
@@ -354,13 +355,15 @@ fn reset_region(s: Shared, r: usize, owner: u64, claim: Option<Region>) {
             }
         }
         if owner != 0 {
+            // Owned even when the pool has no chunk left for it: its lookups then find no
+            // shape and skip the cache, without trying again at every lookup.
+            dir.owner.store(owner, Ordering::Release);
             if let Some(c) = take_chunk(s, 0) {
                 with_lock(s.chunk_lock(c), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
                     s.chunk_owner(c)
                         .store(chunk_owner_word((owner >> 32) as u32, 0), Ordering::Release);
                 });
                 s.table(r, 0).store(c as u32, Ordering::Release);
-                dir.owner.store(owner, Ordering::Release);
                 dir.shape.store(Shape::ONE.pack() + 1, Ordering::Release);
             }
         }
@@ -400,14 +403,19 @@ fn grow(s: Shared, region: Region) -> bool {
                 s.chunk_lock(fresh),
                 pg_sys::LWLockMode::LW_EXCLUSIVE,
                 || {
-                    let (p, n) = s.chunk(old);
-                    // SAFETY: the split chunk's bytes under its exclusive lock. Emptied rather
-                    // than sorted: a cache refills, and the generation it moves refuses inserts of
-                    // rows read before.
-                    PartitionMut::new(unsafe { std::slice::from_raw_parts_mut(p, n) }).clear();
                     let (p, n) = s.chunk(fresh);
                     // SAFETY: the new chunk's bytes under its exclusive lock.
-                    PartitionMut::new(unsafe { std::slice::from_raw_parts_mut(p, n) }).clear();
+                    let mut to = PartitionMut::new(unsafe { std::slice::from_raw_parts_mut(p, n) });
+                    to.clear();
+                    let (p, n) = s.chunk(old);
+                    // SAFETY: the split chunk's bytes under its exclusive lock (a different chunk
+                    // from `fresh`, which came from the pool). Its keys whose address moves go to
+                    // the new chunk; the generation it moves refuses inserts read before.
+                    PartitionMut::new(unsafe { std::slice::from_raw_parts_mut(p, n) }).split_into(
+                        &mut to,
+                        |tag| next.chunk_of(tag) == added,
+                        MAX_CHUNKS,
+                    );
                     s.chunk_owner(fresh)
                         .store(chunk_owner_word(db, added), Ordering::Release);
                     s.table(r, added).store(fresh as u32, Ordering::Release);

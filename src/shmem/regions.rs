@@ -25,8 +25,6 @@ use super::{with_lock, Segment};
 pub const USAGE_SLOTS: usize = 1024;
 /// Credit balances held in memory, per database.
 pub const CREDIT_SLOTS: usize = 1024;
-/// Databases whose worker is held off at once (see `pause`).
-const PAUSES: usize = 16;
 
 #[repr(C)]
 pub struct UsagePart {
@@ -55,18 +53,13 @@ struct Descriptor {
     worker: AtomicI32,
     /// The worker's latch (in its PGPROC), to wake it.
     latch: AtomicU64,
+    /// The backend holding the worker off (see `pause`), and until when (µs since the Postgres
+    /// epoch).
+    pause_pid: AtomicI32,
+    pause_until: AtomicI64,
     /// Set by a worker that exits because it was asked to (SIGTERM, its database paused or its
     /// region given back, making way): the launcher restarts it without counting a failure.
     clean_exit: AtomicU32,
-}
-
-#[repr(C)]
-struct Pause {
-    db: AtomicU32,
-    /// The backend whose statement holds the worker off: only it lifts its pause.
-    pid: AtomicI32,
-    /// Until when (µs since the Postgres epoch) no worker may start for `db`.
-    until: AtomicI64,
 }
 
 #[repr(C)]
@@ -78,7 +71,6 @@ struct Header {
     starved: AtomicU32,
     /// Usage events of databases that found no free region.
     unplaced: AtomicU64,
-    pauses: [Pause; PAUSES],
 }
 
 const ALIGN: usize = 64;
@@ -425,6 +417,8 @@ impl Region {
                         d.generation
                             .store(self.generation.wrapping_add(1), Ordering::Release);
                         d.db.store(0, Ordering::Release);
+                        d.pause_pid.store(0, Ordering::Release);
+                        d.pause_until.store(0, Ordering::Release);
                         // A worker still running for it sees the region is no longer its own
                         // at its next wake (now) and exits; the next database's worker can
                         // take the region then.
@@ -561,55 +555,54 @@ pub fn starved() -> bool {
 }
 
 /// Hold off database `db`'s worker for at most `seconds`, on behalf of this backend (a statement
-/// that needs the database free of connections is about to run). False when every pause slot is
-/// taken (the statement then runs as it would without pg_apikey).
+/// that needs the database free of connections is about to run). One pause per region: false
+/// when the database has no region (so no worker to hold off) or another backend's pause is in
+/// force (that one already sent the worker away).
 pub fn pause(db: u32, seconds: i64) -> bool {
-    let Some(s) = shared() else { return false };
+    let (Some(s), Some(region)) = (shared(), of_database(db)) else {
+        return false;
+    };
     // SAFETY: reads this process' id.
     let me = unsafe { pg_sys::MyProcPid };
     with_lock(s.lock(0), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
-        let pauses = &s.header().pauses;
+        let d = s.descriptor(region.index);
         let now = now_us();
-        let mine =
-            |p: &&Pause| p.db.load(Ordering::Acquire) == db && p.pid.load(Ordering::Acquire) == me;
-        let free =
-            |p: &&Pause| p.db.load(Ordering::Acquire) == 0 || p.until.load(Ordering::Acquire) < now;
-        let Some(p) = pauses
-            .iter()
-            .find(mine)
-            .or_else(|| pauses.iter().find(free))
-        else {
+        let holder = d.pause_pid.load(Ordering::Acquire);
+        if !region.still_ours(&s)
+            || (holder != 0 && holder != me && d.pause_until.load(Ordering::Acquire) > now)
+        {
             return false;
-        };
-        p.db.store(db, Ordering::Release);
-        p.pid.store(me, Ordering::Release);
-        p.until.store(now + seconds * 1_000_000, Ordering::Release);
+        }
+        d.pause_pid.store(me, Ordering::Release);
+        d.pause_until
+            .store(now + seconds * 1_000_000, Ordering::Release);
         true
     })
 }
 
-/// Lift this backend's pause of database `db` (others' pauses stay).
+/// Lift this backend's pause of database `db` (another backend's stays).
 pub fn unpause(db: u32) {
-    let Some(s) = shared() else { return };
+    let (Some(s), Some(region)) = (shared(), of_database(db)) else {
+        return;
+    };
     // SAFETY: reads this process' id.
     let me = unsafe { pg_sys::MyProcPid };
     with_lock(s.lock(0), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
-        for p in &s.header().pauses {
-            if p.db.load(Ordering::Acquire) == db && p.pid.load(Ordering::Acquire) == me {
-                p.db.store(0, Ordering::Release);
-                p.pid.store(0, Ordering::Release);
-                p.until.store(0, Ordering::Release);
-            }
+        let d = s.descriptor(region.index);
+        if d.pause_pid.load(Ordering::Acquire) == me {
+            d.pause_pid.store(0, Ordering::Release);
+            d.pause_until.store(0, Ordering::Release);
         }
     });
 }
 
 /// Is database `db`'s worker held off?
 pub fn paused(db: u32) -> bool {
-    let Some(s) = shared() else { return false };
-    let now = now_us();
-    s.header()
-        .pauses
-        .iter()
-        .any(|p| p.db.load(Ordering::Acquire) == db && p.until.load(Ordering::Acquire) > now)
+    let (Some(s), Some(region)) = (shared(), of_database(db)) else {
+        return false;
+    };
+    s.descriptor(region.index)
+        .pause_until
+        .load(Ordering::Acquire)
+        > now_us()
 }

@@ -51,10 +51,9 @@ fn option(options: *mut pg_sys::List, name: &CStr) -> Option<*mut pg_sys::DefEle
 }
 
 /// Would Postgres let this user run the statement on database `db` (so holding its worker off is
-/// theirs to ask)? DROP, RENAME and SET TABLESPACE need its owner; copying it needs CREATEDB and
-/// a template or ownership. Anyone else's statement passes through untouched and fails as it
-/// would without pg_apikey.
-fn may_take(db: u32, copying: bool) -> bool {
+/// theirs to ask)? Anyone else's statement passes through untouched and fails as it would
+/// without pg_apikey.
+fn may_take(db: u32, kind: Kind) -> bool {
     // SAFETY: superuser(), GetUserId() and has_privs_of_role() read the current role; the
     // syscache tuples are released before returning and read only while held.
     unsafe {
@@ -73,7 +72,10 @@ fn may_take(db: u32, copying: bool) -> bool {
         let owner = pg_sys::has_privs_of_role(me, form.datdba);
         let template = form.datistemplate;
         pg_sys::ReleaseSysCache(tuple);
-        if !copying {
+        // DROP and SET TABLESPACE need ownership; RENAME ownership and CREATEDB; a copy
+        // CREATEDB and a template (or ownership).
+        let needs_createdb = matches!(kind, Kind::Copy | Kind::Rename);
+        if !needs_createdb {
             return owner;
         }
         let role = pg_sys::SearchSysCache1(
@@ -86,50 +88,75 @@ fn may_take(db: u32, copying: bool) -> bool {
         let createdb =
             (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_authid>(role)).rolcreatedb;
         pg_sys::ReleaseSysCache(role);
-        createdb && (template || owner)
+        createdb && (owner || (kind == Kind::Copy && template))
     }
 }
 
 /// The databases statement `node` needs free of connections, that this user may ask for.
 fn databases_to_free(node: *mut pg_sys::Node) -> Vec<u32> {
-    let (db, copying) = target(node);
-    db.filter(|&d| may_take(d, copying)).into_iter().collect()
+    let (db, kind) = target(node);
+    db.filter(|&d| may_take(d, kind) && alone(d, kind))
+        .into_iter()
+        .collect()
 }
 
-/// The database statement `node` needs free of connections, and whether it copies it.
-fn target(node: *mut pg_sys::Node) -> (Option<u32>, bool) {
+/// Would the statement find the database free but for its worker? With another session
+/// connected Postgres refuses it anyway (unless `DROP … WITH (FORCE)` ends those sessions), so
+/// holding the worker off would only stop its flushes.
+fn alone(db: u32, kind: Kind) -> bool {
+    // SAFETY: counts the backends (background workers excluded) connected to `db`.
+    kind == Kind::DropForce || unsafe { pg_sys::CountDBConnections(pg_sys::Oid::from(db)) } == 0
+}
+
+/// What a statement does to the database it needs free.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Drop,
+    DropForce,
+    Copy,
+    Rename,
+    Move,
+}
+
+/// The database statement `node` needs free of connections, and what it does to it.
+fn target(node: *mut pg_sys::Node) -> (Option<u32>, Kind) {
     // SAFETY: `node` is the utility statement of a PlannedStmt; its tag says which struct it is.
     unsafe {
         match (*node).type_ {
-            pg_sys::NodeTag::T_DropdbStmt => (
-                database_oid((*(node as *mut pg_sys::DropdbStmt)).dbname),
-                false,
-            ),
+            pg_sys::NodeTag::T_DropdbStmt => {
+                let s = &*(node as *mut pg_sys::DropdbStmt);
+                let kind = if option(s.options, c"force").is_some() {
+                    Kind::DropForce
+                } else {
+                    Kind::Drop
+                };
+                (database_oid(s.dbname), kind)
+            }
             pg_sys::NodeTag::T_CreatedbStmt => {
                 let s = &*(node as *mut pg_sys::CreatedbStmt);
                 let template = match option(s.options, c"template") {
                     Some(d) if !(*d).arg.is_null() => pg_sys::defGetString(d) as *const _,
                     _ => c"template1".as_ptr(),
                 };
-                (database_oid(template), true)
+                (database_oid(template), Kind::Copy)
             }
             pg_sys::NodeTag::T_RenameStmt => {
                 let s = &*(node as *mut pg_sys::RenameStmt);
                 if s.renameType == pg_sys::ObjectType::OBJECT_DATABASE {
-                    (database_oid(s.subname), false)
+                    (database_oid(s.subname), Kind::Rename)
                 } else {
-                    (None, false)
+                    (None, Kind::Rename)
                 }
             }
             pg_sys::NodeTag::T_AlterDatabaseStmt => {
                 let s = &*(node as *mut pg_sys::AlterDatabaseStmt);
                 if option(s.options, c"tablespace").is_some() {
-                    (database_oid(s.dbname), false)
+                    (database_oid(s.dbname), Kind::Move)
                 } else {
-                    (None, false)
+                    (None, Kind::Move)
                 }
             }
-            _ => (None, false),
+            _ => (None, Kind::Move),
         }
     }
 }
@@ -188,7 +215,11 @@ unsafe extern "C-unwind" fn utility(
         unsafe {
             #[allow(ffi_unwind_calls)]
             match PREV {
-                Some(prev) => prev(pstmt, query, read_only_tree, context, params, env, dest, qc),
+                // Another extension's hook, a C function pointer: its errors cross into Rust
+                // only through pgrx's guard, as every Postgres function's do.
+                Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                    prev(pstmt, query, read_only_tree, context, params, env, dest, qc)
+                }),
                 None => pg_sys::standard_ProcessUtility(
                     pstmt,
                     query,

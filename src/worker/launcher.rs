@@ -74,6 +74,8 @@ struct Launcher {
     not_before: HashMap<u32, Instant>,
     /// Quick exits in a row, per database (a worker that fails at once waits longer each time).
     failures: HashMap<u32, u32>,
+    /// Databases with a region that the last scan of pg_database did not find.
+    missing: HashSet<u32>,
     complained: Option<Instant>,
 }
 
@@ -121,16 +123,27 @@ impl Launcher {
         }
 
         let all = databases();
-        // Only a database that no longer exists gives its region back: one that merely stopped
-        // accepting connections (ALLOW_CONNECTIONS false) keeps it, and its backends and worker.
+        // Only a database that no longer exists gives its region back, and only when two scans
+        // in a row miss it (one created and first used between a scan and this loop is not
+        // gone). One that merely stopped accepting connections keeps its region, its backends
+        // and its worker.
+        let mut missing = HashSet::new();
         for r in regions::claimed() {
-            if !all.iter().any(|(db, _)| *db == r.database()) {
-                super::release(r);
+            let db = r.database();
+            if !all.iter().any(|(d, _)| *d == db) {
+                if self.missing.contains(&db) {
+                    super::release(r);
+                } else {
+                    missing.insert(db);
+                }
             }
         }
+        self.missing = missing;
+        // Workers go where the extension is in use (a region: connecting even if the database
+        // is closed to new connections) and visits where it may be installed (open ones).
         let live: Vec<u32> = all
             .iter()
-            .filter(|(_, open)| *open)
+            .filter(|(db, open)| *open || regions::of_database(*db).is_some())
             .map(|(db, _)| *db)
             .collect();
         self.absent.retain(|db| live.contains(db));

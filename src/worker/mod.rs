@@ -69,9 +69,12 @@ fn step<R>(name: &'static str, f: impl FnOnce() -> R) -> Option<R> {
     PgTryBuilder::new(run)
         .catch_others(|e| {
             // SAFETY: the step's transaction failed: abort it (which also releases LWLocks and
-            // resets memory contexts) so the worker can start the next one; a no-op when the
-            // error came between transactions.
-            unsafe { pg_sys::AbortCurrentTransaction() };
+            // resets memory contexts) so the worker can start the next one; between
+            // transactions abort does nothing, so LWLocks are released here too.
+            unsafe {
+                pg_sys::AbortCurrentTransaction();
+                pg_sys::LWLockReleaseAll();
+            }
             let message = match &e {
                 pg_sys::panic::CaughtError::PostgresError(r)
                 | pg_sys::panic::CaughtError::ErrorReport(r)
@@ -274,7 +277,16 @@ unsafe extern "C-unwind" fn forget_me(_code: i32, _arg: pg_sys::Datum) {
 pub extern "C-unwind" fn pg_apikey_worker(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = arg.value() as u32;
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
+    // SAFETY: connects this worker to database `db` as the bootstrap superuser, once, before
+    // any transaction; BYPASS_ALLOWCONN so a database closed to new connections (whose backends
+    // still spend) keeps its worker.
+    unsafe {
+        pg_sys::BackgroundWorkerInitializeConnectionByOid(
+            pg_sys::Oid::from(db),
+            pg_sys::InvalidOid,
+            pg_sys::BGWORKER_BYPASS_ALLOWCONN,
+        )
+    };
     pin_session_settings();
     let installed = step("the start", || {
         BackgroundWorker::transaction(|| crate::catalog::installed().is_some())

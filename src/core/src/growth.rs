@@ -1,7 +1,7 @@
 //! How a database's region of the shared key cache grows without moving anyone else's memory:
 //! linear hashing over fixed-size chunks. A region starts with one chunk; each growth adds one
-//! chunk and splits exactly one existing chunk (the one the split pointer names), so a growth
-//! empties one chunk's worth of entries at most, never the region. A tag's chunk depends only on
+//! chunk and splits exactly one existing chunk (the one the split pointer names): the keys of
+//! that chunk whose address changes move to the new chunk, and no other chunk is touched. A tag's chunk depends only on
 //! its low bits and the shape, so every backend finds it with two atomic reads.
 
 /// A region's shape: `2^level + split` chunks.

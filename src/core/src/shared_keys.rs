@@ -188,6 +188,39 @@ impl<'a> PartitionMut<'a> {
         doomed.len()
     }
 
+    /// Move every entry whose tag `moves` selects into `to` (a partition of the same layout,
+    /// empty: a chunk just added by a growth), and move this partition's generation so that no
+    /// insert read under the old layout lands here. Answers how many moved.
+    pub fn split_into(
+        &mut self,
+        to: &mut PartitionMut,
+        moves: impl Fn(u32) -> bool,
+        partitions: usize,
+    ) -> usize {
+        self.bump();
+        let since = to.generation();
+        let mut moved = 0;
+        for i in 0..slot_count(self.0) {
+            let at = HEADER + i * SLOT;
+            let b = &mut *self.0;
+            if b[at + USED] != 1 {
+                continue;
+            }
+            let tag = u32_at(b, at + TAG);
+            if !moves(tag) {
+                continue;
+            }
+            let len = (u16::from_le_bytes([b[at + LEN], b[at + LEN + 1]]) as usize).min(PAYLOAD);
+            let digest: [u8; DIGEST_LEN] = b[at + DIGEST..at + BODY].try_into().expect("32 bytes");
+            let payload = b[at + BODY..at + BODY + len].to_vec();
+            b[at + USED] = 0;
+            if to.insert(tag, &digest, &payload, since, partitions) {
+                moved += 1;
+            }
+        }
+        moved
+    }
+
     /// Drop everything, and move the generation.
     pub fn clear(&mut self) {
         self.bump();
@@ -317,6 +350,42 @@ mod tests {
             "a stored key replaces itself"
         );
         assert!(p.would_evict(tag(&keys[WINDOW]), &keys[WINDOW], 1));
+    }
+
+    #[test]
+    fn a_split_moves_the_selected_entries_and_keeps_the_rest() {
+        let mut old = vec![0u8; partition_bytes(256)];
+        let mut new = vec![0u8; partition_bytes(256)];
+        let keys: Vec<[u8; DIGEST_LEN]> = (0..100u64).map(digest).collect();
+        {
+            let mut p = PartitionMut::new(&mut old);
+            for d in &keys {
+                assert!(p.insert(tag(d), d, &d[..4], p.generation(), 1));
+            }
+        }
+        let before = PartitionMut::new(&mut old).generation();
+        let moved = PartitionMut::new(&mut old).split_into(
+            &mut PartitionMut::new(&mut new),
+            |t| t % 2 == 1,
+            1,
+        );
+        assert!(moved > 0 && moved < 100);
+        assert_ne!(
+            Partition::new(&old).generation(),
+            before,
+            "old tickets must not insert"
+        );
+        for d in &keys {
+            let (here, there) = (
+                Partition::new(&old).find(tag(d), d, 1),
+                Partition::new(&new).find(tag(d), d, 1),
+            );
+            if tag(d) % 2 == 1 {
+                assert_eq!((here, there), (None, Some(&d[..4])));
+            } else {
+                assert_eq!((here, there), (Some(&d[..4]), None));
+            }
+        }
     }
 
     #[test]
