@@ -526,6 +526,12 @@ pub fn get(t: &Ticket, digest: &Digest) -> Option<StoredKey> {
 /// whether the cache took it. When storing it pushed another key out, the region grows by a
 /// chunk if the pool allows.
 pub fn offer(t: Ticket, digest: &Digest, key: &StoredKey) -> bool {
+    store(t, digest, key, true)
+}
+
+/// Store a key, pushing the oldest of its window out if `evict` (a lookup's miss: this key is
+/// in use now) or leaving it out (a prewarm's: the keys already there were put by use).
+fn store(t: Ticket, digest: &Digest, key: &StoredKey, evict: bool) -> bool {
     let Some(s) = shared() else { return false };
     if key.created_here {
         return false;
@@ -533,10 +539,9 @@ pub fn offer(t: Ticket, digest: &Digest, key: &StoredKey) -> bool {
     let payload = key.encode();
     let outcome = write(s, t.chunk, t.owner, |mut p| {
         let crowded = p.would_evict(t.tag, digest, MAX_CHUNKS);
-        (
-            p.insert(t.tag, digest, &payload, t.generation, MAX_CHUNKS),
-            crowded,
-        )
+        let stored =
+            (evict || !crowded) && p.insert(t.tag, digest, &payload, t.generation, MAX_CHUNKS);
+        (stored, crowded)
     });
     let Some((stored, crowded)) = outcome else {
         return false;
@@ -648,7 +653,14 @@ pub fn prewarm_digests(digests: &[Digest]) {
             continue;
         }
         if let Some(key) = crate::store::find_by_digest(digest) {
-            offer(t, digest, &key);
+            // A prewarm never pushes out a key that use put there: after a bulk load larger
+            // than the cache, the keys in use stay, and the load fills what is free. A crowded
+            // window makes the region grow if the pool allows; the key gets a second chance then.
+            if !store(t, digest, &key, false) {
+                if let Some(t) = ticket(digest) {
+                    store(t, digest, &key, false);
+                }
+            }
         }
     }
 }

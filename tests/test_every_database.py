@@ -318,3 +318,36 @@ def test_a_rotation_followed_by_a_crash_mints_no_credits(cluster):
     with c:
         old, new = (c.execute("SELECT apikey.credits(%s)", (i,)).fetchone()[0] for i in (kid, new_id))
         assert (old, new) == (0, 90)
+
+
+def test_more_databases_than_worker_slots_are_all_flushed(cluster):
+    """Ten more databases than this server has worker slots for (max_worker_processes = 8, the
+    default): idle workers make way in turn, and every database's usage is written."""
+    names = [f"many_{i}" for i in range(10)]
+    with connect("postgres") as c:
+        c.execute("ALTER SYSTEM SET apikey.usage_flush_interval = 200")
+        c.execute("SELECT pg_reload_conf()")
+        for n in names:
+            c.execute(f"CREATE DATABASE {n}")
+    try:
+        keys = {}
+        for n in names:
+            with connect(n) as c:
+                c.execute("CREATE EXTENSION pg_apikey")
+                keys[n] = new_key(c, "many", "k")
+                c.execute("SELECT apikey.verify(%s)", (keys[n][1],))
+
+        def flushed():
+            done = 0
+            for n in names:
+                with connect(n) as c:
+                    done += c.execute("SELECT last_used_at IS NOT NULL FROM apikey.keys WHERE id = %s",
+                                      (keys[n][0],)).fetchone()[0]
+            return done == len(names)
+        wait_for("every database flushed", flushed, timeout=120)
+    finally:
+        with connect("postgres") as c:
+            c.execute("ALTER SYSTEM RESET apikey.usage_flush_interval")
+            c.execute("SELECT pg_reload_conf()")
+            for n in names:
+                c.execute(f"DROP DATABASE IF EXISTS {n} WITH (FORCE)")
