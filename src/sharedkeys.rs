@@ -450,6 +450,8 @@ pub struct Ticket {
     chunk: usize,
     owner: u64,
     generation: u64,
+    /// What the cache held for the digest, read with the generation.
+    payload: Option<Vec<u8>>,
 }
 
 /// The region of this database if the shared cache serves it here: preloaded with a cache,
@@ -494,25 +496,32 @@ pub fn ticket(digest: &Digest) -> Option<Ticket> {
         reset_region(s, r, owner, Some(region));
     }
     let tag = tag(digest);
+    // The generation and the lookup under one shared lock: a hit costs one lock, and the
+    // generation a miss will insert under is the one the lookup saw.
     on_chunk(s, r, db, tag, |chunk, expected| {
-        read(s, chunk, expected, |p| p.generation()).map(|generation| Ticket {
+        read(s, chunk, expected, |p| {
+            (
+                p.generation(),
+                p.find(tag, digest, MAX_CHUNKS).map(<[u8]>::to_vec),
+            )
+        })
+        .map(|(generation, payload)| Ticket {
             region,
             tag,
             chunk,
             owner: expected,
             generation,
+            payload,
         })
     })
 }
 
-/// The key with `digest`, if the shared cache holds it.
+/// The key with `digest`, if the shared cache held it when the ticket was taken.
 pub fn get(t: &Ticket, digest: &Digest) -> Option<StoredKey> {
-    let s = shared()?;
-    let payload = read(s, t.chunk, t.owner, |p| {
-        p.find(t.tag, digest, MAX_CHUNKS).map(<[u8]>::to_vec)
-    })
-    .flatten();
-    let found = payload.and_then(|p| StoredKey::decode(&p, digest));
+    let found = t
+        .payload
+        .as_deref()
+        .and_then(|p| StoredKey::decode(p, digest));
     let (hits, misses) = COUNTS.get();
     COUNTS.set(if found.is_some() {
         (hits + 1, misses)
