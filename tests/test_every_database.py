@@ -351,3 +351,22 @@ def test_more_databases_than_worker_slots_are_all_flushed(cluster):
             c.execute("SELECT pg_reload_conf()")
             for n in names:
                 c.execute(f"DROP DATABASE IF EXISTS {n} WITH (FORCE)")
+
+
+def test_drop_extension_stops_the_worker_and_create_extension_brings_it_back(cluster):
+    with connect("postgres") as c:
+        c.execute("CREATE DATABASE come_and_go")
+    try:
+        with connect("come_and_go") as c:
+            c.execute("CREATE EXTENSION pg_apikey")
+        wait_for("a worker within seconds of CREATE EXTENSION", lambda: _worker_pid("come_and_go"))
+        with connect("come_and_go") as c:
+            c.execute("DROP EXTENSION pg_apikey")
+        wait_for("the worker gone after DROP EXTENSION", lambda: not _worker_pid("come_and_go"))
+        with connect("come_and_go") as c:
+            c.execute("CREATE EXTENSION pg_apikey")
+            wait_for("a worker again", lambda: _worker_pid("come_and_go"))
+            assert c.execute("SELECT region FROM apikey.shared_memory_stats()").fetchone()[0] is not None
+    finally:
+        with connect("postgres") as c:
+            c.execute("DROP DATABASE IF EXISTS come_and_go WITH (FORCE)")

@@ -288,13 +288,25 @@ pub extern "C-unwind" fn pg_apikey_worker(arg: pg_sys::Datum) {
         )
     };
     pin_session_settings();
-    let installed = step("the start", || {
-        BackgroundWorker::transaction(|| crate::catalog::installed().is_some())
-    });
-    if installed != Some(true) {
-        // Not installed here (or no longer): nothing to do, and a region left behind by a
-        // DROP EXTENSION goes back.
-        if installed == Some(false) {
+    let installed = || {
+        step("the start", || {
+            BackgroundWorker::transaction(|| crate::catalog::installed().is_some())
+        })
+    };
+    let mut found = installed();
+    // A region without the extension: a CREATE EXTENSION claims its region before it commits,
+    // so look again for a while before taking it for one left behind (a DROP EXTENSION, a
+    // rolled-back CREATE) and giving it back.
+    let mut looks = 0;
+    while found == Some(false) && regions::of_database(db).is_some() && looks < 10 {
+        if !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
+            return;
+        }
+        looks += 1;
+        found = installed();
+    }
+    if found != Some(true) {
+        if found == Some(false) {
             if let Some(r) = regions::of_database(db) {
                 release(r);
             }
