@@ -43,7 +43,7 @@ fn put_back(moves: Vec<(i64, i64)>) {
     if moves.is_empty() || !crate::shmem::preloaded() {
         return;
     }
-    let db = current_db();
+    let db = crate::shmem::database();
     if let Some(r) = regions::mine_if_known() {
         r.credits(|p| {
             for (key_id, amount) in moves {
@@ -121,11 +121,6 @@ fn if_held<R>(f: impl FnOnce(&mut [Balance]) -> Option<R>) -> Option<R> {
     regions::mine()?.credits(|p| f(&mut p.balances)).flatten()
 }
 
-fn current_db() -> u32 {
-    // SAFETY: reads a backend global set at connection.
-    u32::from(unsafe { pg_sys::MyDatabaseId })
-}
-
 fn now_us() -> i64 {
     // SAFETY: reads the clock.
     unsafe { pg_sys::GetCurrentTimestamp() }
@@ -149,7 +144,7 @@ pub fn spend(key: &StoredKey, cost: i64) -> Result<(), ApiError> {
     if !key.rights.metered || cost < 0 {
         return Ok(());
     }
-    let db = current_db();
+    let db = crate::shmem::database();
     let refill = refill_of(key.refill);
     let evictable = on_standby();
     let attempt = |loaded| {
@@ -177,7 +172,7 @@ pub fn spend(key: &StoredKey, cost: i64) -> Result<(), ApiError> {
 /// pg_apikey's own checks refused the request before it was served (all or nothing). Nothing
 /// else refunds: see the module comment.
 pub fn refund(key_id: i64, cost: i64) {
-    let db = current_db();
+    let db = crate::shmem::database();
     if_held(|b| {
         credits_table::refund(b, db, key_id, cost);
         Some(())
@@ -188,7 +183,7 @@ pub fn refund(key_id: i64, cost: i64) {
 /// refill applied).
 pub fn balance(key_id: i64, refill: Option<(i64, i64)>) -> i64 {
     let now = now_us();
-    let db = current_db();
+    let db = crate::shmem::database();
     let held = if_held(|b| credits_table::peek(b, db, key_id, refill_of(refill), now));
     held.unwrap_or_else(|| {
         let (left, at) = crate::store::as_owner(|| crate::store::credit_balance(key_id));
@@ -201,7 +196,7 @@ pub fn balance(key_id: i64, refill: Option<(i64, i64)>) -> i64 {
 /// the partition's lock, where every backend spends it: no concurrent spend can use what was
 /// moved.
 pub fn take_all(key_id: i64, refill: Option<(i64, i64)>) -> i64 {
-    let db = current_db();
+    let db = crate::shmem::database();
     let refill = refill_of(refill);
     let now = now_us();
     let taken = with_balances(|b| credits_table::take_all(b, db, key_id, refill, now));
@@ -223,7 +218,7 @@ pub fn take_all(key_id: i64, refill: Option<(i64, i64)>) -> i64 {
 /// Add `n` credits: to the balance in memory if one is held (the worker writes it), else to the
 /// table.
 pub fn add(key_id: i64, n: i64) {
-    let db = current_db();
+    let db = crate::shmem::database();
     let held = if_held(|b| credits_table::add(b, db, key_id, n).then_some(()));
     if held.is_none() {
         crate::store::as_owner(|| crate::store::add_credits(key_id, n));
@@ -236,23 +231,20 @@ pub fn flush(region: Region) -> Vec<i64> {
     if on_standby() {
         return Vec::new();
     }
-    let db = current_db();
+    let db = crate::shmem::database();
     let dirty = region
         .credits(|p| credits_table::collect(&p.balances, db))
         .unwrap_or_default();
-    if dirty.is_empty() {
-        // Balances written aside earlier go into their rows once those are free.
-        pgrx::bgworkers::BackgroundWorker::transaction(|| {
-            if crate::catalog::installed().is_some() {
-                crate::store::as_owner(crate::store::drain_held_balances);
-            }
-        });
-        return Vec::new();
-    }
+    // Every flush, dirty balances or not: balances written aside earlier go into their rows
+    // once those are free.
     let held = pgrx::bgworkers::BackgroundWorker::transaction(|| {
         crate::catalog::installed()?;
         Some(crate::store::as_owner(|| {
-            let busy = crate::store::write_credits(&dirty);
+            let busy = if dirty.is_empty() {
+                Vec::new()
+            } else {
+                crate::store::write_credits(&dirty)
+            };
             crate::store::drain_held_balances();
             busy
         }))

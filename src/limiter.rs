@@ -109,11 +109,6 @@ fn now_us() -> i64 {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
-fn current_db() -> u32 {
-    // SAFETY: reads a backend global set at connection.
-    u32::from(unsafe { pg_sys::MyDatabaseId })
-}
-
 /// Which half of the table, and whose names: a key's own limit, or a role's named bucket.
 #[derive(Clone, Copy)]
 pub enum Namespace {
@@ -164,7 +159,7 @@ fn place(db: u32, ns: Namespace, name: &str) -> Place {
 
 pub fn charge(ns: Namespace, name: &str, rate: &Rate) -> Result<Outcome, ApiError> {
     require_preload("rate limiting");
-    let db = current_db();
+    let db = crate::shmem::database();
     let p = place(db, ns, name);
     let rate = rate.scaled(crate::gucs::LIMIT_SCALE.get());
     let now = now_us();
@@ -199,7 +194,7 @@ pub fn charge_all(items: &[Charge]) -> Result<(), ApiError> {
         return Ok(());
     }
     require_preload("rate limiting");
-    let db = current_db();
+    let db = crate::shmem::database();
     let scale = crate::gucs::LIMIT_SCALE.get();
     let places: Vec<Place> = items
         .iter()
@@ -280,7 +275,7 @@ fn rate_limit_buckets(
     if !crate::admin::caller_is_admin() {
         raise(ApiError::AdminOnly("read the rate limiter state"));
     }
-    let db = current_db();
+    let db = crate::shmem::database();
     let now = now_us();
     let mut rows = Vec::new();
     for part in TABLE.iter() {

@@ -163,8 +163,7 @@ fn rehash_or_queue(key_id: i64, digest: &[u8; DIGEST_LEN], last4: &str) {
         let actor = privilege::caller_name();
         store::as_owner(|| apply_rehash(&actor, key_id, digest, last4));
     } else if let Some(region) = crate::shmem::regions::mine() {
-        // SAFETY: reads a backend global set at connection.
-        let db = u32::from(unsafe { pg_sys::MyDatabaseId });
+        let db = crate::shmem::database();
         region.rehashes(|q| q.queue.push(Rehash::new(db, key_id, *digest, last4)));
     }
 }
@@ -190,8 +189,7 @@ fn apply_rehash(actor: &str, key_id: i64, digest: &[u8; DIGEST_LEN], last4: &str
 
 /// The worker's share: rehashes queued by read-only verifies of its database (in its region).
 pub fn flush_rehashes(region: crate::shmem::regions::Region) {
-    // SAFETY: reads a backend global set at connection.
-    let db = u32::from(unsafe { pg_sys::MyDatabaseId });
+    let db = crate::shmem::database();
     let taken = region.rehashes(|q| q.queue.take(db)).unwrap_or_default();
     if taken.is_empty() {
         return;

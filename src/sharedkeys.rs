@@ -270,10 +270,7 @@ fn write<R>(s: Shared, c: usize, expected: u64, f: impl FnOnce(PartitionMut) -> 
 /// Where a tag lives now in region `r` of database `db`: (pool chunk, its owner word, shape).
 fn place(s: Shared, r: usize, db: u32, tag: u32) -> Option<(usize, u64, u64)> {
     let packed = s.directory(r).shape.load(Ordering::Acquire);
-    if packed == 0 {
-        return None;
-    }
-    let position = Shape::unpack(packed - 1).chunk_of(tag);
+    let position = Shape::unpack(packed)?.chunk_of(tag);
     let c = s.table(r, position).load(Ordering::Acquire) as usize;
     (c < s.layout.chunks).then(|| (c, chunk_owner_word(db, position), packed))
 }
@@ -342,8 +339,8 @@ fn reset_region(s: Shared, r: usize, owner: u64, claim: Option<Region>) {
         let dir = s.directory(r);
         let packed = dir.shape.swap(0, Ordering::AcqRel);
         dir.owner.store(0, Ordering::Release);
-        if packed != 0 {
-            for position in 0..Shape::unpack(packed - 1).chunks() {
+        if let Some(shape) = Shape::unpack(packed) {
+            for position in 0..shape.chunks() {
                 let c = s.table(r, position).load(Ordering::Acquire) as usize;
                 with_lock(s.chunk_lock(c), pg_sys::LWLockMode::LW_EXCLUSIVE, || {
                     s.chunk_owner(c).store(0, Ordering::Release);
@@ -364,7 +361,7 @@ fn reset_region(s: Shared, r: usize, owner: u64, claim: Option<Region>) {
                         .store(chunk_owner_word((owner >> 32) as u32, 0), Ordering::Release);
                 });
                 s.table(r, 0).store(c as u32, Ordering::Release);
-                dir.shape.store(Shape::ONE.pack() + 1, Ordering::Release);
+                dir.shape.store(Shape::ONE.pack(), Ordering::Release);
             }
         }
     });
@@ -383,11 +380,9 @@ fn grow(s: Shared, region: Region) -> bool {
             return false;
         }
         let dir = s.directory(r);
-        let packed = dir.shape.load(Ordering::Acquire);
-        if packed == 0 {
+        let Some(shape) = Shape::unpack(dir.shape.load(Ordering::Acquire)) else {
             return false;
-        }
-        let shape = Shape::unpack(packed - 1);
+        };
         let Some((split, added, next)) = shape.grow() else {
             return false;
         };
@@ -419,7 +414,7 @@ fn grow(s: Shared, region: Region) -> bool {
                     s.chunk_owner(fresh)
                         .store(chunk_owner_word(db, added), Ordering::Release);
                     s.table(r, added).store(fresh as u32, Ordering::Release);
-                    dir.shape.store(next.pack() + 1, Ordering::Release);
+                    dir.shape.store(next.pack(), Ordering::Release);
                 },
             )
         });
@@ -473,11 +468,6 @@ fn my_region(claim: bool) -> Option<(Shared, Region)> {
     (region.index < s.layout.regions).then_some((s, region))
 }
 
-fn my_db() -> u32 {
-    // SAFETY: reads a backend global set at connection.
-    u32::from(unsafe { pg_sys::MyDatabaseId })
-}
-
 /// A ticket for `digest`, or None when this database has no shared cache (see `my_region`).
 /// Gives the region a fresh start if it holds keys of another database or of another file of
 /// the keys table than the one this backend now sees (TRUNCATE, VACUUM FULL, …).
@@ -490,7 +480,7 @@ pub fn ticket(digest: &Digest) -> Option<Ticket> {
         return None;
     }
     let file = crate::catalog::file_of(cat.relation("keys"))?;
-    let db = my_db();
+    let db = crate::shmem::database();
     let owner = (u64::from(db) << 32) | u64::from(u32::from(file));
     if s.directory(r).owner.load(Ordering::Acquire) != owner {
         reset_region(s, r, owner, Some(region));
@@ -570,7 +560,7 @@ pub fn changed(digest: &Digest) {
 
 /// Evict the key(s) with `tag` and move their chunk's generation.
 fn evict(s: Shared, r: usize, tag: u32) {
-    on_chunk(s, r, my_db(), tag, |c, expected| {
+    on_chunk(s, r, crate::shmem::database(), tag, |c, expected| {
         write(s, c, expected, |mut p| p.evict_tag(tag, MAX_CHUNKS))
     });
 }
@@ -591,7 +581,7 @@ pub fn invalidated(relid: pg_sys::Oid, is_keys_table: bool) {
     };
     let r = region.index;
     let tag = u32::from(relid);
-    let db = my_db();
+    let db = crate::shmem::database();
     let held = on_chunk(s, r, db, tag, |c, expected| {
         read(s, c, expected, |p| p.holds_tag(tag, MAX_CHUNKS))
     });
@@ -674,11 +664,13 @@ pub fn prewarm_digests(digests: &[Digest]) {
     }
 }
 
+/// Chunks region `r` has now (0 before its first).
+fn chunks(s: Shared, r: usize) -> usize {
+    Shape::unpack(s.directory(r).shape.load(Ordering::Acquire)).map_or(0, Shape::chunks)
+}
+
 fn capacity(s: Shared, r: usize) -> usize {
-    match s.directory(r).shape.load(Ordering::Acquire) {
-        0 => 0,
-        packed => Shape::unpack(packed - 1).chunks() * CHUNK_SLOTS,
-    }
+    chunks(s, r) * CHUNK_SLOTS
 }
 
 /// Is this database's region empty (the server just started, rather than the worker alone
@@ -693,12 +685,8 @@ fn region_stats() -> (i64, i64) {
         return (0, 0);
     };
     let r = region.index;
-    let db = my_db();
-    let packed = s.directory(r).shape.load(Ordering::Acquire);
-    if packed == 0 {
-        return (0, 0);
-    }
-    let chunks = Shape::unpack(packed - 1).chunks();
+    let db = crate::shmem::database();
+    let chunks = chunks(s, r);
     let entries: usize = (0..chunks)
         .filter_map(|position| {
             let c = s.table(r, position).load(Ordering::Acquire) as usize;

@@ -24,11 +24,6 @@ use crate::shmem::regions::{self, Region};
 
 pub use pg_apikey_core::usage_table::Event;
 
-fn current_db() -> u32 {
-    // SAFETY: reads a backend global set at connection.
-    u32::from(unsafe { pg_sys::MyDatabaseId })
-}
-
 /// Count `event` for key `key_id` of the current database. A no-op without preload or with
 /// `apikey.track_usage = off`. A database that found no free region (all `apikey.max_databases`
 /// taken) records nothing and counts the event as dropped; when this database's slots are all
@@ -39,7 +34,7 @@ pub fn record(key_id: i64, event: Event) {
     }
     // SAFETY: reads the system clock.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    let db = current_db();
+    let db = crate::shmem::database();
     let recorded = regions::mine().and_then(|r| {
         r.usage(|p| {
             if !usage_table::record(&mut p.slots, db, key_id, event, now) {
@@ -55,13 +50,13 @@ pub fn record(key_id: i64, event: Event) {
 /// What this database's slots hold: (key id, last used, counts), pending ones only unless `all`.
 fn collect(region: Option<Region>, all: bool) -> Vec<(i64, i64, [u64; KINDS])> {
     region
-        .and_then(|r| r.usage(|p| usage_table::collect(&p.slots, current_db(), all)))
+        .and_then(|r| r.usage(|p| usage_table::collect(&p.slots, crate::shmem::database(), all)))
         .unwrap_or_default()
 }
 
 /// Subtract what a committed flush wrote.
 fn settle(region: Region, flushed: &[(i64, i64, [u64; KINDS])]) {
-    region.usage(|p| usage_table::settle(&mut p.slots, current_db(), flushed));
+    region.usage(|p| usage_table::settle(&mut p.slots, crate::shmem::database(), flushed));
 }
 
 fn pg_epoch_to_timestamptz(us: i64) -> Option<TimestampWithTimeZone> {

@@ -24,6 +24,12 @@ pub fn preloaded() -> bool {
     unsafe { PRELOADED }
 }
 
+/// This backend's database (its OID as shared-memory tables key it; 0 before a connection).
+pub fn database() -> u32 {
+    // SAFETY: reads a backend global set at connection.
+    u32::from(unsafe { pg_sys::MyDatabaseId })
+}
+
 /// A piece of shared memory whose size a setting decides: `size` bytes (zeroed when created) and
 /// `locks` LWLocks of a tranche with the same name, handed to `attach` (with whether the memory
 /// is new) in the postmaster (and

@@ -168,42 +168,32 @@ impl Shared {
         unsafe { &raw mut (*self.locks.add(n)).lock }
     }
 
-    fn usage_part(&self, i: usize) -> *mut UsagePart {
-        // SAFETY: i < regions (checked by descriptor() in every caller's path), laid out by Layout.
+    /// Part `T` of region `i`: parts of one kind lie back to back from `offset`.
+    fn part<T>(&self, offset: usize, i: usize) -> *mut T {
+        assert!(i < self.layout.regions);
+        // SAFETY: i < regions, and Layout reserved `regions` aligned parts of T from `offset`.
         unsafe {
             self.base
-                .add(self.layout.usage + i * aligned(std::mem::size_of::<UsagePart>()))
-                as *mut UsagePart
+                .add(offset + i * aligned(std::mem::size_of::<T>())) as *mut T
         }
     }
 
+    fn usage_part(&self, i: usize) -> *mut UsagePart {
+        self.part(self.layout.usage, i)
+    }
+
+    fn credits_part(&self, i: usize) -> *mut CreditsPart {
+        self.part(self.layout.credits, i)
+    }
+
     fn rehash_part(&self, i: usize) -> *mut RehashPart {
-        // SAFETY: as usage_part.
-        unsafe {
-            self.base
-                .add(self.layout.rehashes + i * aligned(std::mem::size_of::<RehashPart>()))
-                as *mut RehashPart
-        }
+        self.part(self.layout.rehashes, i)
     }
 
     /// Lock `k` (0 usage, 1 credits, 2 rehashes) of region `i`.
     fn part_lock(&self, i: usize, k: usize) -> *mut pg_sys::LWLock {
         self.lock(1 + LOCKS_PER_REGION * i + k)
     }
-
-    fn credits_part(&self, i: usize) -> *mut CreditsPart {
-        // SAFETY: as usage_part.
-        unsafe {
-            self.base
-                .add(self.layout.credits + i * aligned(std::mem::size_of::<CreditsPart>()))
-                as *mut CreditsPart
-        }
-    }
-}
-
-fn my_db() -> u32 {
-    // SAFETY: reads a backend global set at connection.
-    u32::from(unsafe { pg_sys::MyDatabaseId })
 }
 
 fn now_us() -> i64 {
@@ -236,51 +226,42 @@ impl Region {
             && d.generation.load(Ordering::Acquire) == self.generation
     }
 
-    /// Run `f` on this region's usage slots under their lock, if the region is still this one.
-    pub fn usage<R>(&self, f: impl FnOnce(&mut UsagePart) -> R) -> Option<R> {
+    /// Run `f` on the region's part `k` (see `part_lock`) under its lock, if the region is still
+    /// this one.
+    fn with_part<T, R>(
+        &self,
+        k: usize,
+        part: fn(&Shared, usize) -> *mut T,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Option<R> {
         let s = shared()?;
         with_lock(
-            s.part_lock(self.index, 0),
+            s.part_lock(self.index, k),
             pg_sys::LWLockMode::LW_EXCLUSIVE,
             || {
                 self.still_ours(&s).then(|| {
                     // SAFETY: the part's memory, which only holders of its lock touch.
-                    f(unsafe { &mut *s.usage_part(self.index) })
+                    f(unsafe { &mut *part(&s, self.index) })
                 })
             },
         )
+    }
+
+    /// Run `f` on this region's usage slots under their lock, if the region is still this one.
+    pub fn usage<R>(&self, f: impl FnOnce(&mut UsagePart) -> R) -> Option<R> {
+        self.with_part(0, Shared::usage_part, f)
     }
 
     /// Run `f` on this region's credit balances under their lock, if the region is still this
     /// one.
     pub fn credits<R>(&self, f: impl FnOnce(&mut CreditsPart) -> R) -> Option<R> {
-        let s = shared()?;
-        with_lock(
-            s.part_lock(self.index, 1),
-            pg_sys::LWLockMode::LW_EXCLUSIVE,
-            || {
-                self.still_ours(&s).then(|| {
-                    // SAFETY: as in usage().
-                    f(unsafe { &mut *s.credits_part(self.index) })
-                })
-            },
-        )
+        self.with_part(1, Shared::credits_part, f)
     }
 
     /// Run `f` on this region's queued rehashes under their lock, if the region is still this
     /// one.
     pub fn rehashes<R>(&self, f: impl FnOnce(&mut RehashPart) -> R) -> Option<R> {
-        let s = shared()?;
-        with_lock(
-            s.part_lock(self.index, 2),
-            pg_sys::LWLockMode::LW_EXCLUSIVE,
-            || {
-                self.still_ours(&s).then(|| {
-                    // SAFETY: as in usage().
-                    f(unsafe { &mut *s.rehash_part(self.index) })
-                })
-            },
-        )
+        self.with_part(2, Shared::rehash_part, f)
     }
 
     /// Does the region hold anything to write (usage not flushed, balances not written)?
@@ -305,7 +286,7 @@ pub fn mine() -> Option<Region> {
             return Some(r);
         }
     }
-    let r = claim(&s, my_db());
+    let r = claim(&s, super::database());
     MINE.set(r);
     r
 }
@@ -397,41 +378,45 @@ impl Region {
     /// cache too.
     pub fn release(&self) {
         let Some(s) = shared() else { return };
-        let mode = pg_sys::LWLockMode::LW_EXCLUSIVE;
-        with_lock(s.lock(0), mode, || {
-            // Every part's lock, so no access is under way while the owner changes.
-            with_lock(s.part_lock(self.index, 0), mode, || {
-                with_lock(s.part_lock(self.index, 1), mode, || {
-                    with_lock(s.part_lock(self.index, 2), mode, || {
-                        if !self.still_ours(&s) {
-                            return;
-                        }
-                        // SAFETY: the parts' memory, with their locks held; zero is their empty
-                        // state (free slots, no drops, an empty queue).
-                        unsafe {
-                            std::ptr::write_bytes(s.usage_part(self.index), 0, 1);
-                            std::ptr::write_bytes(s.credits_part(self.index), 0, 1);
-                            std::ptr::write_bytes(s.rehash_part(self.index), 0, 1);
-                        }
-                        let d = s.descriptor(self.index);
-                        d.generation
-                            .store(self.generation.wrapping_add(1), Ordering::Release);
-                        d.db.store(0, Ordering::Release);
-                        d.pause_pid.store(0, Ordering::Release);
-                        d.pause_until.store(0, Ordering::Release);
-                        // A worker still running for it sees the region is no longer its own
-                        // at its next wake (now) and exits; the next database's worker can
-                        // take the region then.
-                        let latch = d.latch.swap(0, Ordering::AcqRel);
-                        d.worker.store(0, Ordering::Release);
-                        if latch != 0 {
-                            // SAFETY: a PGPROC latch in shared memory (see wake_launcher).
-                            unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
-                        }
-                    });
-                });
-            });
-        });
+        // The registry's lock, then every part's, so no access is under way while the owner
+        // changes (the order every other path takes them in).
+        let locks = [
+            s.lock(0),
+            s.part_lock(self.index, 0),
+            s.part_lock(self.index, 1),
+            s.part_lock(self.index, 2),
+        ];
+        for lock in locks {
+            // SAFETY: locks of the tranche registered for this segment.
+            unsafe { pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
+        }
+        if self.still_ours(&s) {
+            // SAFETY: the parts' memory, with their locks held; zero is their empty state
+            // (free slots, no drops, an empty queue).
+            unsafe {
+                std::ptr::write_bytes(s.usage_part(self.index), 0, 1);
+                std::ptr::write_bytes(s.credits_part(self.index), 0, 1);
+                std::ptr::write_bytes(s.rehash_part(self.index), 0, 1);
+            }
+            let d = s.descriptor(self.index);
+            d.generation
+                .store(self.generation.wrapping_add(1), Ordering::Release);
+            d.db.store(0, Ordering::Release);
+            d.pause_pid.store(0, Ordering::Release);
+            d.pause_until.store(0, Ordering::Release);
+            // A worker still running for it sees the region is no longer its own at its next
+            // wake (now) and exits; the next database's worker can take the region then.
+            let latch = d.latch.swap(0, Ordering::AcqRel);
+            d.worker.store(0, Ordering::Release);
+            if latch != 0 {
+                // SAFETY: a PGPROC latch in shared memory (see wake_launcher).
+                unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+            }
+        }
+        for lock in locks.into_iter().rev() {
+            // SAFETY: acquired just above by this process.
+            unsafe { pg_sys::LWLockRelease(lock) };
+        }
     }
 
     /// Record this process as the region's worker; false if another worker holds it.

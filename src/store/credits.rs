@@ -71,55 +71,16 @@ pub fn write_credits(rows: &[(i64, i64, i64, u64)]) -> Vec<i64> {
     let aside_table = held_balances();
     spi(Spi::connect_mut(|c| {
         let (free, held) = lock_free_keys(c, &ids)?;
-        if !aside_table {
-            c.update(
-                "UPDATE apikey.keys k SET credits = x.remaining, credits_refilled_at = COALESCE(x.at, k.credits_refilled_at)
-                   FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int8[]),
-                                   pg_catalog.unnest($3::pg_catalog.timestamptz[])) AS x(id, remaining, at)
-                  WHERE k.id OPERATOR(pg_catalog.=) x.id AND k.credits IS NOT NULL
-                    AND k.id OPERATOR(pg_catalog.=) ANY ($4::pg_catalog.int8[])",
-                None,
-                &[ids.into(), left.into(), at.into(), free.into()],
-            )?;
-            return Ok(held);
-        }
-        // Held balances this flush may touch (locked by us), and those another transaction has
-        // locked (an administrator's add_credits in progress).
-        let mut aside = Vec::new();
-        for row in c.update(
-            "SELECT key_id FROM apikey.held_balances
-              WHERE key_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[]) FOR UPDATE SKIP LOCKED",
-            None,
-            &[ids.clone().into()],
-        )? {
-            if let Some(id) = row.get_by_name::<i64, _>("key_id")? {
-                aside.push(id);
-            }
-        }
-        let mut busy = Vec::new();
-        for row in c.select(
-            "SELECT key_id FROM apikey.held_balances WHERE key_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[])",
-            None,
-            &[ids.clone().into()],
-        )? {
-            if let Some(id) = row.get_by_name::<i64, _>("key_id")? {
-                if !aside.contains(&id) {
-                    busy.push(id);
-                }
-            }
-        }
+        // Held balances another transaction has locked (an administrator's add_credits in
+        // progress): neither the row nor the held balance of such a key is written now. Without
+        // the table (before ALTER EXTENSION UPDATE) held rows simply wait, as they did in 0.3.0.
+        let busy = if aside_table {
+            held_balances_locked_elsewhere(c, &ids)?
+        } else {
+            held.clone()
+        };
         // Into the key's row: free, and no held balance someone else is changing.
-        let into_row: Vec<i64> = free
-            .iter()
-            .copied()
-            .filter(|id| !busy.contains(id))
-            .collect();
-        // Aside: the row is held, and the held balance (if any) is ours to write.
-        let into_aside: Vec<i64> = held
-            .iter()
-            .copied()
-            .filter(|id| !busy.contains(id))
-            .collect();
+        let into_row: Vec<i64> = free.into_iter().filter(|id| !busy.contains(id)).collect();
         c.update(
             "UPDATE apikey.keys k SET credits = x.remaining, credits_refilled_at = COALESCE(x.at, k.credits_refilled_at)
                FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int8[]),
@@ -129,11 +90,16 @@ pub fn write_credits(rows: &[(i64, i64, i64, u64)]) -> Vec<i64> {
             None,
             &[ids.clone().into(), left.clone().into(), at.clone().into(), into_row.clone().into()],
         )?;
+        if !aside_table {
+            return Ok(busy);
+        }
         c.update(
             "DELETE FROM apikey.held_balances WHERE key_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[])",
             None,
             &[into_row.into()],
         )?;
+        // Aside: the row is held, and the held balance (if any) is ours to write.
+        let into_aside: Vec<i64> = held.into_iter().filter(|id| !busy.contains(id)).collect();
         c.update(
             "INSERT INTO apikey.held_balances AS h (key_id, credits, refilled_at)
              SELECT x.id, x.remaining, x.at
@@ -148,6 +114,38 @@ pub fn write_credits(rows: &[(i64, i64, i64, u64)]) -> Vec<i64> {
         )?;
         Ok::<_, pgrx::spi::SpiError>(busy)
     }))
+}
+
+/// Of the keys `ids`, those whose held balance another transaction has locked; the others'
+/// held balances are locked by this one (FOR UPDATE SKIP LOCKED), for the flush to rewrite.
+fn held_balances_locked_elsewhere(
+    c: &mut pgrx::spi::SpiClient<'_>,
+    ids: &[i64],
+) -> pgrx::spi::SpiResult<Vec<i64>> {
+    let mut ours = Vec::new();
+    for row in c.update(
+        "SELECT key_id FROM apikey.held_balances
+          WHERE key_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[]) FOR UPDATE SKIP LOCKED",
+        None,
+        &[ids.to_vec().into()],
+    )? {
+        if let Some(id) = row.get_by_name::<i64, _>("key_id")? {
+            ours.push(id);
+        }
+    }
+    let mut elsewhere = Vec::new();
+    for row in c.select(
+        "SELECT key_id FROM apikey.held_balances WHERE key_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[])",
+        None,
+        &[ids.to_vec().into()],
+    )? {
+        if let Some(id) = row.get_by_name::<i64, _>("key_id")? {
+            if !ours.contains(&id) {
+                elsewhere.push(id);
+            }
+        }
+    }
+    Ok(elsewhere)
 }
 
 /// Move balances written aside into their keys' rows once those rows are free (and forget those

@@ -55,15 +55,18 @@ impl Shape {
         Some((split, added, next))
     }
 
+    /// The shape as one word for an atomic; never 0, which stands for "no shape yet".
     pub fn pack(self) -> u64 {
-        (u64::from(self.level) << 32) | u64::from(self.split)
+        ((u64::from(self.level) << 32) | u64::from(self.split)) + 1
     }
 
-    pub fn unpack(v: u64) -> Shape {
-        Shape {
+    /// The shape packed in `v`; None for 0.
+    pub fn unpack(v: u64) -> Option<Shape> {
+        let v = v.checked_sub(1)?;
+        Some(Shape {
             level: ((v >> 32) as u32).min(16),
             split: v as u32,
-        }
+        })
     }
 }
 
@@ -115,7 +118,9 @@ mod tests {
             level: 9,
             split: 300,
         };
-        assert_eq!(Shape::unpack(s.pack()), s);
+        assert_eq!(Shape::unpack(s.pack()), Some(s));
+        assert_ne!(Shape::ONE.pack(), 0);
+        assert_eq!(Shape::unpack(0), None);
         let full = Shape {
             level: 16,
             split: 0,
