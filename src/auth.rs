@@ -104,6 +104,7 @@ fn denied(err: ApiError) -> ! {
     if let Some(me) = authority::current() {
         crate::usage::record(me.key_id, crate::usage::Event::Denied);
     }
+    crate::shmem::regions::count(pg_apikey_core::stat::refusal(&err));
     raise(err)
 }
 
@@ -174,7 +175,8 @@ fn authenticate_cost(key: ApiKey, cost: i64) -> String {
             "cost must be at least 1 (0 for administrators only)".into(),
         ));
     }
-    let id = one_key(key.as_str(), lookup::try_lookup, cost).unwrap_or_else(|e| raise(e));
+    let id = lookup::counted(one_key(key.as_str(), lookup::try_lookup, cost))
+        .unwrap_or_else(|e| raise(e));
     let owner = id.owner.clone();
     identity::set(id);
     owner
@@ -184,11 +186,11 @@ fn authenticate_cost(key: ApiKey, cost: i64) -> String {
 /// The identity is the user's, and `current_app()` names the application. Returns the user.
 #[pg_extern(name = "authenticate", volatile, parallel_unsafe, requires = ["api_key_type"])]
 fn authenticate_app_user(app_key: Option<ApiKey>, user_key: Option<ApiKey>) -> String {
-    let id = app_and_user(
+    let id = lookup::counted(app_and_user(
         app_key.as_ref().map(ApiKey::as_str),
         user_key.as_ref().map(ApiKey::as_str),
         lookup::try_lookup,
-    )
+    ))
     .unwrap_or_else(|e| raise(e));
     let owner = id.owner.clone();
     identity::set(id);
@@ -271,12 +273,12 @@ fn authenticate_request() -> Option<String> {
         header("x-api-authorization"),
     );
     let two_key = app.is_some() || user.is_some();
-    let outcome = match (single, two_key) {
+    let outcome = lookup::counted(match (single, two_key) {
         (_, true) => app_and_user(app, user, unchecked_key),
         (Some(key), false) => one_key(key, unchecked_key, 1),
         (None, false) if anonymous_allowed(&headers) => return None,
         (None, false) => Err(ApiError::KeyRequired("")),
-    };
+    });
     match outcome {
         Ok(id) => {
             identity::set(id);

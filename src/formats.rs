@@ -79,12 +79,7 @@ pub fn with_formats<R>(f: impl FnOnce(&[Format]) -> R) -> R {
     FORMATS.with_borrow(|c| f(c.as_deref().unwrap_or_default()))
 }
 
-/// The format a presented key is in; a malformed key raises 22P02 naming what is wrong.
-pub fn detect(key: &str) -> Format {
-    try_detect(key).unwrap_or_else(|e| raise(e))
-}
-
-/// `detect` that reports a malformed key instead of raising it.
+/// The format a presented key is in, or why it is malformed (22P02 naming what is wrong).
 pub fn try_detect(key: &str) -> Result<Format, ApiError> {
     with_formats(|all| format::detect(all, key).cloned()).map_err(ApiError::MalformedKey)
 }

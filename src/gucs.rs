@@ -1,4 +1,4 @@
-//! Every setting of the extension. All are `PGC_SUSET`: none of them may be changed by the role
+//! Every setting of the extension. None is `PGC_USERSET`: none of them may be changed by the role
 //! whose requests they govern, and none of them carries identity.
 
 use std::ffi::CString;
@@ -95,10 +95,10 @@ pub static LIMIT_SCALE: GucSetting<f64> = GucSetting::<f64>::new(1.0);
 /// `apikey.trusted_proxies`: peers whose X-Forwarded-For header names the client.
 pub static TRUSTED_PROXIES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-/// `apikey.creation_check`: a function `(owner text) RETURNS void` that `create` calls first.
+/// `apikey.creation_check`: a function `(owner text) RETURNS void` that `create`, `import` and
+/// `rotate` call first.
 pub static CREATION_CHECK: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-/// `apikey.key_cache_size`: kilobytes of keys each backend keeps in its cache.
 /// `apikey.expiry_notice_days`: announce keys expiring within each of these many days.
 pub static EXPIRY_NOTICE_DAYS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"7"));
@@ -119,7 +119,7 @@ pub fn expiry_notice_days() -> String {
 fn init_events() {
     GucRegistry::define_string_guc(
         c"apikey.expiry_notice_days",
-        c"Announce (event expiring) keys that expire within each of these many days.",
+        c"Days before expiry at which a key is announced (event expiring), comma-separated (default 7; empty: never).",
         c"Comma-separated whole days, such as 30, 7, 1; each is announced once per key. Empty: none.",
         &EXPIRY_NOTICE_DAYS,
         GucContext::Sighup,
@@ -127,8 +127,8 @@ fn init_events() {
     );
     GucRegistry::define_int_guc(
         c"apikey.credits_low_percent",
-        c"Announce (event credits_low) a key whose credits fall below this percentage.",
-        c"Of its refill amount, or of the most credits it held. 0: never.",
+        c"Percentage of its credits below which a key is announced (event credits_low) (default 10; 0: never).",
+        c"Of its refill amount, or of the most credits it held; announced again only after the balance was above it.",
         &CREDITS_LOW_PERCENT,
         0,
         100,
@@ -137,8 +137,8 @@ fn init_events() {
     );
     GucRegistry::define_int_guc(
         c"apikey.limit_event_window",
-        c"A key refused by a limit is announced (event limited) once per this window.",
-        c"",
+        c"Seconds of the window in which a key refused by a limit is announced (event limited) once (default 3600, 1 hour).",
+        c"One event per key and window, not one per refused request.",
         &LIMIT_EVENT_WINDOW,
         1,
         31 * 86400,
@@ -147,8 +147,8 @@ fn init_events() {
     );
     GucRegistry::define_int_guc(
         c"apikey.event_retention",
-        c"How long apikey.events keeps an event before the worker deletes it.",
-        c"",
+        c"Seconds apikey.events keeps an event before it is deleted (default 604800, 7 days).",
+        c"The database's worker deletes older events; a database without a worker prunes on every thousandth event.",
         &EVENT_RETENTION,
         60,
         366 * 86400,
@@ -157,21 +157,22 @@ fn init_events() {
     );
 }
 
+/// `apikey.key_cache_size`: kilobytes of keys each backend keeps in its cache.
 pub static KEY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
 
 /// `preloaded`: loaded by shared_preload_libraries (postmaster settings can be defined only then).
 pub fn init(preloaded: bool) {
     GucRegistry::define_bool_guc(
         c"apikey.shared_key_cache",
-        c"Whether this session reads and fills the shared key cache (see apikey.shared_key_cache_size).",
-        c"Off: every key this backend's own cache does not hold is read from the table.",
+        c"Whether this session reads and fills the shared key cache (default on).",
+        c"Off: every key this backend's own cache does not hold is read from the table. The cache's size is apikey.shared_key_cache_size.",
         &SHARED_KEY_CACHE,
         GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"apikey.default_lifetime",
-        c"Lifetime of a new key when apikey.create is given no expiry (0: the key never expires).",
+        c"Seconds a new key lives when apikey.create is given no expiry (default 0: it never expires).",
         c"Set per database by a superuser, e.g. ALTER DATABASE app SET apikey.default_lifetime = '90d'.",
         &DEFAULT_LIFETIME,
         0,
@@ -181,7 +182,7 @@ pub fn init(preloaded: bool) {
     );
     GucRegistry::define_int_guc(
         c"apikey.max_lifetime",
-        c"Longest lifetime a key may have (0: no maximum). Longer, or never expiring, is refused.",
+        c"Longest lifetime a key may have, in seconds; longer, or never expiring, is refused (default 0: no maximum).",
         c"Applies to apikey.create, to keys created by key holders, and to rotations (capped).",
         &MAX_LIFETIME,
         0,
@@ -191,7 +192,7 @@ pub fn init(preloaded: bool) {
     );
     GucRegistry::define_float_guc(
         c"apikey.limit_scale",
-        c"This server's share of every request limit (0.5 with two servers sharing traffic).",
+        c"This server's share of every request limit, e.g. 0.5 with two servers sharing traffic (default 1: all of it).",
         c"Limits live in each server's memory; scaling each server's share keeps the total near the limit when traffic is spread evenly.",
         &LIMIT_SCALE,
         0.01,
@@ -201,7 +202,7 @@ pub fn init(preloaded: bool) {
     );
     GucRegistry::define_string_guc(
         c"apikey.trusted_proxies",
-        c"Database peers (CIDR blocks, or local for Unix sockets) whose X-Forwarded-For names the client.",
+        c"Database peers (CIDR blocks, or local for Unix sockets) whose X-Forwarded-For names the client (default empty: none).",
         c"For PostgREST behind a proxy that overwrites X-Forwarded-For. Anyone else's header is ignored.",
         &TRUSTED_PROXIES,
         GucContext::Suset,
@@ -209,7 +210,7 @@ pub fn init(preloaded: bool) {
     );
     GucRegistry::define_string_guc(
         c"apikey.creation_check",
-        c"Function (owner text) RETURNS void that apikey.create calls before creating a key.",
+        c"Function (owner text) RETURNS void that create, import and rotate call before making a key (default empty: none).",
         c"Schema-qualified with its argument type, e.g. app.may_create_keys(text). It refuses by raising; raise with SQLSTATE 42501 for HTTP 403 through apikey.raise_http.",
         &CREATION_CHECK,
         GucContext::Suset,
@@ -217,8 +218,8 @@ pub fn init(preloaded: bool) {
     );
     GucRegistry::define_int_guc(
         c"apikey.key_cache_size",
-        c"Memory each backend may use to cache verified keys.",
-        c"Entries are dropped one by one when their key changes, and an eighth at a time when the cache is full. 0 disables the cache.",
+        c"Kilobytes each backend may use to cache verified keys (default 16384, 16MB; 0: no cache).",
+        c"Entries are dropped one by one when their key changes, and an eighth at a time when the cache is full.",
         &KEY_CACHE_SIZE,
         0,
         4 * 1024 * 1024,
@@ -227,7 +228,7 @@ pub fn init(preloaded: bool) {
     );
     GucRegistry::define_int_guc(
         c"apikey.max_rotation_grace",
-        c"Longest grace period apikey.rotate accepts.",
+        c"Longest grace period apikey.rotate accepts, in seconds (default 604800, 7 days).",
         c"During the grace both keys work; a rotation with a grace counts against the creation quota.",
         &MAX_ROTATION_GRACE,
         0,
@@ -237,7 +238,7 @@ pub fn init(preloaded: bool) {
     );
     GucRegistry::define_string_guc(
         c"apikey.anonymous_paths",
-        c"PostgREST request paths apikey.pre_request lets through without an API key.",
+        c"PostgREST request paths apikey.pre_request lets through without an API key (default empty: none).",
         c"Comma-separated request.path values such as /rpc/user_key, or * for every path. Empty (the default): every request without a key gets 401.",
         &ANONYMOUS_PATHS,
         GucContext::Suset,
@@ -245,7 +246,7 @@ pub fn init(preloaded: bool) {
     );
     GucRegistry::define_string_guc(
         c"apikey.deny_scopes",
-        c"Scopes that mark restrictions, which permission expressions test with NOT (default: none).",
+        c"Scopes that mark restrictions, which permission expressions may test with NOT (default empty: none).",
         c"Comma-separated scope names, e.g. reports:embargoed. A key holding one passes it to every key it creates, and manages no key without it; apikey.has_permissions refuses NOT over a scope not listed here.",
         &DENY_SCOPES,
         GucContext::Suset,
@@ -253,7 +254,7 @@ pub fn init(preloaded: bool) {
     );
     GucRegistry::define_bool_guc(
         c"apikey.track_usage",
-        c"Record last-used times and usage counts in shared memory.",
+        c"Record last-used times and usage counts in shared memory (default on).",
         c"Needs shared_preload_libraries; a worker writes them to apikey.keys and apikey.usage.",
         &TRACK_USAGE,
         GucContext::Suset,
@@ -261,7 +262,7 @@ pub fn init(preloaded: bool) {
     );
     GucRegistry::define_int_guc(
         c"apikey.usage_flush_interval",
-        c"How often the usage worker writes usage from shared memory to tables.",
+        c"Milliseconds between the usage worker's writes of usage from shared memory to tables (default 5000, 5s).",
         c"A crash loses at most this much usage; a clean shutdown loses none.",
         &USAGE_FLUSH_INTERVAL,
         10,
@@ -284,8 +285,8 @@ pub fn init(preloaded: bool) {
         );
         GucRegistry::define_int_guc(
             c"apikey.shared_key_cache_size",
-            c"Shared memory for keys verified recently, in kB (default -1: a quarter of shared_buffers, 8MB to 8GB).",
-            c"256 bytes per key. Each database's region grows into it on demand and never gives memory up to another database while it lives. 0 turns it off. Read at server start.",
+            c"Kilobytes of shared memory for keys verified recently (default -1: a quarter of shared_buffers, 8MB to 8GB; 0: off).",
+            c"256 bytes per key. Each database's region grows into it on demand and never gives memory up to another database while it lives. Read at server start.",
             &SHARED_KEY_CACHE_SIZE,
             -1,
             16 * 1024 * 1024,
@@ -296,15 +297,15 @@ pub fn init(preloaded: bool) {
 
     GucRegistry::define_string_guc(
         c"apikey.default_role",
-        c"Database role apikey.pre_request switches to for keys that name none.",
-        c"Empty: stay in the role PostgREST chose. The login role must be a member of it.",
+        c"Database role apikey.pre_request switches to for keys that name none (default empty: stay in PostgREST's role).",
+        c"The login role must be a member of it.",
         &DEFAULT_ROLE,
         GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
         c"apikey.encryption_key",
-        c"Server key (64 hex characters) that seals keys of recoverable formats.",
+        c"Server key (64 hex characters) that seals keys of recoverable formats (default empty: they cannot be created).",
         c"Keep it out of the database: postgresql.conf or an included file readable only by postgres.",
         &ENCRYPTION_KEY,
         GucContext::Sighup,
@@ -312,7 +313,7 @@ pub fn init(preloaded: bool) {
     );
     GucRegistry::define_string_guc(
         c"apikey.default_format",
-        c"Key format used by apikey.create when no format is given.",
+        c"Key format apikey.create uses when given none (default cfk).",
         c"The name of a row in apikey.formats: cfk, ct_live, ct_test, cft, pak or one an administrator added.",
         &DEFAULT_FORMAT,
         GucContext::Suset,
@@ -340,7 +341,7 @@ pub static CREATION_PERIOD: GucSetting<i32> = GucSetting::<i32>::new(3600);
 pub fn init_quota() {
     GucRegistry::define_int_guc(
         c"apikey.creation_limit",
-        c"API keys one owner may create per apikey.creation_period (0 = unlimited).",
+        c"API keys one owner may create per apikey.creation_period (default 5; 0: unlimited).",
         c"Over the limit apikey.create raises SQLSTATE 53400 with the seconds to wait in DETAIL.",
         &CREATION_LIMIT,
         0,
@@ -350,8 +351,8 @@ pub fn init_quota() {
     );
     GucRegistry::define_int_guc(
         c"apikey.creation_period",
-        c"Window of the key-creation quota.",
-        c"",
+        c"Seconds in the sliding window of the key-creation quota (default 3600, 1 hour).",
+        c"Never more than apikey.creation_limit new keys per owner in any such period.",
         &CREATION_PERIOD,
         1,
         31 * 86400,

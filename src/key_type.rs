@@ -20,7 +20,10 @@ pub struct ApiKey(String);
 
 impl ApiKey {
     pub fn new_checked(text: String) -> Self {
-        formats::detect(&text);
+        // A malformed key never reaches a lookup: it is counted here, as presented and refused.
+        if let Err(e) = formats::try_detect(&text) {
+            crate::lookup::counted::<()>(Err(e)).unwrap_or_else(|e| crate::errors::raise(e));
+        }
         ApiKey(text)
     }
 

@@ -361,12 +361,21 @@ unsafe extern "C-unwind" fn extension_changed(
     unsafe { relcache_changed(pg_sys::Datum::from(0), pg_sys::InvalidOid) };
 }
 
+// PostgreSQL 17 generates its syscache identifiers and names this one ZEXTENSIONOID (its
+// EXTENSIONOID is a C macro, which bindgen does not carry over).
+#[cfg(not(feature = "pg17"))]
+const EXTENSION_SYSCACHE: pg_sys::SysCacheIdentifier::Type =
+    pg_sys::SysCacheIdentifier::EXTENSIONOID;
+#[cfg(feature = "pg17")]
+const EXTENSION_SYSCACHE: pg_sys::SysCacheIdentifier::Type =
+    pg_sys::SysCacheIdentifier::ZEXTENSIONOID;
+
 pub fn init() {
     // SAFETY: registers static callbacks once, from _PG_init.
     unsafe {
         pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), pg_sys::Datum::from(0));
         pg_sys::CacheRegisterSyscacheCallback(
-            pg_sys::SysCacheIdentifier::EXTENSIONOID as i32,
+            EXTENSION_SYSCACHE as i32,
             Some(extension_changed),
             pg_sys::Datum::from(0),
         );

@@ -157,6 +157,19 @@ fn place(db: u32, ns: Namespace, name: &str) -> Place {
     }
 }
 
+/// The request-limit buckets database `db` holds, and how many the limiter has in all (shared
+/// by every database; each database may fill at most half).
+pub fn buckets_of(db: u32) -> (usize, usize) {
+    if !crate::shmem::preloaded() {
+        return (0, 0);
+    }
+    let used = TABLE
+        .iter()
+        .map(|part| part.share().0.iter().filter(|b| b.db == db).count())
+        .sum();
+    (used, TABLE.len() * SLOTS)
+}
+
 pub fn charge(ns: Namespace, name: &str, rate: &Rate) -> Result<Outcome, ApiError> {
     require_preload("rate limiting");
     let db = crate::shmem::database();

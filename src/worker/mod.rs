@@ -126,9 +126,13 @@ enum Flushed {
 /// loads.
 fn flush_all(region: Region, warm: &mut Prewarm) -> Flushed {
     let busy = region.busy();
-    let limited = step("the usage flush", move || crate::usage::flush(region)).unwrap_or_default();
-    let credited =
-        step("the credits flush", move || crate::credits::flush(region)).unwrap_or_default();
+    let limited = step("the usage flush", move || crate::usage::flush(region));
+    let credited = step("the credits flush", move || crate::credits::flush(region));
+    // apikey.stat's flush lag: the time since both were last written in full.
+    if limited.is_some() && credited.is_some() {
+        region.note_flush();
+    }
+    let (limited, credited) = (limited.unwrap_or_default(), credited.unwrap_or_default());
     // SAFETY: reads shared recovery state.
     if unsafe { pg_sys::RecoveryInProgress() } {
         return Flushed::Done(busy);

@@ -24,6 +24,7 @@ pub mod scope;
 pub mod seal;
 pub mod shared_keys;
 pub mod slots;
+pub mod stat;
 pub mod subxact;
 #[cfg(test)]
 mod test_rng;
