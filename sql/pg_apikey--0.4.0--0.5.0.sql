@@ -109,10 +109,6 @@ COMMENT ON FUNCTION apikey.set_owner_limit IS
     'Set limit name shared by every key of owner (an owner, a pattern with *, or * for everyone): at most max per per, bursts of burst (default max). Administrators only (42501).';
 COMMENT ON FUNCTION apikey.shared_key_cache_stats IS
     'This database''s region of the shared key cache: entries, current capacity, and this backend''s hits and misses in it. Administrators only (42501).';
-COMMENT ON FUNCTION apikey.stat_rows IS
-    'The rows of apikey.stat: per database, the calls that presented a key, refusals by reason, where lookups were answered, shared-table fill and the worker''s last flush. pg_read_all_stats members get every database, administrators theirs, others none.';
-COMMENT ON FUNCTION apikey.stat_reset IS
-    'Zero this database''s counters in apikey.stat (stats_reset becomes now). Administrators only (42501).';
 COMMENT ON FUNCTION apikey.shared_memory_stats IS
     'This database''s region of pg_apikey''s shared memory (NULL without one), its worker''s pid, usage slots and credit balances in use and available, and usage events dropped. Administrators only (42501).';
 COMMENT ON FUNCTION apikey.usage_dropped IS
@@ -178,3 +174,7 @@ SELECT s.datid, d.datname,
   LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) s.datid;
 COMMENT ON VIEW apikey.stat IS 'Cumulative statistics per database: keys presented, refusals by reason, where lookups were answered, how full the shared tables are, the worker''s last flush. pg_read_all_stats members see every database, pg_apikey administrators theirs.';
 GRANT SELECT ON apikey.stat TO PUBLIC;
+COMMENT ON FUNCTION apikey.stat_rows IS
+    'The rows of apikey.stat: per database, the calls that presented a key, refusals by reason, where lookups were answered, shared-table fill and the worker''s last flush. pg_read_all_stats members get every database, administrators theirs, others none.';
+COMMENT ON FUNCTION apikey.stat_reset IS
+    'Zero this database''s counters in apikey.stat (stats_reset becomes now). Administrators only (42501).';

@@ -1,4 +1,4 @@
-"""Upgrading in place: a database made with 0.1.0's (or 0.2.0's, or 0.3.0's) install script (kept in sql/),
+"""Upgrading in place: a database made with 0.1.0's (or 0.2.0's, 0.3.0's, 0.4.0's) install script (kept in sql/),
 holding keys, formats, usage and audit rows, runs ALTER EXTENSION pg_apikey UPDATE and then (a)
 has exactly the catalog of a fresh install of the current version, (b) verifies every old key
 with its data, (c) lost nothing.
@@ -19,7 +19,8 @@ from conftest import PG_CONFIG, ROOT
 
 PORT = "54359"
 OLD_SCRIPT = ROOT / "sql/pg_apikey--0.1.0.sql"
-OLD_SCRIPTS = [OLD_SCRIPT, ROOT / "sql/pg_apikey--0.2.0.sql", ROOT / "sql/pg_apikey--0.3.0.sql"]
+OLD_SCRIPTS = [OLD_SCRIPT, ROOT / "sql/pg_apikey--0.2.0.sql", ROOT / "sql/pg_apikey--0.3.0.sql",
+               ROOT / "sql/pg_apikey--0.4.0.sql"]
 VERSION = next(line.split('"')[1] for line in (ROOT / "Cargo.toml").read_text().splitlines()
                if line.startswith("version = "))
 SNAPSHOT = (ROOT / "tests/catalog_snapshot.sql").read_text()
@@ -274,6 +275,29 @@ def test_from_030_a_balance_is_kept_and_the_catalog_equals_a_fresh_install(conne
         assert c.execute("SELECT apikey.credits(%s)", (kid,)).fetchone()[0] == 6
         upgraded = snapshot(c)
     with connect("up3_fresh") as c:
+        fresh = snapshot(c)
+    missing = sorted(set(fresh) - set(upgraded))
+    extra = sorted(set(upgraded) - set(fresh))
+    assert (missing, extra) == ([], []), f"missing after upgrade: {missing[:10]}\nextra after upgrade: {extra[:10]}"
+
+
+def test_from_040_statistics_and_descriptions_arrive_and_the_catalog_equals_a_fresh_install(connect):
+    """0.4.0 → 0.5.0 adds apikey.stat and a description on every function: the updated catalog,
+    descriptions included, equals a fresh install's, and the view counts at once."""
+    new_db(connect, "up4_fresh")
+    new_db(connect, "up4_old", "0.4.0")
+    with connect("up4_old") as c:
+        c.execute("SET apikey.creation_limit = 0")
+        kid, key = c.execute("SELECT id, api_key::text FROM apikey.create('up4', 'k')").fetchone()
+        before = c.execute(OLD_DATA).fetchall()
+        c.execute("ALTER EXTENSION pg_apikey UPDATE")
+        assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_apikey'").fetchone()[0] == VERSION
+        assert c.execute(OLD_DATA).fetchall() == before
+        assert c.execute("SELECT id FROM apikey.verify(%s)", (key,)).fetchone()[0] == kid
+        assert c.execute("SELECT verifications >= 1 FROM apikey.stat WHERE datname = 'up4_old'").fetchone()[0]
+        assert c.execute("SELECT obj_description('apikey.verify'::regproc, 'pg_proc') IS NOT NULL").fetchone()[0]
+        upgraded = snapshot(c)
+    with connect("up4_fresh") as c:
         fresh = snapshot(c)
     missing = sorted(set(fresh) - set(upgraded))
     extra = sorted(set(upgraded) - set(fresh))
