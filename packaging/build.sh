@@ -62,7 +62,13 @@ tarball() {
     cp -a "$files/lib" "$files/extension" "$stage/$name/"
     cp "$src/LICENSE" "$src/README.md" "$stage/$name/"
     install -m 755 "$src/packaging/install.sh" "$stage/$name/install.sh"
-    tar -czf "$DIST/$name.tar.gz" -C "$stage" "$name"
+    # install.sh refuses to install into any other major than this one.
+    echo "$major" > "$stage/$name/PG_MAJOR"
+    # Owned by root and writable by no one else, whoever built it: an administrator unpacks it
+    # as root and installs what is in it.
+    tar -czf "$DIST/$name.tar.gz" -C "$stage" --owner=0 --group=0 --numeric-owner \
+        --mode='u+rwX,go=rX' --sort=name "$name"
+    (cd "$DIST" && sha256sum "$name.tar.gz" > "$name.tar.gz.sha256")
     echo "$DIST/$name.tar.gz"
 }
 

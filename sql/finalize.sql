@@ -168,29 +168,38 @@ CREATE CAST (text AS apikey.api_key) WITH INOUT AS IMPLICIT;
 -- The PostgREST adapter. PL/pgSQL because PostgREST's custom statuses need
 -- RAISE SQLSTATE 'PGRST', a code only PL/pgSQL can raise (pgrx raises standard codes only).
 
--- Raise an HTTP answer through PostgREST: a JSON body {code, message, details, hint} (details
--- carries the short error title, as the seeds' {"error": …} does) and headers such as
--- Retry-After. Never includes a key.
-CREATE FUNCTION apikey.http_error(status integer, error text, message text, retry_after integer DEFAULT NULL)
+-- Raise an HTTP answer through PostgREST: PostgREST's JSON body {code, message, details, hint}
+-- with Coldflow's {"error": …} beside it (the short title its clients read; details carries it
+-- too), and headers: Retry-After, and on a 401 the challenge RFC 6750 §3 asks for. Never
+-- includes a key.
+CREATE FUNCTION apikey.http_error(status integer, error text, message text, retry_after integer DEFAULT NULL,
+                                  hint text DEFAULT NULL, challenge text DEFAULT NULL)
     RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
 $$
+DECLARE
+    headers jsonb := '{}';
 BEGIN
+    IF retry_after IS NOT NULL THEN
+        headers := headers || jsonb_build_object('Retry-After', retry_after::text);
+    END IF;
+    IF status = 401 THEN
+        headers := headers || jsonb_build_object('WWW-Authenticate', coalesce(challenge, 'Bearer realm="api"'));
+    END IF;
     RAISE SQLSTATE 'PGRST' USING
         message = json_build_object('code', 'APIKEY' || status, 'message', message,
-                                    'details', error, 'hint', NULL)::text,
-        detail = json_build_object('status', status, 'headers',
-                                   CASE WHEN retry_after IS NULL THEN '{}'::json
-                                        ELSE json_build_object('Retry-After', retry_after::text) END)::text;
+                                    'details', error, 'hint', hint, 'error', error)::text,
+        detail = json_build_object('status', status, 'headers', headers)::text;
 END
 $$;
-COMMENT ON FUNCTION apikey.http_error(integer, text, text, integer) IS
-    'Raise an HTTP error through PostgREST (RAISE SQLSTATE ''PGRST''): status, JSON body and Retry-After.';
+COMMENT ON FUNCTION apikey.http_error(integer, text, text, integer, text, text) IS
+    'Raise an HTTP error through PostgREST (RAISE SQLSTATE ''PGRST''): status, JSON body {code, message, details, hint, error}, Retry-After, and a WWW-Authenticate challenge on 401.';
 
 -- Turn one of pg_apikey's (or the application's) errors into the HTTP answer the seeds document:
 -- 28000 / 22P02 → 401 (403 for two-key requests), 42501 → 403, P0002 → 404, 22023 / 22004 → 400,
 -- 25006 (a change on a standby) → 503,
 -- 53400 → 429 with Retry-After from the DETAIL. Anything else becomes a 500.
-CREATE FUNCTION apikey.raise_http(sqlstate text, message text, detail text DEFAULT NULL, two_key boolean DEFAULT false)
+CREATE FUNCTION apikey.raise_http(sqlstate text, message text, detail text DEFAULT NULL, two_key boolean DEFAULT false,
+                                 hint text DEFAULT NULL, key_sent boolean DEFAULT NULL)
     RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
 $$
 DECLARE
@@ -198,15 +207,21 @@ DECLARE
 BEGIN
     CASE
         WHEN sqlstate IN ('28000', '22P02') THEN
+            -- RFC 6750 §3.1: error="invalid_token" when a key was presented and refused; a request
+            -- that sent none gets the bare challenge.
             PERFORM apikey.http_error(CASE WHEN two_key THEN 403 ELSE 401 END,
                                       CASE WHEN two_key THEN 'Forbidden' ELSE 'Unauthorized' END,
-                                      CASE WHEN sqlstate = '22P02' THEN 'invalid API key' ELSE message END);
+                                      CASE WHEN sqlstate = '22P02' THEN 'invalid API key' ELSE message END,
+                                      hint => CASE WHEN sqlstate = '22P02' THEN NULL ELSE hint END,
+                                      challenge => CASE WHEN key_sent OR sqlstate = '22P02'
+                                                        THEN 'Bearer realm="api", error="invalid_token"'
+                                                        ELSE 'Bearer realm="api"' END);
         WHEN sqlstate = '42501' THEN
-            PERFORM apikey.http_error(403, 'Forbidden', message);
+            PERFORM apikey.http_error(403, 'Forbidden', message, hint => hint);
         WHEN sqlstate = 'P0002' THEN
-            PERFORM apikey.http_error(404, 'Not Found', message);
+            PERFORM apikey.http_error(404, 'Not Found', message, hint => hint);
         WHEN sqlstate IN ('22023', '22004') THEN
-            PERFORM apikey.http_error(400, 'Bad Request', message);
+            PERFORM apikey.http_error(400, 'Bad Request', message, hint => hint);
         WHEN sqlstate = '25006' THEN
             PERFORM apikey.http_error(503, 'Service Unavailable', message);
         WHEN sqlstate = '53400' THEN
@@ -228,8 +243,8 @@ BEGIN
     END CASE;
 END
 $$;
-COMMENT ON FUNCTION apikey.raise_http(text, text, text, boolean) IS
-    'Map a pg_apikey SQLSTATE to the documented HTTP answer through PostgREST.';
+COMMENT ON FUNCTION apikey.raise_http(text, text, text, boolean, text, boolean) IS
+    'Map a pg_apikey SQLSTATE to the documented HTTP answer through PostgREST (with the error''s HINT, and whether a key was sent for the 401 challenge).';
 
 -- PostgREST's db-pre-request: authenticate from the request headers and switch to the key's
 -- database role. x-api-key carries one key; x-api-app-authorization + x-api-authorization carry
@@ -246,7 +261,8 @@ DECLARE
 BEGIN
     IF failure IS NOT NULL THEN
         PERFORM apikey.raise_http(failure ->> 'sqlstate', failure ->> 'message', failure ->> 'detail',
-                                  (failure ->> 'two_key')::boolean);
+                                  (failure ->> 'two_key')::boolean, failure ->> 'hint',
+                                  (failure ->> 'key_sent')::boolean);
     END IF;
 END
 $$;
@@ -285,7 +301,7 @@ COMMENT ON FUNCTION apikey.callback_signature IS
 COMMENT ON FUNCTION apikey.callback_signature_hmac_sha256 IS
     'The recommended callback signature: hex HMAC-SHA256 of the URL keyed by the application key.';
 COMMENT ON FUNCTION apikey.charge IS
-    'Charge cost (default 1) against limit name of the authenticated key and its owner (in a two-key request, of the application''s too), all or nothing. False if none has that limit; 53400 with the seconds to wait when refused, 28000 without a key.';
+    'Charge cost (default 1) against limit name of the authenticated key and its owner (in a two-key request, of the application''s too), all or nothing. A name none of them defines is 22023, or false with if_defined => true; 53400 with the seconds to wait when refused, 28000 without a key.';
 COMMENT ON FUNCTION apikey.clear_owner_limit IS
     'Remove the owner limit name set for owner (an owner, a pattern or *); false if there was none. Administrators only (42501).';
 COMMENT ON FUNCTION apikey.create IS

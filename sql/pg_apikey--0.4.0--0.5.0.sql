@@ -4,7 +4,21 @@
 -- catalogs).
 --
 -- 0.5.0 describes every function and type (COMMENT ON, as sql/finalize.sql does for a fresh
--- install) and adds the cumulative statistics view apikey.stat.
+-- install), adds the cumulative statistics view apikey.stat, answers HTTP refusals with the
+-- error's hint and a WWW-Authenticate challenge, and makes apikey.charge refuse a limit name
+-- nothing defines.
+
+-- apikey.charge(name, cost, if_defined): a name no limit defines is an error unless the caller
+-- says the limit is optional (a new argument, so the function is replaced).
+DROP FUNCTION apikey.charge(text, integer);
+CREATE FUNCTION apikey."charge"(
+	"name" TEXT,
+	"cost" INT DEFAULT 1,
+	"if_defined" bool DEFAULT false
+) RETURNS bool
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'charge_wrapper';
 
 -- Descriptions
 COMMENT ON FUNCTION apikey.add_credits IS
@@ -38,7 +52,7 @@ COMMENT ON FUNCTION apikey.callback_signature IS
 COMMENT ON FUNCTION apikey.callback_signature_hmac_sha256 IS
     'The recommended callback signature: hex HMAC-SHA256 of the URL keyed by the application key.';
 COMMENT ON FUNCTION apikey.charge IS
-    'Charge cost (default 1) against limit name of the authenticated key and its owner (in a two-key request, of the application''s too), all or nothing. False if none has that limit; 53400 with the seconds to wait when refused, 28000 without a key.';
+    'Charge cost (default 1) against limit name of the authenticated key and its owner (in a two-key request, of the application''s too), all or nothing. A name none of them defines is 22023, or false with if_defined => true; 53400 with the seconds to wait when refused, 28000 without a key.';
 COMMENT ON FUNCTION apikey.clear_owner_limit IS
     'Remove the owner limit name set for owner (an owner, a pattern or *); false if there was none. Administrators only (42501).';
 COMMENT ON FUNCTION apikey.create IS
@@ -122,6 +136,112 @@ COMMENT ON FUNCTION apikey.verify_callback_signature IS
 COMMENT ON SEQUENCE apikey.audit_log_id_seq IS 'Ids of apikey.audit_log.';
 COMMENT ON SEQUENCE apikey.events_id_seq IS 'Ids of apikey.events (the id a notification on apikey_events carries).';
 COMMENT ON SEQUENCE apikey.keys_id_seq IS 'Ids of apikey.keys.';
+
+-- HTTP answers: an "error" field and the error's HINT in the body, WWW-Authenticate on a 401.
+-- New arguments, so the two functions are replaced (PL/pgSQL callers name them at run time).
+DROP FUNCTION apikey.http_error(integer, text, text, integer);
+DROP FUNCTION apikey.raise_http(text, text, text, boolean);
+
+-- Raise an HTTP answer through PostgREST: PostgREST's JSON body {code, message, details, hint}
+-- with Coldflow's {"error": …} beside it (the short title its clients read; details carries it
+-- too), and headers: Retry-After, and on a 401 the challenge RFC 6750 §3 asks for. Never
+-- includes a key.
+CREATE FUNCTION apikey.http_error(status integer, error text, message text, retry_after integer DEFAULT NULL,
+                                  hint text DEFAULT NULL, challenge text DEFAULT NULL)
+    RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE
+    headers jsonb := '{}';
+BEGIN
+    IF retry_after IS NOT NULL THEN
+        headers := headers || jsonb_build_object('Retry-After', retry_after::text);
+    END IF;
+    IF status = 401 THEN
+        headers := headers || jsonb_build_object('WWW-Authenticate', coalesce(challenge, 'Bearer realm="api"'));
+    END IF;
+    RAISE SQLSTATE 'PGRST' USING
+        message = json_build_object('code', 'APIKEY' || status, 'message', message,
+                                    'details', error, 'hint', hint, 'error', error)::text,
+        detail = json_build_object('status', status, 'headers', headers)::text;
+END
+$$;
+COMMENT ON FUNCTION apikey.http_error(integer, text, text, integer, text, text) IS
+    'Raise an HTTP error through PostgREST (RAISE SQLSTATE ''PGRST''): status, JSON body {code, message, details, hint, error}, Retry-After, and a WWW-Authenticate challenge on 401.';
+
+-- Turn one of pg_apikey's (or the application's) errors into the HTTP answer the seeds document:
+-- 28000 / 22P02 → 401 (403 for two-key requests), 42501 → 403, P0002 → 404, 22023 / 22004 → 400,
+-- 25006 (a change on a standby) → 503,
+-- 53400 → 429 with Retry-After from the DETAIL. Anything else becomes a 500.
+CREATE FUNCTION apikey.raise_http(sqlstate text, message text, detail text DEFAULT NULL, two_key boolean DEFAULT false,
+                                 hint text DEFAULT NULL, key_sent boolean DEFAULT NULL)
+    RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE
+    retry integer;
+BEGIN
+    CASE
+        WHEN sqlstate IN ('28000', '22P02') THEN
+            -- RFC 6750 §3.1: error="invalid_token" when a key was presented and refused; a request
+            -- that sent none gets the bare challenge.
+            PERFORM apikey.http_error(CASE WHEN two_key THEN 403 ELSE 401 END,
+                                      CASE WHEN two_key THEN 'Forbidden' ELSE 'Unauthorized' END,
+                                      CASE WHEN sqlstate = '22P02' THEN 'invalid API key' ELSE message END,
+                                      hint => CASE WHEN sqlstate = '22P02' THEN NULL ELSE hint END,
+                                      challenge => CASE WHEN key_sent OR sqlstate = '22P02'
+                                                        THEN 'Bearer realm="api", error="invalid_token"'
+                                                        ELSE 'Bearer realm="api"' END);
+        WHEN sqlstate = '42501' THEN
+            PERFORM apikey.http_error(403, 'Forbidden', message, hint => hint);
+        WHEN sqlstate = 'P0002' THEN
+            PERFORM apikey.http_error(404, 'Not Found', message, hint => hint);
+        WHEN sqlstate IN ('22023', '22004') THEN
+            PERFORM apikey.http_error(400, 'Bad Request', message, hint => hint);
+        WHEN sqlstate = '25006' THEN
+            PERFORM apikey.http_error(503, 'Service Unavailable', message);
+        WHEN sqlstate = '53400' THEN
+            -- Clamped, and parsed defensively: a limit's retry-after is at most 31 days, but
+            -- DETAIL is text from anywhere and must never turn a 429 into a 500. (The exception
+            -- block costs a subtransaction on this path only.)
+            -- No retry_after (credits that never refill): 429 without Retry-After.
+            BEGIN
+                retry := least(greatest(1, (detail::json ->> 'retry_after')::numeric), 2147483647)::integer;
+                IF (detail::json ->> 'retry_after') IS NULL THEN
+                    retry := NULL;
+                END IF;
+            EXCEPTION WHEN OTHERS THEN
+                retry := 1;
+            END;
+            PERFORM apikey.http_error(429, 'Rate limit exceeded', message, retry);
+        ELSE
+            RAISE SQLSTATE '58000' USING message = message;  -- 500, without the original detail
+    END CASE;
+END
+$$;
+COMMENT ON FUNCTION apikey.raise_http(text, text, text, boolean, text, boolean) IS
+    'Map a pg_apikey SQLSTATE to the documented HTTP answer through PostgREST (with the error''s HINT, and whether a key was sent for the 401 challenge).';
+
+-- PostgREST's db-pre-request: authenticate from the request headers and switch to the key's
+-- database role. x-api-key carries one key; x-api-app-authorization + x-api-authorization carry
+-- the Cool Farm Tool pair. Without a key the request is refused with 401 "API key required",
+-- unless PostgREST authenticated it with a JWT or its path is listed in apikey.anonymous_paths. An invalid or expired key is 401 (403 for the
+-- two-key pair), a rate-limited key 429 with Retry-After. The work is in
+-- apikey.authenticate_request, which reports failures instead of raising them, so the common path
+-- runs without an exception block (a subtransaction per request).
+CREATE OR REPLACE FUNCTION apikey.pre_request() RETURNS void
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE
+    failure json := apikey.authenticate_request()::json;
+BEGIN
+    IF failure IS NOT NULL THEN
+        PERFORM apikey.raise_http(failure ->> 'sqlstate', failure ->> 'message', failure ->> 'detail',
+                                  (failure ->> 'two_key')::boolean, failure ->> 'hint',
+                                  (failure ->> 'key_sent')::boolean);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION apikey.pre_request() IS
+    'PostgREST db-pre-request: authenticate from x-api-key (or the x-api-app-authorization + x-api-authorization pair) and SET LOCAL ROLE to the key''s role.';
 
 -- Statistics
 

@@ -175,7 +175,7 @@ fn authenticate_cost(key: ApiKey, cost: i64) -> String {
             "cost must be at least 1 (0 for administrators only)".into(),
         ));
     }
-    let id = lookup::counted(one_key(key.as_str(), lookup::try_lookup, cost))
+    let id = crate::counting::counted(one_key(key.as_str(), lookup::try_lookup, cost))
         .unwrap_or_else(|e| raise(e));
     let owner = id.owner.clone();
     identity::set(id);
@@ -186,7 +186,7 @@ fn authenticate_cost(key: ApiKey, cost: i64) -> String {
 /// The identity is the user's, and `current_app()` names the application. Returns the user.
 #[pg_extern(name = "authenticate", volatile, parallel_unsafe, requires = ["api_key_type"])]
 fn authenticate_app_user(app_key: Option<ApiKey>, user_key: Option<ApiKey>) -> String {
-    let id = lookup::counted(app_and_user(
+    let id = crate::counting::counted(app_and_user(
         app_key.as_ref().map(ApiKey::as_str),
         user_key.as_ref().map(ApiKey::as_str),
         lookup::try_lookup,
@@ -261,10 +261,13 @@ fn authenticate_request() -> Option<String> {
     let headers = request_setting(c"request.headers").unwrap_or_default();
     let headers: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&headers).unwrap_or_default();
+    hide_keys(&headers);
+    // Spaces and tabs around a pasted key are not part of it.
     let header = |name: &str| {
         headers
             .get(name)
             .and_then(|v| v.as_str())
+            .map(|v| v.trim_matches([' ', '\t']))
             .filter(|v| !v.is_empty())
     };
     let (single, app, user) = (
@@ -273,7 +276,8 @@ fn authenticate_request() -> Option<String> {
         header("x-api-authorization"),
     );
     let two_key = app.is_some() || user.is_some();
-    let outcome = lookup::counted(match (single, two_key) {
+    let key_sent = two_key || single.is_some();
+    let outcome = crate::counting::counted(match (single, two_key) {
         (_, true) => app_and_user(app, user, unchecked_key),
         (Some(key), false) => one_key(key, unchecked_key, 1),
         (None, false) if anonymous_allowed(&headers) => return None,
@@ -307,11 +311,49 @@ fn authenticate_request() -> Option<String> {
                 "sqlstate": e.sqlstate().code(),
                 "message": e.to_string(),
                 "detail": e.detail(),
+                "hint": e.hint(),
                 "two_key": two_key,
+                "key_sent": key_sent,
             })
             .to_string(),
         ),
     }
+}
+
+/// The headers that carry keys (and any `Authorization`), which endpoint code must never read:
+/// once read here, `request.headers` is set again without them for the rest of the
+/// transaction, so a logging trigger or a function that stores `request.headers` holds no key.
+const KEY_HEADERS: [&str; 4] = [
+    "x-api-key",
+    "x-api-app-authorization",
+    "x-api-authorization",
+    "authorization",
+];
+
+fn hide_keys(headers: &serde_json::Map<String, serde_json::Value>) {
+    if !KEY_HEADERS.iter().any(|h| headers.contains_key(*h)) {
+        return;
+    }
+    let mut kept = headers.clone();
+    for h in KEY_HEADERS {
+        kept.remove(h);
+    }
+    let text =
+        std::ffi::CString::new(serde_json::Value::Object(kept).to_string()).unwrap_or_default();
+    // SAFETY: SET LOCAL through the GUC machinery (PostgREST set it the same way, local to the
+    // transaction); both strings outlive the call, which copies them.
+    unsafe {
+        pg_sys::set_config_option(
+            c"request.headers".as_ptr(),
+            text.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        )
+    };
 }
 
 /// The authenticated owner of this transaction, or NULL.

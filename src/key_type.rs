@@ -22,7 +22,7 @@ impl ApiKey {
     pub fn new_checked(text: String) -> Self {
         // A malformed key never reaches a lookup: it is counted here, as presented and refused.
         if let Err(e) = formats::try_detect(&text) {
-            crate::lookup::counted::<()>(Err(e)).unwrap_or_else(|e| crate::errors::raise(e));
+            crate::counting::counted::<()>(Err(e)).unwrap_or_else(|e| crate::errors::raise(e));
         }
         ApiKey(text)
     }

@@ -18,6 +18,7 @@ mod auth;
 mod authority;
 mod catalog;
 mod client;
+mod counting;
 mod credits;
 mod errors;
 mod events;

@@ -123,10 +123,17 @@ impl Charged {
 
 /// Charge `cost` against the limit `name` of the authenticated key and its owner (and, for a
 /// two-key request, of the application key and its owner), all or nothing. True when a limit
-/// applied; false when none of them has one of that name. 53400 with the seconds to wait when
-/// refused; 28000 without an authenticated key, or once that key no longer holds.
+/// applied. A name none of them defines is an error (22023), as Unkey refuses a rate limit it
+/// does not know: a misspelt name must not pass every request; `if_defined => true` makes it a
+/// pass (false) instead, for an endpoint that limits only the keys given such a limit. 53400 with
+/// the seconds to wait when refused; 28000 without an authenticated key, or once that key no
+/// longer holds.
 #[pg_extern(volatile, parallel_unsafe)]
-fn charge(name: Option<&str>, cost: default!(Option<i32>, "1")) -> bool {
+fn charge(
+    name: Option<&str>,
+    cost: default!(Option<i32>, "1"),
+    if_defined: default!(Option<bool>, "false"),
+) -> bool {
     let name = name.unwrap_or_else(|| raise(ApiError::NullArgument("name")));
     if name.len() > 64 {
         raise(ApiError::InvalidArgument(
@@ -190,7 +197,12 @@ fn charge(name: Option<&str>, cost: default!(Option<i32>, "1")) -> bool {
         ));
     }
     if items.is_empty() {
-        return false;
+        if if_defined.unwrap_or(false) {
+            return false;
+        }
+        raise(ApiError::InvalidArgument(format!(
+            "no limit named \"{name}\" applies to this API key: give it one (limits => …, or apikey.set_owner_limit), or charge with if_defined => true"
+        )));
     }
     limiter::charge_all(&items).unwrap_or_else(|e| {
         crate::shmem::regions::count(pg_apikey_core::stat::refusal(&e));

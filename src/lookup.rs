@@ -6,8 +6,9 @@ use pg_apikey_core::digest::{ct_eq, sha256, DIGEST_LEN};
 use pg_apikey_core::errors::ApiError;
 use pgrx::pg_sys;
 
-use pg_apikey_core::stat::{self, Counter};
+use pg_apikey_core::stat::Counter;
 
+use crate::counting::counted;
 use crate::errors::raise;
 use crate::identity::{Digest, Identity};
 use crate::key_type::ApiKey;
@@ -53,20 +54,20 @@ pub fn lookup(key: &ApiKey) -> StoredKey {
     counted(try_lookup(key.as_str())).unwrap_or_else(|e| raise(e))
 }
 
-/// Count a call that presented a key, and the reason it was refused if it was (`apikey.stat`).
-pub fn counted<T>(result: Result<T, ApiError>) -> Result<T, ApiError> {
-    regions::count(Counter::Verifications);
-    if let Err(e) = &result {
-        regions::count(stat::refusal(e));
-    }
-    result
-}
-
 /// `lookup` for a well-formed key, reporting rather than raising the caller's mistakes.
 pub fn try_lookup(key: &str) -> Result<StoredKey, ApiError> {
     let digest = sha256(key.as_bytes());
     match find(&digest) {
-        Some(row) => judge(row, &digest, true),
+        Some((row, answered_by)) => {
+            let judged = judge(row, &digest, true);
+            // Where an accepted key was found, only: counted for a refused one, a revoked key
+            // (still cached) would read differently from one never issued, which its holder was
+            // not told.
+            if judged.is_ok() {
+                regions::count(answered_by);
+            }
+            judged
+        }
         // A bcrypt-imported key not presented before: found (and rehashed) by its lookup part.
         None => match crate::pending::verify_pending(key) {
             Some(row) => judge(row, &digest, true),
@@ -80,22 +81,21 @@ pub fn try_lookup(key: &str) -> Result<StoredKey, ApiError> {
 /// at every act of an identity.
 pub fn recheck(digest: &[u8; DIGEST_LEN]) -> Result<StoredKey, ApiError> {
     match find(digest) {
-        Some(row) => judge(row, digest, false),
+        Some((row, _)) => judge(row, digest, false),
         None => Err(ApiError::InvalidKey),
     }
 }
 
 /// The row of `digest`: the backend cache, the shared cache, else the table under the latest
-/// snapshot.
-fn find(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
+/// snapshot; and which of them answered (the counter of `apikey.stat`).
+fn find(digest: &[u8; DIGEST_LEN]) -> Option<(StoredKey, Counter)> {
     let digest = *digest;
     // Apply any invalidations other sessions have committed, so a revoke or delete is seen at
     // our next statement even inside a long transaction that takes no new locks.
     // SAFETY: processes the shared invalidation queue; callable at any point in a transaction.
     unsafe { pg_sys::AcceptInvalidationMessages() };
     if let Some(hit) = keycache::get(&digest) {
-        regions::count(Counter::BackendCacheHits);
-        return Some(hit);
+        return Some((hit, Counter::BackendCacheHits));
     }
     let since = keycache::generation();
     // A transaction that wrote anything may be looking at its own uncommitted keys, or have
@@ -111,15 +111,13 @@ fn find(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
     };
     if let Some(t) = &ticket {
         if let Some(hit) = sharedkeys::get(t, &digest) {
-            regions::count(Counter::SharedCacheHits);
             keycache::set_keys_relid(crate::catalog::get().relation("keys"));
             if keycache::admits(&digest, since) {
                 keycache::insert(digest, hit.clone());
             }
-            return Some(hit);
+            return Some((hit, Counter::SharedCacheHits));
         }
     }
-    regions::count(Counter::CacheMisses);
     let found = store::find_by_digest(&digest)?;
     keycache::set_keys_relid(crate::catalog::get().relation("keys"));
     if !wrote {
@@ -130,7 +128,7 @@ fn find(digest: &[u8; DIGEST_LEN]) -> Option<StoredKey> {
             keycache::insert(digest, found.clone());
         }
     }
-    Some(found)
+    Some((found, Counter::CacheMisses))
 }
 
 /// The status checks, in the documented order; `count` records a refusal in the key's usage.

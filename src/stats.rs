@@ -140,11 +140,17 @@ fn stat_reset() {
     if !crate::admin::caller_is_admin() {
         raise(ApiError::AdminOnly("reset statistics"));
     }
+    let db = crate::shmem::database();
     if let Some(r) = crate::shmem::preloaded()
-        .then(|| regions::of_database(crate::shmem::database()))
+        .then(|| regions::of_database(db))
         .flatten()
     {
         r.reset_stats();
+        // pg_stat_reset is a superuser's; this is any administrator's, so it leaves a trace.
+        crate::errors::log_line(format!(
+            "pg_apikey: statistics of database {db} reset by role \"{}\"",
+            crate::privilege::caller_name()
+        ));
     }
 }
 

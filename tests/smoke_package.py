@@ -270,6 +270,20 @@ def test_the_tarball_installs_into_a_server_with_its_install_sh(scratch, major, 
                          check=True, capture_output=True, text=True).stdout
     assert str(prefix) in out
     assert create_and_verify(prefix / "bin").startswith(str(prefix))
+    # Root's files, writable by nobody else, whoever built the archive; and a checksum beside it.
+    listing = subprocess.run(["tar", "-tvzf", str(artifact(f"pg_apikey-{VERSION}-pg{major}.tar.gz"))],
+                             check=True, capture_output=True, text=True).stdout.splitlines()
+    assert all(" root/root " in line or " 0/0 " in line for line in listing), listing[:3]
+    assert all(line[5] != "w" and line[8] != "w" for line in listing), listing[:3]
+    assert (ROOT / "dist" / f"pg_apikey-{VERSION}-pg{major}.tar.gz.sha256").exists()
+    # A planted symlink (a root-only file installed world-readable) is refused.
+    planted = unpacked / "extension" / "pg_apikey--9.9.9.sql"
+    planted.symlink_to("/etc/shadow")
+    refused = subprocess.run([str(unpacked / "install.sh")], env=dict(os.environ, PG_CONFIG=str(prefix / "bin/pg_config")),
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "not a regular file" in refused.stderr
+    assert not list(prefix.rglob("pg_apikey--9.9.9.sql"))
+    planted.unlink()
     # Built for one major, it refuses another.
     other = "/usr/lib/postgresql/15/bin/pg_config"
     refused = subprocess.run([str(unpacked / "install.sh")], env=dict(os.environ, PG_CONFIG=other),

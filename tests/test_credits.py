@@ -80,6 +80,22 @@ def test_refills_and_retry_after(connect):
         assert c.execute("SELECT apikey.credits(%s)", (kid,)).fetchone()[0] == 1
 
 
+def test_a_refill_never_lowers_a_topped_up_balance(connect):
+    """Unkey skips keys that are already full: a balance an administrator topped up above the
+    refill amount keeps what it has when a refill falls due."""
+    with connect() as c:
+        kid, k = new_key(c, 2, refill_amount=2, refill_interval="1 second")
+        c.execute("SELECT apikey.authenticate(%s)", (k,))
+        assert c.execute("SELECT apikey.add_credits(%s, 100)", (kid,)).fetchone()[0] == 101
+        time.sleep(1.2)
+        c.execute("SELECT apikey.authenticate(%s)", (k,))
+        assert c.execute("SELECT apikey.credits(%s)", (kid,)).fetchone()[0] == 100
+        # Spent below the amount, the next refill fills it up to the amount again.
+        c.execute("SELECT apikey.authenticate(%s, cost => 99)", (k,))
+        time.sleep(1.2)
+        assert c.execute("SELECT apikey.credits(%s)", (kid,)).fetchone()[0] == 2
+
+
 def test_spending_is_written_by_the_worker_and_admins_top_up(connect):
     with connect() as c:
         kid, k = new_key(c, 100)

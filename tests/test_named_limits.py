@@ -23,7 +23,13 @@ def test_named_limits_are_charged_by_name(db):
     _, k = make(su, "n", limits=psycopg.types.json.Jsonb({"expensive": {"max": 2, "per": "1 hour"}}))
     c = authenticated(db, k)
     assert c.execute("SELECT apikey.charge('expensive')").fetchone()[0] is True
-    assert c.execute("SELECT apikey.charge('cheap')").fetchone()[0] is False  # no such limit
+    # A name no limit of the key or its owner defines: an error, unless the caller says the
+    # limit is optional.
+    assert c.execute("SELECT apikey.charge('cheap', if_defined => true)").fetchone()[0] is False
+    c.execute("SAVEPOINT s")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match='no limit named "cheap"'):
+        c.execute("SELECT apikey.charge('cheap')")
+    c.execute("ROLLBACK TO SAVEPOINT s")
     with pytest.raises(psycopg.errors.ConfigurationLimitExceeded, match='"expensive" rate limit exceeded'):
         c.execute("SELECT apikey.charge('expensive', 2)")
     c.rollback()

@@ -292,11 +292,25 @@ impl Descriptor {
     }
 }
 
-/// Count one event in this database's statistics (claiming its region, as a first verify
-/// does). A count that races with the region's release may land in the next claim's zeroed
-/// counters: one count, never anything read.
+thread_local! {
+    /// This backend asked for a region to count in once already: when every region is taken,
+    /// counting must not take the registry's lock again at every call.
+    static TRIED_TO_COUNT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Count one event in this database's statistics (claiming its region the first time, as a
+/// first verify does). A count that races with the region's release may land in the next
+/// claim's zeroed counters: one count, never anything read.
 pub fn count(c: Counter) {
-    if let (Some(s), Some(r)) = (shared(), mine()) {
+    let Some(s) = shared() else { return };
+    let region = mine_if_known().or_else(|| {
+        if TRIED_TO_COUNT.replace(true) {
+            None
+        } else {
+            mine()
+        }
+    });
+    if let Some(r) = region {
         s.descriptor(r.index).counters[c.index()].fetch_add(1, Ordering::Relaxed);
     }
 }

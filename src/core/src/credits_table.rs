@@ -5,7 +5,8 @@
 //! every call). A balance whose spending is not yet written to the table is *dirty* and is never
 //! evicted; the flush worker writes it and `settle` marks it clean unless it changed meanwhile.
 //! Refills are applied lazily: at each whole interval since the last refill the balance is *set*
-//! to the refill amount.
+//! to the refill amount, unless it holds more (an administrator topped it up): a refill never
+//! lowers a balance, as Unkey skips keys that are already full.
 
 use crate::slots::{probe, Probe};
 
@@ -74,7 +75,7 @@ fn apply_refill(b: &mut Balance, refill: Option<Refill>, now: i64) {
             b.refilled_at = b
                 .refilled_at
                 .saturating_add(n.saturating_mul(r.interval_us));
-            b.remaining = r.amount;
+            b.remaining = b.remaining.max(r.amount);
             b.version += 1;
         }
     }
@@ -275,6 +276,23 @@ mod tests {
         assert_eq!(
             spend(&mut part, 1, 9, 0, r, 250 * S, None, false),
             Spend::Spent(3)
+        );
+    }
+
+    #[test]
+    fn a_refill_never_lowers_a_topped_up_balance() {
+        let r = Some(Refill {
+            amount: 10,
+            interval_us: 60 * S,
+        });
+        // Topped up to 100 (above the refill amount of 10): a due refill leaves it as it is.
+        assert_eq!(remaining_at(100, 0, r, 61 * S), 100);
+        // Below the amount: filled up to it.
+        assert_eq!(remaining_at(4, 0, r, 61 * S), 10);
+        let mut part = [Balance::FREE; 2];
+        assert_eq!(
+            spend(&mut part, 1, 9, 1, r, 120 * S, Some((50, 0)), false),
+            Spend::Spent(49)
         );
     }
 
