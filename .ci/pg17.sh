@@ -12,7 +12,10 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 PREFIX=/usr/local/pgsql-17
 BIN="$PREFIX/lib/postgresql/17/bin"
-[ -x "$BIN/pg_config" ] && "$BIN/pg_config" --version >/dev/null 2>&1 && exit 0
+if [ -x "$BIN/pg_config" ] && "$BIN/pg_config" --version >/dev/null 2>&1 &&
+   [ ! -e "$PREFIX/lib/postgresql/17/lib/llvmjit.so" ]; then
+    exit 0
+fi
 
 if ! command -v patchelf >/dev/null; then
     apt-get update -qq
@@ -50,6 +53,10 @@ mkdir -p "$PREFIX/lib" "$PREFIX/share" "$PREFIX/include"
 cp -a "$work/root/usr/lib/postgresql" "$PREFIX/lib/"
 cp -a "$work/root/usr/share/postgresql" "$PREFIX/share/"
 cp -a "$work/root/usr/include/postgresql" "$PREFIX/include/"
+# No JIT: its provider needs Debian 13's LLVM; without the provider's file PostgreSQL runs
+# every query without JIT (with the file but not its LLVM, a costly query would fail).
+rm -f "$PREFIX"/lib/postgresql/17/lib/llvmjit*.so
+rm -rf "$PREFIX"/lib/postgresql/17/lib/bitcode
 libs="$PREFIX/lib/postgresql/17/debian13-libs"
 mkdir -p "$libs"
 for dir in "$work/root/usr/lib/x86_64-linux-gnu" "$work/root/lib/x86_64-linux-gnu"; do
