@@ -278,7 +278,9 @@ fn authenticate_request() -> Option<String> {
     let two_key = app.is_some() || user.is_some();
     let key_sent = two_key || single.is_some();
     let outcome = crate::counting::counted(match (single, two_key) {
-        (_, true) => app_and_user(app, user, unchecked_key),
+        // A single key and a pair in one request: two different keys, whichever would pass.
+        (Some(_), true) => Err(ApiError::InvalidKey),
+        (None, true) => app_and_user(app, user, unchecked_key),
         (Some(key), false) => one_key(key, unchecked_key, 1),
         (None, false) if anonymous_allowed(&headers) => return None,
         (None, false) => Err(ApiError::KeyRequired("")),

@@ -2,6 +2,7 @@
 run on a real cluster as the least privileged role that could try it (PUBLIC role, key holder,
 database owner, schema creator, administrator of another database)."""
 
+import json
 import re
 import subprocess
 import time
@@ -310,7 +311,7 @@ def test_raise_http_clamps_any_retry_after(db):
         c.execute("""SELECT apikey.raise_http('53400', 'slow down', '{"retry_after": 99999999999999}')""")
     assert e.value.sqlstate == "PGRST"
     assert '"status" : 429' in e.value.diag.message_detail
-    assert '"Retry-After" : "2147483647"' in e.value.diag.message_detail
+    assert json.loads(e.value.diag.message_detail)["headers"]["Retry-After"] == "2147483647"
 
 
 def test_each_database_counts_usage_in_its_own_region(tenant_cluster):

@@ -77,9 +77,9 @@ def test_the_bearer_scheme_is_case_insensitive(stack, keys, scheme):
 
 
 @pytest.mark.parametrize("token", ["abc", "a.b", "a.b.c.d", "ct_live_!!!", "x y", "ct_live_" + "A" * 42 + ".",
-                                   "%00", "é"])
+                                   "%00", "é", "\vabc", "\fabc", "\xa0abc"])
 def test_a_malformed_key_of_any_shape_is_pg_apikeys_401(stack, token):
-    r = get(stack, "/api/surveys/", headers={"Authorization": f"Bearer {token}".encode()})
+    r = get(stack, "/api/surveys/", headers={"Authorization": ("Bearer " + token).encode("latin-1")})
     assert r.status_code == 401, r.text
     body = r.json()
     assert body["code"] == "APIKEY401" and body["message"] == "invalid API key", body
@@ -147,6 +147,85 @@ def test_the_cool_farm_tools_keys_as_request_parameters(stack, keys):
     # The parameters never reach the endpoint as arguments (PostgREST would answer 404 PGRST202).
     r = get(stack, "/cft/user/", params={"api_app_key": app, "api_key": user, "other": "1"})
     assert r.status_code == 200
+    # In a form body too; the same rules.
+    post = lambda data, **kw: requests.post(f"{stack.base}/cft/user/", data=data, timeout=10, **kw)
+    r = post({"api_app_key": app, "api_key": user})
+    assert r.status_code == 200 and r.json() == {"user": "alice", "application": "farm"}
+    r = post({"api_key": user}, headers={"X-Api-App-Authorization": app, "X-Api-Authorization": user})
+    assert r.status_code == 200
+    r = post({"api_key": keys["other_user"]}, headers={"X-Api-App-Authorization": app, "X-Api-Authorization": user})
+    assert r.status_code == 403 and r.json()["message"] == "invalid API key"
+    r = post({"api_app_key": app}, params={"api_key": user})
+    assert r.status_code == 200
+
+
+def test_a_parameter_cannot_add_headers_or_requests_upstream(stack, keys):
+    """A decoded parameter is put into a header nginx sends PostgREST: a CR or LF in it would
+    start a header (an X-Forwarded-For past an allow-list) or a whole request of the client's
+    making on a pooled connection. Anything but printable ASCII is refused as a malformed key."""
+    app, user = keys["app"], keys["user"]
+    for sep in ["%0d%0a", "%0a", "%0d", "%00"]:
+        query = f"api_app_key={app}&api_key={user}{sep}X-Forwarded-For:%20203.0.113.7"
+        r = get(stack, f"/cft/user/?{query}")
+        check(r.status_code == 403 and r.json()["message"] == "invalid API key", f"{sep}: {r.status_code}")
+        r = requests.post(f"{stack.base}/cft/user/", data=query, timeout=10,
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+        check(r.status_code == 403, f"form {sep}: {r.status_code}")
+    smuggled = ("x\r\n\r\nPOST /rpc/create_key HTTP/1.1\r\nHost: x\r\nContent-Length: 120\r\n\r\nname=")
+    r = get(stack, "/cft/user/", params={"api_app_key": app, "api_key": smuggled})
+    assert r.status_code == 403
+    # The next request on the pool is answered as itself.
+    r = get(stack, "/api/surveys/", headers={"X-Api-Key": keys["alice"]})
+    assert r.status_code == 200 and isinstance(r.json(), list)
+
+
+def test_every_parameter_counts_and_forms_stay_in_memory(stack, keys):
+    app, user = keys["app"], keys["user"]
+    # Past the 1,000 parameters a parser stops at by default, a second key is still seen.
+    filler = "&".join(f"a{i}=1" for i in range(1000))
+    r = get(stack, f"/cft/user/?{filler}&api_key=garbage",
+            headers={"X-Api-App-Authorization": app, "X-Api-Authorization": user})
+    assert r.status_code == 403
+    r = requests.post(f"{stack.base}/cft/user/", data=f"{filler}&api_key=garbage", timeout=10,
+                      headers={"Content-Type": "application/x-www-form-urlencoded",
+                               "X-Api-App-Authorization": app, "X-Api-Authorization": user})
+    assert r.status_code == 403
+    # A chunked form near the size limit is still read in memory (a body written to a file
+    # could not be read, and would leave the key on disk).
+    def chunks():
+        body = f"api_key=garbage&pad={'x' * 60000}".encode()
+        for i in range(0, len(body), 16384):
+            yield body[i:i + 16384]
+    r = requests.post(f"{stack.base}/cft/user/", data=chunks(), timeout=10,
+                      headers={"Content-Type": "application/x-www-form-urlencoded",
+                               "X-Api-App-Authorization": app, "X-Api-Authorization": user})
+    assert r.status_code == 403
+    assert not any((ROOT / ".run/http-api/nginx-tmp/body").glob("*"))
+
+
+def test_a_single_key_and_a_pair_together_are_refused(stack, keys):
+    r = get(stack, "/cft/user/", headers={"X-Api-Key": keys["alice"], "X-Api-App-Authorization": keys["app"],
+                                          "X-Api-Authorization": keys["user"]})
+    assert r.status_code == 403 and r.json()["message"] == "invalid API key"
+    # Outside /cft/user/ too: the pair's headers pass the same checks everywhere.
+    r = get(stack, "/api/surveys/", headers={"X-Api-Key": keys["alice"], "X-Api-Authorization": keys["user"]})
+    assert r.status_code == 403
+
+
+def test_ids_are_digits_without_leading_zeros(stack, keys):
+    r = requests.post(f"{stack.base}/api/keys/02/revoke", timeout=10, headers={"X-Api-Key": keys["alice"]})
+    assert r.status_code == 404 and r.json()["error"] == "Not Found"
+    r = requests.post(f"{stack.base}/api/keys/2/rotate?grace_seconds=007", timeout=10,
+                      headers={"X-Api-Key": keys["alice"]})
+    assert r.status_code == 400 and r.json()["code"] == "APIKEY400"
+
+
+def test_no_key_reaches_nginxs_error_log(stack, keys):
+    app, user = keys["app"], keys["user"]
+    requests.post(f"{stack.base}/cft/user/?api_app_key={app}&api_key={user}", data="x" * 100_000, timeout=10)
+    r = raw_get(stack, "/cft/user/", {"Authorization": "Bearer x\xff"})
+    log = (ROOT / ".run/http-api/nginx-error.log").read_text(errors="replace")
+    check(app not in log and user not in log and keys["alice"] not in log, "a key is in nginx's error log")
 
 
 def test_endpoint_code_cannot_read_the_key(stack, keys):
