@@ -68,16 +68,21 @@ function parsed(text, name) {
     return v === undefined ? [] : [].concat(v);
 }
 
+// Only in a location that sets $cft_params (/cft/user/): elsewhere a parameter is the endpoint's.
+function keyParameters(r) {
+    return r.variables.cft_params === '1';
+}
+
 // The client's query string as the location saved it in $client_args before rewriting it away.
 function argValues(r, name) {
-    return parsed(r.variables.client_args || '', name);
+    return keyParameters(r) ? parsed(r.variables.client_args || '', name) : [];
 }
 
 // A form body's fields. The location keeps bodies in memory ($request_body); one written to a
 // file cannot be read here, so it is refused rather than ignored.
 function formValues(r, name) {
     const type = (r.headersIn['Content-Type'] || '').toLowerCase();
-    if (type.indexOf('application/x-www-form-urlencoded') !== 0) {
+    if (!keyParameters(r) || type.indexOf('application/x-www-form-urlencoded') !== 0) {
         return [];
     }
     if (r.variables.request_body_file) {

@@ -16,6 +16,7 @@ from demo_stack import POSTGREST, check, demo_stack
 
 PG_PORT, PGRST_PORT, NGINX_PORT = "54379", "54394", "54395"
 ALLOWED_ORIGIN = "https://app.example"
+ERROR_LOG = ROOT / ".run/http-api/nginx-error.log"
 
 pytestmark = pytest.mark.skipif(not POSTGREST.exists(), reason="PostgREST not installed (run make setup)")
 
@@ -35,6 +36,8 @@ def stack():
             while requests.get(f"{s.base}/rpc/echo_headers").status_code == 404:
                 assert time.time() < deadline, "PostgREST never saw the new endpoint"
                 time.sleep(0.2)
+            # nginx appends to its error log across starts: this module reads its own lines only.
+            s.error_log_start = ERROR_LOG.stat().st_size if ERROR_LOG.exists() else 0
             yield s
     finally:
         os.environ.pop("CORS_ORIGINS", None)
@@ -49,6 +52,13 @@ def keys(stack):
         "user": stack.create_key("alice", "farmer", format="cft")[1],
         "other_user": stack.create_key("bob", "farmer", format="cft")[1],
     }
+
+
+def error_log(stack):
+    """What nginx wrote to its error log since this module's stack started."""
+    with open(ERROR_LOG, errors="replace") as f:
+        f.seek(stack.error_log_start)
+        return f.read()
 
 
 def get(stack, path, **kw):
@@ -203,6 +213,28 @@ def test_every_parameter_counts_and_forms_stay_in_memory(stack, keys):
     assert not any((ROOT / ".run/http-api/nginx-tmp/body").glob("*"))
 
 
+def test_key_parameters_are_read_only_where_they_are_keys(stack, keys):
+    """Elsewhere than /cft/user/ a query string or a form body belongs to the endpoint: a field
+    named api_key is not a key, and a large body is no refusal."""
+    alice = {"X-Api-Key": keys["alice"]}
+    r = requests.get(f"{stack.base}/api/surveys/", data={"api_key": "x"}, headers=alice, timeout=10)
+    assert r.status_code == 200
+    r = requests.get(f"{stack.base}/api/surveys/", data={"pad": "x" * 20000}, headers=alice, timeout=10)
+    assert r.status_code == 200
+    # In a query string it is the endpoint's argument (this one takes none: PostgREST's 404),
+    # not a second key, and the answer does not repeat it.
+    r = get(stack, f"/api/surveys/?api_key={keys['user']}", headers=alice)
+    assert r.status_code == 404 and "PGRST202" in r.text
+    check(keys["user"] not in r.text, "the answer repeats the parameter")
+    # Nor does nginx write a line (with the request line, keys included) for each request.
+    log = error_log(stack)
+    assert "uninitialized" not in log
+    check(keys["user"] not in log, "a key is in nginx's error log")
+    # DELETE's query string is not PostgREST's to read either.
+    r = requests.delete(f"{stack.base}/api/keys/999999?select=nope", headers=alice, timeout=10)
+    assert r.status_code == 404, r.text
+
+
 def test_a_single_key_and_a_pair_together_are_refused(stack, keys):
     r = get(stack, "/cft/user/", headers={"X-Api-Key": keys["alice"], "X-Api-App-Authorization": keys["app"],
                                           "X-Api-Authorization": keys["user"]})
@@ -224,7 +256,7 @@ def test_no_key_reaches_nginxs_error_log(stack, keys):
     app, user = keys["app"], keys["user"]
     requests.post(f"{stack.base}/cft/user/?api_app_key={app}&api_key={user}", data="x" * 100_000, timeout=10)
     r = raw_get(stack, "/cft/user/", {"Authorization": "Bearer x\xff"})
-    log = (ROOT / ".run/http-api/nginx-error.log").read_text(errors="replace")
+    log = error_log(stack)
     check(app not in log and user not in log and keys["alice"] not in log, "a key is in nginx's error log")
 
 
