@@ -276,7 +276,9 @@ def test_the_tarball_installs_into_a_server_with_its_install_sh(scratch, major, 
     assert all(" root/root " in line or " 0/0 " in line for line in listing), listing[:3]
     assert all(line[5] != "w" and line[8] != "w" for line in listing), listing[:3]
     assert (ROOT / "dist" / f"pg_apikey-{VERSION}-pg{major}.tar.gz.sha256").exists()
-    # A planted symlink (a root-only file installed world-readable) is refused.
+    # A planted symlink (a root-only file installed world-readable) is refused. (The cluster
+    # above made the scratch tree postgres's: the archive's files are root's again first.)
+    subprocess.run(["chown", "-R", "root:root", str(unpacked)], check=True)
     planted = unpacked / "extension" / "pg_apikey--9.9.9.sql"
     planted.symlink_to("/etc/shadow")
     refused = subprocess.run([str(unpacked / "install.sh")], env=dict(os.environ, PG_CONFIG=str(prefix / "bin/pg_config")),
