@@ -31,11 +31,9 @@ fn shared_memory_stats() -> TableIterator<
     }
     let region = crate::shmem::preloaded().then(regions::mine).flatten();
     let used = region
-        .and_then(|r| r.usage(|p| (p.slots.iter().filter(|s| s.db != 0).count(), p.dropped)))
+        .and_then(|r| r.usage_fill())
         .unwrap_or((0, regions::unplaced_if_superuser()));
-    let held = region
-        .and_then(|r| r.credits(|p| p.balances.iter().filter(|b| b.db != 0).count()))
-        .unwrap_or(0);
+    let held = region.and_then(|r| r.balances_held()).unwrap_or(0);
     TableIterator::once((
         region.map(|r| r.index as i32),
         region.and_then(|r| r.worker_pid()),
@@ -94,12 +92,8 @@ fn stat_rows() -> TableIterator<
         .into_iter()
         .filter_map(|r| {
             let stats = r.stats()?;
-            let (used, dropped) = r
-                .usage(|p| (p.slots.iter().filter(|s| s.db != 0).count(), p.dropped))
-                .unwrap_or_default();
-            let held = r
-                .credits(|p| p.balances.iter().filter(|b| b.db != 0).count())
-                .unwrap_or(0);
+            let (used, dropped) = r.usage_fill().unwrap_or_default();
+            let held = r.balances_held().unwrap_or(0);
             let (buckets_used, buckets) = crate::limiter::buckets_of(r.database());
             let n = |c: Counter| stats.counters[c.index()].min(i64::MAX as u64) as i64;
             Some((

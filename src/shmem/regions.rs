@@ -277,6 +277,16 @@ impl Region {
         usage == Some(true) || credits == Some(true)
     }
 
+    /// Usage slots in use and usage events dropped, if the region is still this one.
+    pub fn usage_fill(&self) -> Option<(usize, u64)> {
+        self.usage(|p| (p.slots.iter().filter(|s| s.db != 0).count(), p.dropped))
+    }
+
+    /// Credit balances held, if the region is still this one.
+    pub fn balances_held(&self) -> Option<usize> {
+        self.credits(|p| p.balances.iter().filter(|b| b.db != 0).count())
+    }
+
     /// Is this region's worker running?
     pub fn has_worker(&self) -> bool {
         shared().is_some_and(|s| s.descriptor(self.index).worker.load(Ordering::Acquire) != 0)
