@@ -183,6 +183,19 @@ CREATE TABLE apikey.held_balances (
 );
 COMMENT ON TABLE apikey.held_balances IS 'Credit balances written while another transaction held the key''s row in apikey.keys; newer than apikey.keys.credits while present. Written only by the pg_apikey worker.';
 
+-- Added in 0.5.0. Credits the primary has leased to its standbys (apikey.lease_exchange): already
+-- taken out of the key's balance, given back only by the standby that holds them, forgotten
+-- (counted spent) once expired. No foreign key: a lease must not wait on the key's row.
+CREATE TABLE apikey.leases (
+    standby    text NOT NULL,
+    key_id     bigint NOT NULL,
+    held       bigint NOT NULL CHECK (held >= 0),
+    granted_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (standby, key_id)
+);
+COMMENT ON TABLE apikey.leases IS 'Credits leased to standbys: per standby worker and key, what it holds (already taken out of the key''s balance) and until when. Written only by apikey.lease_exchange on the primary.';
+
 CREATE TYPE apikey.key_info AS (
     id         bigint,
     owner      text,

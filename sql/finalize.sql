@@ -196,7 +196,7 @@ COMMENT ON FUNCTION apikey.http_error(integer, text, text, integer, text, text) 
 
 -- Turn one of pg_apikey's (or the application's) errors into the HTTP answer the seeds document:
 -- 28000 / 22P02 → 401 (403 for two-key requests), 42501 → 403, P0002 → 404, 22023 / 22004 → 400,
--- 25006 (a change on a standby) → 503,
+-- 25006 (a change on a standby) and 57P03 (a standby that cannot reach the primary for credits) → 503,
 -- 53400 → 429 with Retry-After from the DETAIL. Anything else becomes a 500.
 CREATE FUNCTION apikey.raise_http(sqlstate text, message text, detail text DEFAULT NULL, two_key boolean DEFAULT false,
                                  hint text DEFAULT NULL, key_sent boolean DEFAULT NULL)
@@ -224,6 +224,9 @@ BEGIN
             PERFORM apikey.http_error(400, 'Bad Request', message, hint => hint);
         WHEN sqlstate = '25006' THEN
             PERFORM apikey.http_error(503, 'Service Unavailable', message);
+        WHEN sqlstate = '57P03' THEN
+            -- A standby that cannot reach the primary leasing it credits: try again shortly.
+            PERFORM apikey.http_error(503, 'Service Unavailable', message, 1, hint => hint);
         WHEN sqlstate = '53400' THEN
             -- Clamped, and parsed defensively: a limit's retry-after is at most 31 days, but
             -- DETAIL is text from anywhere and must never turn a 429 into a 500. (The exception
@@ -376,6 +379,8 @@ COMMENT ON FUNCTION apikey.stat_rows IS
     'The rows of apikey.stat: per database, the calls that presented a key, refusals by reason, where lookups were answered, shared-table fill and the worker''s last flush. pg_read_all_stats members get every database, administrators theirs, others none.';
 COMMENT ON FUNCTION apikey.stat_reset IS
     'Zero this database''s counters in apikey.stat (stats_reset becomes now). Administrators only (42501).';
+COMMENT ON FUNCTION apikey.lease_exchange IS
+    'For the workers of standbys, over their replication connection: give back leased credits and lease more from the primary''s ledger (apikey.leases). Superusers and roles with REPLICATION only (42501).';
 COMMENT ON FUNCTION apikey.shared_memory_stats IS
     'This database''s region of pg_apikey''s shared memory (NULL without one), its worker''s pid, usage slots and credit balances in use and available, and usage events dropped. Administrators only (42501).';
 COMMENT ON FUNCTION apikey.usage_dropped IS

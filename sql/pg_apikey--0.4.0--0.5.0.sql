@@ -20,6 +20,30 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'charge_wrapper';
 
+-- Credit leases for standbys (the primary is the ledger).
+
+-- Credits the primary has leased to its standbys (apikey.lease_exchange): already
+-- taken out of the key's balance, given back only by the standby that holds them, forgotten
+-- (counted spent) once expired. No foreign key: a lease must not wait on the key's row.
+CREATE TABLE apikey.leases (
+    standby    text NOT NULL,
+    key_id     bigint NOT NULL,
+    held       bigint NOT NULL CHECK (held >= 0),
+    granted_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (standby, key_id)
+);
+COMMENT ON TABLE apikey.leases IS 'Credits leased to standbys: per standby worker and key, what it holds (already taken out of the key''s balance) and until when. Written only by apikey.lease_exchange on the primary.';
+
+CREATE FUNCTION apikey."lease_exchange"(
+	"standby" TEXT,
+	"request" TEXT
+) RETURNS TEXT
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'lease_exchange_wrapper';
+REVOKE ALL ON apikey.leases FROM PUBLIC;
+
 -- Descriptions
 COMMENT ON FUNCTION apikey.add_credits IS
     'Add n credits to key id (a negative n takes some away, never below zero) and return the new balance. Administrators only (42501); audited; 22023 for a key created without credits.';
@@ -123,6 +147,8 @@ COMMENT ON FUNCTION apikey.set_owner_limit IS
     'Set limit name shared by every key of owner (an owner, a pattern with *, or * for everyone): at most max per per, bursts of burst (default max). Administrators only (42501).';
 COMMENT ON FUNCTION apikey.shared_key_cache_stats IS
     'This database''s region of the shared key cache: entries, current capacity, and this backend''s hits and misses in it. Administrators only (42501).';
+COMMENT ON FUNCTION apikey.lease_exchange IS
+    'For the workers of standbys, over their replication connection: give back leased credits and lease more from the primary''s ledger (apikey.leases). Superusers and roles with REPLICATION only (42501).';
 COMMENT ON FUNCTION apikey.shared_memory_stats IS
     'This database''s region of pg_apikey''s shared memory (NULL without one), its worker''s pid, usage slots and credit balances in use and available, and usage events dropped. Administrators only (42501).';
 COMMENT ON FUNCTION apikey.usage_dropped IS
@@ -170,7 +196,7 @@ COMMENT ON FUNCTION apikey.http_error(integer, text, text, integer, text, text) 
 
 -- Turn one of pg_apikey's (or the application's) errors into the HTTP answer the seeds document:
 -- 28000 / 22P02 → 401 (403 for two-key requests), 42501 → 403, P0002 → 404, 22023 / 22004 → 400,
--- 25006 (a change on a standby) → 503,
+-- 25006 (a change on a standby) and 57P03 (a standby that cannot reach the primary for credits) → 503,
 -- 53400 → 429 with Retry-After from the DETAIL. Anything else becomes a 500.
 CREATE FUNCTION apikey.raise_http(sqlstate text, message text, detail text DEFAULT NULL, two_key boolean DEFAULT false,
                                  hint text DEFAULT NULL, key_sent boolean DEFAULT NULL)
@@ -198,6 +224,9 @@ BEGIN
             PERFORM apikey.http_error(400, 'Bad Request', message, hint => hint);
         WHEN sqlstate = '25006' THEN
             PERFORM apikey.http_error(503, 'Service Unavailable', message);
+        WHEN sqlstate = '57P03' THEN
+            -- A standby that cannot reach the primary leasing it credits: try again shortly.
+            PERFORM apikey.http_error(503, 'Service Unavailable', message, 1, hint => hint);
         WHEN sqlstate = '53400' THEN
             -- Clamped, and parsed defensively: a limit's retry-after is at most 31 days, but
             -- DETAIL is text from anywhere and must never turn a 429 into a 500. (The exception

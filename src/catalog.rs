@@ -21,7 +21,7 @@ use pgrx::prelude::*;
 use crate::errors::{raise, spi};
 
 /// The tables every module reads or writes, by the name they have in SQL.
-pub const TABLES: [&str; 12] = [
+pub const TABLES: [&str; 13] = [
     "owner_limits",
     "keys",
     "formats",
@@ -34,6 +34,7 @@ pub const TABLES: [&str; 12] = [
     "events",
     "announcements",
     "held_balances",
+    "leases",
 ];
 
 #[derive(Debug)]

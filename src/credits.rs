@@ -9,8 +9,8 @@
 //! call. The database's worker writes dirty balances to `apikey.keys` every flush interval.
 //!
 //! Crash bound: a crash forgives at most one flush interval of spending (balances restart from
-//! the last written value). On a standby spending is never written: each standby keeps its own
-//! balances, forgotten at restart or when its table is full.
+//! the last written value). A standby spends only credits it leased from the primary, which took
+//! them out of the key's balance first (`lease_table`, `ledger`, `worker::leases`).
 
 use pg_apikey_core::credits_table::{self, Balance, Refill, Spend};
 use pg_apikey_core::errors::ApiError;
@@ -144,9 +144,12 @@ pub fn spend(key: &StoredKey, cost: i64) -> Result<(), ApiError> {
     if !key.rights.metered || cost < 0 {
         return Ok(());
     }
+    if on_standby() {
+        return spend_leased(key.id, cost);
+    }
     let db = crate::shmem::database();
     let refill = refill_of(key.refill);
-    let evictable = on_standby();
+    let evictable = false;
     let attempt = |loaded| {
         with_balances(|b| {
             credits_table::spend(b, db, key.id, cost, refill, now_us(), loaded, evictable)
@@ -168,13 +171,63 @@ pub fn spend(key: &StoredKey, cost: i64) -> Result<(), ApiError> {
     }
 }
 
+/// How long a request on a standby waits for its worker to lease credits from the primary.
+const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// On a standby: spend from the credits leased from the primary (`lease_table`); a shortfall
+/// asks this database's worker for more and waits for its answer (the only round trip, once per
+/// slice). Refused with 53400 when the primary has no more to lease, 57P03 when it cannot be
+/// reached and what this server holds does not cover the cost.
+fn spend_leased(key_id: i64, cost: i64) -> Result<(), ApiError> {
+    use pg_apikey_core::lease_table::{self, LeaseSpend};
+    let db = crate::shmem::database();
+    let region = available()?;
+    let attempt = |ask: bool| {
+        region
+            .credits(|p| lease_table::spend(&mut p.balances, db, key_id, cost, now_us(), ask))
+            .unwrap_or(LeaseSpend::Full)
+    };
+    let started = std::time::Instant::now();
+    let mut woken = started;
+    let mut outcome = attempt(true);
+    loop {
+        match outcome {
+            LeaseSpend::Spent(_) => return Ok(()),
+            LeaseSpend::Empty => return Err(ApiError::NoCredits { retry_after: None }),
+            LeaseSpend::Unreachable => return Err(ApiError::LedgerUnreachable),
+            LeaseSpend::Full => return Err(ApiError::LimiterFull),
+            LeaseSpend::Asked | LeaseSpend::Waiting => {
+                if started.elapsed() >= LEASE_WAIT {
+                    return Err(ApiError::LedgerUnreachable);
+                }
+                if outcome == LeaseSpend::Asked || woken.elapsed().as_millis() >= 100 {
+                    region.wake_worker();
+                    woken = std::time::Instant::now();
+                }
+                // SAFETY: a plain sleep; interrupts (statement_timeout, cancel) are honoured
+                // between polls.
+                unsafe {
+                    pg_sys::pg_usleep(1000);
+                }
+                pgrx::check_for_interrupts!();
+                outcome = attempt(false);
+            }
+        }
+    }
+}
+
 /// Give back `cost` credits that `spend` took from `key_id` in this very call, when another of
 /// pg_apikey's own checks refused the request before it was served (all or nothing). Nothing
 /// else refunds: see the module comment.
 pub fn refund(key_id: i64, cost: i64) {
     let db = crate::shmem::database();
+    let standby = on_standby();
     if_held(|b| {
-        credits_table::refund(b, db, key_id, cost);
+        if standby {
+            pg_apikey_core::lease_table::refund(b, db, key_id, cost);
+        } else {
+            credits_table::refund(b, db, key_id, cost);
+        }
         Some(())
     });
 }
@@ -213,6 +266,45 @@ pub fn take_all(key_id: i64, refill: Option<(i64, i64)>) -> i64 {
     let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
     MOVED.with_borrow_mut(|m| m.push((sub, (key_id, left))));
     left
+}
+
+/// On the primary, for a standby's lease: take credits out of key `key_id`'s balance by the
+/// ledger's rule (`lease_table::grant`), in shared memory where every backend spends it, so no
+/// concurrent spend can use what was leased. Final: the flush writes it like any spending.
+pub fn lease_out(key_id: i64, refill: Option<(i64, i64)>, need: i64, want: i64) -> i64 {
+    let db = crate::shmem::database();
+    let refill = refill_of(refill);
+    let attempt = |loaded| {
+        with_balances(|b| {
+            credits_table::lease_out(b, db, key_id, need, want, refill, now_us(), loaded)
+        })
+    };
+    let outcome = match attempt(None) {
+        Err(Spend::Unknown) => attempt(Some(crate::store::as_owner(|| {
+            crate::store::credit_balance(key_id)
+        }))),
+        other => other,
+    };
+    outcome.unwrap_or(0)
+}
+
+/// On the primary: credits a standby gives back from its lease, into the key's balance (loaded
+/// into shared memory first, so the flush writes the sum).
+pub fn give_back(key_id: i64, refill: Option<(i64, i64)>, n: i64) {
+    if n <= 0 {
+        return;
+    }
+    let db = crate::shmem::database();
+    let refill = refill_of(refill);
+    let now = now_us();
+    let held = with_balances(|b| credits_table::add(b, db, key_id, n));
+    if !held {
+        let loaded = crate::store::as_owner(|| crate::store::credit_balance(key_id));
+        with_balances(|b| {
+            let _ = credits_table::spend(b, db, key_id, 0, refill, now, Some(loaded), false);
+            credits_table::add(b, db, key_id, n)
+        });
+    }
 }
 
 /// Add `n` credits: to the balance in memory if one is held (the worker writes it), else to the

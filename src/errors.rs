@@ -32,6 +32,7 @@ fn pg_code(state: Sqlstate) -> PgSqlErrorCode {
         Sqlstate::DuplicateObject => ERRCODE_DUPLICATE_OBJECT,
         Sqlstate::ReadOnly => ERRCODE_READ_ONLY_SQL_TRANSACTION,
         Sqlstate::UniqueViolation => ERRCODE_UNIQUE_VIOLATION,
+        Sqlstate::CannotConnectNow => ERRCODE_CANNOT_CONNECT_NOW,
         Sqlstate::Internal => ERRCODE_INTERNAL_ERROR,
     }
 }

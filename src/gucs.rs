@@ -16,6 +16,19 @@ pub static ENCRYPTION_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CSt
 /// `apikey.default_role`: the role `apikey.pre_request` switches to for keys without their own.
 pub static DEFAULT_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// `apikey.ledger_conninfo`: how a standby's worker reaches the primary that leases it credits
+/// (empty: the standby's own `primary_conninfo`). Superuser-only and hidden: it may hold a
+/// password.
+pub static LEDGER_CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// The conninfo a standby's worker leases credits through, if any.
+pub fn ledger_conninfo() -> Option<String> {
+    LEDGER_CONNINFO
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .filter(|s| !s.trim().is_empty())
+}
+
 /// `apikey.track_usage`: count uses and refusals in shared memory (on by default).
 pub static TRACK_USAGE: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// `apikey.usage_flush_interval`: milliseconds between flushes of usage to tables.
@@ -273,6 +286,14 @@ pub fn init(preloaded: bool) {
     // A postmaster-context setting can only be defined while preloading; without preload there
     // is no worker to configure.
     if preloaded {
+        GucRegistry::define_string_guc(
+            c"apikey.ledger_conninfo",
+            c"Connection string a standby's worker uses to lease credits from the primary (default empty: the standby's primary_conninfo).",
+            c"Keyword = value pairs; the database is added. The role needs REPLICATION (or superuser) and a pg_hba.conf line for the database, as a logical replication subscriber's does.",
+            &LEDGER_CONNINFO,
+            GucContext::Sighup,
+            GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+        );
         GucRegistry::define_int_guc(
             c"apikey.max_databases",
             c"Databases that can use pg_apikey's shared memory at once (default 64).",

@@ -31,6 +31,7 @@ mod key_columns;
 mod key_type;
 mod keycache;
 mod leaks;
+mod ledger;
 mod lifecycle;
 mod limiter;
 mod limits;

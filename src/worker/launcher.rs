@@ -10,8 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker,
-    SignalWakeFlags,
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
+    DynamicBackgroundWorker, SignalWakeFlags,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -29,6 +29,8 @@ pub fn register() {
         .set_library("pg_apikey")
         .set_function("pg_apikey_launcher")
         .enable_spi_access()
+        // On a hot standby too: its workers lease credits from the primary.
+        .set_start_time(BgWorkerStartTime::ConsistentState)
         .set_restart_time(Some(Duration::from_secs(5)))
         .load();
 }

@@ -15,12 +15,15 @@
 
 pub mod ddl;
 pub mod launcher;
+mod leases;
+mod link;
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, DynamicBackgroundWorker, SignalWakeFlags,
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker,
+    SignalWakeFlags,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -46,6 +49,8 @@ pub fn start(db: u32) -> Option<DynamicBackgroundWorker> {
         .set_function("pg_apikey_worker")
         .set_argument(Some(pg_sys::Datum::from(db)))
         .enable_spi_access()
+        // On a hot standby too: it leases credits from the primary.
+        .set_start_time(BgWorkerStartTime::ConsistentState)
         .set_notify_pid(me)
         .load_dynamic()
         .ok()
@@ -110,6 +115,9 @@ fn complain(step: &str, message: &str) {
         }
     );
 }
+
+/// How often a standby's worker looks at its leases.
+const LEASE_TICK: Duration = Duration::from_millis(200);
 
 /// What a flush found.
 enum Flushed {
@@ -348,8 +356,14 @@ pub extern "C-unwind" fn pg_apikey_worker(arg: pg_sys::Datum) {
     let mut warm = Prewarm { loaded_for: None };
     let mut idle = 0u32;
     loop {
-        let interval = Duration::from_millis(gucs::USAGE_FLUSH_INTERVAL.get().max(10) as u64);
+        let mut interval = Duration::from_millis(gucs::USAGE_FLUSH_INTERVAL.get().max(10) as u64);
+        // SAFETY: reads shared recovery state.
+        if unsafe { pg_sys::RecoveryInProgress() } {
+            // A standby renews its leases before they run out (requests wake it sooner).
+            interval = interval.min(LEASE_TICK);
+        }
         let alive = BackgroundWorker::wait_latch(Some(interval));
+        leases::tick(region, !alive);
         if BackgroundWorker::sighup_received() {
             // SAFETY: rereads postgresql.conf, as every process does on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };

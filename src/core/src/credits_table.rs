@@ -21,6 +21,33 @@ pub struct Balance {
     pub refilled_at: i64,
     /// Changes since the table was last written; 0 = clean.
     pub version: u64,
+    /// On a standby: the balance is a lease of the primary's (`lease_table`), never written here.
+    pub lease: Lease,
+}
+
+/// A standby's lease of a key's credits (see `lease_table`); all zero on a primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Lease {
+    /// The slot holds a lease (`remaining` is what the primary granted and this server did not
+    /// spend yet), not a balance loaded from the table.
+    pub leased: bool,
+    /// A request waits for the worker to ask the primary.
+    pub pending: bool,
+    /// The last exchange with the primary failed.
+    pub unreachable: bool,
+    /// The primary said the key may not lease any more (revoked, disabled, expired, deleted or
+    /// without credits): what is left goes back at the next exchange.
+    pub ended: bool,
+    /// Exchanges since the key last spent here.
+    pub idle: u32,
+    /// Asked for at the next exchange: (credits the waiting request lacks, credits wanted).
+    pub need: i64,
+    pub want: i64,
+    /// Spent here since the last exchange: the next slice's size.
+    pub spent: i64,
+    /// This server stops spending the lease at this time (µs); the primary forgets it later.
+    pub expires: i64,
 }
 
 impl Balance {
@@ -30,6 +57,17 @@ impl Balance {
         remaining: 0,
         refilled_at: 0,
         version: 0,
+        lease: Lease {
+            leased: false,
+            pending: false,
+            unreachable: false,
+            ended: false,
+            idle: 0,
+            need: 0,
+            want: 0,
+            spent: 0,
+            expires: 0,
+        },
     };
 
     pub fn dirty(&self) -> bool {
@@ -59,11 +97,17 @@ fn start_of(key_id: i64, len: usize) -> usize {
     ((key_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % len
 }
 
+pub(crate) fn start_slot(key_id: i64, len: usize) -> usize {
+    start_of(key_id, len)
+}
+
+/// A balance of the table's, never a lease: after a promotion, what the standby held under lease
+/// is not the key's balance (it is forfeited, see `lease_table`).
 fn find(part: &[Balance], db: u32, key_id: i64, evictable: bool) -> Probe {
     probe(
         part.len(),
         start_of(key_id, part.len()),
-        |i| part[i].db == db && part[i].key_id == key_id,
+        |i| part[i].db == db && part[i].key_id == key_id && !part[i].lease.leased,
         |i| part[i].db == 0 || evictable || !part[i].dirty(),
     )
 }
@@ -103,7 +147,7 @@ pub fn spend(
                 key_id,
                 remaining,
                 refilled_at,
-                version: 0,
+                ..Balance::FREE
             };
             i
         }
@@ -126,6 +170,35 @@ pub fn spend(
         b.version += 1;
     }
     Spend::Spent(b.remaining)
+}
+
+/// Take credits out of key `key_id`'s balance for a standby's lease, by the primary's rule
+/// (`lease_table::grant`): like a spend, final here and written by the flush. `Ok(granted)`, or
+/// `Err` with `spend`'s `Unknown` (load the table's balance and call again) or `Full`.
+#[allow(clippy::too_many_arguments)]
+pub fn lease_out(
+    part: &mut [Balance],
+    db: u32,
+    key_id: i64,
+    need: i64,
+    want: i64,
+    refill: Option<Refill>,
+    now: i64,
+    loaded: Option<(i64, i64)>,
+) -> Result<i64, Spend> {
+    match spend(part, db, key_id, 0, refill, now, loaded, false) {
+        Spend::Spent(_) | Spend::Empty { .. } => {}
+        other => return Err(other),
+    }
+    let Probe::Found(i) = find(part, db, key_id, false) else {
+        return Err(Spend::Unknown);
+    };
+    let g = crate::lease_table::grant(part[i].remaining, need, want);
+    if g > 0 {
+        part[i].remaining -= g;
+        part[i].version += 1;
+    }
+    Ok(g)
 }
 
 /// Give back `cost` credits spent by a transaction that rolled back (or a request another check

@@ -33,6 +33,8 @@ pub enum Sqlstate {
     ReadOnly,
     /// 23505 unique_violation: an imported key that is already stored.
     UniqueViolation,
+    /// 57P03 cannot_connect_now: a standby cannot reach the primary that leases it credits.
+    CannotConnectNow,
     /// XX000 internal_error: a damaged install or a bug; never caused by input alone.
     Internal,
 }
@@ -51,6 +53,7 @@ impl Sqlstate {
             Self::DuplicateObject => "42710",
             Self::ReadOnly => "25006",
             Self::UniqueViolation => "23505",
+            Self::CannotConnectNow => "57P03",
             Self::Internal => "XX000",
         }
     }
@@ -110,6 +113,9 @@ pub enum ApiError {
     UncommittedCredits,
     /// The extension is not installed in this database (a stale call path).
     NotInstalled,
+    /// On a standby: the key's credits are leased from the primary, which cannot be reached, and
+    /// what this server holds does not cover the cost.
+    LedgerUnreachable,
     /// The shared-memory rate limiter has no idle slot for a new bucket: refuse rather than evict
     /// a bucket that still holds a limit.
     LimiterFull,
@@ -117,6 +123,8 @@ pub enum ApiError {
     Internal(&'static str),
     /// Something only a superuser may do (granting administrator rights).
     SuperuserOnly(&'static str),
+    /// Something only superusers and roles with REPLICATION may do (a standby's worker).
+    ReplicationOnly(&'static str),
     /// An import whose hash or lookup part is unusable (says what, never the value).
     ImportRefused(crate::imported::Refusal),
     /// An imported key that is already stored (same digest, or same bcrypt lookup part).
@@ -139,7 +147,8 @@ impl ApiError {
             | Self::OutsideResource(_)
             | Self::Widens(_)
             | Self::AddressNotAllowed
-            | Self::SuperuserOnly(_) => Sqlstate::InsufficientPrivilege,
+            | Self::SuperuserOnly(_)
+            | Self::ReplicationOnly(_) => Sqlstate::InsufficientPrivilege,
             Self::KeyNotFound(_) => Sqlstate::NoDataFound,
             Self::KeyRevoked(_)
             | Self::KeyExpired(_)
@@ -157,6 +166,7 @@ impl ApiError {
             Self::NotPreloaded(_) | Self::NotRecoverable(_) => Sqlstate::NotInPrerequisiteState,
             Self::DuplicateFormat(_) => Sqlstate::DuplicateObject,
             Self::OnStandby(_) => Sqlstate::ReadOnly,
+            Self::LedgerUnreachable => Sqlstate::CannotConnectNow,
         }
     }
 
@@ -166,7 +176,7 @@ impl ApiError {
             Self::RateLimited { retry_after, .. } => {
                 Some(format!("{{\"retry_after\": {retry_after}}}"))
             }
-            Self::LimiterFull => Some("{\"retry_after\": 1}".into()),
+            Self::LimiterFull | Self::LedgerUnreachable => Some("{\"retry_after\": 1}".into()),
             Self::NoCredits {
                 retry_after: Some(s),
             } => Some(format!("{{\"retry_after\": {s}}}")),
@@ -189,6 +199,9 @@ impl ApiError {
             ),
             Self::NotKeyAdmin => Some(
                 "Administrators (apikey.grant_admin) manage every key of their database; a key's owner manages its own keys after apikey.authenticate().".into(),
+            ),
+            Self::LedgerUnreachable => Some(
+                "Try again shortly, or use the primary; the standby spends what it already holds until it can reach the primary again.".into(),
             ),
             Self::NotPreloaded(_) => Some(
                 "Add pg_apikey to shared_preload_libraries in postgresql.conf and restart the server.".into(),
@@ -252,12 +265,20 @@ impl fmt::Display for ApiError {
                 "a key with credits cannot spend them in the transaction that created it: commit first"
             ),
             Self::NotInstalled => write!(f, "pg_apikey is not installed in this database"),
+            Self::LedgerUnreachable => write!(
+                f,
+                "API key credits are unavailable: this standby cannot reach the primary that holds them"
+            ),
             Self::LimiterFull => write!(
                 f,
                 "the rate limiter is full: no idle slot for a new limit. Please try again in 1 second."
             ),
             Self::Internal(what) => write!(f, "pg_apikey internal error: {what}"),
             Self::SuperuserOnly(what) => write!(f, "permission denied to {what}: superuser required"),
+            Self::ReplicationOnly(what) => write!(
+                f,
+                "permission denied to {what}: superuser or the REPLICATION attribute required"
+            ),
             Self::ImportRefused(r) => write!(f, "{r}"),
             Self::AlreadyStored(what) => write!(f, "{what}"),
             Self::DuplicateFormat(name) => write!(

@@ -14,6 +14,7 @@ pub mod growth;
 pub mod imported;
 pub mod ipnet;
 pub mod json_depth;
+pub mod lease_table;
 pub mod limiter_table;
 pub mod owner_limits;
 pub mod permexpr;

@@ -58,7 +58,7 @@ pub fn refusal(err: &ApiError) -> Counter {
         ApiError::DisabledKey => Counter::RefusedDisabled,
         ApiError::AddressNotAllowed => Counter::RefusedAddress,
         ApiError::RateLimited { .. } | ApiError::LimiterFull => Counter::RefusedRateLimited,
-        ApiError::NoCredits { .. } => Counter::RefusedCredits,
+        ApiError::NoCredits { .. } | ApiError::LedgerUnreachable => Counter::RefusedCredits,
         ApiError::MissingScope(_) | ApiError::OutsideResource(_) => Counter::RefusedScope,
         _ => Counter::RefusedOther,
     }

@@ -1,0 +1,379 @@
+//! A standby's leases of credits, kept in its credit balances (`credits_table::Balance::lease`),
+//! and the rules that size them.
+//!
+//! The primary is the ledger: it takes what it grants out of the key's balance before the standby
+//! may spend it, so what a standby holds is already deducted there and nothing a standby does can
+//! spend a credit twice. A standby spends from its leases under the partition's lock (exact on
+//! the server, like the primary's balances); when a request finds too little, it asks its worker,
+//! which asks the primary (`apikey.lease_exchange`) and answers every waiting request at once.
+//!
+//! ## Slices
+//! A standby asks for twice what it spent of the key since its last exchange (at least what the
+//! waiting request lacks, and at least [`FIRST_SLICE`]), so a key used hard there gets larger
+//! slices and one used once gets a small one. The primary grants at most half of what the key has
+//! left (all of what a waiting request lacks when less is left than that), so one standby cannot
+//! take a busy key's whole balance from the others; none when it has less than the request lacks,
+//! so nothing is stranded on a server that cannot use it. A standby gives back what a key did not
+//! spend for [`IDLE_EXCHANGES`] exchanges, what a key may no longer lease, and everything at
+//! shutdown; a lease the primary cannot renew stops being spent at its expiry.
+
+use crate::credits_table::{start_slot, Balance, Lease};
+use crate::slots::{probe, Probe};
+
+/// What a first use asks for beyond what the request lacks.
+pub const FIRST_SLICE: i64 = 1;
+/// Exchanges without spending after which a key's lease goes back to the primary.
+pub const IDLE_EXCHANGES: u32 = 8;
+/// The largest slice asked for at once.
+pub const MAX_SLICE: i64 = 1 << 40;
+
+/// What a standby's spend found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseSpend {
+    /// Spent; the lease holds this much more.
+    Spent(i64),
+    /// Too little here: the worker is asked (wake it and wait).
+    Asked,
+    /// The worker has not answered yet.
+    Waiting,
+    /// The primary granted too little: the key has no credits left to lease.
+    Empty,
+    /// The primary could not be reached, and what is held here does not cover the cost.
+    Unreachable,
+    /// Every slot holds a lease or a waiting request of another key.
+    Full,
+}
+
+fn find(part: &[Balance], db: u32, key_id: i64) -> Probe {
+    probe(
+        part.len(),
+        start_slot(key_id, part.len()),
+        |i| part[i].db == db && part[i].key_id == key_id && part[i].lease.leased,
+        |i| {
+            let b = &part[i];
+            b.db == 0 || !b.lease.leased || (b.remaining == 0 && !b.lease.pending)
+        },
+    )
+}
+
+/// Spend `cost` of key `key_id`'s lease at `now` (µs). With `ask`, a shortfall asks the worker
+/// (the caller wakes it, then calls again without `ask` until the answer comes).
+pub fn spend(
+    part: &mut [Balance],
+    db: u32,
+    key_id: i64,
+    cost: i64,
+    now: i64,
+    ask: bool,
+) -> LeaseSpend {
+    let idx = match find(part, db, key_id) {
+        Probe::Found(i) => i,
+        Probe::Vacant(i) if ask => {
+            part[i] = Balance {
+                db,
+                key_id,
+                lease: Lease {
+                    leased: true,
+                    ..Lease::default()
+                },
+                ..Balance::FREE
+            };
+            i
+        }
+        Probe::Vacant(_) => return LeaseSpend::Empty,
+        Probe::Full => return LeaseSpend::Full,
+    };
+    let b = &mut part[idx];
+    if b.lease.expires != 0 && now >= b.lease.expires {
+        // Never renewed in time: the primary counts it spent, so it is not spent here either.
+        b.remaining = 0;
+        b.lease.expires = 0;
+    }
+    let cost = cost.max(0);
+    // A key with nothing left is refused even at cost 0, as on the primary.
+    if b.remaining >= cost.max(1) && !b.lease.ended {
+        b.remaining -= cost;
+        b.lease.spent = b.lease.spent.saturating_add(cost);
+        b.lease.idle = 0;
+        return LeaseSpend::Spent(b.remaining);
+    }
+    if b.lease.pending {
+        return LeaseSpend::Waiting;
+    }
+    if !ask {
+        return if b.lease.unreachable {
+            LeaseSpend::Unreachable
+        } else {
+            LeaseSpend::Empty
+        };
+    }
+    let lacks = cost.max(1) - b.remaining.max(0);
+    b.lease.pending = true;
+    b.lease.unreachable = false;
+    b.lease.need = b.lease.need.max(lacks);
+    b.lease.want = b.lease.want.max(slice(lacks, b.lease.spent));
+    LeaseSpend::Asked
+}
+
+/// Give back `cost` spent from key `key_id`'s lease by a request another of pg_apikey's checks
+/// refused in the same call.
+pub fn refund(part: &mut [Balance], db: u32, key_id: i64, cost: i64) {
+    if let Probe::Found(i) = find(part, db, key_id) {
+        part[i].remaining = part[i].remaining.saturating_add(cost);
+        part[i].lease.spent = part[i].lease.spent.saturating_sub(cost).max(0);
+    }
+}
+
+/// What a standby asks for: what the request lacks plus twice the recent spending (see the
+/// module comment), capped.
+pub fn slice(lacks: i64, spent: i64) -> i64 {
+    lacks
+        .saturating_add(spent.saturating_mul(2).max(FIRST_SLICE))
+        .min(MAX_SLICE)
+}
+
+/// The primary's rule: of `available` credits, grant a standby that lacks `need` and wants
+/// `want` (see the module comment).
+pub fn grant(available: i64, need: i64, want: i64) -> i64 {
+    let (available, need, want) = (available.max(0), need.max(0), want.max(need).max(0));
+    if available < need.max(1) && want > 0 {
+        return 0;
+    }
+    available.min(need.max(want.min(available / 2)))
+}
+
+/// One key in an exchange: (key id, credits a waiting request lacks, credits wanted, credits
+/// still held here). A key with need and want 0 is only held: the primary renews its lease (or
+/// ends it) and records what is left of it.
+pub type Ask = (i64, i64, i64, i64);
+
+/// What the worker sends at an exchange: every key held or asked for, and what goes back. What
+/// goes back is taken out of the leases here, before it is sent.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub asks: Vec<Ask>,
+    pub returns: Vec<(i64, i64)>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.asks.is_empty() && self.returns.is_empty()
+    }
+}
+
+/// The worker's next exchange at `now`: renewals for keys about to run out (they spent more than
+/// they hold since the last exchange), waiting requests, and what idle, ended and expired
+/// leases give back. `all` gives everything back (shutdown).
+pub fn plan(part: &mut [Balance], db: u32, now: i64, all: bool) -> Plan {
+    let mut out = Plan::default();
+    for b in part.iter_mut().filter(|b| b.db == db && b.lease.leased) {
+        let l = &mut b.lease;
+        if l.expires != 0 && now >= l.expires {
+            b.remaining = 0;
+            l.expires = 0;
+        }
+        if l.spent == 0 {
+            l.idle = l.idle.saturating_add(1);
+        }
+        let give_back = all || l.ended || (l.idle >= IDLE_EXCHANGES && !l.pending);
+        if give_back {
+            if b.remaining > 0 {
+                out.returns.push((b.key_id, b.remaining));
+            }
+            b.remaining = 0;
+            l.expires = 0;
+            l.spent = 0;
+            if !l.pending {
+                continue;
+            }
+        }
+        let held = b.remaining.max(0);
+        if l.pending {
+            out.asks.push((b.key_id, l.need, l.want, held));
+        } else if b.remaining < l.spent {
+            out.asks
+                .push((b.key_id, 0, slice(0, l.spent) - b.remaining, held));
+        } else if b.remaining > 0 {
+            out.asks.push((b.key_id, 0, 0, held));
+        }
+        l.spent = 0;
+    }
+    out
+}
+
+/// The exchange was not sent (no connection): what was to go back is held again, and waiting
+/// requests learn that the primary cannot be reached.
+pub fn not_sent(part: &mut [Balance], db: u32, plan: &Plan) {
+    for &(key_id, n) in &plan.returns {
+        if let Probe::Found(i) = find(part, db, key_id) {
+            part[i].remaining = part[i].remaining.saturating_add(n);
+        }
+    }
+    unreachable(part, db);
+}
+
+/// Waiting requests learn that the primary cannot be reached (the exchange's outcome is unknown:
+/// what went back is lost, never held twice).
+pub fn unreachable(part: &mut [Balance], db: u32) {
+    for b in part
+        .iter_mut()
+        .filter(|b| b.db == db && b.lease.leased && b.lease.pending)
+    {
+        b.lease.pending = false;
+        b.lease.unreachable = true;
+        b.lease.need = 0;
+        b.lease.want = 0;
+    }
+}
+
+/// The primary's answer: `granted` (key id, credits) are added to the leases, which now last
+/// until `expires`; `ended` keys may lease no more. Every key asked about is answered.
+pub fn answer(
+    part: &mut [Balance],
+    db: u32,
+    asked: &[Ask],
+    granted: &[(i64, i64)],
+    ended: &[i64],
+    expires: i64,
+) {
+    for &(key_id, ..) in asked {
+        let Probe::Found(i) = find(part, db, key_id) else {
+            continue;
+        };
+        let b = &mut part[i];
+        b.lease.pending = false;
+        b.lease.unreachable = false;
+        b.lease.need = 0;
+        b.lease.want = 0;
+        if ended.contains(&key_id) {
+            b.lease.ended = true;
+            continue;
+        }
+        b.lease.ended = false;
+        if let Some(&(_, g)) = granted.iter().find(|g| g.0 == key_id) {
+            b.remaining = b.remaining.saturating_add(g.max(0));
+        }
+        if b.remaining > 0 {
+            b.lease.expires = expires;
+        }
+    }
+}
+
+/// After a promotion: leases are not balances; what they held is forfeited (the ledger took it
+/// out already, so nothing is minted) and the slots are freed.
+pub fn forget(part: &mut [Balance], db: u32) -> i64 {
+    let mut forfeited = 0i64;
+    for b in part.iter_mut().filter(|b| b.db == db && b.lease.leased) {
+        forfeited = forfeited.saturating_add(b.remaining.max(0));
+        *b = Balance::FREE;
+    }
+    forfeited
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000;
+
+    #[test]
+    fn a_first_use_asks_and_spends_what_was_granted() {
+        let mut part = [Balance::FREE; 8];
+        assert_eq!(spend(&mut part, 1, 7, 3, 0, true), LeaseSpend::Asked);
+        assert_eq!(spend(&mut part, 1, 7, 3, 0, false), LeaseSpend::Waiting);
+        let p = plan(&mut part, 1, 0, false);
+        assert_eq!(p.asks, vec![(7, 3, 4, 0)]);
+        answer(&mut part, 1, &p.asks, &[(7, 4)], &[], 60 * S);
+        assert_eq!(spend(&mut part, 1, 7, 3, S, false), LeaseSpend::Spent(1));
+        assert_eq!(spend(&mut part, 1, 7, 3, S, false), LeaseSpend::Empty);
+    }
+
+    #[test]
+    fn too_little_granted_is_empty_and_unreachable_is_its_own_answer() {
+        let mut part = [Balance::FREE; 8];
+        assert_eq!(spend(&mut part, 1, 7, 2, 0, true), LeaseSpend::Asked);
+        let p = plan(&mut part, 1, 0, false);
+        answer(&mut part, 1, &p.asks, &[], &[], 60 * S);
+        assert_eq!(spend(&mut part, 1, 7, 2, 0, false), LeaseSpend::Empty);
+        assert_eq!(spend(&mut part, 1, 7, 2, 0, true), LeaseSpend::Asked);
+        let p = plan(&mut part, 1, 0, false);
+        not_sent(&mut part, 1, &p);
+        assert_eq!(spend(&mut part, 1, 7, 2, 0, false), LeaseSpend::Unreachable);
+    }
+
+    #[test]
+    fn an_expired_lease_is_not_spent() {
+        let mut part = [Balance::FREE; 8];
+        spend(&mut part, 1, 7, 1, 0, true);
+        let p = plan(&mut part, 1, 0, false);
+        answer(&mut part, 1, &p.asks, &[(7, 10)], &[], 60 * S);
+        assert_eq!(
+            spend(&mut part, 1, 7, 1, 59 * S, false),
+            LeaseSpend::Spent(9)
+        );
+        assert_eq!(spend(&mut part, 1, 7, 1, 60 * S, false), LeaseSpend::Empty);
+        // And nothing of it goes back: the primary counts it spent.
+        assert_eq!(plan(&mut part, 1, 61 * S, true).returns, vec![]);
+    }
+
+    #[test]
+    fn busy_keys_renew_idle_and_ended_ones_give_back() {
+        let mut part = [Balance::FREE; 8];
+        spend(&mut part, 1, 7, 1, 0, true);
+        let p = plan(&mut part, 1, 0, false);
+        answer(&mut part, 1, &p.asks, &[(7, 10)], &[], 60 * S);
+        for _ in 0..8 {
+            spend(&mut part, 1, 7, 1, 0, false);
+        }
+        // Spent 8, holds 2: asks for twice the spending, less what it holds.
+        assert_eq!(plan(&mut part, 1, 0, false).asks, vec![(7, 0, 14, 2)]);
+        answer(&mut part, 1, &[(7, 0, 14, 2)], &[(7, 14)], &[], 60 * S);
+        for _ in 0..IDLE_EXCHANGES - 1 {
+            let p = plan(&mut part, 1, 0, false);
+            assert_eq!(p.returns, vec![]);
+            answer(&mut part, 1, &p.asks, &[], &[], 60 * S);
+        }
+        let p = plan(&mut part, 1, 0, false);
+        assert_eq!(p.returns, vec![(7, 16)]);
+        // Ended: what is left goes back at once, and nothing more is spent.
+        spend(&mut part, 1, 8, 1, 0, true);
+        let p = plan(&mut part, 1, 0, false);
+        answer(&mut part, 1, &p.asks, &[(8, 5)], &[], 60 * S);
+        answer(&mut part, 1, &[(8, 0, 0, 5)], &[], &[8], 60 * S);
+        assert_eq!(spend(&mut part, 1, 8, 1, 0, false), LeaseSpend::Empty);
+        assert_eq!(plan(&mut part, 1, 0, false).returns, vec![(8, 5)]);
+    }
+
+    #[test]
+    fn what_could_not_be_sent_is_held_again() {
+        let mut part = [Balance::FREE; 8];
+        spend(&mut part, 1, 7, 1, 0, true);
+        let p = plan(&mut part, 1, 0, false);
+        answer(&mut part, 1, &p.asks, &[(7, 3)], &[], 60 * S);
+        let p = plan(&mut part, 1, 0, true);
+        assert_eq!(p.returns, vec![(7, 3)]);
+        not_sent(&mut part, 1, &p);
+        assert_eq!(spend(&mut part, 1, 7, 3, 0, false), LeaseSpend::Spent(0));
+    }
+
+    #[test]
+    fn the_primary_grants_half_at_most_and_never_strands() {
+        assert_eq!(grant(100, 0, 80), 50);
+        assert_eq!(grant(100, 70, 80), 70);
+        assert_eq!(grant(100, 0, 10), 10);
+        assert_eq!(grant(3, 5, 10), 0);
+        assert_eq!(grant(1, 1, 3), 1);
+        assert_eq!(grant(1, 0, 3), 0);
+        assert_eq!(grant(0, 0, 0), 0);
+    }
+
+    #[test]
+    fn promotion_forfeits_leases_and_frees_their_slots() {
+        let mut part = [Balance::FREE; 4];
+        spend(&mut part, 1, 7, 1, 0, true);
+        let p = plan(&mut part, 1, 0, false);
+        answer(&mut part, 1, &p.asks, &[(7, 6)], &[], 60 * S);
+        assert_eq!(forget(&mut part, 1), 6);
+        assert!(part.iter().all(|b| *b == Balance::FREE));
+    }
+}

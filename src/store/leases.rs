@@ -1,0 +1,119 @@
+//! Credit leases (`apikey.leases`), the primary's ledger of what standbys hold.
+
+use super::*;
+
+/// What the ledger knows of a key: may it lease, and its refill (amount, interval µs).
+pub struct KeyState {
+    pub id: i64,
+    pub active: bool,
+    pub refill: Option<(i64, i64)>,
+}
+
+pub fn key_states(ids: &[i64]) -> Vec<KeyState> {
+    spi(Spi::connect(|c| {
+        let mut out = Vec::new();
+        for row in c.select(
+            "SELECT id,
+                    credits IS NOT NULL AND revoked_at IS NULL AND disabled_at IS NULL
+                        AND (expires_at IS NULL OR expires_at OPERATOR(pg_catalog.>) pg_catalog.now()) AS active,
+                    refill_amount,
+                    (pg_catalog.date_part('epoch', refill_interval) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8 AS refill_us
+               FROM apikey.keys WHERE id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[])",
+            None,
+            &[ids.to_vec().into()],
+        )? {
+            let amount = row.get_by_name::<i64, _>("refill_amount")?;
+            let us = row.get_by_name::<i64, _>("refill_us")?;
+            out.push(KeyState {
+                id: row.get_by_name::<i64, _>("id")?.unwrap_or(0),
+                active: row.get_by_name::<bool, _>("active")?.unwrap_or(false),
+                refill: amount.zip(us),
+            });
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    }))
+}
+
+/// Take up to `n` out of `standby`'s lease of `key_id`: what it may give back.
+pub fn give_back_lease(standby: &str, key_id: i64, n: i64) -> i64 {
+    spi(Spi::connect_mut(|c| {
+        let back = c
+            .update(
+                "WITH l AS (SELECT held FROM apikey.leases
+                             WHERE standby OPERATOR(pg_catalog.=) $1 AND key_id OPERATOR(pg_catalog.=) $2 FOR UPDATE)
+                 UPDATE apikey.leases x SET held = x.held OPERATOR(pg_catalog.-) LEAST($3, l.held)
+                   FROM l
+                  WHERE x.standby OPERATOR(pg_catalog.=) $1 AND x.key_id OPERATOR(pg_catalog.=) $2
+                 RETURNING LEAST($3, l.held)",
+                None,
+                &[standby.into(), key_id.into(), n.into()],
+            )?
+            .first()
+            .get::<i64>(1)?;
+        Ok::<_, pgrx::spi::SpiError>(back.unwrap_or(0))
+    }))
+}
+
+pub fn end_lease(standby: &str, key_id: i64, holds: i64) {
+    spi(Spi::connect_mut(|c| {
+        c.update(
+            "UPDATE apikey.leases SET held = LEAST(held, $3)
+              WHERE standby OPERATOR(pg_catalog.=) $1 AND key_id OPERATOR(pg_catalog.=) $2",
+            None,
+            &[standby.into(), key_id.into(), holds.into()],
+        )?;
+        c.update(
+            "DELETE FROM apikey.leases
+              WHERE standby OPERATOR(pg_catalog.=) $1 AND key_id OPERATOR(pg_catalog.=) $2 AND held OPERATOR(pg_catalog.=) 0",
+            None,
+            &[standby.into(), key_id.into()],
+        )
+        .map(|_| ())
+    }))
+}
+
+/// Record `g` more credits leased to `standby` (taken out of the balance in memory already) in
+/// `apikey.leases` and the key's row, with what the standby says it still holds of its lease
+/// (never more than the ledger says), and renew the lease.
+pub fn record_lease(standby: &str, key_id: i64, g: i64, holds: i64, ttl_seconds: i64) {
+    spi(Spi::connect_mut(|c| {
+        if g > 0 {
+            c.update(
+                "UPDATE apikey.keys SET credits = GREATEST(credits OPERATOR(pg_catalog.-) $2, 0)
+                  WHERE id OPERATOR(pg_catalog.=) $1 AND credits IS NOT NULL",
+                None,
+                &[key_id.into(), g.into()],
+            )?;
+        }
+        c.update(
+            "INSERT INTO apikey.leases AS l (standby, key_id, held, granted_at, expires_at)
+             VALUES ($1, $2, $3, pg_catalog.now(), pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $5))
+             ON CONFLICT (standby, key_id) DO UPDATE
+                SET held = LEAST(l.held, $4) OPERATOR(pg_catalog.+) excluded.held,
+                    granted_at = CASE WHEN excluded.held OPERATOR(pg_catalog.>) 0 THEN excluded.granted_at ELSE l.granted_at END,
+                    expires_at = excluded.expires_at",
+            None,
+            &[standby.into(), key_id.into(), g.into(), holds.into(), (ttl_seconds as f64).into()],
+        )
+        .map(|_| ())
+    }))
+}
+
+/// Forget expired leases: their remainder counts as spent (the standby stopped spending it).
+pub fn expire_leases() {
+    spi(Spi::connect_mut(|c| {
+        c.update(
+            "DELETE FROM apikey.leases WHERE expires_at OPERATOR(pg_catalog.<) pg_catalog.now()",
+            None,
+            &[],
+        )
+        .map(|_| ())
+    }))
+}
+
+/// Of key rows `ids`, those this transaction could lock (no other holds them).
+pub fn lock_free_key_rows(ids: &[i64]) -> Vec<i64> {
+    spi(Spi::connect_mut(|c| {
+        lock_free_keys(c, ids).map(|(free, _)| free)
+    }))
+}

@@ -1,0 +1,249 @@
+//! A standby worker's exchanges with the primary's ledger (`apikey.lease_exchange`): renewals,
+//! answers to waiting requests and what goes back, at every tick and whenever a request wakes it.
+//!
+//! An exchange whose outcome is unknown (the connection broke while it ran) gives nothing back
+//! and grants nothing: what it was returning is lost (the primary counts it spent), never held
+//! twice. While the primary cannot be reached the standby spends only what it holds, refuses with
+//! 57P03 what that does not cover, and tries again at most once a second.
+
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
+
+use pg_apikey_core::lease_table::{self, Plan};
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use super::link::Link;
+use crate::shmem::regions::Region;
+
+/// How long a lease lasts without a renewal; the primary's `apikey.lease_exchange` says the same.
+const TTL_US: i64 = 60_000_000;
+/// Between failed attempts to reach the primary.
+const BACKOFF: Duration = Duration::from_secs(1);
+
+thread_local! {
+    static LINK: RefCell<Option<Link>> = const { RefCell::new(None) };
+    static RETRY_AT: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// This worker's name at the primary: random, so leases of an earlier run (whose memory a
+    /// restart forgot) are never taken for this one's.
+    static NAME: RefCell<String> = const { RefCell::new(String::new()) };
+    static FORGOTTEN: Cell<bool> = const { Cell::new(false) };
+    static DOWN: Cell<bool> = const { Cell::new(false) };
+}
+
+fn on_standby() -> bool {
+    // SAFETY: reads shared recovery state.
+    unsafe { pg_sys::RecoveryInProgress() }
+}
+
+fn now_us() -> i64 {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+fn name() -> String {
+    NAME.with_borrow_mut(|n| {
+        if n.is_empty() {
+            let bytes: [u8; 12] = rand::random();
+            *n = hex::encode(bytes);
+        }
+        n.clone()
+    })
+}
+
+/// The conninfo to the primary, with this database named (a quoted value, so any name works).
+fn conninfo() -> Result<String, String> {
+    let base = match crate::gucs::ledger_conninfo() {
+        Some(c) => c,
+        None => {
+            // SAFETY: reads a setting by its NUL-terminated name; missing_ok.
+            let v = unsafe { pg_sys::GetConfigOption(c"primary_conninfo".as_ptr(), true, false) };
+            if v.is_null() {
+                String::new()
+            } else {
+                // SAFETY: a NUL-terminated setting value.
+                unsafe { std::ffi::CStr::from_ptr(v) }
+                    .to_string_lossy()
+                    .into_owned()
+            }
+        }
+    };
+    if base.trim().is_empty() {
+        return Err("no primary_conninfo or apikey.ledger_conninfo to reach the primary".into());
+    }
+    if base.contains("://") {
+        return Err(
+            "a connection URI cannot be used: set apikey.ledger_conninfo as keyword = value pairs"
+                .into(),
+        );
+    }
+    // SAFETY: the name of this worker's database (palloc'd), read in a transaction.
+    let db = BackgroundWorker::transaction(|| unsafe {
+        let n = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+        (!n.is_null()).then(|| std::ffi::CStr::from_ptr(n).to_string_lossy().into_owned())
+    })
+    .ok_or("this database has no name")?;
+    let quoted = db.replace('\\', "\\\\").replace('\'', "\\'");
+    Ok(format!("{base} dbname='{quoted}' connect_timeout=2"))
+}
+
+fn request(plan: &Plan) -> String {
+    serde_json::json!({ "asks": plan.asks, "returns": plan.returns }).to_string()
+}
+
+struct Answer {
+    granted: Vec<(i64, i64)>,
+    ended: Vec<i64>,
+}
+
+fn parse(text: &str) -> Option<Answer> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let pairs = |name: &str| -> Option<Vec<(i64, i64)>> {
+        v.get(name)?
+            .as_array()?
+            .iter()
+            .map(|p| Some((p.get(0)?.as_i64()?, p.get(1)?.as_i64()?)))
+            .collect()
+    };
+    let ended = v
+        .get("ended")?
+        .as_array()?
+        .iter()
+        .map(|k| k.as_i64())
+        .collect::<Option<Vec<_>>>()?;
+    Some(Answer {
+        granted: pairs("granted")?,
+        ended,
+    })
+}
+
+fn note_failure(what: &str, message: &str) {
+    LINK.with_borrow_mut(|l| *l = None);
+    RETRY_AT.set(Some(Instant::now() + BACKOFF));
+    // Once per outage (and once when it ends): the standby answers 57P03 meanwhile.
+    if !DOWN.replace(true) {
+        pgrx::warning!(
+            "pg_apikey worker: cannot lease credits from the primary ({what}): {message}"
+        );
+    }
+}
+
+fn note_success() {
+    RETRY_AT.set(None);
+    if DOWN.replace(false) {
+        pgrx::log!("pg_apikey worker: leasing credits from the primary again");
+    }
+}
+
+/// One exchange (all: give everything back, at shutdown).
+pub fn tick(region: Region, all: bool) {
+    let db = crate::shmem::database();
+    if !on_standby() {
+        // Promoted: a lease is not a balance. What this server held is forfeited (the ledger
+        // took it out already), never added to a key.
+        if !FORGOTTEN.get() {
+            FORGOTTEN.set(true);
+            region.credits(|p| lease_table::forget(&mut p.balances, db));
+            LINK.with_borrow_mut(|l| *l = None);
+        }
+        return;
+    }
+    let started = now_us();
+    let Some(plan) = region.credits(|p| lease_table::plan(&mut p.balances, db, started, all))
+    else {
+        return;
+    };
+    if plan.is_empty() {
+        return;
+    }
+    let not_sent = |plan: &Plan| {
+        region.credits(|p| lease_table::not_sent(&mut p.balances, db, plan));
+    };
+    if !all && RETRY_AT.get().is_some_and(|t| Instant::now() < t) {
+        not_sent(&plan);
+        return;
+    }
+    let mut plan = plan;
+    // A connection that sat idle may have broken meanwhile (the primary restarted): one more try
+    // on a fresh one, without what the first try was giving back (its outcome is unknown).
+    for attempt in 0..2 {
+        let fresh = LINK.with_borrow(|l| l.is_none());
+        if fresh {
+            match conninfo().and_then(|c| Link::connect(&c)) {
+                Ok(link) => LINK.with_borrow_mut(|l| *l = Some(link)),
+                Err(e) => {
+                    not_sent(&plan);
+                    note_failure("connect", &e);
+                    return;
+                }
+            }
+        }
+        match exchange(&plan) {
+            Ok(a) => {
+                note_success();
+                let expires = started.saturating_add(TTL_US);
+                region.credits(|p| {
+                    lease_table::answer(
+                        &mut p.balances,
+                        db,
+                        &plan.asks,
+                        &a.granted,
+                        &a.ended,
+                        expires,
+                    )
+                });
+                return;
+            }
+            Err(e) => {
+                LINK.with_borrow_mut(|l| *l = None);
+                if fresh || attempt == 1 {
+                    region.credits(|p| lease_table::unreachable(&mut p.balances, db));
+                    note_failure("exchange", &e);
+                    return;
+                }
+                plan.returns.clear();
+            }
+        }
+    }
+}
+
+/// Send `plan` to the primary over the current link; its answer. From the moment it is sent the
+/// primary may have acted on it: an error means the outcome is unknown.
+fn exchange(plan: &Plan) -> Result<Answer, String> {
+    let sql = format!(
+        "SELECT apikey.lease_exchange('{}', '{}')",
+        name(),
+        request(plan)
+    );
+    let run = std::panic::AssertUnwindSafe(|| {
+        BackgroundWorker::transaction(|| {
+            LINK.with_borrow_mut(|l| match l.as_mut() {
+                Some(link) => link.query_text(&sql),
+                None => Err("no connection".into()),
+            })
+        })
+    });
+    let outcome = PgTryBuilder::new(run)
+        .catch_others(|e| {
+            // SAFETY: the exchange's transaction failed: abort it so the next one can start.
+            unsafe {
+                pg_sys::AbortCurrentTransaction();
+                pg_sys::LWLockReleaseAll();
+            }
+            let message = match &e {
+                pg_sys::panic::CaughtError::PostgresError(r)
+                | pg_sys::panic::CaughtError::ErrorReport(r)
+                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
+                    r.message().to_owned()
+                }
+            };
+            Err(message)
+        })
+        .execute();
+    outcome.and_then(|t| {
+        t.as_deref()
+            .and_then(parse)
+            .ok_or_else(|| "the primary's answer could not be read".to_string())
+    })
+}

@@ -1,0 +1,271 @@
+"""Credits across a primary and two real hot standbys: the primary is the ledger, each standby's
+worker leases slices of a key's credits over its replication connection and its backends spend
+them from shared memory. Exact totals under concurrency on all three servers, the primary stopped
+mid-run (standbys spend what they hold, then refuse with 57P03), revocation ending leases, and a
+promotion that mints nothing."""
+
+import random
+import subprocess
+import threading
+import time
+
+import psycopg
+import pytest
+
+from conftest import PGBIN, ROOT
+
+PRIMARY, STANDBYS = ("lease_primary", "54361"), [("lease_standby_a", "54362"), ("lease_standby_b", "54363")]
+CONNS_PER_SERVER = 8
+
+
+def connect(server, **kw):
+    name, port = server
+    return psycopg.connect(f"host={ROOT / '.run' / name} port={port} user=postgres dbname=postgres",
+                           autocommit=True, **kw)
+
+
+def as_pg(*args, check=True):
+    return subprocess.run(["runuser", "-u", "postgres", "--", "env", "RUST_BACKTRACE=0", *args],
+                          check=check, capture_output=True)
+
+
+def pg_ctl(server, *args, check=True):
+    name, _ = server
+    d = ROOT / ".run" / name
+    return as_pg(f"{PGBIN}/pg_ctl", "-D", str(d / "data"), "-l", str(d / "startup.log"), "-w", *args, check=check)
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except psycopg.Error:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+def make_standby(server):
+    name, port = server
+    d = ROOT / ".run" / name
+    subprocess.run(["rm", "-rf", str(d)], check=True)
+    d.mkdir(parents=True)
+    subprocess.run(["chown", "postgres:", str(d)], check=True)
+    as_pg(f"{PGBIN}/pg_basebackup", "-h", str(ROOT / ".run" / PRIMARY[0]), "-p", PRIMARY[1], "-U", "postgres",
+          "-D", str(d / "data"), "-R", "-X", "stream")
+    with open(d / "data/postgresql.conf", "a") as conf:
+        conf.write(f"port = {port}\nunix_socket_directories = '{d}'\nlog_directory = '{d}'\nhot_standby = on\n")
+    pg_ctl(server, "start")
+
+
+@pytest.fixture(scope="module")
+def servers():
+    subprocess.run([str(ROOT / "tests/cluster.sh"), "start", PRIMARY[0], PRIMARY[1]], check=True)
+    try:
+        with connect(PRIMARY) as c:
+            c.execute("CREATE EXTENSION pg_apikey")
+        for s in STANDBYS:
+            make_standby(s)
+        yield
+    finally:
+        for s in STANDBYS:
+            pg_ctl(s, "-m", "fast", "stop", check=False)
+        pg_ctl(PRIMARY, "-m", "fast", "stop", check=False)
+
+
+def new_key(credits):
+    with connect(PRIMARY) as p:
+        key_id, key = p.execute("SELECT id, api_key::text FROM apikey.create('ledger', 'k', credits => %s)",
+                                (credits,)).fetchone()
+        p.execute("SELECT pg_catalog.txid_current()")  # a commit after the key's, for replay below
+    for s in STANDBYS:
+        with connect(s) as c:
+            wait_for(lambda: c.execute("SELECT owner FROM apikey.verify(%s)", (key,)).fetchone())
+    return key_id, key
+
+
+def spend(c, key, cost):
+    """True when `cost` was spent; False when refused for credits; the error otherwise."""
+    try:
+        c.execute("SELECT apikey.authenticate(%s, cost => %s)", (key, cost))
+        return True
+    except psycopg.errors.ConfigurationLimitExceeded:
+        return False
+
+
+def spend_until_refused(server, key, totals, errors, stop=None):
+    rng = random.Random()
+    try:
+        with connect(server) as c:
+            while stop is None or not stop.is_set():
+                cost = rng.randint(1, 5)
+                if spend(c, key, cost):
+                    totals.append(cost)
+                elif cost > 1 and spend(c, key, 1):
+                    totals.append(1)
+                elif cost == 1 or not spend(c, key, 1):
+                    return
+    except psycopg.Error as e:
+        errors.append(e)
+
+
+def run_everywhere(key, servers_list, conns=CONNS_PER_SERVER, stop=None):
+    totals, errors = [], []
+    threads = [threading.Thread(target=spend_until_refused, args=(s, key, totals, errors, stop))
+               for s in servers_list for _ in range(conns)]
+    for t in threads:
+        t.start()
+    return threads, totals, errors
+
+
+def sweep(key, servers_list, quiet=4.0):
+    """Spend at cost 1 wherever anything is left, until no server has served one for `quiet`
+    seconds (standbys give back idle leases meanwhile, which the others then lease)."""
+    spent, last = 0, time.time()
+    conns = [connect(s) for s in servers_list]
+    try:
+        while time.time() - last < quiet:
+            for c in conns:
+                try:
+                    while spend(c, key, 1):
+                        spent += 1
+                        last = time.time()
+                except psycopg.errors.CannotConnectNow:
+                    pass
+            time.sleep(0.2)
+    finally:
+        for c in conns:
+            c.close()
+    return spent
+
+
+def test_lease_exchange_is_for_standby_workers_only(servers):
+    with connect(PRIMARY) as p:
+        p.execute("CREATE ROLE lease_intruder LOGIN")
+        with connect(PRIMARY) as c:
+            c.execute("SET ROLE lease_intruder")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+                c.execute("""SELECT apikey.lease_exchange('x', '{"asks": [], "returns": []}')""")
+            assert "REPLICATION" in e.value.diag.message_primary
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("SELECT * FROM apikey.leases")
+    with connect(STANDBYS[0]) as s:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            s.execute("""SELECT apikey.lease_exchange('x', '{"asks": [], "returns": []}')""")
+
+
+def test_three_servers_spend_exactly_the_balance(servers):
+    """8 connections per server spend a 300-credit key at random costs until every server
+    refuses: exactly 300 credits are spent in total, never more."""
+    key_id, key = new_key(300)
+    everywhere = [PRIMARY, *STANDBYS]
+    threads, totals, errors = run_everywhere(key, everywhere)
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    spent = sum(totals) + sweep(key, everywhere)
+    assert spent == 300
+    with connect(PRIMARY) as p:
+        assert wait_for(lambda: p.execute("SELECT apikey.credits(%s) = 0", (key_id,)).fetchone()[0])
+        # Each standby leased some of it (the servers shared the key), and gave back what it did not spend.
+        assert p.execute("SELECT count(DISTINCT standby) FROM apikey.leases WHERE key_id = %s",
+                         (key_id,)).fetchone()[0] >= 2
+        assert wait_for(lambda: p.execute("SELECT coalesce(sum(held), 0) = 0 FROM apikey.leases WHERE key_id = %s",
+                                          (key_id,)).fetchone()[0])
+
+
+def test_a_revoked_key_stops_and_its_leases_end(servers):
+    key_id, key = new_key(1000)
+    with connect(STANDBYS[0]) as s, connect(PRIMARY) as p:
+        for _ in range(20):
+            assert spend(s, key, 1)
+        assert p.execute("SELECT sum(held) FROM apikey.leases WHERE key_id = %s", (key_id,)).fetchone()[0] > 0
+        p.execute("SELECT apikey.revoke(%s)", (key_id,))
+        wait_for(lambda: _refused(s, key))
+        # What the standby held goes back at its next exchanges: no lease of a revoked key remains.
+        assert wait_for(lambda: p.execute("SELECT coalesce(sum(held), 0) = 0 FROM apikey.leases WHERE key_id = %s",
+                                          (key_id,)).fetchone()[0])
+
+
+def _refused(c, key):
+    try:
+        c.execute("SELECT apikey.authenticate(%s)", (key,))
+        return False
+    except psycopg.errors.InvalidAuthorizationSpecification:
+        return True
+
+
+def spend_until_unreachable(c, key, timeout=30.0):
+    """Spend at cost 1 until the server answers 57P03; how many it served."""
+    served, deadline = 0, time.time() + timeout
+    while time.time() < deadline:
+        try:
+            c.execute("SELECT apikey.authenticate(%s)", (key,))
+            served += 1
+        except psycopg.errors.CannotConnectNow as e:
+            assert e.diag.message_primary.startswith("API key credits are unavailable")
+            assert e.diag.message_detail == '{"retry_after": 1}'
+            return served
+    raise AssertionError("the standby never refused while the primary was down")
+
+
+def test_the_primary_stopped_mid_run(servers):
+    """Standbys keep serving what they hold, then refuse with 57P03; after the primary returns
+    they lease again, and what was spent everywhere plus the ledger's balance never exceeds what
+    the key had."""
+    initial = 100_000
+    key_id, key = new_key(initial)
+    stop = threading.Event()
+    threads, totals, errors = run_everywhere(key, STANDBYS, conns=4, stop=stop)
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    pg_ctl(PRIMARY, "-m", "fast", "stop")
+    try:
+        served_after = 0
+        for s in STANDBYS:
+            with connect(s) as c:
+                served_after += spend_until_unreachable(c, key)
+    finally:
+        pg_ctl(PRIMARY, "start")
+    assert served_after > 0, "the standbys served nothing of what they held"
+    with connect(STANDBYS[0]) as s:
+        wait_for(lambda: spend(s, key, 1), timeout=30)
+    time.sleep(3.0)  # idle leases go back
+    with connect(PRIMARY) as p:
+        balance = p.execute("SELECT apikey.credits(%s)", (key_id,)).fetchone()[0]
+    assert sum(totals) + served_after + 1 + balance <= initial
+
+
+def test_a_promotion_mints_nothing(servers):
+    """The primary stops and standby A is promoted: its balance is the ledger's (what A held
+    under lease is forfeited, never added), and what was spent anywhere plus that balance never
+    exceeds what the key had; standby B, whose primary is gone, spends only what it holds."""
+    initial = 100_000
+    key_id, key = new_key(initial)
+    stop = threading.Event()
+    threads, totals, errors = run_everywhere(key, [PRIMARY, *STANDBYS], conns=3, stop=stop)
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    with connect(PRIMARY) as p:
+        ledger = p.execute("SELECT apikey.credits(%s)", (key_id,)).fetchone()[0]
+        leased = p.execute("SELECT sum(held) FROM apikey.leases WHERE key_id = %s", (key_id,)).fetchone()[0]
+    assert leased > 0
+    pg_ctl(PRIMARY, "-m", "fast", "stop")
+    pg_ctl(STANDBYS[0], "promote")
+    with connect(STANDBYS[0]) as a:
+        wait_for(lambda: not a.execute("SELECT pg_is_in_recovery()").fetchone()[0])
+        balance = a.execute("SELECT apikey.credits(%s)", (key_id,)).fetchone()[0]
+        assert balance <= ledger
+        assert spend(a, key, 1)
+    with connect(STANDBYS[1]) as b:
+        served_b = spend_until_unreachable(b, key)
+    assert sum(totals) + balance + served_b <= initial
