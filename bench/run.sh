@@ -6,7 +6,8 @@
 #      (in FROM), bcrypt; the shared-memory limiter against a one-row UPDATE counter;
 #   3. in-SQL limiter decisions per second against the same UPDATE counter table;
 #   4. HTTP requests per second through PostgREST: API-key pre-request vs no-op vs JWT;
-#   and authenticate with usage tracking on and off (apikey.track_usage).
+#   and authenticate with usage tracking on and off (apikey.track_usage); credits on a hot
+#   standby (leased from the primary) against a key without credits.
 # Not a test: nothing here passes or fails on a number.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -75,6 +76,11 @@ bash "$ROOT/bench/sweep.sh" "$dir" "$PORT" "${SWEEP_SECONDS:-5}"
 # Key policies on the request path, and credits exactness (bench/policies.sh).
 echo
 bash "$ROOT/bench/policies.sh" "$dir" "$PORT" "${SWEEP_SECONDS:-5}"
+
+# Credits on a hot standby: leased from the primary, against a key without credits there
+# (bench/standby.sh: its own primary and standby).
+echo
+bash "$ROOT/bench/standby.sh" "${SWEEP_SECONDS:-5}"
 
 # 4. Requests per second through PostgREST (wrk, 2 threads, 16 connections) on one endpoint
 #    (/rpc/whoami), each request with a random key out of 10,000: API-key auth in the

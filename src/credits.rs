@@ -35,11 +35,20 @@ thread_local! {
     /// must get its balance back then; not a refund of spending, which stays final.
     static MOVED: std::cell::RefCell<Vec<(pg_sys::SubTransactionId, (i64, i64))>> =
         const { std::cell::RefCell::new(Vec::new()) };
+    /// Credits a standby gave back (`give_back`) in this transaction: (subtransaction, (key id,
+    /// amount)), added to the balances only once it commits. Its `apikey.leases` row changes
+    /// with the transaction; shared memory does not, so adding before the commit would let a
+    /// rolled-back return be spent.
+    static GIVEN_BACK: std::cell::RefCell<Vec<(pg_sys::SubTransactionId, (i64, i64))>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+    /// Did this backend's last spend come from a standby's lease (for `refund`)?
+    static LAST_FROM_LEASE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 fn put_back(moves: Vec<(i64, i64)>) {
-    // Runs at abort: touch shared memory only when there is something to give back (and so it
-    // exists: a move needed it).
+    // Runs at abort (moves) and commit (returns): touch shared memory only when there is
+    // something to add (and so it exists: a move or a return needed it). A balance evicted
+    // meanwhile (clean, and its table full of others) gets nothing: credits lost, none minted.
     if moves.is_empty() || !crate::shmem::preloaded() {
         return;
     }
@@ -60,10 +69,14 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             let moves = MOVED.take().into_iter().map(|(_, m)| m).collect();
             put_back(moves);
+            GIVEN_BACK.with_borrow_mut(|g| g.clear());
             crate::store::forget_inserted();
         }
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
             MOVED.with_borrow_mut(|m| m.clear());
+            // Committed (durable): what standbys gave back joins the balances now.
+            let given = GIVEN_BACK.take().into_iter().map(|(_, g)| g).collect();
+            put_back(given);
             crate::store::forget_inserted();
         }
         _ => {}
@@ -82,9 +95,12 @@ unsafe extern "C-unwind" fn on_subxact(
         SUBXACT_EVENT_ABORT_SUB => {
             let moves = MOVED.with_borrow_mut(|m| pg_apikey_core::subxact::abort(m, my_subid));
             put_back(moves);
+            GIVEN_BACK.with_borrow_mut(|g| pg_apikey_core::subxact::abort(g, my_subid));
         }
         SUBXACT_EVENT_COMMIT_SUB => {
-            MOVED.with_borrow_mut(|m| pg_apikey_core::subxact::commit(m, my_subid, parent_subid))
+            MOVED.with_borrow_mut(|m| pg_apikey_core::subxact::commit(m, my_subid, parent_subid));
+            GIVEN_BACK
+                .with_borrow_mut(|g| pg_apikey_core::subxact::commit(g, my_subid, parent_subid));
         }
         _ => {}
     }
@@ -144,7 +160,9 @@ pub fn spend(key: &StoredKey, cost: i64) -> Result<(), ApiError> {
     if !key.rights.metered || cost < 0 {
         return Ok(());
     }
-    if on_standby() {
+    let standby = on_standby();
+    LAST_FROM_LEASE.set(standby);
+    if standby {
         return spend_leased(key.id, cost);
     }
     let db = crate::shmem::database();
@@ -221,7 +239,8 @@ fn spend_leased(key_id: i64, cost: i64) -> Result<(), ApiError> {
 /// else refunds: see the module comment.
 pub fn refund(key_id: i64, cost: i64) {
     let db = crate::shmem::database();
-    let standby = on_standby();
+    // Where this call's spend came from, not where we are now (a promotion may lie between).
+    let standby = LAST_FROM_LEASE.get();
     if_held(|b| {
         if standby {
             pg_apikey_core::lease_table::refund(b, db, key_id, cost);
@@ -285,11 +304,19 @@ pub fn lease_out(key_id: i64, refill: Option<(i64, i64)>, need: i64, want: i64) 
         }))),
         other => other,
     };
-    outcome.unwrap_or(0)
+    let granted = outcome.unwrap_or(0);
+    if granted > 0 {
+        // Given back to the key if this exchange does not commit: the standby never gets it.
+        // SAFETY: reads the transaction state.
+        let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
+        MOVED.with_borrow_mut(|m| m.push((sub, (key_id, granted))));
+    }
+    granted
 }
 
-/// On the primary: credits a standby gives back from its lease, into the key's balance (loaded
-/// into shared memory first, so the flush writes the sum).
+/// On the primary: credits a standby gives back from its lease, added to the key's balance when
+/// this transaction commits (see `GIVEN_BACK`). The balance is loaded into shared memory now, so
+/// the commit has a balance to add to.
 pub fn give_back(key_id: i64, refill: Option<(i64, i64)>, n: i64) {
     if n <= 0 {
         return;
@@ -297,14 +324,16 @@ pub fn give_back(key_id: i64, refill: Option<(i64, i64)>, n: i64) {
     let db = crate::shmem::database();
     let refill = refill_of(refill);
     let now = now_us();
-    let held = with_balances(|b| credits_table::add(b, db, key_id, n));
+    let held = with_balances(|b| credits_table::peek(b, db, key_id, refill, now).is_some());
     if !held {
         let loaded = crate::store::as_owner(|| crate::store::credit_balance(key_id));
         with_balances(|b| {
             let _ = credits_table::spend(b, db, key_id, 0, refill, now, Some(loaded), false);
-            credits_table::add(b, db, key_id, n)
         });
     }
+    // SAFETY: reads the transaction state.
+    let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    GIVEN_BACK.with_borrow_mut(|g| g.push((sub, (key_id, n))));
 }
 
 /// Add `n` credits: to the balance in memory if one is held (the worker writes it), else to the

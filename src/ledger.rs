@@ -14,7 +14,7 @@ use pg_apikey_core::errors::ApiError;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::errors::{raise, spi};
+use crate::errors::raise;
 
 /// How long a lease lasts without a renewal (the standby's worker uses the same).
 const TTL_SECONDS: i64 = 60;
@@ -23,6 +23,7 @@ const MAX_REQUEST: usize = 1 << 20;
 const MAX_ENTRIES: usize = 8192;
 const MAX_NAME: usize = 64;
 
+#[derive(Clone)]
 struct Request {
     asks: Vec<(i64, i64, i64, i64)>,
     returns: Vec<(i64, i64)>,
@@ -65,11 +66,13 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
     if !allowed {
         raise(ApiError::ReplicationOnly("lease credits"));
     }
-    let standby = standby.unwrap_or_else(|| raise(ApiError::NullArgument("standby")));
+    let name = standby.unwrap_or_else(|| raise(ApiError::NullArgument("standby")));
     let request = request.unwrap_or_else(|| raise(ApiError::NullArgument("request")));
-    if standby.is_empty()
-        || standby.len() > MAX_NAME
-        || !standby.bytes().all(|b| b.is_ascii_alphanumeric())
+    // One statement, committed on its own: grants and returns change shared memory, which only
+    // the commit (returns) or an abort (grants put back) settles.
+    // SAFETY: a NUL-terminated constant; raises an ERROR inside a transaction block.
+    unsafe { pg_sys::PreventInTransactionBlock(true, c"apikey.lease_exchange()".as_ptr()) };
+    if name.is_empty() || name.len() > MAX_NAME || !name.bytes().all(|b| b.is_ascii_alphanumeric())
     {
         raise(ApiError::InvalidArgument(format!(
             "standby must be 1 to {MAX_NAME} letters and digits"
@@ -86,6 +89,12 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
         ))
     });
     crate::credits::available().unwrap_or_else(|e| raise(e));
+    // A lease belongs to the role that took it: another role's exchange under the same name
+    // cannot give back (and so double) what that standby still spends.
+    // SAFETY: reads the current user id.
+    let role = u32::from(unsafe { pg_sys::GetUserId() });
+    let standby = format!("{role}:{name}");
+    let standby = standby.as_str();
     let mut ids: Vec<i64> = req
         .asks
         .iter()
@@ -94,37 +103,51 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
         .collect();
     ids.sort_unstable();
     ids.dedup();
+    // With synchronous standbys, a grant reaches them before the standby that asked may spend it
+    // (what a failover to one of them forgives shrinks to nothing). Local to this transaction,
+    // set here rather than inside the owner's guard, whose GUC level ends before the commit.
+    // SAFETY: NUL-terminated constants; a valid value of a user-settable setting.
+    unsafe {
+        pg_sys::set_config_option(
+            c"synchronous_commit".as_ptr(),
+            c"remote_apply".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_LOCAL,
+            true,
+            0,
+            false,
+        );
+    }
     let (granted, ended) = crate::store::as_owner(|| {
-        // With synchronous standbys, a grant reaches them before the standby that asked may spend
-        // it (what a failover to one of them forgives shrinks to nothing).
-        spi(Spi::connect_mut(|c| {
-            c.update(
-                "SELECT pg_catalog.set_config('synchronous_commit', 'remote_apply', true)",
-                None,
-                &[],
-            )?;
-            Ok::<_, pgrx::spi::SpiError>(())
-        }));
         crate::store::expire_leases();
-        let states = crate::store::key_states(&ids);
-        let state = |id: i64| states.iter().find(|s| s.id == id);
+        let states: std::collections::HashMap<i64, crate::store::KeyState> =
+            crate::store::key_states(&ids)
+                .into_iter()
+                .map(|s| (s.id, s))
+                .collect();
         for &(key_id, n) in &req.returns {
             let back = crate::store::give_back_lease(standby, key_id, n);
-            if let Some(s) = state(key_id) {
+            if let Some(s) = states.get(&key_id) {
                 crate::credits::give_back(key_id, s.refill, back);
             }
         }
-        let wanting: Vec<i64> = req
-            .asks
+        let mut asks = req.asks.clone();
+        let mut seen = std::collections::HashSet::new();
+        asks.retain(|a| seen.insert(a.0));
+        let wanting: Vec<i64> = asks
             .iter()
-            .filter(|a| a.2 > 0 && state(a.0).is_some_and(|s| s.active))
+            .filter(|a| a.2 > 0 && states.get(&a.0).is_some_and(|s| s.active))
             .map(|a| a.0)
             .collect();
-        let free = crate::store::lock_free_key_rows(&wanting);
+        let free: std::collections::HashSet<i64> = crate::store::lock_free_key_rows(&wanting)
+            .into_iter()
+            .collect();
         let mut granted = Vec::new();
         let mut ended = Vec::new();
-        for &(key_id, need, want, holds) in &req.asks {
-            let Some(s) = state(key_id).filter(|s| s.active) else {
+        let mut recorded = Vec::new();
+        for &(key_id, need, want, holds) in &asks {
+            let Some(s) = states.get(&key_id).filter(|s| s.active) else {
                 ended.push(key_id);
                 crate::store::end_lease(standby, key_id, holds);
                 continue;
@@ -135,11 +158,12 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
             } else {
                 0
             };
-            crate::store::record_lease(standby, key_id, g, holds, TTL_SECONDS);
+            recorded.push((key_id, g, holds));
             if g > 0 {
                 granted.push((key_id, g));
             }
         }
+        crate::store::record_leases(standby, &recorded, TTL_SECONDS);
         (granted, ended)
     });
     serde_json::json!({ "granted": granted, "ended": ended, "ttl": TTL_SECONDS }).to_string()

@@ -4,6 +4,8 @@ them from shared memory. Exact totals under concurrency on all three servers, th
 mid-run (standbys spend what they hold, then refuse with 57P03), revocation ending leases, and a
 promotion that mints nothing."""
 
+import itertools
+import json
 import random
 import subprocess
 import threading
@@ -76,10 +78,14 @@ def servers():
         pg_ctl(PRIMARY, "-m", "fast", "stop", check=False)
 
 
+OWNERS = itertools.count()
+
+
 def new_key(credits):
+    # An owner per key: the creation quota (5 an hour per owner) is not what these tests are about.
     with connect(PRIMARY) as p:
-        key_id, key = p.execute("SELECT id, api_key::text FROM apikey.create('ledger', 'k', credits => %s)",
-                                (credits,)).fetchone()
+        key_id, key = p.execute("SELECT id, api_key::text FROM apikey.create(%s, 'k', credits => %s)",
+                                (f"ledger-{next(OWNERS)}", credits)).fetchone()
         p.execute("SELECT pg_catalog.txid_current()")  # a commit after the key's, for replay below
     for s in STANDBYS:
         with connect(s) as c:
@@ -121,7 +127,7 @@ def run_everywhere(key, servers_list, conns=CONNS_PER_SERVER, stop=None):
     return threads, totals, errors
 
 
-def sweep(key, servers_list, quiet=4.0):
+def sweep(key, servers_list, quiet=8.0):
     """Spend at cost 1 wherever anything is left, until no server has served one for `quiet`
     seconds (standbys give back idle leases meanwhile, which the others then lease)."""
     spent, last = 0, time.time()
@@ -155,6 +161,68 @@ def test_lease_exchange_is_for_standby_workers_only(servers):
     with connect(STANDBYS[0]) as s:
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             s.execute("""SELECT apikey.lease_exchange('x', '{"asks": [], "returns": []}')""")
+
+
+def exchange(c, name, asks=(), returns=()):
+    body = json.dumps({"asks": [list(a) for a in asks], "returns": [list(r) for r in returns]})
+    return json.loads(c.execute("SELECT apikey.lease_exchange(%s, %s)", (name, body)).fetchone()[0])
+
+
+def test_an_exchange_that_does_not_commit_changes_nothing(servers):
+    """Shared memory does not roll back: a grant is put back when its exchange aborts, a return
+    counts only once it commits, and an exchange cannot run in a transaction block."""
+    key_id, _ = new_key(1000)
+    with connect(PRIMARY) as p:
+        credits = lambda: p.execute("SELECT apikey.credits(%s)", (key_id,)).fetchone()[0]
+        held = lambda: p.execute("SELECT coalesce(sum(held), 0) FROM apikey.leases WHERE key_id = %s",
+                                 (key_id,)).fetchone()[0]
+        assert exchange(p, "mine", asks=[(key_id, 0, 100, 0)])["granted"] == [[key_id, 100]]
+        assert (credits(), held()) == (900, 100)
+        body = json.dumps({"asks": [[key_id, 0, 100, 0]], "returns": [[key_id, 100]]})
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            p.execute("SELECT apikey.lease_exchange('mine', %s), 1/0", (body,))
+        assert (credits(), held()) == (900, 100)
+        with p.transaction():
+            with pytest.raises(psycopg.errors.ActiveSqlTransaction):
+                p.execute("SELECT apikey.lease_exchange('mine', %s)", (body,))
+        assert (credits(), held()) == (900, 100)
+        # Committed: the return counts, once.
+        exchange(p, "mine", returns=[(key_id, 100)])
+        exchange(p, "mine", returns=[(key_id, 100)])
+        assert (credits(), held()) == (1000, 0)
+
+
+def test_another_role_cannot_give_back_a_standbys_lease(servers):
+    key_id, _ = new_key(1000)
+    with connect(PRIMARY) as p:
+        p.execute("CREATE ROLE lease_other REPLICATION LOGIN")
+        exchange(p, "victim", asks=[(key_id, 0, 100, 0)])
+        with connect(PRIMARY) as o:
+            o.execute("SET ROLE lease_other")
+            assert exchange(o, "victim", returns=[(key_id, 100)]) == {"granted": [], "ended": [], "ttl": 60}
+        assert p.execute("SELECT apikey.credits(%s)", (key_id,)).fetchone()[0] == 900
+
+
+def test_database_settings_on_the_primary_do_not_stop_leasing(servers):
+    """A database owner's ALTER DATABASE … SET reaches the standby worker's session on the primary;
+    the worker sets what it relies on itself."""
+    with connect(PRIMARY) as p:
+        p.execute("ALTER DATABASE postgres SET default_transaction_read_only = on")
+        p.execute("ALTER DATABASE postgres SET statement_timeout = '1ms'")
+        try:
+            p.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pg_apikey lease'")
+            with connect(PRIMARY) as w:
+                w.execute("SET default_transaction_read_only = off")
+                w.execute("SET statement_timeout = 0")
+                key_id, key = w.execute("SELECT id, api_key::text FROM apikey.create('ledger-settings', 'k', credits => 50)").fetchone()
+            for s in STANDBYS:
+                # The settings replicate: the standbys' own sessions would have them too.
+                with connect(s, options="-c statement_timeout=0") as c:
+                    wait_for(lambda: c.execute("SELECT owner FROM apikey.verify(%s)", (key,)).fetchone())
+                    assert spend(c, key, 1)
+        finally:
+            p.execute("ALTER DATABASE postgres RESET default_transaction_read_only")
+            p.execute("ALTER DATABASE postgres RESET statement_timeout")
 
 
 def test_three_servers_spend_exactly_the_balance(servers):
@@ -236,7 +304,7 @@ def test_the_primary_stopped_mid_run(servers):
     assert served_after > 0, "the standbys served nothing of what they held"
     with connect(STANDBYS[0]) as s:
         wait_for(lambda: spend(s, key, 1), timeout=30)
-    time.sleep(3.0)  # idle leases go back
+    time.sleep(7.0)  # idle leases go back
     with connect(PRIMARY) as p:
         balance = p.execute("SELECT apikey.credits(%s)", (key_id,)).fetchone()[0]
     assert sum(totals) + served_after + 1 + balance <= initial

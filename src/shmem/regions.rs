@@ -66,6 +66,10 @@ struct Descriptor {
     counters: [AtomicU64; COUNTERS],
     stats_reset: AtomicI64,
     flushed_at: AtomicI64,
+    /// The region's name at the primary for its credit leases (random, made by its worker once
+    /// per claim, 0 until then), so a worker that restarts still gives back what the region
+    /// holds.
+    lease_name: [AtomicU64; 2],
 }
 
 #[repr(C)]
@@ -273,7 +277,12 @@ impl Region {
     /// Does the region hold anything to write (usage not flushed, balances not written)?
     pub fn busy(&self) -> bool {
         let usage = self.usage(|p| p.slots.iter().any(|s| s.db != 0 && s.pending()));
-        let credits = self.credits(|p| p.balances.iter().any(|b| b.db != 0 && b.dirty()));
+        // A standby's leases keep its worker (the only one who gives them back) from making way.
+        let credits = self.credits(|p| {
+            p.balances
+                .iter()
+                .any(|b| b.db != 0 && (b.dirty() || (b.lease.leased && b.remaining > 0)))
+        });
         usage == Some(true) || credits == Some(true)
     }
 
@@ -352,6 +361,23 @@ impl Region {
         }
     }
 
+    /// The region's name for its leases at the primary (see `Descriptor::lease_name`); only its
+    /// worker calls this.
+    pub fn lease_name(&self) -> Option<String> {
+        let s = shared().filter(|s| self.still_ours(s))?;
+        let d = s.descriptor(self.index);
+        let mut parts = [
+            d.lease_name[0].load(Ordering::Acquire),
+            d.lease_name[1].load(Ordering::Acquire),
+        ];
+        if parts == [0, 0] {
+            parts = [rand::random::<u64>() | 1, rand::random::<u64>()];
+            d.lease_name[0].store(parts[0], Ordering::Release);
+            d.lease_name[1].store(parts[1], Ordering::Release);
+        }
+        Some(format!("{:016x}{:016x}", parts[0], parts[1]))
+    }
+
     /// The worker finished a flush now.
     pub fn note_flush(&self) {
         if let Some(s) = shared().filter(|s| self.still_ours(s)) {
@@ -407,6 +433,8 @@ fn claim(s: &Shared, db: u32) -> Option<Region> {
         d.generation.store(generation, Ordering::Release);
         d.reset_stats();
         d.flushed_at.store(0, Ordering::Relaxed);
+        d.lease_name[0].store(0, Ordering::Relaxed);
+        d.lease_name[1].store(0, Ordering::Relaxed);
         d.db.store(db, Ordering::Release);
         Some((
             Region {

@@ -37,8 +37,7 @@ pub fn key_states(ids: &[i64]) -> Vec<KeyState> {
 /// Take up to `n` out of `standby`'s lease of `key_id`: what it may give back.
 pub fn give_back_lease(standby: &str, key_id: i64, n: i64) -> i64 {
     spi(Spi::connect_mut(|c| {
-        let back = c
-            .update(
+        let back = c.update(
                 "WITH l AS (SELECT held FROM apikey.leases
                              WHERE standby OPERATOR(pg_catalog.=) $1 AND key_id OPERATOR(pg_catalog.=) $2 FOR UPDATE)
                  UPDATE apikey.leases x SET held = x.held OPERATOR(pg_catalog.-) LEAST($3, l.held)
@@ -47,13 +46,17 @@ pub fn give_back_lease(standby: &str, key_id: i64, n: i64) -> i64 {
                  RETURNING LEAST($3, l.held)",
                 None,
                 &[standby.into(), key_id.into(), n.into()],
-            )?
-            .first()
-            .get::<i64>(1)?;
-        Ok::<_, pgrx::spi::SpiError>(back.unwrap_or(0))
+            )?;
+        // No lease of that name, role and key: nothing to give back.
+        if back.is_empty() {
+            return Ok(0);
+        }
+        Ok::<_, pgrx::spi::SpiError>(back.first().get::<i64>(1)?.unwrap_or(0))
     }))
 }
 
+/// A key that may lease no more: its lease keeps what the standby says it holds (to give back),
+/// and goes once nothing is left.
 pub fn end_lease(standby: &str, key_id: i64, holds: i64) {
     spi(Spi::connect_mut(|c| {
         c.update(
@@ -72,28 +75,46 @@ pub fn end_lease(standby: &str, key_id: i64, holds: i64) {
     }))
 }
 
-/// Record `g` more credits leased to `standby` (taken out of the balance in memory already) in
-/// `apikey.leases` and the key's row, with what the standby says it still holds of its lease
-/// (never more than the ledger says), and renew the lease.
-pub fn record_lease(standby: &str, key_id: i64, g: i64, holds: i64, ttl_seconds: i64) {
+/// Record what `standby` was granted now: per key (key id, credits granted, credits it says it
+/// still holds), ids distinct. The grants were taken out of the balances in memory already; here
+/// they go into the keys' rows and `apikey.leases` (what the standby holds, never more than the
+/// ledger says, plus the grant), and every listed lease is renewed for `ttl_seconds`.
+pub fn record_leases(standby: &str, rows: &[(i64, i64, i64)], ttl_seconds: i64) {
+    if rows.is_empty() {
+        return;
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let granted: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    let holds: Vec<i64> = rows.iter().map(|r| r.2).collect();
     spi(Spi::connect_mut(|c| {
-        if g > 0 {
-            c.update(
-                "UPDATE apikey.keys SET credits = GREATEST(credits OPERATOR(pg_catalog.-) $2, 0)
-                  WHERE id OPERATOR(pg_catalog.=) $1 AND credits IS NOT NULL",
-                None,
-                &[key_id.into(), g.into()],
-            )?;
-        }
         c.update(
-            "INSERT INTO apikey.leases AS l (standby, key_id, held, granted_at, expires_at)
-             VALUES ($1, $2, $3, pg_catalog.now(), pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $5))
+            "UPDATE apikey.keys k SET credits = GREATEST(k.credits OPERATOR(pg_catalog.-) x.g, 0)
+               FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.int8[])) AS x(id, g)
+              WHERE k.id OPERATOR(pg_catalog.=) x.id AND x.g OPERATOR(pg_catalog.>) 0 AND k.credits IS NOT NULL",
+            None,
+            &[ids.clone().into(), granted.clone().into()],
+        )?;
+        c.update(
+            "WITH x AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.int8[]),
+                                                 pg_catalog.unnest($3::pg_catalog.int8[]),
+                                                 pg_catalog.unnest($4::pg_catalog.int8[])) AS x(id, g, holds))
+             INSERT INTO apikey.leases AS l (standby, key_id, held, granted_at, expires_at)
+             SELECT $1, x.id, x.g, pg_catalog.now(),
+                    pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $5)
+               FROM x
              ON CONFLICT (standby, key_id) DO UPDATE
-                SET held = LEAST(l.held, $4) OPERATOR(pg_catalog.+) excluded.held,
+                SET held = LEAST(l.held, (SELECT x.holds FROM x WHERE x.id OPERATOR(pg_catalog.=) l.key_id))
+                           OPERATOR(pg_catalog.+) excluded.held,
                     granted_at = CASE WHEN excluded.held OPERATOR(pg_catalog.>) 0 THEN excluded.granted_at ELSE l.granted_at END,
                     expires_at = excluded.expires_at",
             None,
-            &[standby.into(), key_id.into(), g.into(), holds.into(), (ttl_seconds as f64).into()],
+            &[
+                standby.into(),
+                ids.into(),
+                granted.into(),
+                holds.into(),
+                (ttl_seconds as f64).into(),
+            ],
         )
         .map(|_| ())
     }))

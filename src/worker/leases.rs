@@ -17,6 +17,14 @@ use pgrx::prelude::*;
 use super::link::Link;
 use crate::shmem::regions::Region;
 
+/// Set on the primary's side of the connection, over whatever `ALTER DATABASE` or `ALTER ROLE`
+/// set there: an exchange must neither be refused (read-only default), nor cut short after its
+/// grants were taken (a tiny statement timeout), nor left waiting (locks, an idle link closed).
+const SESSION: &str = "SET statement_timeout = '10s'; SET lock_timeout = '1s'; \
+    SET idle_in_transaction_session_timeout = 0; SET idle_session_timeout = 0; \
+    SET default_transaction_read_only = off; SET default_transaction_isolation = 'read committed'; \
+    SET session_replication_role = origin; SET search_path = pg_catalog, pg_temp";
+
 /// How long a lease lasts without a renewal; the primary's `apikey.lease_exchange` says the same.
 const TTL_US: i64 = 60_000_000;
 /// Between failed attempts to reach the primary.
@@ -25,9 +33,6 @@ const BACKOFF: Duration = Duration::from_secs(1);
 thread_local! {
     static LINK: RefCell<Option<Link>> = const { RefCell::new(None) };
     static RETRY_AT: Cell<Option<Instant>> = const { Cell::new(None) };
-    /// This worker's name at the primary: random, so leases of an earlier run (whose memory a
-    /// restart forgot) are never taken for this one's.
-    static NAME: RefCell<String> = const { RefCell::new(String::new()) };
     static FORGOTTEN: Cell<bool> = const { Cell::new(false) };
     static DOWN: Cell<bool> = const { Cell::new(false) };
 }
@@ -40,16 +45,6 @@ fn on_standby() -> bool {
 fn now_us() -> i64 {
     // SAFETY: reads the clock.
     unsafe { pg_sys::GetCurrentTimestamp() }
-}
-
-fn name() -> String {
-    NAME.with_borrow_mut(|n| {
-        if n.is_empty() {
-            let bytes: [u8; 12] = rand::random();
-            *n = hex::encode(bytes);
-        }
-        n.clone()
-    })
 }
 
 /// The conninfo to the primary, with this database named (a quoted value, so any name works).
@@ -85,7 +80,11 @@ fn conninfo() -> Result<String, String> {
     })
     .ok_or("this database has no name")?;
     let quoted = db.replace('\\', "\\\\").replace('\'', "\\'");
-    Ok(format!("{base} dbname='{quoted}' connect_timeout=2"))
+    // Bounded waits: a primary that vanishes mid-exchange (a dropped network) is noticed within
+    // seconds, not at the TCP retransmission timeout.
+    Ok(format!(
+        "{base} dbname='{quoted}' connect_timeout=2 keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=2 tcp_user_timeout=10000"
+    ))
 }
 
 fn request(plan: &Plan) -> String {
@@ -150,7 +149,11 @@ pub fn tick(region: Region, all: bool) {
         return;
     }
     let started = now_us();
-    let Some(plan) = region.credits(|p| lease_table::plan(&mut p.balances, db, started, all))
+    let Some(name) = region.lease_name() else {
+        return;
+    };
+    let Some(plan) =
+        region.credits(|p| lease_table::plan(&mut p.balances, db, started, TTL_US / 2, all))
     else {
         return;
     };
@@ -170,7 +173,10 @@ pub fn tick(region: Region, all: bool) {
     for attempt in 0..2 {
         let fresh = LINK.with_borrow(|l| l.is_none());
         if fresh {
-            match conninfo().and_then(|c| Link::connect(&c)) {
+            match conninfo()
+                .and_then(|c| Link::connect(&c))
+                .and_then(|mut l| l.command(SESSION).map(|_| l))
+            {
                 Ok(link) => LINK.with_borrow_mut(|l| *l = Some(link)),
                 Err(e) => {
                     not_sent(&plan);
@@ -179,7 +185,7 @@ pub fn tick(region: Region, all: bool) {
                 }
             }
         }
-        match exchange(&plan) {
+        match exchange(&name, &plan) {
             Ok(a) => {
                 note_success();
                 let expires = started.saturating_add(TTL_US);
@@ -210,10 +216,10 @@ pub fn tick(region: Region, all: bool) {
 
 /// Send `plan` to the primary over the current link; its answer. From the moment it is sent the
 /// primary may have acted on it: an error means the outcome is unknown.
-fn exchange(plan: &Plan) -> Result<Answer, String> {
+fn exchange(name: &str, plan: &Plan) -> Result<Answer, String> {
     let sql = format!(
         "SELECT apikey.lease_exchange('{}', '{}')",
-        name(),
+        name,
         request(plan)
     );
     let run = std::panic::AssertUnwindSafe(|| {

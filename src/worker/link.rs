@@ -9,6 +9,7 @@
 use std::ffi::{CStr, CString};
 
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
 
 pub struct Link {
@@ -36,47 +37,108 @@ fn message(err: *const std::ffi::c_char) -> String {
     s.trim().replace('\n', " ")
 }
 
+/// libpq quotes a piece of the connection string when it cannot parse it, and that piece may be
+/// part of a password: such messages are replaced by one that names no value.
+fn without_conninfo_values(m: String) -> String {
+    const PARSE_ERRORS: [&str; 4] = [
+        "missing \"=\"",
+        "unterminated quoted string",
+        "invalid connection option",
+        "invalid URI",
+    ];
+    if PARSE_ERRORS.iter().any(|p| m.contains(p)) {
+        "the connection string is not valid (keyword = value pairs)".into()
+    } else {
+        m
+    }
+}
+
 impl Link {
     /// Connect with `conninfo` (keyword = value pairs). The connection lives in
-    /// TopMemoryContext, across this worker's transactions.
+    /// TopMemoryContext, across this worker's transactions; an ERROR raised while connecting is
+    /// returned as an error, with the memory context this was called in.
     pub fn connect(conninfo: &str) -> Result<Link, String> {
         let conninfo =
             CString::new(conninfo).map_err(|_| "the conninfo holds a NUL".to_string())?;
         let f = functions();
-        // SAFETY: f is the module's table of functions (non-null once loaded); the strings
-        // outlive the call; the connection is allocated in TopMemoryContext so it survives the
-        // transaction this may run in. Each major's signature is spelled out below.
-        let (conn, err) = unsafe {
-            let connect = (*f)
-                .walrcv_connect
-                .ok_or("libpqwalreceiver has no connect")?;
-            let mut err: *mut std::ffi::c_char = std::ptr::null_mut();
-            let app = c"pg_apikey lease".as_ptr();
-            let err_ptr = &raw mut err;
-            // A C function pointer: its errors cross into Rust only through pgrx's guard.
+        // SAFETY: reads the current memory context, restored below however the call ends.
+        let caller = unsafe { pg_sys::CurrentMemoryContext };
+        let run = std::panic::AssertUnwindSafe(|| {
+            // SAFETY: f is the module's table of functions (non-null once loaded); the strings
+            // outlive the call; the connection is allocated in TopMemoryContext so it survives
+            // the transaction this may run in. Each major's signature is spelled out below.
+            unsafe {
+                let connect = (*f)
+                    .walrcv_connect
+                    .ok_or("libpqwalreceiver has no connect")?;
+                let mut err: *mut std::ffi::c_char = std::ptr::null_mut();
+                let err_ptr = &raw mut err;
+                let app = c"pg_apikey lease".as_ptr();
+                // A C function pointer: its errors cross into Rust only through pgrx's guard.
+                #[allow(ffi_unwind_calls)]
+                let conn = PgMemoryContexts::TopMemoryContext.switch_to(|_| {
+                    pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                        #[cfg(feature = "pg15")]
+                        {
+                            connect(conninfo.as_ptr(), true, app, err_ptr)
+                        }
+                        #[cfg(feature = "pg16")]
+                        {
+                            connect(conninfo.as_ptr(), true, false, app, err_ptr)
+                        }
+                        #[cfg(any(feature = "pg17", feature = "pg18"))]
+                        {
+                            connect(conninfo.as_ptr(), true, true, false, app, err_ptr)
+                        }
+                    })
+                });
+                if conn.is_null() {
+                    let m = message(err);
+                    if !err.is_null() {
+                        pg_sys::pfree(err.cast());
+                    }
+                    return Err(without_conninfo_values(m));
+                }
+                Ok(Link { conn })
+            }
+        });
+        let out = PgTryBuilder::new(run)
+            .catch_others(|e| {
+                let m = match &e {
+                    pg_sys::panic::CaughtError::PostgresError(r)
+                    | pg_sys::panic::CaughtError::ErrorReport(r)
+                    | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
+                        r.message().to_owned()
+                    }
+                };
+                Err(without_conninfo_values(m))
+            })
+            .execute();
+        // SAFETY: the context this was called in, still alive (this function allocates none).
+        unsafe { pg_sys::CurrentMemoryContext = caller };
+        out
+    }
+
+    /// Run `sql` (commands that return no rows, such as SET) on the primary.
+    pub fn command(&mut self, sql: &str) -> Result<(), String> {
+        let sql = CString::new(sql).map_err(|_| "the command holds a NUL".to_string())?;
+        let f = functions();
+        // SAFETY: self.conn is a live connection made by `connect`; the result is allocated in
+        // the current memory context and only its status and message are read.
+        unsafe {
+            let exec = (*f).walrcv_exec.ok_or("libpqwalreceiver has no exec")?;
             #[allow(ffi_unwind_calls)]
-            let conn = PgMemoryContexts::TopMemoryContext.switch_to(|_| {
-                pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                    #[cfg(feature = "pg15")]
-                    {
-                        connect(conninfo.as_ptr(), true, app, err_ptr)
-                    }
-                    #[cfg(feature = "pg16")]
-                    {
-                        connect(conninfo.as_ptr(), true, false, app, err_ptr)
-                    }
-                    #[cfg(any(feature = "pg17", feature = "pg18"))]
-                    {
-                        connect(conninfo.as_ptr(), true, true, false, app, err_ptr)
-                    }
-                })
+            let res = pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                exec(self.conn, sql.as_ptr(), 0, std::ptr::null())
             });
-            (conn, err)
-        };
-        if conn.is_null() {
-            return Err(message(err));
+            if res.is_null() {
+                return Err("no result".into());
+            }
+            if (*res).status != pg_sys::WalRcvExecStatus::WALRCV_OK_COMMAND {
+                return Err(message((*res).err));
+            }
+            Ok(())
         }
-        Ok(Link { conn })
     }
 
     /// Run `sql` on the primary; the first column of its first row as text. Must run in a

@@ -363,7 +363,9 @@ pub extern "C-unwind" fn pg_apikey_worker(arg: pg_sys::Datum) {
             interval = interval.min(LEASE_TICK);
         }
         let alive = BackgroundWorker::wait_latch(Some(interval));
-        leases::tick(region, !alive);
+        if alive {
+            leases::tick(region, false);
+        }
         if BackgroundWorker::sighup_received() {
             // SAFETY: rereads postgresql.conf, as every process does on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -378,6 +380,7 @@ pub extern "C-unwind" fn pg_apikey_worker(arg: pg_sys::Datum) {
                 return;
             }
             Flushed::Stopped => {
+                leases::tick(region, true);
                 region.note_clean_exit();
                 return;
             }
@@ -385,6 +388,8 @@ pub extern "C-unwind" fn pg_apikey_worker(arg: pg_sys::Datum) {
         }
         let make_way = regions::starved() && idle >= 3;
         if !alive || regions::paused(db) || make_way {
+            // What this standby holds goes back to the primary before the worker exits.
+            leases::tick(region, true);
             region.note_clean_exit();
             return;
         }

@@ -39,8 +39,10 @@ pub struct Lease {
     /// The primary said the key may not lease any more (revoked, disabled, expired, deleted or
     /// without credits): what is left goes back at the next exchange.
     pub ended: bool,
-    /// Exchanges since the key last spent here.
-    pub idle: u32,
+    /// When the key last spent here (µs): a lease idle for `lease_table::IDLE_US` goes back.
+    pub last_used: i64,
+    /// When the current spending window began (µs): `spent` counts from here.
+    pub window: i64,
     /// Asked for at the next exchange: (credits the waiting request lacks, credits wanted).
     pub need: i64,
     pub want: i64,
@@ -62,7 +64,8 @@ impl Balance {
             pending: false,
             unreachable: false,
             ended: false,
-            idle: 0,
+            last_used: 0,
+            window: 0,
             need: 0,
             want: 0,
             spent: 0,

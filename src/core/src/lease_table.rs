@@ -8,22 +8,30 @@
 //! which asks the primary (`apikey.lease_exchange`) and answers every waiting request at once.
 //!
 //! ## Slices
-//! A standby asks for twice what it spent of the key since its last exchange (at least what the
-//! waiting request lacks, and at least [`FIRST_SLICE`]), so a key used hard there gets larger
-//! slices and one used once gets a small one. The primary grants at most half of what the key has
-//! left (all of what a waiting request lacks when less is left than that), so one standby cannot
-//! take a busy key's whole balance from the others; none when it has less than the request lacks,
-//! so nothing is stranded on a server that cannot use it. A standby gives back what a key did not
-//! spend for [`IDLE_EXCHANGES`] exchanges, what a key may no longer lease, and everything at
-//! shutdown; a lease the primary cannot renew stops being spent at its expiry.
+//! A first use asks for what the request lacks plus [`FIRST_SLICE`]. The worker looks at every
+//! lease at each tick and keeps busy keys ahead: a key holding less than [`RENEW_WINDOWS`] times
+//! what it spent in the last [`WINDOW_US`] (about 2 s of spending) asks for [`SLICE_WINDOWS`]
+//! times that spending (about 10 s, at least [`FIRST_SLICE`]), so a key used hard there gets
+//! larger slices and one used once a small one, and a busy key rarely waits or asks. The
+//! primary grants at most half of what the key has left (all of what a waiting request lacks when
+//! that is more), so one standby cannot take a busy key's whole balance from the others; none when
+//! it has less than the request lacks, so nothing is stranded on a server that cannot use it. A
+//! standby gives back what a key did not spend for [`IDLE_US`], what a key may no longer lease, and everything at shutdown; it renews a lease it holds when less than
+//! half its time is left, and stops spending a lease the primary did not renew at its expiry.
 
 use crate::credits_table::{start_slot, Balance, Lease};
 use crate::slots::{probe, Probe};
 
 /// What a first use asks for beyond what the request lacks.
-pub const FIRST_SLICE: i64 = 1;
-/// Exchanges without spending after which a key's lease goes back to the primary.
-pub const IDLE_EXCHANGES: u32 = 8;
+pub const FIRST_SLICE: i64 = 100;
+/// Time without spending after which a key's lease goes back to the primary (µs).
+pub const IDLE_US: i64 = 5_000_000;
+/// The window a key's spending is measured over, for its renewals (µs).
+pub const WINDOW_US: i64 = 200_000;
+/// A key holding less than this many windows of its spending asks for more.
+pub const RENEW_WINDOWS: i64 = 10;
+/// ... and asks for this many windows of it.
+pub const SLICE_WINDOWS: i64 = 50;
 /// The largest slice asked for at once.
 pub const MAX_SLICE: i64 = 1 << 40;
 
@@ -74,6 +82,8 @@ pub fn spend(
                 key_id,
                 lease: Lease {
                     leased: true,
+                    last_used: now,
+                    window: now,
                     ..Lease::default()
                 },
                 ..Balance::FREE
@@ -94,7 +104,7 @@ pub fn spend(
     if b.remaining >= cost.max(1) && !b.lease.ended {
         b.remaining -= cost;
         b.lease.spent = b.lease.spent.saturating_add(cost);
-        b.lease.idle = 0;
+        b.lease.last_used = now;
         return LeaseSpend::Spent(b.remaining);
     }
     if b.lease.pending {
@@ -124,11 +134,11 @@ pub fn refund(part: &mut [Balance], db: u32, key_id: i64, cost: i64) {
     }
 }
 
-/// What a standby asks for: what the request lacks plus twice the recent spending (see the
-/// module comment), capped.
+/// What a standby asks for: what the request lacks plus [`SLICE_WINDOWS`] times the spending of
+/// the last window, at least [`FIRST_SLICE`] (see the module comment), capped.
 pub fn slice(lacks: i64, spent: i64) -> i64 {
     lacks
-        .saturating_add(spent.saturating_mul(2).max(FIRST_SLICE))
+        .saturating_add(spent.saturating_mul(SLICE_WINDOWS).max(FIRST_SLICE))
         .min(MAX_SLICE)
 }
 
@@ -161,10 +171,11 @@ impl Plan {
     }
 }
 
-/// The worker's next exchange at `now`: renewals for keys about to run out (they spent more than
-/// they hold since the last exchange), waiting requests, and what idle, ended and expired
-/// leases give back. `all` gives everything back (shutdown).
-pub fn plan(part: &mut [Balance], db: u32, now: i64, all: bool) -> Plan {
+/// The worker's next exchange at `now`: renewals for keys about to run out (they hold less than
+/// [`RENEW_WINDOWS`] times what they spent over the last window), waiting requests, leases to extend (expiring
+/// within `renew_within` µs), and what idle, ended and expired leases give back. `all` gives
+/// everything back (shutdown).
+pub fn plan(part: &mut [Balance], db: u32, now: i64, renew_within: i64, all: bool) -> Plan {
     let mut out = Plan::default();
     for b in part.iter_mut().filter(|b| b.db == db && b.lease.leased) {
         let l = &mut b.lease;
@@ -172,10 +183,9 @@ pub fn plan(part: &mut [Balance], db: u32, now: i64, all: bool) -> Plan {
             b.remaining = 0;
             l.expires = 0;
         }
-        if l.spent == 0 {
-            l.idle = l.idle.saturating_add(1);
-        }
-        let give_back = all || l.ended || (l.idle >= IDLE_EXCHANGES && !l.pending);
+        let window_done = now.saturating_sub(l.window) >= WINDOW_US;
+        let idle = now.saturating_sub(l.last_used) >= IDLE_US;
+        let give_back = all || l.ended || (idle && !l.pending);
         if give_back {
             if b.remaining > 0 {
                 out.returns.push((b.key_id, b.remaining));
@@ -183,6 +193,7 @@ pub fn plan(part: &mut [Balance], db: u32, now: i64, all: bool) -> Plan {
             b.remaining = 0;
             l.expires = 0;
             l.spent = 0;
+            l.window = now;
             if !l.pending {
                 continue;
             }
@@ -190,13 +201,15 @@ pub fn plan(part: &mut [Balance], db: u32, now: i64, all: bool) -> Plan {
         let held = b.remaining.max(0);
         if l.pending {
             out.asks.push((b.key_id, l.need, l.want, held));
-        } else if b.remaining < l.spent {
-            out.asks
-                .push((b.key_id, 0, slice(0, l.spent) - b.remaining, held));
-        } else if b.remaining > 0 {
+        } else if window_done && b.remaining < l.spent.saturating_mul(RENEW_WINDOWS) {
+            out.asks.push((b.key_id, 0, slice(0, l.spent), held));
+        } else if b.remaining > 0 && l.expires.saturating_sub(now) < renew_within {
             out.asks.push((b.key_id, 0, 0, held));
         }
-        l.spent = 0;
+        if window_done {
+            l.spent = 0;
+            l.window = now;
+        }
     }
     out
 }
@@ -275,14 +288,15 @@ mod tests {
     use super::*;
 
     const S: i64 = 1_000_000;
+    const R: i64 = 30 * S;
 
     #[test]
     fn a_first_use_asks_and_spends_what_was_granted() {
         let mut part = [Balance::FREE; 8];
         assert_eq!(spend(&mut part, 1, 7, 3, 0, true), LeaseSpend::Asked);
         assert_eq!(spend(&mut part, 1, 7, 3, 0, false), LeaseSpend::Waiting);
-        let p = plan(&mut part, 1, 0, false);
-        assert_eq!(p.asks, vec![(7, 3, 4, 0)]);
+        let p = plan(&mut part, 1, 0, R, false);
+        assert_eq!(p.asks, vec![(7, 3, 3 + FIRST_SLICE, 0)]);
         answer(&mut part, 1, &p.asks, &[(7, 4)], &[], 60 * S);
         assert_eq!(spend(&mut part, 1, 7, 3, S, false), LeaseSpend::Spent(1));
         assert_eq!(spend(&mut part, 1, 7, 3, S, false), LeaseSpend::Empty);
@@ -292,11 +306,11 @@ mod tests {
     fn too_little_granted_is_empty_and_unreachable_is_its_own_answer() {
         let mut part = [Balance::FREE; 8];
         assert_eq!(spend(&mut part, 1, 7, 2, 0, true), LeaseSpend::Asked);
-        let p = plan(&mut part, 1, 0, false);
+        let p = plan(&mut part, 1, 0, R, false);
         answer(&mut part, 1, &p.asks, &[], &[], 60 * S);
         assert_eq!(spend(&mut part, 1, 7, 2, 0, false), LeaseSpend::Empty);
         assert_eq!(spend(&mut part, 1, 7, 2, 0, true), LeaseSpend::Asked);
-        let p = plan(&mut part, 1, 0, false);
+        let p = plan(&mut part, 1, 0, R, false);
         not_sent(&mut part, 1, &p);
         assert_eq!(spend(&mut part, 1, 7, 2, 0, false), LeaseSpend::Unreachable);
     }
@@ -305,7 +319,7 @@ mod tests {
     fn an_expired_lease_is_not_spent() {
         let mut part = [Balance::FREE; 8];
         spend(&mut part, 1, 7, 1, 0, true);
-        let p = plan(&mut part, 1, 0, false);
+        let p = plan(&mut part, 1, 0, R, false);
         answer(&mut part, 1, &p.asks, &[(7, 10)], &[], 60 * S);
         assert_eq!(
             spend(&mut part, 1, 7, 1, 59 * S, false),
@@ -313,44 +327,67 @@ mod tests {
         );
         assert_eq!(spend(&mut part, 1, 7, 1, 60 * S, false), LeaseSpend::Empty);
         // And nothing of it goes back: the primary counts it spent.
-        assert_eq!(plan(&mut part, 1, 61 * S, true).returns, vec![]);
+        assert_eq!(plan(&mut part, 1, 61 * S, R, true).returns, vec![]);
     }
 
     #[test]
     fn busy_keys_renew_idle_and_ended_ones_give_back() {
         let mut part = [Balance::FREE; 8];
         spend(&mut part, 1, 7, 1, 0, true);
-        let p = plan(&mut part, 1, 0, false);
+        let p = plan(&mut part, 1, 0, R, false);
         answer(&mut part, 1, &p.asks, &[(7, 10)], &[], 60 * S);
         for _ in 0..8 {
             spend(&mut part, 1, 7, 1, 0, false);
         }
-        // Spent 8, holds 2: asks for twice the spending, less what it holds.
-        assert_eq!(plan(&mut part, 1, 0, false).asks, vec![(7, 0, 14, 2)]);
-        answer(&mut part, 1, &[(7, 0, 14, 2)], &[(7, 14)], &[], 60 * S);
-        for _ in 0..IDLE_EXCHANGES - 1 {
-            let p = plan(&mut part, 1, 0, false);
-            assert_eq!(p.returns, vec![]);
-            answer(&mut part, 1, &p.asks, &[], &[], 60 * S);
-        }
-        let p = plan(&mut part, 1, 0, false);
+        // Spent 8 in the window, holds 2 (less than ten windows of spending): asks for fifty.
+        assert_eq!(
+            plan(&mut part, 1, WINDOW_US, R, false).asks,
+            vec![(7, 0, 400, 2)]
+        );
+        answer(&mut part, 1, &[(7, 0, 400, 2)], &[(7, 14)], &[], 60 * S);
+        let p = plan(&mut part, 1, IDLE_US - 1, R, false);
+        assert_eq!(p.returns, vec![]);
+        // Idle for IDLE_US since its last spend: what it holds goes back.
+        let p = plan(&mut part, 1, IDLE_US, R, false);
         assert_eq!(p.returns, vec![(7, 16)]);
         // Ended: what is left goes back at once, and nothing more is spent.
         spend(&mut part, 1, 8, 1, 0, true);
-        let p = plan(&mut part, 1, 0, false);
+        let p = plan(&mut part, 1, 0, R, false);
         answer(&mut part, 1, &p.asks, &[(8, 5)], &[], 60 * S);
         answer(&mut part, 1, &[(8, 0, 0, 5)], &[], &[8], 60 * S);
         assert_eq!(spend(&mut part, 1, 8, 1, 0, false), LeaseSpend::Empty);
-        assert_eq!(plan(&mut part, 1, 0, false).returns, vec![(8, 5)]);
+        assert_eq!(plan(&mut part, 1, 0, R, false).returns, vec![(8, 5)]);
+    }
+
+    #[test]
+    fn a_held_lease_is_renewed_only_when_half_its_time_is_left() {
+        let mut part = [Balance::FREE; 8];
+        spend(&mut part, 1, 7, 1, 0, true);
+        let p = plan(&mut part, 1, 0, R, false);
+        answer(&mut part, 1, &p.asks, &[(7, 1000)], &[], 60 * S);
+        assert_eq!(plan(&mut part, 1, 4 * S, R, false).asks, vec![]);
+        // Used now and then (so not idle), and less than half its time left: renewed.
+        spend(&mut part, 1, 7, 1, 30 * S, false);
+        assert_eq!(
+            plan(&mut part, 1, 31 * S, R, false).asks,
+            vec![(7, 0, 0, 999)]
+        );
+    }
+
+    #[test]
+    fn a_large_spender_asks_for_fifty_windows_of_its_spending() {
+        assert_eq!(slice(0, 1000), 50_000);
+        assert_eq!(slice(5, 0), 5 + FIRST_SLICE);
+        assert_eq!(slice(i64::MAX, i64::MAX), MAX_SLICE);
     }
 
     #[test]
     fn what_could_not_be_sent_is_held_again() {
         let mut part = [Balance::FREE; 8];
         spend(&mut part, 1, 7, 1, 0, true);
-        let p = plan(&mut part, 1, 0, false);
+        let p = plan(&mut part, 1, 0, R, false);
         answer(&mut part, 1, &p.asks, &[(7, 3)], &[], 60 * S);
-        let p = plan(&mut part, 1, 0, true);
+        let p = plan(&mut part, 1, 0, R, true);
         assert_eq!(p.returns, vec![(7, 3)]);
         not_sent(&mut part, 1, &p);
         assert_eq!(spend(&mut part, 1, 7, 3, 0, false), LeaseSpend::Spent(0));
@@ -371,7 +408,7 @@ mod tests {
     fn promotion_forfeits_leases_and_frees_their_slots() {
         let mut part = [Balance::FREE; 4];
         spend(&mut part, 1, 7, 1, 0, true);
-        let p = plan(&mut part, 1, 0, false);
+        let p = plan(&mut part, 1, 0, R, false);
         answer(&mut part, 1, &p.asks, &[(7, 6)], &[], 60 * S);
         assert_eq!(forget(&mut part, 1), 6);
         assert!(part.iter().all(|b| *b == Balance::FREE));
