@@ -29,6 +29,9 @@ pub fn init() {
     }
 }
 
+/// Per (sub)transaction: the subtransaction, then what it changed.
+type Pending<T> = std::cell::RefCell<Vec<(pg_sys::SubTransactionId, T)>>;
+
 thread_local! {
     /// Balances this transaction moved out of a key for a rotation: (subtransaction, (key id,
     /// amount)). The rotation's successor row rolls back with the transaction, so the old key
@@ -41,8 +44,25 @@ thread_local! {
     /// rolled-back return be spent.
     static GIVEN_BACK: std::cell::RefCell<Vec<(pg_sys::SubTransactionId, (i64, i64))>> =
         const { std::cell::RefCell::new(Vec::new()) };
+    /// Grants this transaction took out of balances for standbys (`lease_out`): (subtransaction,
+    /// (key id, amount, the balance's refilled_at then)), put back if it does not commit.
+    static LEASED_OUT: Pending<(i64, i64, i64)> = const { std::cell::RefCell::new(Vec::new()) };
     /// Did this backend's last spend come from a standby's lease (for `refund`)?
     static LAST_FROM_LEASE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn put_back_leases(grants: Vec<(i64, i64, i64)>) {
+    if grants.is_empty() || !crate::shmem::preloaded() {
+        return;
+    }
+    let db = crate::shmem::database();
+    if let Some(r) = regions::mine_if_known() {
+        r.credits(|p| {
+            for (key_id, amount, refilled_at) in grants {
+                credits_table::put_back_lease(&mut p.balances, db, key_id, amount, refilled_at);
+            }
+        });
+    }
 }
 
 fn put_back(moves: Vec<(i64, i64)>) {
@@ -69,11 +89,13 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             let moves = MOVED.take().into_iter().map(|(_, m)| m).collect();
             put_back(moves);
+            put_back_leases(LEASED_OUT.take().into_iter().map(|(_, g)| g).collect());
             GIVEN_BACK.with_borrow_mut(|g| g.clear());
             crate::store::forget_inserted();
         }
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
             MOVED.with_borrow_mut(|m| m.clear());
+            LEASED_OUT.with_borrow_mut(|l| l.clear());
             // Committed (durable): what standbys gave back joins the balances now.
             let given = GIVEN_BACK.take().into_iter().map(|(_, g)| g).collect();
             put_back(given);
@@ -95,12 +117,17 @@ unsafe extern "C-unwind" fn on_subxact(
         SUBXACT_EVENT_ABORT_SUB => {
             let moves = MOVED.with_borrow_mut(|m| pg_apikey_core::subxact::abort(m, my_subid));
             put_back(moves);
+            let grants =
+                LEASED_OUT.with_borrow_mut(|l| pg_apikey_core::subxact::abort(l, my_subid));
+            put_back_leases(grants);
             GIVEN_BACK.with_borrow_mut(|g| pg_apikey_core::subxact::abort(g, my_subid));
         }
         SUBXACT_EVENT_COMMIT_SUB => {
             MOVED.with_borrow_mut(|m| pg_apikey_core::subxact::commit(m, my_subid, parent_subid));
             GIVEN_BACK
                 .with_borrow_mut(|g| pg_apikey_core::subxact::commit(g, my_subid, parent_subid));
+            LEASED_OUT
+                .with_borrow_mut(|l| pg_apikey_core::subxact::commit(l, my_subid, parent_subid));
         }
         _ => {}
     }
@@ -304,12 +331,12 @@ pub fn lease_out(key_id: i64, refill: Option<(i64, i64)>, need: i64, want: i64) 
         }))),
         other => other,
     };
-    let granted = outcome.unwrap_or(0);
+    let (granted, refilled_at) = outcome.unwrap_or((0, 0));
     if granted > 0 {
         // Given back to the key if this exchange does not commit: the standby never gets it.
         // SAFETY: reads the transaction state.
         let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
-        MOVED.with_borrow_mut(|m| m.push((sub, (key_id, granted))));
+        LEASED_OUT.with_borrow_mut(|l| l.push((sub, (key_id, granted, refilled_at))));
     }
     granted
 }

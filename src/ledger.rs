@@ -56,7 +56,8 @@ fn parse(text: &str) -> Option<Request> {
 
 /// Exchange leases with standby `standby`: `request` is `{"asks": [[key id, credits a waiting
 /// request lacks, credits wanted, credits it still holds], …], "returns": [[key id, credits], …]}`; the answer is
-/// `{"granted": [[key id, credits], …], "ended": [key id, …], "ttl": seconds}`. For the
+/// `{"granted": [[key id, credits], …], "ended": [key id, …], "busy": [key id, …], "ttl":
+/// seconds}` (busy: the key's row was held by another transaction; ask again). For the
 /// workers of standbys: superusers and roles with REPLICATION only.
 #[pg_extern(volatile, parallel_unsafe)]
 fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
@@ -103,23 +104,7 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    // With synchronous standbys, a grant reaches them before the standby that asked may spend it
-    // (what a failover to one of them forgives shrinks to nothing). Local to this transaction,
-    // set here rather than inside the owner's guard, whose GUC level ends before the commit.
-    // SAFETY: NUL-terminated constants; a valid value of a user-settable setting.
-    unsafe {
-        pg_sys::set_config_option(
-            c"synchronous_commit".as_ptr(),
-            c"remote_apply".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            0,
-            false,
-        );
-    }
-    let (granted, ended) = crate::store::as_owner(|| {
+    let (granted, ended, busy) = crate::store::as_owner(|| {
         crate::store::expire_leases();
         let states: std::collections::HashMap<i64, crate::store::KeyState> =
             crate::store::key_states(&ids)
@@ -128,7 +113,9 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
                 .collect();
         for &(key_id, n) in &req.returns {
             let back = crate::store::give_back_lease(standby, key_id, n);
-            if let Some(s) = states.get(&key_id) {
+            // A key that refills gets nothing back: a refill since the grant set its balance
+            // anew, and the return on top would carry an old interval's allowance over.
+            if let Some(s) = states.get(&key_id).filter(|s| s.refill.is_none()) {
                 crate::credits::give_back(key_id, s.refill, back);
             }
         }
@@ -145,6 +132,7 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
             .collect();
         let mut granted = Vec::new();
         let mut ended = Vec::new();
+        let mut busy = Vec::new();
         let mut recorded = Vec::new();
         for &(key_id, need, want, holds) in &asks {
             let Some(s) = states.get(&key_id).filter(|s| s.active) else {
@@ -152,10 +140,14 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
                 crate::store::end_lease(standby, key_id, holds);
                 continue;
             };
-            // A key row someone else holds gets nothing this time (the standby asks again).
+            // A key row someone else holds (another standby's exchange, an administrator) gets
+            // nothing this time: the standby asks again at its next exchange.
             let g = if want > 0 && free.contains(&key_id) {
                 crate::credits::lease_out(key_id, s.refill, need, want)
             } else {
+                if want > 0 {
+                    busy.push(key_id);
+                }
                 0
             };
             recorded.push((key_id, g, holds));
@@ -164,7 +156,8 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
             }
         }
         crate::store::record_leases(standby, &recorded, TTL_SECONDS);
-        (granted, ended)
+        (granted, ended, busy)
     });
-    serde_json::json!({ "granted": granted, "ended": ended, "ttl": TTL_SECONDS }).to_string()
+    serde_json::json!({ "granted": granted, "ended": ended, "busy": busy, "ttl": TTL_SECONDS })
+        .to_string()
 }

@@ -124,7 +124,9 @@ pub fn record_leases(standby: &str, rows: &[(i64, i64, i64)], ttl_seconds: i64) 
 pub fn expire_leases() {
     spi(Spi::connect_mut(|c| {
         c.update(
-            "DELETE FROM apikey.leases WHERE expires_at OPERATOR(pg_catalog.<) pg_catalog.now()",
+            "DELETE FROM apikey.leases WHERE (standby, key_id) IN (
+                 SELECT standby, key_id FROM apikey.leases
+                  WHERE expires_at OPERATOR(pg_catalog.<) pg_catalog.now() FOR UPDATE SKIP LOCKED)",
             None,
             &[],
         )

@@ -19,11 +19,14 @@ use crate::shmem::regions::Region;
 
 /// Set on the primary's side of the connection, over whatever `ALTER DATABASE` or `ALTER ROLE`
 /// set there: an exchange must neither be refused (read-only default), nor cut short after its
-/// grants were taken (a tiny statement timeout), nor left waiting (locks, an idle link closed).
+/// grants were taken (a tiny statement timeout), nor left waiting (locks, an idle link closed, a
+/// commit waiting for a synchronous standby: this very standby, shutting down, would never
+/// answer it).
 const SESSION: &str = "SET statement_timeout = '10s'; SET lock_timeout = '1s'; \
     SET idle_in_transaction_session_timeout = 0; SET idle_session_timeout = 0; \
     SET default_transaction_read_only = off; SET default_transaction_isolation = 'read committed'; \
-    SET session_replication_role = origin; SET search_path = pg_catalog, pg_temp";
+    SET session_replication_role = origin; SET search_path = pg_catalog, pg_temp; \
+    SET synchronous_commit = local";
 
 /// How long a lease lasts without a renewal; the primary's `apikey.lease_exchange` says the same.
 const TTL_US: i64 = 60_000_000;
@@ -94,6 +97,7 @@ fn request(plan: &Plan) -> String {
 struct Answer {
     granted: Vec<(i64, i64)>,
     ended: Vec<i64>,
+    busy: Vec<i64>,
 }
 
 fn parse(text: &str) -> Option<Answer> {
@@ -105,15 +109,17 @@ fn parse(text: &str) -> Option<Answer> {
             .map(|p| Some((p.get(0)?.as_i64()?, p.get(1)?.as_i64()?)))
             .collect()
     };
-    let ended = v
-        .get("ended")?
-        .as_array()?
-        .iter()
-        .map(|k| k.as_i64())
-        .collect::<Option<Vec<_>>>()?;
+    let ids = |name: &str| -> Option<Vec<i64>> {
+        v.get(name)?
+            .as_array()?
+            .iter()
+            .map(|k| k.as_i64())
+            .collect()
+    };
     Some(Answer {
         granted: pairs("granted")?,
-        ended,
+        ended: ids("ended")?,
+        busy: ids("busy").unwrap_or_default(),
     })
 }
 
@@ -196,6 +202,7 @@ pub fn tick(region: Region, all: bool) {
                         &plan.asks,
                         &a.granted,
                         &a.ended,
+                        &a.busy,
                         expires,
                     )
                 });

@@ -177,7 +177,8 @@ pub fn spend(
 
 /// Take credits out of key `key_id`'s balance for a standby's lease, by the primary's rule
 /// (`lease_table::grant`): like a spend, final here and written by the flush. `Ok(granted)`, or
-/// `Err` with `spend`'s `Unknown` (load the table's balance and call again) or `Full`.
+/// `Err` with `spend`'s `Unknown` (load the table's balance and call again) or `Full`. With the
+/// grant, when the balance was last refilled (see `put_back_lease`).
 #[allow(clippy::too_many_arguments)]
 pub fn lease_out(
     part: &mut [Balance],
@@ -188,7 +189,7 @@ pub fn lease_out(
     refill: Option<Refill>,
     now: i64,
     loaded: Option<(i64, i64)>,
-) -> Result<i64, Spend> {
+) -> Result<(i64, i64), Spend> {
     match spend(part, db, key_id, 0, refill, now, loaded, false) {
         Spend::Spent(_) | Spend::Empty { .. } => {}
         other => return Err(other),
@@ -201,7 +202,19 @@ pub fn lease_out(
         part[i].remaining -= g;
         part[i].version += 1;
     }
-    Ok(g)
+    Ok((g, part[i].refilled_at))
+}
+
+/// Put back a grant whose exchange did not commit, unless the balance was refilled since it was
+/// taken (`refilled_at` then moved): a refill set the balance anew, and adding the grant on top
+/// would carry an old interval's allowance into the new one.
+pub fn put_back_lease(part: &mut [Balance], db: u32, key_id: i64, n: i64, refilled_at: i64) {
+    if let Probe::Found(i) = find(part, db, key_id, false) {
+        if part[i].refilled_at == refilled_at {
+            part[i].remaining = part[i].remaining.saturating_add(n);
+            part[i].version += 1;
+        }
+    }
 }
 
 /// Give back `cost` credits spent by a transaction that rolled back (or a request another check

@@ -58,8 +58,12 @@ fn find(part: &[Balance], db: u32, key_id: i64) -> Probe {
         start_slot(key_id, part.len()),
         |i| part[i].db == db && part[i].key_id == key_id && part[i].lease.leased,
         |i| {
+            // Never a balance with unwritten spending (one a backend of the server this standby
+            // just became loaded and spent from), nor a lease that still holds credits.
             let b = &part[i];
-            b.db == 0 || !b.lease.leased || (b.remaining == 0 && !b.lease.pending)
+            b.db == 0
+                || (!b.lease.leased && !b.dirty())
+                || (b.lease.leased && b.remaining == 0 && !b.lease.pending)
         },
     )
 }
@@ -104,7 +108,10 @@ pub fn spend(
     if b.remaining >= cost.max(1) && !b.lease.ended {
         b.remaining -= cost;
         b.lease.spent = b.lease.spent.saturating_add(cost);
-        b.lease.last_used = now;
+        // A check at cost 0 keeps nothing in use (it would hold a slot without spending).
+        if cost > 0 {
+            b.lease.last_used = now;
+        }
         return LeaseSpend::Spent(b.remaining);
     }
     if b.lease.pending {
@@ -240,20 +247,32 @@ pub fn unreachable(part: &mut [Balance], db: u32) {
 }
 
 /// The primary's answer: `granted` (key id, credits) are added to the leases, which now last
-/// until `expires`; `ended` keys may lease no more. Every key asked about is answered.
+/// until `expires`; `ended` keys may lease no more; `busy` keys' rows were held by another
+/// transaction there (a waiting request stays waiting, asked for again at the next exchange,
+/// rather than told that the key has nothing left).
+/// Every key asked about is answered.
+#[allow(clippy::too_many_arguments)]
 pub fn answer(
     part: &mut [Balance],
     db: u32,
     asked: &[Ask],
     granted: &[(i64, i64)],
     ended: &[i64],
+    busy: &[i64],
     expires: i64,
 ) {
+    let granted: std::collections::HashMap<i64, i64> = granted.iter().copied().collect();
+    let ended: std::collections::HashSet<i64> = ended.iter().copied().collect();
+    let busy: std::collections::HashSet<i64> = busy.iter().copied().collect();
     for &(key_id, ..) in asked {
         let Probe::Found(i) = find(part, db, key_id) else {
             continue;
         };
         let b = &mut part[i];
+        if busy.contains(&key_id) && b.lease.pending {
+            // Asked again at the next exchange; the waiting request keeps waiting.
+            continue;
+        }
         b.lease.pending = false;
         b.lease.unreachable = false;
         b.lease.need = 0;
@@ -263,7 +282,7 @@ pub fn answer(
             continue;
         }
         b.lease.ended = false;
-        if let Some(&(_, g)) = granted.iter().find(|g| g.0 == key_id) {
+        if let Some(&g) = granted.get(&key_id) {
             b.remaining = b.remaining.saturating_add(g.max(0));
         }
         if b.remaining > 0 {
@@ -297,7 +316,7 @@ mod tests {
         assert_eq!(spend(&mut part, 1, 7, 3, 0, false), LeaseSpend::Waiting);
         let p = plan(&mut part, 1, 0, R, false);
         assert_eq!(p.asks, vec![(7, 3, 3 + FIRST_SLICE, 0)]);
-        answer(&mut part, 1, &p.asks, &[(7, 4)], &[], 60 * S);
+        answer(&mut part, 1, &p.asks, &[(7, 4)], &[], &[], 60 * S);
         assert_eq!(spend(&mut part, 1, 7, 3, S, false), LeaseSpend::Spent(1));
         assert_eq!(spend(&mut part, 1, 7, 3, S, false), LeaseSpend::Empty);
     }
@@ -307,7 +326,7 @@ mod tests {
         let mut part = [Balance::FREE; 8];
         assert_eq!(spend(&mut part, 1, 7, 2, 0, true), LeaseSpend::Asked);
         let p = plan(&mut part, 1, 0, R, false);
-        answer(&mut part, 1, &p.asks, &[], &[], 60 * S);
+        answer(&mut part, 1, &p.asks, &[], &[], &[], 60 * S);
         assert_eq!(spend(&mut part, 1, 7, 2, 0, false), LeaseSpend::Empty);
         assert_eq!(spend(&mut part, 1, 7, 2, 0, true), LeaseSpend::Asked);
         let p = plan(&mut part, 1, 0, R, false);
@@ -316,11 +335,36 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_key_row_on_the_primary_is_asked_again_not_an_empty_key() {
+        let mut part = [Balance::FREE; 8];
+        spend(&mut part, 1, 7, 1, 0, true);
+        let p = plan(&mut part, 1, 0, R, false);
+        answer(&mut part, 1, &p.asks, &[], &[], &[7], 60 * S);
+        assert_eq!(spend(&mut part, 1, 7, 1, 0, false), LeaseSpend::Waiting);
+        assert_eq!(plan(&mut part, 1, 0, R, false).asks, p.asks);
+    }
+
+    #[test]
+    fn a_dirty_balance_is_never_taken_for_a_lease() {
+        let mut part = [Balance::FREE; 1];
+        part[0] = Balance {
+            db: 1,
+            key_id: 9,
+            remaining: 5,
+            version: 1,
+            ..Balance::FREE
+        };
+        assert_eq!(spend(&mut part, 1, 7, 1, 0, true), LeaseSpend::Full);
+        part[0].version = 0;
+        assert_eq!(spend(&mut part, 1, 7, 1, 0, true), LeaseSpend::Asked);
+    }
+
+    #[test]
     fn an_expired_lease_is_not_spent() {
         let mut part = [Balance::FREE; 8];
         spend(&mut part, 1, 7, 1, 0, true);
         let p = plan(&mut part, 1, 0, R, false);
-        answer(&mut part, 1, &p.asks, &[(7, 10)], &[], 60 * S);
+        answer(&mut part, 1, &p.asks, &[(7, 10)], &[], &[], 60 * S);
         assert_eq!(
             spend(&mut part, 1, 7, 1, 59 * S, false),
             LeaseSpend::Spent(9)
@@ -335,7 +379,7 @@ mod tests {
         let mut part = [Balance::FREE; 8];
         spend(&mut part, 1, 7, 1, 0, true);
         let p = plan(&mut part, 1, 0, R, false);
-        answer(&mut part, 1, &p.asks, &[(7, 10)], &[], 60 * S);
+        answer(&mut part, 1, &p.asks, &[(7, 10)], &[], &[], 60 * S);
         for _ in 0..8 {
             spend(&mut part, 1, 7, 1, 0, false);
         }
@@ -344,7 +388,15 @@ mod tests {
             plan(&mut part, 1, WINDOW_US, R, false).asks,
             vec![(7, 0, 400, 2)]
         );
-        answer(&mut part, 1, &[(7, 0, 400, 2)], &[(7, 14)], &[], 60 * S);
+        answer(
+            &mut part,
+            1,
+            &[(7, 0, 400, 2)],
+            &[(7, 14)],
+            &[],
+            &[],
+            60 * S,
+        );
         let p = plan(&mut part, 1, IDLE_US - 1, R, false);
         assert_eq!(p.returns, vec![]);
         // Idle for IDLE_US since its last spend: what it holds goes back.
@@ -353,8 +405,8 @@ mod tests {
         // Ended: what is left goes back at once, and nothing more is spent.
         spend(&mut part, 1, 8, 1, 0, true);
         let p = plan(&mut part, 1, 0, R, false);
-        answer(&mut part, 1, &p.asks, &[(8, 5)], &[], 60 * S);
-        answer(&mut part, 1, &[(8, 0, 0, 5)], &[], &[8], 60 * S);
+        answer(&mut part, 1, &p.asks, &[(8, 5)], &[], &[], 60 * S);
+        answer(&mut part, 1, &[(8, 0, 0, 5)], &[], &[8], &[], 60 * S);
         assert_eq!(spend(&mut part, 1, 8, 1, 0, false), LeaseSpend::Empty);
         assert_eq!(plan(&mut part, 1, 0, R, false).returns, vec![(8, 5)]);
     }
@@ -364,7 +416,7 @@ mod tests {
         let mut part = [Balance::FREE; 8];
         spend(&mut part, 1, 7, 1, 0, true);
         let p = plan(&mut part, 1, 0, R, false);
-        answer(&mut part, 1, &p.asks, &[(7, 1000)], &[], 60 * S);
+        answer(&mut part, 1, &p.asks, &[(7, 1000)], &[], &[], 60 * S);
         assert_eq!(plan(&mut part, 1, 4 * S, R, false).asks, vec![]);
         // Used now and then (so not idle), and less than half its time left: renewed.
         spend(&mut part, 1, 7, 1, 30 * S, false);
@@ -386,7 +438,7 @@ mod tests {
         let mut part = [Balance::FREE; 8];
         spend(&mut part, 1, 7, 1, 0, true);
         let p = plan(&mut part, 1, 0, R, false);
-        answer(&mut part, 1, &p.asks, &[(7, 3)], &[], 60 * S);
+        answer(&mut part, 1, &p.asks, &[(7, 3)], &[], &[], 60 * S);
         let p = plan(&mut part, 1, 0, R, true);
         assert_eq!(p.returns, vec![(7, 3)]);
         not_sent(&mut part, 1, &p);
@@ -409,7 +461,7 @@ mod tests {
         let mut part = [Balance::FREE; 4];
         spend(&mut part, 1, 7, 1, 0, true);
         let p = plan(&mut part, 1, 0, R, false);
-        answer(&mut part, 1, &p.asks, &[(7, 6)], &[], 60 * S);
+        answer(&mut part, 1, &p.asks, &[(7, 6)], &[], &[], 60 * S);
         assert_eq!(forget(&mut part, 1), 6);
         assert!(part.iter().all(|b| *b == Balance::FREE));
     }
