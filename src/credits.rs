@@ -317,7 +317,8 @@ pub fn take_all(key_id: i64, refill: Option<(i64, i64)>) -> i64 {
 /// On the primary, for a standby's lease: take credits out of key `key_id`'s balance by the
 /// ledger's rule (`lease_table::grant`), in shared memory where every backend spends it, so no
 /// concurrent spend can use what was leased. Final: the flush writes it like any spending.
-pub fn lease_out(key_id: i64, refill: Option<(i64, i64)>, need: i64, want: i64) -> i64 {
+/// Returns the grant and what the key has left.
+pub fn lease_out(key_id: i64, refill: Option<(i64, i64)>, need: i64, want: i64) -> (i64, i64) {
     let db = crate::shmem::database();
     let refill = refill_of(refill);
     let attempt = |loaded| {
@@ -331,14 +332,16 @@ pub fn lease_out(key_id: i64, refill: Option<(i64, i64)>, need: i64, want: i64) 
         }))),
         other => other,
     };
-    let (granted, refilled_at) = outcome.unwrap_or((0, 0));
-    if granted > 0 {
+    let Ok(leased) = outcome else {
+        return (0, 0);
+    };
+    if leased.granted > 0 {
         // Given back to the key if this exchange does not commit: the standby never gets it.
         // SAFETY: reads the transaction state.
         let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
-        LEASED_OUT.with_borrow_mut(|l| l.push((sub, (key_id, granted, refilled_at))));
+        LEASED_OUT.with_borrow_mut(|l| l.push((sub, (key_id, leased.granted, leased.refilled_at))));
     }
-    granted
+    (leased.granted, leased.left)
 }
 
 /// On the primary: credits a standby gives back from its lease, added to the key's balance when

@@ -54,11 +54,12 @@ fn parse(text: &str) -> Option<Request> {
     (asks.len() + returns.len() <= MAX_ENTRIES).then_some(Request { asks, returns })
 }
 
-/// Exchange leases with standby `standby`: `request` is `{"asks": [[key id, credits a waiting
-/// request lacks, credits wanted, credits it still holds], …], "returns": [[key id, credits], …]}`; the answer is
-/// `{"granted": [[key id, credits], …], "ended": [key id, …], "busy": [key id, …], "ttl":
-/// seconds}` (busy: the key's row was held by another transaction; ask again). For the
-/// workers of standbys: superusers and roles with REPLICATION only.
+/// Exchange leases with standby `standby`. `request` is `{"asks": [[key id, credits a waiting
+/// request lacks, credits wanted, credits it still holds], …], "returns": [[key id, credits],
+/// …]}`; the answer is `{"granted": [[key id, credits], …], "ended": [key id, …], "busy": [key
+/// id, …], "scarce": [key id, …], "ttl": seconds}` (busy: the key's row was held by another
+/// transaction, ask again; scarce: the key has less left than twice what was asked, give idle
+/// slices back soon). For the workers of standbys: superusers and roles with REPLICATION only.
 #[pg_extern(volatile, parallel_unsafe)]
 fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
     crate::privilege::require_primary("lease credits");
@@ -104,7 +105,7 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    let (granted, ended, busy) = crate::store::as_owner(|| {
+    let (granted, ended, busy, scarce) = crate::store::as_owner(|| {
         crate::store::expire_leases();
         let states: std::collections::HashMap<i64, crate::store::KeyState> =
             crate::store::key_states(&ids)
@@ -133,6 +134,7 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
         let mut granted = Vec::new();
         let mut ended = Vec::new();
         let mut busy = Vec::new();
+        let mut scarce = Vec::new();
         let mut recorded = Vec::new();
         for &(key_id, need, want, holds) in &asks {
             let Some(s) = states.get(&key_id).filter(|s| s.active) else {
@@ -143,7 +145,11 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
             // A key row someone else holds (another standby's exchange, an administrator) gets
             // nothing this time: the standby asks again at its next exchange.
             let g = if want > 0 && free.contains(&key_id) {
-                crate::credits::lease_out(key_id, s.refill, need, want)
+                let (g, left) = crate::credits::lease_out(key_id, s.refill, need, want);
+                if left < want.max(need).saturating_mul(2) {
+                    scarce.push(key_id);
+                }
+                g
             } else {
                 if want > 0 {
                     busy.push(key_id);
@@ -156,8 +162,10 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
             }
         }
         crate::store::record_leases(standby, &recorded, TTL_SECONDS);
-        (granted, ended, busy)
+        (granted, ended, busy, scarce)
     });
-    serde_json::json!({ "granted": granted, "ended": ended, "busy": busy, "ttl": TTL_SECONDS })
-        .to_string()
+    serde_json::json!({
+        "granted": granted, "ended": ended, "busy": busy, "scarce": scarce, "ttl": TTL_SECONDS
+    })
+    .to_string()
 }

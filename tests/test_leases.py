@@ -210,7 +210,7 @@ def test_another_role_cannot_give_back_a_standbys_lease(servers):
         exchange(p, "victim", asks=[(key_id, 0, 100, 0)])
         with connect(PRIMARY) as o:
             o.execute("SET ROLE lease_other")
-            assert exchange(o, "victim", returns=[(key_id, 100)]) == {"granted": [], "ended": [], "busy": [], "ttl": 60}
+            assert exchange(o, "victim", returns=[(key_id, 100)]) == {"granted": [], "ended": [], "busy": [], "scarce": [], "ttl": 60}
         assert p.execute("SELECT apikey.credits(%s)", (key_id,)).fetchone()[0] == 900
 
 

@@ -98,6 +98,7 @@ struct Answer {
     granted: Vec<(i64, i64)>,
     ended: Vec<i64>,
     busy: Vec<i64>,
+    scarce: Vec<i64>,
 }
 
 fn parse(text: &str) -> Option<Answer> {
@@ -120,6 +121,7 @@ fn parse(text: &str) -> Option<Answer> {
         granted: pairs("granted")?,
         ended: ids("ended")?,
         busy: ids("busy").unwrap_or_default(),
+        scarce: ids("scarce").unwrap_or_default(),
     })
 }
 
@@ -203,6 +205,7 @@ pub fn tick(region: Region, all: bool) {
                         &a.granted,
                         &a.ended,
                         &a.busy,
+                        &a.scarce,
                         expires,
                     )
                 });

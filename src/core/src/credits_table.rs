@@ -39,6 +39,9 @@ pub struct Lease {
     /// The primary said the key may not lease any more (revoked, disabled, expired, deleted or
     /// without credits): what is left goes back at the next exchange.
     pub ended: bool,
+    /// The primary said the key's balance is short (it has less left than twice what was
+    /// asked): an idle slice goes back soon, for the other servers to use.
+    pub scarce: bool,
     /// When the key last spent here (µs): a lease idle for `lease_table::IDLE_US` goes back.
     pub last_used: i64,
     /// When the current spending window began (µs): `spent` counts from here.
@@ -64,6 +67,7 @@ impl Balance {
             pending: false,
             unreachable: false,
             ended: false,
+            scarce: false,
             last_used: 0,
             window: 0,
             need: 0,
@@ -189,7 +193,7 @@ pub fn lease_out(
     refill: Option<Refill>,
     now: i64,
     loaded: Option<(i64, i64)>,
-) -> Result<(i64, i64), Spend> {
+) -> Result<Leased, Spend> {
     match spend(part, db, key_id, 0, refill, now, loaded, false) {
         Spend::Spent(_) | Spend::Empty { .. } => {}
         other => return Err(other),
@@ -202,7 +206,19 @@ pub fn lease_out(
         part[i].remaining -= g;
         part[i].version += 1;
     }
-    Ok((g, part[i].refilled_at))
+    Ok(Leased {
+        granted: g,
+        left: part[i].remaining,
+        refilled_at: part[i].refilled_at,
+    })
+}
+
+/// What `lease_out` took: the grant, what the balance has left, and when it was last refilled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leased {
+    pub granted: i64,
+    pub left: i64,
+    pub refilled_at: i64,
 }
 
 /// Put back a grant whose exchange did not commit, unless the balance was refilled since it was

@@ -16,7 +16,9 @@
 //! primary grants at most half of what the key has left (all of what a waiting request lacks when
 //! that is more), so one standby cannot take a busy key's whole balance from the others; none when
 //! it has less than the request lacks, so nothing is stranded on a server that cannot use it. A
-//! standby gives back what a key did not spend for [`IDLE_US`], what a key may no longer lease, and everything at shutdown; it renews a lease it holds when less than
+//! standby gives back what a key did not spend for [`IDLE_US`] when the primary said the key is
+//! short (it has less left than twice what was asked; [`IDLE_PLENTY_US`] otherwise), what a key
+//! may no longer lease, and everything at shutdown; it renews a lease it holds when less than
 //! half its time is left, and stops spending a lease the primary did not renew at its expiry.
 
 use crate::credits_table::{start_slot, Balance, Lease};
@@ -24,8 +26,10 @@ use crate::slots::{probe, Probe};
 
 /// What a first use asks for beyond what the request lacks.
 pub const FIRST_SLICE: i64 = 100;
-/// Time without spending after which a key's lease goes back to the primary (µs).
+/// Time without spending after which a key's lease goes back to the primary (µs) when the
+/// primary said its balance is short; [`IDLE_PLENTY_US`] otherwise.
 pub const IDLE_US: i64 = 5_000_000;
+pub const IDLE_PLENTY_US: i64 = 30_000_000;
 /// The window a key's spending is measured over, for its renewals (µs).
 pub const WINDOW_US: i64 = 200_000;
 /// A key holding less than this many windows of its spending asks for more.
@@ -191,7 +195,8 @@ pub fn plan(part: &mut [Balance], db: u32, now: i64, renew_within: i64, all: boo
             l.expires = 0;
         }
         let window_done = now.saturating_sub(l.window) >= WINDOW_US;
-        let idle = now.saturating_sub(l.last_used) >= IDLE_US;
+        let idle =
+            now.saturating_sub(l.last_used) >= if l.scarce { IDLE_US } else { IDLE_PLENTY_US };
         let give_back = all || l.ended || (idle && !l.pending);
         if give_back {
             if b.remaining > 0 {
@@ -259,11 +264,13 @@ pub fn answer(
     granted: &[(i64, i64)],
     ended: &[i64],
     busy: &[i64],
+    scarce: &[i64],
     expires: i64,
 ) {
     let granted: std::collections::HashMap<i64, i64> = granted.iter().copied().collect();
     let ended: std::collections::HashSet<i64> = ended.iter().copied().collect();
     let busy: std::collections::HashSet<i64> = busy.iter().copied().collect();
+    let scarce: std::collections::HashSet<i64> = scarce.iter().copied().collect();
     for &(key_id, ..) in asked {
         let Probe::Found(i) = find(part, db, key_id) else {
             continue;
@@ -284,6 +291,9 @@ pub fn answer(
         b.lease.ended = false;
         if let Some(&g) = granted.get(&key_id) {
             b.remaining = b.remaining.saturating_add(g.max(0));
+            b.lease.scarce = scarce.contains(&key_id);
+        } else if scarce.contains(&key_id) {
+            b.lease.scarce = true;
         }
         if b.remaining > 0 {
             b.lease.expires = expires;
@@ -316,7 +326,7 @@ mod tests {
         assert_eq!(spend(&mut part, 1, 7, 3, 0, false), LeaseSpend::Waiting);
         let p = plan(&mut part, 1, 0, R, false);
         assert_eq!(p.asks, vec![(7, 3, 3 + FIRST_SLICE, 0)]);
-        answer(&mut part, 1, &p.asks, &[(7, 4)], &[], &[], 60 * S);
+        answer(&mut part, 1, &p.asks, &[(7, 4)], &[], &[], &[], 60 * S);
         assert_eq!(spend(&mut part, 1, 7, 3, S, false), LeaseSpend::Spent(1));
         assert_eq!(spend(&mut part, 1, 7, 3, S, false), LeaseSpend::Empty);
     }
@@ -326,7 +336,7 @@ mod tests {
         let mut part = [Balance::FREE; 8];
         assert_eq!(spend(&mut part, 1, 7, 2, 0, true), LeaseSpend::Asked);
         let p = plan(&mut part, 1, 0, R, false);
-        answer(&mut part, 1, &p.asks, &[], &[], &[], 60 * S);
+        answer(&mut part, 1, &p.asks, &[], &[], &[], &[], 60 * S);
         assert_eq!(spend(&mut part, 1, 7, 2, 0, false), LeaseSpend::Empty);
         assert_eq!(spend(&mut part, 1, 7, 2, 0, true), LeaseSpend::Asked);
         let p = plan(&mut part, 1, 0, R, false);
@@ -339,7 +349,7 @@ mod tests {
         let mut part = [Balance::FREE; 8];
         spend(&mut part, 1, 7, 1, 0, true);
         let p = plan(&mut part, 1, 0, R, false);
-        answer(&mut part, 1, &p.asks, &[], &[], &[7], 60 * S);
+        answer(&mut part, 1, &p.asks, &[], &[], &[7], &[], 60 * S);
         assert_eq!(spend(&mut part, 1, 7, 1, 0, false), LeaseSpend::Waiting);
         assert_eq!(plan(&mut part, 1, 0, R, false).asks, p.asks);
     }
@@ -364,7 +374,7 @@ mod tests {
         let mut part = [Balance::FREE; 8];
         spend(&mut part, 1, 7, 1, 0, true);
         let p = plan(&mut part, 1, 0, R, false);
-        answer(&mut part, 1, &p.asks, &[(7, 10)], &[], &[], 60 * S);
+        answer(&mut part, 1, &p.asks, &[(7, 10)], &[], &[], &[], 60 * S);
         assert_eq!(
             spend(&mut part, 1, 7, 1, 59 * S, false),
             LeaseSpend::Spent(9)
@@ -379,7 +389,7 @@ mod tests {
         let mut part = [Balance::FREE; 8];
         spend(&mut part, 1, 7, 1, 0, true);
         let p = plan(&mut part, 1, 0, R, false);
-        answer(&mut part, 1, &p.asks, &[(7, 10)], &[], &[], 60 * S);
+        answer(&mut part, 1, &p.asks, &[(7, 10)], &[], &[], &[], 60 * S);
         for _ in 0..8 {
             spend(&mut part, 1, 7, 1, 0, false);
         }
@@ -388,6 +398,7 @@ mod tests {
             plan(&mut part, 1, WINDOW_US, R, false).asks,
             vec![(7, 0, 400, 2)]
         );
+        // The primary says the key is short: an idle slice goes back after IDLE_US.
         answer(
             &mut part,
             1,
@@ -395,20 +406,33 @@ mod tests {
             &[(7, 14)],
             &[],
             &[],
+            &[7],
             60 * S,
         );
         let p = plan(&mut part, 1, IDLE_US - 1, R, false);
         assert_eq!(p.returns, vec![]);
-        // Idle for IDLE_US since its last spend: what it holds goes back.
         let p = plan(&mut part, 1, IDLE_US, R, false);
         assert_eq!(p.returns, vec![(7, 16)]);
         // Ended: what is left goes back at once, and nothing more is spent.
         spend(&mut part, 1, 8, 1, 0, true);
         let p = plan(&mut part, 1, 0, R, false);
-        answer(&mut part, 1, &p.asks, &[(8, 5)], &[], &[], 60 * S);
-        answer(&mut part, 1, &[(8, 0, 0, 5)], &[], &[8], &[], 60 * S);
+        answer(&mut part, 1, &p.asks, &[(8, 5)], &[], &[], &[], 60 * S);
+        answer(&mut part, 1, &[(8, 0, 0, 5)], &[], &[8], &[], &[], 60 * S);
         assert_eq!(spend(&mut part, 1, 8, 1, 0, false), LeaseSpend::Empty);
         assert_eq!(plan(&mut part, 1, 0, R, false).returns, vec![(8, 5)]);
+    }
+
+    #[test]
+    fn a_key_with_plenty_left_keeps_its_idle_slice_longer() {
+        let mut part = [Balance::FREE; 8];
+        spend(&mut part, 1, 7, 1, 0, true);
+        let p = plan(&mut part, 1, 0, R, false);
+        answer(&mut part, 1, &p.asks, &[(7, 10)], &[], &[], &[], 60 * S);
+        assert_eq!(plan(&mut part, 1, IDLE_US, R, false).returns, vec![]);
+        assert_eq!(
+            plan(&mut part, 1, IDLE_PLENTY_US, R, false).returns,
+            vec![(7, 10)]
+        );
     }
 
     #[test]
@@ -416,7 +440,7 @@ mod tests {
         let mut part = [Balance::FREE; 8];
         spend(&mut part, 1, 7, 1, 0, true);
         let p = plan(&mut part, 1, 0, R, false);
-        answer(&mut part, 1, &p.asks, &[(7, 1000)], &[], &[], 60 * S);
+        answer(&mut part, 1, &p.asks, &[(7, 1000)], &[], &[], &[], 60 * S);
         assert_eq!(plan(&mut part, 1, 4 * S, R, false).asks, vec![]);
         // Used now and then (so not idle), and less than half its time left: renewed.
         spend(&mut part, 1, 7, 1, 30 * S, false);
@@ -438,7 +462,7 @@ mod tests {
         let mut part = [Balance::FREE; 8];
         spend(&mut part, 1, 7, 1, 0, true);
         let p = plan(&mut part, 1, 0, R, false);
-        answer(&mut part, 1, &p.asks, &[(7, 3)], &[], &[], 60 * S);
+        answer(&mut part, 1, &p.asks, &[(7, 3)], &[], &[], &[], 60 * S);
         let p = plan(&mut part, 1, 0, R, true);
         assert_eq!(p.returns, vec![(7, 3)]);
         not_sent(&mut part, 1, &p);
@@ -461,7 +485,7 @@ mod tests {
         let mut part = [Balance::FREE; 4];
         spend(&mut part, 1, 7, 1, 0, true);
         let p = plan(&mut part, 1, 0, R, false);
-        answer(&mut part, 1, &p.asks, &[(7, 6)], &[], &[], 60 * S);
+        answer(&mut part, 1, &p.asks, &[(7, 6)], &[], &[], &[], 60 * S);
         assert_eq!(forget(&mut part, 1), 6);
         assert!(part.iter().all(|b| *b == Balance::FREE));
     }
