@@ -236,6 +236,16 @@ def test_database_settings_on_the_primary_do_not_stop_leasing(servers):
             p.execute("ALTER DATABASE postgres RESET statement_timeout")
 
 
+def test_an_unreachable_ledger_is_a_503_with_retry_after_over_http(servers):
+    """PostgREST's answer for 57P03 (through apikey.raise_http, as apikey.pre_request uses it)."""
+    with connect(PRIMARY) as p:
+        with pytest.raises(psycopg.Error) as e:
+            p.execute("""SELECT apikey.raise_http('57P03', 'API key credits are unavailable', '{"retry_after": 1}')""")
+    assert e.value.sqlstate == "PGRST"
+    detail = json.loads(e.value.diag.message_detail)
+    assert detail["status"] == 503 and detail["headers"]["Retry-After"] == "1"
+
+
 def test_three_servers_spend_exactly_the_balance(servers):
     """8 connections per server spend a 300-credit key at random costs until every server
     refuses: exactly 300 credits are spent in total, never more."""
