@@ -36,14 +36,12 @@ thread_local! {
     /// Balances this transaction moved out of a key for a rotation: (subtransaction, (key id,
     /// amount)). The rotation's successor row rolls back with the transaction, so the old key
     /// must get its balance back then; not a refund of spending, which stays final.
-    static MOVED: std::cell::RefCell<Vec<(pg_sys::SubTransactionId, (i64, i64))>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    static MOVED: Pending<(i64, i64)> = const { std::cell::RefCell::new(Vec::new()) };
     /// Credits a standby gave back (`give_back`) in this transaction: (subtransaction, (key id,
     /// amount)), added to the balances only once it commits. Its `apikey.leases` row changes
     /// with the transaction; shared memory does not, so adding before the commit would let a
     /// rolled-back return be spent.
-    static GIVEN_BACK: std::cell::RefCell<Vec<(pg_sys::SubTransactionId, (i64, i64))>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    static GIVEN_BACK: Pending<(i64, i64)> = const { std::cell::RefCell::new(Vec::new()) };
     /// Grants this transaction took out of balances for standbys (`lease_out`): (subtransaction,
     /// (key id, amount, the balance's refilled_at then)), put back if it does not commit.
     static LEASED_OUT: Pending<(i64, i64, i64)> = const { std::cell::RefCell::new(Vec::new()) };
@@ -51,35 +49,41 @@ thread_local! {
     static LAST_FROM_LEASE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-fn put_back_leases(grants: Vec<(i64, i64, i64)>) {
-    if grants.is_empty() || !crate::shmem::preloaded() {
+/// Run `f` on this database's balances, if this backend already knows its region: for the
+/// transaction callbacks, which must not claim one.
+fn in_known_region(f: impl FnOnce(&mut [Balance], u32)) {
+    if !crate::shmem::preloaded() {
         return;
     }
     let db = crate::shmem::database();
     if let Some(r) = regions::mine_if_known() {
-        r.credits(|p| {
-            for (key_id, amount, refilled_at) in grants {
-                credits_table::put_back_lease(&mut p.balances, db, key_id, amount, refilled_at);
-            }
-        });
+        r.credits(|p| f(&mut p.balances, db));
     }
+}
+
+fn put_back_leases(grants: Vec<(i64, i64, i64)>) {
+    if grants.is_empty() {
+        return;
+    }
+    in_known_region(|balances, db| {
+        for (key_id, amount, refilled_at) in grants {
+            credits_table::put_back_lease(balances, db, key_id, amount, refilled_at);
+        }
+    });
 }
 
 fn put_back(moves: Vec<(i64, i64)>) {
     // Runs at abort (moves) and commit (returns): touch shared memory only when there is
     // something to add (and so it exists: a move or a return needed it). A balance evicted
     // meanwhile (clean, and its table full of others) gets nothing: credits lost, none minted.
-    if moves.is_empty() || !crate::shmem::preloaded() {
+    if moves.is_empty() {
         return;
     }
-    let db = crate::shmem::database();
-    if let Some(r) = regions::mine_if_known() {
-        r.credits(|p| {
-            for (key_id, amount) in moves {
-                credits_table::add(&mut p.balances, db, key_id, amount);
-            }
-        });
-    }
+    in_known_region(|balances, db| {
+        for (key_id, amount) in moves {
+            credits_table::add(balances, db, key_id, amount);
+        }
+    });
 }
 
 #[pg_guard]
@@ -194,10 +198,9 @@ pub fn spend(key: &StoredKey, cost: i64) -> Result<(), ApiError> {
     }
     let db = crate::shmem::database();
     let refill = refill_of(key.refill);
-    let evictable = false;
     let attempt = |loaded| {
         with_balances(|b| {
-            credits_table::spend(b, db, key.id, cost, refill, now_us(), loaded, evictable)
+            credits_table::spend(b, db, key.id, cost, refill, now_us(), loaded, false)
         })
     };
     let mut outcome = attempt(None);

@@ -23,7 +23,6 @@ const MAX_REQUEST: usize = 1 << 20;
 const MAX_ENTRIES: usize = 8192;
 const MAX_NAME: usize = 64;
 
-#[derive(Clone)]
 struct Request {
     asks: Vec<(i64, i64, i64, i64)>,
     returns: Vec<(i64, i64)>,
@@ -85,7 +84,7 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
             "request must be at most {MAX_REQUEST} bytes"
         )));
     }
-    let req = parse(request).unwrap_or_else(|| {
+    let Request { mut asks, returns } = parse(request).unwrap_or_else(|| {
         raise(ApiError::InvalidArgument(
             "request must be {\"asks\": [[id, need, want, held], ...], \"returns\": [[id, n], ...]} with at most 8192 entries".into(),
         ))
@@ -97,11 +96,13 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
     let role = u32::from(unsafe { pg_sys::GetUserId() });
     let standby = format!("{role}:{name}");
     let standby = standby.as_str();
-    let mut ids: Vec<i64> = req
-        .asks
+    // One ask per key: the first (a grant is recorded once per key and exchange).
+    let mut seen = std::collections::HashSet::new();
+    asks.retain(|a| seen.insert(a.0));
+    let mut ids: Vec<i64> = asks
         .iter()
         .map(|a| a.0)
-        .chain(req.returns.iter().map(|r| r.0))
+        .chain(returns.iter().map(|r| r.0))
         .collect();
     ids.sort_unstable();
     ids.dedup();
@@ -112,7 +113,7 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
                 .into_iter()
                 .map(|s| (s.id, s))
                 .collect();
-        for &(key_id, n) in &req.returns {
+        for &(key_id, n) in &returns {
             let back = crate::store::give_back_lease(standby, key_id, n);
             // A key that refills gets nothing back: a refill since the grant set its balance
             // anew, and the return on top would carry an old interval's allowance over.
@@ -120,9 +121,6 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
                 crate::credits::give_back(key_id, s.refill, back);
             }
         }
-        let mut asks = req.asks.clone();
-        let mut seen = std::collections::HashSet::new();
-        asks.retain(|a| seen.insert(a.0));
         let wanting: Vec<i64> = asks
             .iter()
             .filter(|a| a.2 > 0 && states.get(&a.0).is_some_and(|s| s.active))

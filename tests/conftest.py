@@ -158,3 +158,18 @@ def race_revokes_against_readers(keys, open_reader, open_revoker):
         t.join()
     assert len(revoked_at) == len(keys)
     return violations
+
+
+def wait_for(predicate, timeout=20.0):
+    """The first true value of `predicate()` (errors from the server count as not yet), or an
+    AssertionError after `timeout` seconds: for what replication or a worker does in its time."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except psycopg.Error:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")

@@ -14,7 +14,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import PGBIN, ROOT
+from conftest import PGBIN, ROOT, wait_for
 
 PRIMARY, STANDBYS = ("lease_primary", "54361"), [("lease_standby_a", "54362"), ("lease_standby_b", "54363")]
 CONNS_PER_SERVER = 8
@@ -35,19 +35,6 @@ def pg_ctl(server, *args, check=True):
     name, _ = server
     d = ROOT / ".run" / name
     return as_pg(f"{PGBIN}/pg_ctl", "-D", str(d / "data"), "-l", str(d / "startup.log"), "-w", *args, check=check)
-
-
-def wait_for(predicate, timeout=20.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except psycopg.Error:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
 
 
 def make_standby(server):

@@ -3,11 +3,11 @@ rate limits and usage tracking work from shared memory, a revoke on the primary 
 standby's key caches through WAL replay, and writes fail with the standby's own error."""
 
 import subprocess
-import time
 
 import psycopg
 import pytest
 
+import conftest
 from conftest import PGBIN, ROOT
 
 PRIMARY_PORT, STANDBY_PORT = "54348", "54349"
@@ -18,16 +18,7 @@ def connect(name, port):
 
 
 def wait_for(predicate, timeout=15.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except psycopg.Error:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
+    return conftest.wait_for(predicate, timeout)
 
 
 @pytest.fixture(scope="module")

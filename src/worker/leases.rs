@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use pg_apikey_core::lease_table::{self, Plan};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 
 use super::link::Link;
 use crate::shmem::regions::Region;
@@ -232,34 +231,15 @@ fn exchange(name: &str, plan: &Plan) -> Result<Answer, String> {
         name,
         request(plan)
     );
-    let run = std::panic::AssertUnwindSafe(|| {
+    let text = super::caught(|| {
         BackgroundWorker::transaction(|| {
             LINK.with_borrow_mut(|l| match l.as_mut() {
                 Some(link) => link.query_text(&sql),
                 None => Err("no connection".into()),
             })
         })
-    });
-    let outcome = PgTryBuilder::new(run)
-        .catch_others(|e| {
-            // SAFETY: the exchange's transaction failed: abort it so the next one can start.
-            unsafe {
-                pg_sys::AbortCurrentTransaction();
-                pg_sys::LWLockReleaseAll();
-            }
-            let message = match &e {
-                pg_sys::panic::CaughtError::PostgresError(r)
-                | pg_sys::panic::CaughtError::ErrorReport(r)
-                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
-                    r.message().to_owned()
-                }
-            };
-            Err(message)
-        })
-        .execute();
-    outcome.and_then(|t| {
-        t.as_deref()
-            .and_then(parse)
-            .ok_or_else(|| "the primary's answer could not be read".to_string())
-    })
+    })??;
+    text.as_deref()
+        .and_then(parse)
+        .ok_or_else(|| "the primary's answer could not be read".to_string())
 }

@@ -9,7 +9,6 @@
 use std::ffi::{CStr, CString};
 
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 use pgrx::PgMemoryContexts;
 
 pub struct Link {
@@ -63,7 +62,7 @@ impl Link {
         let f = functions();
         // SAFETY: reads the current memory context, restored below however the call ends.
         let caller = unsafe { pg_sys::CurrentMemoryContext };
-        let run = std::panic::AssertUnwindSafe(|| {
+        let run = || {
             // SAFETY: f is the module's table of functions (non-null once loaded); the strings
             // outlive the call; the connection is allocated in TopMemoryContext so it survives
             // the transaction this may run in. Each major's signature is spelled out below.
@@ -101,20 +100,12 @@ impl Link {
                 }
                 Ok(Link { conn })
             }
-        });
-        let out = PgTryBuilder::new(run)
-            .catch_others(|e| {
-                let m = match &e {
-                    pg_sys::panic::CaughtError::PostgresError(r)
-                    | pg_sys::panic::CaughtError::ErrorReport(r)
-                    | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
-                        r.message().to_owned()
-                    }
-                };
-                Err(without_conninfo_values(m))
-            })
-            .execute();
-        // SAFETY: the context this was called in, still alive (this function allocates none).
+        };
+        let out = super::caught(run)
+            .map_err(without_conninfo_values)
+            .and_then(|r| r);
+        // SAFETY: the context this was called in, still alive (this function allocates none); an
+        // ERROR while connecting leaves TopMemoryContext current.
         unsafe { pg_sys::CurrentMemoryContext = caller };
         out
     }

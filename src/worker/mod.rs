@@ -63,19 +63,14 @@ pub fn release(region: Region) {
     region.release();
 }
 
-/// Run one step of a flush (which starts its own transactions). An error (a lock that timed
-/// out, a database made read-only, a full disk) aborts that step only; it is logged at most once
-/// a minute, with how many were not, and the step runs again at the next flush.
-fn step<R>(name: &'static str, f: impl FnOnce() -> R) -> Option<R> {
-    let mut f = Some(f);
-    // The step's own state is dropped or rebuilt after an error (each step starts from shared
-    // memory and the tables), so nothing half-changed is observed.
-    let run = std::panic::AssertUnwindSafe(move || f.take().map(|f| f()));
-    PgTryBuilder::new(run)
+/// Run `f` (which may start transactions of its own), catching an ERROR it raises: the failed
+/// transaction is aborted (which also releases LWLocks and resets memory contexts) so the worker
+/// can start the next one, and the error's message is returned. Between transactions abort does
+/// nothing, so LWLocks are released here too.
+fn caught<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(move || Ok(f())))
         .catch_others(|e| {
-            // SAFETY: the step's transaction failed: abort it (which also releases LWLocks and
-            // resets memory contexts) so the worker can start the next one; between
-            // transactions abort does nothing, so LWLocks are released here too.
+            // SAFETY: see above: the failed transaction (if any) is aborted, nothing else.
             unsafe {
                 pg_sys::AbortCurrentTransaction();
                 pg_sys::LWLockReleaseAll();
@@ -87,10 +82,18 @@ fn step<R>(name: &'static str, f: impl FnOnce() -> R) -> Option<R> {
                     r.message().to_owned()
                 }
             };
-            complain(name, &message);
-            None
+            Err(message)
         })
         .execute()
+}
+
+/// Run one step of a flush (which starts its own transactions). An error (a lock that timed
+/// out, a database made read-only, a full disk) aborts that step only; it is logged at most once
+/// a minute, with how many were not, and the step runs again at the next flush. The step's own
+/// state is dropped or rebuilt after an error (each step starts from shared memory and the
+/// tables), so nothing half-changed is observed.
+fn step<R>(name: &'static str, f: impl FnOnce() -> R) -> Option<R> {
+    caught(f).map_err(|message| complain(name, &message)).ok()
 }
 
 thread_local! {
