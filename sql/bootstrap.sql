@@ -155,6 +155,7 @@ CREATE TABLE apikey.owner_limits (
     burst      integer CHECK (burst > 0),
     set_by     text NOT NULL,
     set_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    global     boolean NOT NULL DEFAULT false,
     PRIMARY KEY (owner, name)
 );
 COMMENT ON TABLE apikey.owner_limits IS 'Limits shared by all keys of an owner: owner is an owner, a pattern with * (team-*), or * for every owner; exact beats pattern (longer first) beats *. Set with apikey.set_owner_limit.';

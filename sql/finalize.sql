@@ -372,7 +372,7 @@ COMMENT ON FUNCTION apikey.rotate IS
 COMMENT ON FUNCTION apikey.secret_scanning IS
     'GitHub secret scanning''s partner endpoint: takes [{token, type, url, source}], revokes as apikey.report_leaked does, and answers [{token_hash, token_type, label}]. Administrators only (42501).';
 COMMENT ON FUNCTION apikey.set_owner_limit IS
-    'Set limit name shared by every key of owner (an owner, a pattern with *, or * for everyone): at most max per per, bursts of burst (default max). Administrators only (42501).';
+    'Set limit name shared by every key of owner (an owner, a pattern with *, or * for everyone): at most max per per, bursts of burst (default max); global: one bucket for the primary and its standbys, which lease tokens of it. Administrators only (42501).';
 COMMENT ON FUNCTION apikey.shared_key_cache_stats IS
     'This database''s region of the shared key cache: entries, current capacity, and this backend''s hits and misses in it. Administrators only (42501).';
 COMMENT ON FUNCTION apikey.stat_rows IS

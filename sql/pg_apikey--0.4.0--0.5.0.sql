@@ -20,6 +20,22 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'charge_wrapper';
 
+-- Owner limits may be global: one bucket, on the primary, whose tokens standbys lease
+-- (a new argument of apikey.set_owner_limit, so the function is replaced).
+ALTER TABLE apikey.owner_limits ADD COLUMN global boolean NOT NULL DEFAULT false;
+DROP FUNCTION apikey.set_owner_limit(text, text, integer, interval, integer);
+CREATE FUNCTION apikey."set_owner_limit"(
+	"owner" TEXT,
+	"name" TEXT,
+	"max" INT,
+	"per" interval,
+	"burst" INT DEFAULT NULL,
+	"global" bool DEFAULT false
+) RETURNS bool
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'set_owner_limit_wrapper';
+
 -- Credit leases for standbys (the primary is the ledger).
 
 -- Credits the primary has leased to its standbys (apikey.lease_exchange): already
@@ -144,7 +160,7 @@ COMMENT ON FUNCTION apikey.rotate IS
 COMMENT ON FUNCTION apikey.secret_scanning IS
     'GitHub secret scanning''s partner endpoint: takes [{token, type, url, source}], revokes as apikey.report_leaked does, and answers [{token_hash, token_type, label}]. Administrators only (42501).';
 COMMENT ON FUNCTION apikey.set_owner_limit IS
-    'Set limit name shared by every key of owner (an owner, a pattern with *, or * for everyone): at most max per per, bursts of burst (default max). Administrators only (42501).';
+    'Set limit name shared by every key of owner (an owner, a pattern with *, or * for everyone): at most max per per, bursts of burst (default max); global: one bucket for the primary and its standbys, which lease tokens of it. Administrators only (42501).';
 COMMENT ON FUNCTION apikey.shared_key_cache_stats IS
     'This database''s region of the shared key cache: entries, current capacity, and this backend''s hits and misses in it. Administrators only (42501).';
 COMMENT ON FUNCTION apikey.lease_exchange IS

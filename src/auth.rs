@@ -55,7 +55,7 @@ fn charge(rows: &[&StoredKey], cost: i64) -> Result<(), ApiError> {
     }
     // Every limit a request charges, all or nothing: each key's own limit (a key created by this
     // transaction excepted, see above), its named `requests` limit, and its owner's.
-    let owner_rates: Vec<Option<pg_apikey_core::gcra::Rate>> = rows
+    let owner_rates: Vec<Option<crate::limits::OwnerRate>> = rows
         .iter()
         .map(|r| crate::limits::owner_requests(&r.owner))
         .collect();
@@ -73,6 +73,7 @@ fn charge(rows: &[&StoredKey], cost: i64) -> Result<(), ApiError> {
                 cost: 1,
                 key_id: r.id,
                 what: "API key".into(),
+                global: None,
             });
         }
         let own =

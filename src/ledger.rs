@@ -26,6 +26,8 @@ const MAX_NAME: usize = 64;
 struct Request {
     asks: Vec<(i64, i64, i64, i64)>,
     returns: Vec<(i64, i64)>,
+    /// Global limits' tokens: (a key of the bucket's owner, limit name, lacking, wanted).
+    limits: Vec<(i64, String, i64, i64)>,
 }
 
 fn parse(text: &str) -> Option<Request> {
@@ -50,7 +52,28 @@ fn parse(text: &str) -> Option<Request> {
         .iter()
         .map(|a| Some((a.get(0)?.as_i64()?, n(a.get(1)?)?)))
         .collect::<Option<Vec<_>>>()?;
-    (asks.len() + returns.len() <= MAX_ENTRIES).then_some(Request { asks, returns })
+    let limits = match v.get("limits") {
+        None => Vec::new(),
+        Some(l) => l
+            .as_array()?
+            .iter()
+            .map(|a| {
+                let name = a.get(1)?.as_str()?;
+                (!name.is_empty() && name.len() <= MAX_NAME).then_some(())?;
+                Some((
+                    a.get(0)?.as_i64()?,
+                    name.to_owned(),
+                    n(a.get(2)?)?,
+                    n(a.get(3)?)?,
+                ))
+            })
+            .collect::<Option<Vec<_>>>()?,
+    };
+    (asks.len() + returns.len() + limits.len() <= MAX_ENTRIES).then_some(Request {
+        asks,
+        returns,
+        limits,
+    })
 }
 
 /// Exchange leases with standby `standby`. `request` is `{"asks": [[key id, credits a waiting
@@ -84,9 +107,13 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
             "request must be at most {MAX_REQUEST} bytes"
         )));
     }
-    let Request { mut asks, returns } = parse(request).unwrap_or_else(|| {
+    let Request {
+        mut asks,
+        returns,
+        limits,
+    } = parse(request).unwrap_or_else(|| {
         raise(ApiError::InvalidArgument(
-            "request must be {\"asks\": [[id, need, want, held], ...], \"returns\": [[id, n], ...]} with at most 8192 entries".into(),
+            "request must be {\"asks\": [[id, need, want, held], ...], \"returns\": [[id, n], ...], \"limits\": [[id, name, need, want], ...]} with at most 8192 entries".into(),
         ))
     });
     crate::credits::available().unwrap_or_else(|e| raise(e));
@@ -162,8 +189,46 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
         crate::store::record_leases(standby, &recorded, TTL_SECONDS);
         (granted, ended, busy, scarce)
     });
+    let tokens = global_tokens(&limits);
     serde_json::json!({
-        "granted": granted, "ended": ended, "busy": busy, "scarce": scarce, "ttl": TTL_SECONDS
+        "granted": granted, "ended": ended, "busy": busy, "scarce": scarce, "ttl": TTL_SECONDS,
+        "limits": tokens
     })
     .to_string()
+}
+
+/// Tokens of global limits for a standby, in the order asked: (granted, µs until the bucket
+/// admits what was lacking when none were). The rate is this server's (the standby's copy of
+/// `apikey.owner_limits` may lag); a limit that is not global here, or a key that is gone, gets
+/// nothing and no wait (the standby asks again with what it then knows). Tokens are final once
+/// taken: an exchange that aborts loses them, which only under-serves the limit.
+fn global_tokens(limits: &[(i64, String, i64, i64)]) -> Vec<(i64, i64)> {
+    if limits.is_empty() {
+        return Vec::new();
+    }
+    let mut ids: Vec<i64> = limits.iter().map(|l| l.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let owners: std::collections::HashMap<i64, String> =
+        crate::store::as_owner(|| crate::store::key_owners(&ids))
+            .into_iter()
+            .collect();
+    limits
+        .iter()
+        .map(|(key_id, name, need, want)| {
+            let Some(owner) = owners.get(key_id) else {
+                return (0, 0);
+            };
+            match crate::limits::owner_limit(owner, name).filter(|o| o.global) {
+                Some(o) => crate::limiter::take_tokens(
+                    &format!("owner:{owner}:{name}"),
+                    &o.rate,
+                    *need,
+                    *want,
+                )
+                .unwrap_or((0, 1_000_000)),
+                None => (0, 0),
+            }
+        })
+        .collect()
 }

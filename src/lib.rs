@@ -23,6 +23,7 @@ mod credits;
 mod errors;
 mod events;
 mod formats;
+mod global_limits;
 mod gucs;
 mod identity;
 mod imports;

@@ -197,6 +197,9 @@ pub struct Charge<'a> {
     pub key_id: i64,
     /// How the refusal names the limit ("API key", "Owner", "\"expensive\"").
     pub what: String,
+    /// For a global limit, its name: one bucket on the primary, whose tokens a standby leases
+    /// (`global_limits`); never scaled by `apikey.limit_scale`.
+    pub global: Option<String>,
 }
 
 /// Charge every bucket, all or nothing: every partition involved is locked (in index order, so
@@ -208,6 +211,51 @@ pub fn charge_all(items: &[Charge]) -> Result<(), ApiError> {
     }
     require_preload("rate limiting");
     let db = crate::shmem::database();
+    // SAFETY: reads shared recovery state.
+    let standby = unsafe { pg_sys::RecoveryInProgress() };
+    if !standby {
+        return charge_here(db, items);
+    }
+    // On a standby a global limit spends tokens leased from the primary's bucket, first (it may
+    // wait for the worker, holding no lock); they go back if a limit kept here refuses.
+    let (global, local): (Vec<&Charge>, Vec<&Charge>) =
+        items.iter().partition(|c| c.global.is_some());
+    let tokens: Vec<crate::global_limits::Token> = global
+        .iter()
+        .map(|c| crate::global_limits::Token {
+            hash: place(db, Namespace::Key, &c.bucket).hash,
+            name: c.global.as_deref().unwrap_or_default(),
+            key_id: c.key_id,
+            cost: i64::from(c.cost),
+            what: &c.what,
+        })
+        .collect();
+    if let Err(e) = crate::global_limits::spend(&tokens) {
+        if matches!(e, ApiError::RateLimited { .. }) {
+            let key_id = global.first().map(|c| c.key_id).unwrap_or_default();
+            crate::usage::record(key_id, crate::usage::Event::RateLimited);
+        }
+        return Err(e);
+    }
+    let local: Vec<Charge> = local
+        .into_iter()
+        .map(|c| Charge {
+            bucket: c.bucket.clone(),
+            rate: c.rate,
+            cost: c.cost,
+            key_id: c.key_id,
+            what: c.what.clone(),
+            global: None,
+        })
+        .collect();
+    charge_here(db, &local).inspect_err(|_| crate::global_limits::refund(&tokens))
+}
+
+/// Charge every bucket in this server's limiter, all or nothing.
+fn charge_here(db: u32, items: &[Charge]) -> Result<(), ApiError> {
+    if items.is_empty() {
+        return Ok(());
+    }
     let scale = crate::gucs::LIMIT_SCALE.get();
     let places: Vec<Place> = items
         .iter()
@@ -221,7 +269,11 @@ pub fn charge_all(items: &[Charge]) -> Result<(), ApiError> {
     let mut planned = Vec::with_capacity(items.len());
     for (p, c) in places.iter().zip(items) {
         let guard = &guards.iter().find(|(i, _)| *i == p.part).expect("locked").1;
-        let rate = c.rate.scaled(scale);
+        let rate = if c.global.is_some() {
+            *c.rate
+        } else {
+            c.rate.scaled(scale)
+        };
         let plan = limiter_table::plan(&guard.0, p.start, p.share, p.hash, &rate, now, c.cost)
             .map_err(|limiter_table::Full| ApiError::LimiterFull)?;
         planned.push(plan);
@@ -247,6 +299,34 @@ pub fn charge_all(items: &[Charge]) -> Result<(), ApiError> {
     }
     drop(guards);
     Ok(())
+}
+
+/// On the primary, for a standby's lease of a global limit: take tokens out of the limit's
+/// bucket (the one this server's own requests charge) by `limiter_table::take`. Returns (tokens
+/// taken, µs until the bucket admits `need` when none were).
+pub fn take_tokens(
+    bucket: &str,
+    rate: &Rate,
+    need: i64,
+    want: i64,
+) -> Result<(i64, i64), ApiError> {
+    require_preload("rate limiting");
+    let db = crate::shmem::database();
+    let p = place(db, Namespace::Key, bucket);
+    let now = now_us();
+    let mut slots = TABLE[p.part].exclusive();
+    limiter_table::take(
+        &mut slots.0,
+        p.start,
+        p.share,
+        p.hash,
+        bucket,
+        rate,
+        now,
+        need,
+        want,
+    )
+    .map_err(|limiter_table::Full| ApiError::LimiterFull)
 }
 
 /// An application's own limit: at most `max` calls per `per` (at most 31 days), bursts of `burst`

@@ -26,7 +26,7 @@ pub const DEFAULT_NAME: &str = "requests";
 thread_local! {
     /// (owner or pattern, name, rate) of `apikey.owner_limits`, loaded on first use; dropped by
     /// the relcache callback when the table changes.
-    static OWNER_LIMITS: RefCell<Option<Vec<(String, String, Rate)>>> = const { RefCell::new(None) };
+    static OWNER_LIMITS: RefCell<Option<Vec<(String, String, OwnerRate)>>> = const { RefCell::new(None) };
     static OWNER_LIMITS_RELID: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
 }
 
@@ -37,16 +37,31 @@ pub fn invalidate(relid: pg_sys::Oid) {
     }
 }
 
-fn owner_limit(owner: &str, name: &str) -> Option<Rate> {
+/// An owner limit: its rate, and whether it is global (one bucket, on the primary, which its
+/// standbys lease tokens of: `token_leases`).
+#[derive(Clone, Copy)]
+pub struct OwnerRate {
+    pub rate: Rate,
+    pub global: bool,
+}
+
+pub fn owner_limit(owner: &str, name: &str) -> Option<OwnerRate> {
     if OWNER_LIMITS.with_borrow(|c| c.is_none()) {
         // Before ALTER EXTENSION UPDATE adds the table, no owner has a limit.
         let relid = crate::catalog::get().relation_if_present("owner_limits")?;
         OWNER_LIMITS_RELID.set(relid);
-        let rows: Vec<(String, String, Rate)> = store::as_owner(store::owner_limits)
+        let rows: Vec<(String, String, OwnerRate)> = store::as_owner(store::owner_limits)
             .into_iter()
             .map(|l| {
                 let rate = crate::rates::rate_from(l.max as i64, l.per, l.burst.map(i64::from));
-                (l.owner, l.name, rate)
+                (
+                    l.owner,
+                    l.name,
+                    OwnerRate {
+                        rate,
+                        global: l.global,
+                    },
+                )
             })
             .collect();
         OWNER_LIMITS.with_borrow_mut(|c| *c = Some(rows));
@@ -64,7 +79,7 @@ pub fn charges_for<'a>(
     lineage: i64,
     owner: &str,
     own: Option<&'a Rate>,
-    owner_rate: Option<&'a Rate>,
+    owner_rate: Option<&'a OwnerRate>,
     name: &str,
     cost: u32,
 ) -> Vec<Charge<'a>> {
@@ -76,22 +91,24 @@ pub fn charges_for<'a>(
             cost,
             key_id,
             what: format!("API key \"{name}\""),
+            global: None,
         });
     }
-    if let Some(rate) = owner_rate {
+    if let Some(o) = owner_rate {
         out.push(Charge {
             bucket: format!("owner:{owner}:{name}"),
-            rate,
+            rate: &o.rate,
             cost,
             key_id,
             what: format!("Owner \"{name}\""),
+            global: o.global.then(|| name.to_owned()),
         });
     }
     out
 }
 
 /// The owner-wide `requests` limit of `owner`, if one applies (authenticate charges it).
-pub fn owner_requests(owner: &str) -> Option<Rate> {
+pub fn owner_requests(owner: &str) -> Option<OwnerRate> {
     owner_limit(owner, DEFAULT_NAME)
 }
 
@@ -106,7 +123,7 @@ struct Charged {
     lineage: i64,
     owner: String,
     own: Option<Rate>,
-    owner_rate: Option<Rate>,
+    owner_rate: Option<OwnerRate>,
 }
 
 impl Charged {
@@ -168,7 +185,7 @@ fn charge(
         ));
     }
     for k in &keys {
-        for rate in k.own.iter().chain(k.owner_rate.iter()) {
+        for rate in k.own.iter().chain(k.owner_rate.iter().map(|o| &o.rate)) {
             if cost as u32 > rate.burst {
                 raise(ApiError::InvalidArgument(format!(
                     "cost {cost} exceeds the burst of limit \"{name}\" ({}): it could never pass",
@@ -221,7 +238,9 @@ fn require_admin(what: &'static str) -> Caller {
 }
 
 /// Set a limit shared by every key of `owner` (an owner, a pattern with `*`, or `*` for every
-/// owner): at most `max` per `per`, bursts of `burst`. Administrators only.
+/// owner): at most `max` per `per`, bursts of `burst`. `global`: one bucket for the primary and
+/// all its standbys (they lease tokens of it, see docs/limits.md), instead of one per server
+/// scaled by `apikey.limit_scale`. Administrators only.
 #[pg_extern(volatile, parallel_unsafe)]
 fn set_owner_limit(
     owner: Option<&str>,
@@ -229,6 +248,7 @@ fn set_owner_limit(
     max: Option<i32>,
     per: Option<pgrx::datum::Interval>,
     burst: default!(Option<i32>, "NULL"),
+    global: default!(Option<bool>, "false"),
 ) -> bool {
     let owner = owner.unwrap_or_else(|| raise(ApiError::NullArgument("owner")));
     let name = name.unwrap_or_else(|| raise(ApiError::NullArgument("name")));
@@ -241,7 +261,14 @@ fn set_owner_limit(
         ));
     }
     crate::rates::rate_from(max as i64, per, burst.map(i64::from));
-    store::as_owner(|| store::set_owner_limit(owner, name, max, per, burst, &caller.name));
+    let global = global.unwrap_or(false);
+    if global && name.len() > pg_apikey_core::token_leases::NAME {
+        raise(ApiError::InvalidArgument(format!(
+            "a global limit's name is at most {} bytes",
+            pg_apikey_core::token_leases::NAME
+        )));
+    }
+    store::as_owner(|| store::set_owner_limit(owner, name, max, per, burst, global, &caller.name));
     true
 }
 

@@ -150,6 +150,23 @@ def test_lease_exchange_is_for_standby_workers_only(servers):
             s.execute("""SELECT apikey.lease_exchange('x', '{"asks": [], "returns": []}')""")
 
 
+def test_an_exchange_refuses_what_it_cannot_read(servers):
+    with connect(PRIMARY) as p:
+        for bad in ['not json', '{"asks": [[1, -1, 0, 0]], "returns": []}', '{"asks": []}',
+                    '{"asks": [], "returns": [], "limits": [[1, "", 1, 1]]}',
+                    '{"asks": [], "returns": [], "limits": [[1, "%s", 1, 1]]}' % ("x" * 65),
+                    '{"asks": [], "returns": [], "limits": [[1, "requests", 1]]}']:
+            with pytest.raises(psycopg.errors.InvalidParameterValue):
+                p.execute("SELECT apikey.lease_exchange('x', %s)", (bad,))
+        for bad in ['', 'x' * 65, 'a-b']:
+            with pytest.raises(psycopg.errors.InvalidParameterValue):
+                p.execute("""SELECT apikey.lease_exchange(%s, '{"asks": [], "returns": []}')""", (bad,))
+        with pytest.raises(psycopg.errors.NullValueNotAllowed):
+            p.execute("SELECT apikey.lease_exchange('x', NULL)")
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            p.execute("SELECT apikey.lease_exchange('x', %s)", ('{"asks": [], "returns": []}' + " " * (1 << 20),))
+
+
 def exchange(c, name, asks=(), returns=()):
     body = json.dumps({"asks": [list(a) for a in asks], "returns": [list(r) for r in returns]})
     return json.loads(c.execute("SELECT apikey.lease_exchange(%s, %s)", (name, body)).fetchone()[0])
@@ -197,7 +214,8 @@ def test_another_role_cannot_give_back_a_standbys_lease(servers):
         exchange(p, "victim", asks=[(key_id, 0, 100, 0)])
         with connect(PRIMARY) as o:
             o.execute("SET ROLE lease_other")
-            assert exchange(o, "victim", returns=[(key_id, 100)]) == {"granted": [], "ended": [], "busy": [], "scarce": [], "ttl": 60}
+            assert exchange(o, "victim", returns=[(key_id, 100)]) == {
+                "granted": [], "ended": [], "busy": [], "scarce": [], "ttl": 60, "limits": []}
         assert p.execute("SELECT apikey.credits(%s)", (key_id,)).fetchone()[0] == 900
 
 
@@ -266,6 +284,68 @@ def test_a_revoked_key_stops_and_its_leases_end(servers):
                                           (key_id,)).fetchone()[0])
 
 
+def plain_key(owner):
+    with connect(PRIMARY) as p:
+        key = p.execute("SELECT api_key::text FROM apikey.create(%s, 'k')", (owner,)).fetchone()[0]
+        p.execute("SELECT pg_catalog.txid_current()")
+    for s in STANDBYS:
+        with connect(s) as c:
+            wait_for(lambda: c.execute("SELECT owner FROM apikey.verify(%s)", (key,)).fetchone())
+    return key
+
+
+def hammer(server, key, seconds, counts, errors):
+    """Authenticate in a loop for `seconds`: count successes and 53400 refusals."""
+    ok = refused = 0
+    try:
+        with connect(server) as c:
+            deadline = time.time() + seconds
+            while time.time() < deadline:
+                try:
+                    c.execute("SELECT apikey.authenticate(%s)", (key,))
+                    ok += 1
+                except psycopg.errors.ConfigurationLimitExceeded:
+                    refused += 1
+                    time.sleep(0.01)
+    except psycopg.Error as e:
+        errors.append(e)
+    counts.append((server[1], ok, refused))
+
+
+def test_a_global_limit_holds_across_three_servers(servers):
+    """600 per minute (bursts of 600), global: 8 connections per server authenticate for a whole
+    minute on all three servers at once. Successes stay within the documented bound, burst +
+    rate × (minute + 2 s token lifetime) = 600 + 10 × 62 = 1220, where per-server buckets would
+    have let each server alone take 1200; and the limit is served, not just refused."""
+    owner = "global-owner"
+    with connect(PRIMARY) as p:
+        p.execute("SELECT apikey.set_owner_limit(%s, 'requests', 600, '1 minute', global => true)", (owner,))
+    key = plain_key(owner)
+    counts, errors = [], []
+    seconds = 60
+    threads = [threading.Thread(target=hammer, args=(s, key, seconds, counts, errors))
+               for s in [PRIMARY, *STANDBYS] for _ in range(CONNS_PER_SERVER)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 60)
+    assert errors == []
+    served = sum(ok for _, ok, _ in counts)
+    by_server = {port: sum(ok for p, ok, _ in counts if p == port) for port, _, _ in counts}
+    print(f"global limit 600/min over {seconds} s on 3 servers: {served} served {by_server}")
+    assert served <= 600 + 10 * (seconds + 2)
+    assert served >= 600 + 10 * seconds * 0.6
+    assert all(n > 0 for n in by_server.values()), by_server
+
+
+def test_global_limits_are_declared_by_administrators_with_short_names(servers):
+    with connect(PRIMARY) as p:
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            p.execute("SELECT apikey.set_owner_limit('o', %s, 1, '1 minute', global => true)", ("n" * 65,))
+        assert p.execute("SELECT apikey.set_owner_limit('o', %s, 1, '1 minute')", ("n" * 65,)).fetchone()[0]
+        assert p.execute("SELECT global FROM apikey.owner_limits WHERE owner = 'o'").fetchone()[0] is False
+
+
 def _refused(c, key):
     try:
         c.execute("SELECT apikey.authenticate(%s)", (key,))
@@ -291,9 +371,14 @@ def spend_until_unreachable(c, key, timeout=30.0):
 def test_the_primary_stopped_mid_run(servers):
     """Standbys keep serving what they hold, then refuse with 57P03; after the primary returns
     they lease again, and what was spent everywhere plus the ledger's balance never exceeds what
-    the key had."""
+    the key had. A global limit's tokens run out too (they live 2 s): 57P03 as well."""
     initial = 100_000
     key_id, key = new_key(initial)
+    with connect(PRIMARY) as p:
+        p.execute("SELECT apikey.set_owner_limit('global-down', 'requests', 100000, '1 minute', global => true)")
+    limited = plain_key("global-down")
+    with connect(STANDBYS[1]) as c:
+        c.execute("SELECT apikey.authenticate(%s)", (limited,))
     stop = threading.Event()
     threads, totals, errors = run_everywhere(key, STANDBYS, conns=4, stop=stop)
     time.sleep(1.0)
@@ -307,6 +392,12 @@ def test_the_primary_stopped_mid_run(servers):
         for s in STANDBYS:
             with connect(s) as c:
                 served_after += spend_until_unreachable(c, key)
+        with connect(STANDBYS[1]) as c:
+            deadline = time.time() + 10
+            with pytest.raises(psycopg.errors.CannotConnectNow) as e:
+                while time.time() < deadline:
+                    c.execute("SELECT apikey.authenticate(%s)", (limited,))
+            assert e.value.diag.message_primary.startswith("Global rate limit unavailable")
     finally:
         pg_ctl(PRIMARY, "start")
     assert served_after > 0, "the standbys served nothing of what they held"

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use pg_apikey_core::credits_table::Balance;
 use pg_apikey_core::rehash_queue::Queue;
 use pg_apikey_core::stat::{Counter, COUNTERS};
+use pg_apikey_core::token_leases::TokenLease;
 use pg_apikey_core::usage_table::Slot;
 use pgrx::pg_sys;
 
@@ -26,6 +27,8 @@ use super::{with_lock, Segment};
 pub const USAGE_SLOTS: usize = 1024;
 /// Credit balances held in memory, per database.
 pub const CREDIT_SLOTS: usize = 1024;
+/// Global limits' buckets a standby holds tokens of, per database.
+pub const TOKEN_SLOTS: usize = 256;
 
 #[repr(C)]
 pub struct UsagePart {
@@ -37,6 +40,9 @@ pub struct UsagePart {
 #[repr(C)]
 pub struct CreditsPart {
     pub balances: [Balance; CREDIT_SLOTS],
+    /// On a standby: tokens of global limits leased from the primary (`token_leases`); they
+    /// share the balances' lock, since the worker's exchanges take both at once.
+    pub tokens: [TokenLease; TOKEN_SLOTS],
 }
 
 #[repr(C)]

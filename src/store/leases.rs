@@ -34,6 +34,23 @@ pub fn key_states(ids: &[i64]) -> Vec<KeyState> {
     }))
 }
 
+/// The owners of keys `ids` (a standby asks for a global limit's tokens by a key of its owner).
+pub fn key_owners(ids: &[i64]) -> Vec<(i64, String)> {
+    spi(Spi::connect(|c| {
+        let mut out = Vec::new();
+        for row in c.select(
+            "SELECT id, owner FROM apikey.keys WHERE id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[])",
+            None,
+            &[ids.to_vec().into()],
+        )? {
+            if let (Some(id), Some(owner)) = (row.get::<i64>(1)?, row.get::<String>(2)?) {
+                out.push((id, owner));
+            }
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    }))
+}
+
 /// Take up to `n` out of `standby`'s lease of `key_id`: what it may give back.
 pub fn give_back_lease(standby: &str, key_id: i64, n: i64) -> i64 {
     spi(Spi::connect_mut(|c| {

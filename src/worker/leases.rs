@@ -10,6 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 use pg_apikey_core::lease_table::{self, Plan};
+use pg_apikey_core::token_leases::{self, Ask as TokenAsk};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 
@@ -25,6 +26,7 @@ const SESSION: &str = "SET statement_timeout = '10s'; SET lock_timeout = '1s'; \
     SET idle_in_transaction_session_timeout = 0; SET idle_session_timeout = 0; \
     SET default_transaction_read_only = off; SET default_transaction_isolation = 'read committed'; \
     SET session_replication_role = origin; SET search_path = pg_catalog, pg_temp; \
+    SET standard_conforming_strings = on; \
     SET synchronous_commit = local";
 
 /// How long a lease lasts without a renewal; the primary's `apikey.lease_exchange` says the same.
@@ -89,8 +91,12 @@ fn conninfo() -> Result<String, String> {
     ))
 }
 
-fn request(plan: &Plan) -> String {
-    serde_json::json!({ "asks": plan.asks, "returns": plan.returns }).to_string()
+fn request(plan: &Plan, limits: &[TokenAsk]) -> String {
+    let limits: Vec<serde_json::Value> = limits
+        .iter()
+        .map(|a| serde_json::json!([a.key_id, a.name, a.need, a.want]))
+        .collect();
+    serde_json::json!({ "asks": plan.asks, "returns": plan.returns, "limits": limits }).to_string()
 }
 
 struct Answer {
@@ -98,6 +104,8 @@ struct Answer {
     ended: Vec<i64>,
     busy: Vec<i64>,
     scarce: Vec<i64>,
+    /// Per global limit asked, in order: (tokens granted, µs until the bucket admits more).
+    limits: Vec<(i64, i64)>,
 }
 
 fn parse(text: &str) -> Option<Answer> {
@@ -121,6 +129,7 @@ fn parse(text: &str) -> Option<Answer> {
         ended: ids("ended")?,
         busy: ids("busy").unwrap_or_default(),
         scarce: ids("scarce").unwrap_or_default(),
+        limits: pairs("limits").unwrap_or_default(),
     })
 }
 
@@ -150,7 +159,10 @@ pub fn tick(region: Region, all: bool) {
         // took it out already), never added to a key.
         if !FORGOTTEN.get() {
             FORGOTTEN.set(true);
-            region.credits(|p| lease_table::forget(&mut p.balances, db));
+            region.credits(|p| {
+                lease_table::forget(&mut p.balances, db);
+                token_leases::forget(&mut p.tokens, db);
+            });
             LINK.with_borrow_mut(|l| *l = None);
         }
         return;
@@ -159,16 +171,32 @@ pub fn tick(region: Region, all: bool) {
     let Some(name) = region.lease_name() else {
         return;
     };
-    let Some(plan) =
-        region.credits(|p| lease_table::plan(&mut p.balances, db, started, TTL_US / 2, all))
-    else {
+    // Tokens of global limits are never given back (they expire), so a shutdown asks none.
+    let Some((plan, limits)) = region.credits(|p| {
+        let plan = lease_table::plan(&mut p.balances, db, started, TTL_US / 2, all);
+        let limits = if all {
+            Vec::new()
+        } else {
+            token_leases::plan(&mut p.tokens, db, started)
+        };
+        (plan, limits)
+    }) else {
         return;
     };
-    if plan.is_empty() {
+    if plan.is_empty() && limits.is_empty() {
         return;
     }
+    let unreachable = || {
+        region.credits(|p| {
+            lease_table::unreachable(&mut p.balances, db);
+            token_leases::unreachable(&mut p.tokens, db);
+        });
+    };
     let not_sent = |plan: &Plan| {
-        region.credits(|p| lease_table::not_sent(&mut p.balances, db, plan));
+        region.credits(|p| {
+            lease_table::not_sent(&mut p.balances, db, plan);
+            token_leases::unreachable(&mut p.tokens, db);
+        });
     };
     if !all && RETRY_AT.get().is_some_and(|t| Instant::now() < t) {
         not_sent(&plan);
@@ -192,7 +220,7 @@ pub fn tick(region: Region, all: bool) {
                 }
             }
         }
-        match exchange(&name, &plan) {
+        match exchange(&name, &plan, &limits) {
             Ok(a) => {
                 note_success();
                 let expires = started.saturating_add(TTL_US);
@@ -206,14 +234,17 @@ pub fn tick(region: Region, all: bool) {
                         &a.busy,
                         &a.scarce,
                         expires,
-                    )
+                    );
+                    // Tokens were asked for at `started`: they are spent no later than
+                    // TTL after that, hence no later than TTL after the primary took them.
+                    token_leases::answer(&mut p.tokens, db, &limits, &a.limits, started);
                 });
                 return;
             }
             Err(e) => {
                 LINK.with_borrow_mut(|l| *l = None);
                 if fresh || attempt == 1 {
-                    region.credits(|p| lease_table::unreachable(&mut p.balances, db));
+                    unreachable();
                     note_failure("exchange", &e);
                     return;
                 }
@@ -225,11 +256,12 @@ pub fn tick(region: Region, all: bool) {
 
 /// Send `plan` to the primary over the current link; its answer. From the moment it is sent the
 /// primary may have acted on it: an error means the outcome is unknown.
-fn exchange(name: &str, plan: &Plan) -> Result<Answer, String> {
+fn exchange(name: &str, plan: &Plan, limits: &[TokenAsk]) -> Result<Answer, String> {
+    // Limit names are quoted by doubling (a name may hold a quote; the JSON escapes the rest).
     let sql = format!(
         "SELECT apikey.lease_exchange('{}', '{}')",
         name,
-        request(plan)
+        request(plan, limits).replace('\'', "''")
     );
     let text = super::caught(|| {
         BackgroundWorker::transaction(|| {

@@ -116,6 +116,9 @@ pub enum ApiError {
     /// On a standby: the key's credits are leased from the primary, which cannot be reached, and
     /// what this server holds does not cover the cost.
     LedgerUnreachable,
+    /// On a standby: a global limit's tokens come from the primary, which cannot be reached, and
+    /// what this server holds does not cover the request.
+    LimitsUnreachable,
     /// The shared-memory rate limiter has no idle slot for a new bucket: refuse rather than evict
     /// a bucket that still holds a limit.
     LimiterFull,
@@ -166,7 +169,7 @@ impl ApiError {
             Self::NotPreloaded(_) | Self::NotRecoverable(_) => Sqlstate::NotInPrerequisiteState,
             Self::DuplicateFormat(_) => Sqlstate::DuplicateObject,
             Self::OnStandby(_) => Sqlstate::ReadOnly,
-            Self::LedgerUnreachable => Sqlstate::CannotConnectNow,
+            Self::LedgerUnreachable | Self::LimitsUnreachable => Sqlstate::CannotConnectNow,
         }
     }
 
@@ -176,7 +179,9 @@ impl ApiError {
             Self::RateLimited { retry_after, .. } => {
                 Some(format!("{{\"retry_after\": {retry_after}}}"))
             }
-            Self::LimiterFull | Self::LedgerUnreachable => Some("{\"retry_after\": 1}".into()),
+            Self::LimiterFull | Self::LedgerUnreachable | Self::LimitsUnreachable => {
+                Some("{\"retry_after\": 1}".into())
+            }
             Self::NoCredits {
                 retry_after: Some(s),
             } => Some(format!("{{\"retry_after\": {s}}}")),
@@ -200,7 +205,7 @@ impl ApiError {
             Self::NotKeyAdmin => Some(
                 "Administrators (apikey.grant_admin) manage every key of their database; a key's owner manages its own keys after apikey.authenticate().".into(),
             ),
-            Self::LedgerUnreachable => Some(
+            Self::LedgerUnreachable | Self::LimitsUnreachable => Some(
                 "Try again shortly, or use the primary; the standby spends what it already holds until it can reach the primary again.".into(),
             ),
             Self::NotPreloaded(_) => Some(
@@ -268,6 +273,10 @@ impl fmt::Display for ApiError {
             Self::LedgerUnreachable => write!(
                 f,
                 "API key credits are unavailable: this standby cannot reach the primary that holds them"
+            ),
+            Self::LimitsUnreachable => write!(
+                f,
+                "Global rate limit unavailable: this standby cannot reach the primary that holds it"
             ),
             Self::LimiterFull => write!(
                 f,

@@ -29,5 +29,6 @@ pub mod stat;
 pub mod subxact;
 #[cfg(test)]
 mod test_rng;
+pub mod token_leases;
 pub mod usage_table;
 pub mod window;

@@ -154,6 +154,42 @@ pub fn plan(
     })
 }
 
+/// For a standby's lease of a global limit: take tokens out of the bucket at `now`, by the
+/// rule of [`crate::lease_table::grant`] over what the bucket would admit now (at most half,
+/// or all a waiting request lacks). Returns (tokens taken, µs until the bucket admits `need`
+/// when it took none).
+#[allow(clippy::too_many_arguments)]
+pub fn take(
+    part: &mut [Bucket],
+    start: usize,
+    share: Share,
+    hash: u64,
+    name: &str,
+    rate: &Rate,
+    now: i64,
+    need: i64,
+    want: i64,
+) -> Result<(i64, i64), Full> {
+    let need = need.clamp(0, rate.burst as i64);
+    let probe = plan(part, start, share, hash, rate, now, 0)?;
+    let available = probe.outcome.remaining as i64;
+    let granted = crate::lease_table::grant(available, need, want.min(rate.burst as i64));
+    if granted <= 0 {
+        // When the bucket admits `need` again: its TAT (now at the least) plus what `need` adds,
+        // less the tolerance of a burst.
+        let tat = probe.outcome.tat.max(now);
+        let at = tat + rate.emission_us * need.max(1) - rate.emission_us - rate.tolerance_us;
+        return Ok((0, (at - now).max(1)));
+    }
+    let planned = plan(part, start, share, hash, rate, now, granted as u32)?;
+    debug_assert!(planned.outcome.allowed);
+    if !planned.outcome.allowed {
+        return Ok((0, rate.emission_us));
+    }
+    commit(part, &planned, share, hash, name);
+    Ok((granted, 0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +336,39 @@ mod tests {
             charge(&mut part, 0, sh(1, 2), 7, "b", &rate, 0)
                 .unwrap()
                 .allowed
+        );
+    }
+
+    #[test]
+    fn a_take_grants_at_most_half_of_what_the_bucket_admits() {
+        let rate = Rate::new(600, 60 * S, None).unwrap();
+        let mut part = [Bucket::FREE; 4];
+        assert_eq!(
+            take(&mut part, 0, sh(1, 4), 7, "b", &rate, 0, 1, 1000),
+            Ok((300, 0))
+        );
+        assert_eq!(
+            take(&mut part, 0, sh(1, 4), 7, "b", &rate, 0, 0, 1000),
+            Ok((150, 0))
+        );
+        // The tokens are gone from the bucket: its own requests see what is left.
+        let left = plan(&part, 0, sh(1, 4), 7, &rate, 0, 0)
+            .unwrap()
+            .outcome
+            .remaining;
+        assert_eq!(left, 150);
+        assert_eq!(
+            take(&mut part, 0, sh(1, 4), 7, "b", &rate, 0, 150, 150),
+            Ok((150, 0))
+        );
+        // Empty: nothing, and when one request will pass (10 per second).
+        assert_eq!(
+            take(&mut part, 0, sh(1, 4), 7, "b", &rate, 0, 1, 5),
+            Ok((0, S / 10))
+        );
+        assert_eq!(
+            take(&mut part, 0, sh(1, 4), 7, "b", &rate, S / 10, 1, 5),
+            Ok((1, 0))
         );
     }
 }

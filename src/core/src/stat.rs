@@ -57,7 +57,9 @@ pub fn refusal(err: &ApiError) -> Counter {
         ApiError::ExpiredKey => Counter::RefusedExpired,
         ApiError::DisabledKey => Counter::RefusedDisabled,
         ApiError::AddressNotAllowed => Counter::RefusedAddress,
-        ApiError::RateLimited { .. } | ApiError::LimiterFull => Counter::RefusedRateLimited,
+        ApiError::RateLimited { .. } | ApiError::LimiterFull | ApiError::LimitsUnreachable => {
+            Counter::RefusedRateLimited
+        }
         ApiError::NoCredits { .. } | ApiError::LedgerUnreachable => Counter::RefusedCredits,
         ApiError::MissingScope(_) | ApiError::OutsideResource(_) => Counter::RefusedScope,
         _ => Counter::RefusedOther,

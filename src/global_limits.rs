@@ -1,0 +1,107 @@
+//! Global limits on a standby: requests spend tokens its worker leased from the primary's bucket
+//! (`token_leases`, `worker::leases`), with no round trip unless the tokens run out. On the
+//! primary a global limit is an ordinary bucket of the limiter, which the standbys' tokens are
+//! taken out of (`ledger`).
+
+use pg_apikey_core::errors::ApiError;
+use pg_apikey_core::token_leases::{self, TokenSpend};
+use pgrx::pg_sys;
+
+/// One global limit to spend from: its bucket's hash, the limit's name, the key (of the bucket's
+/// owner) that asks, the cost, and how a refusal names it.
+pub struct Token<'a> {
+    pub hash: u64,
+    pub name: &'a str,
+    pub key_id: i64,
+    pub cost: i64,
+    pub what: &'a str,
+}
+
+/// How long a request waits for its worker to lease tokens from the primary.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn now_us() -> i64 {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// Spend every token, all or nothing (what was spent before a refusal goes back).
+pub fn spend(tokens: &[Token]) -> Result<(), ApiError> {
+    for (i, t) in tokens.iter().enumerate() {
+        if let Err(e) = spend_one(t) {
+            refund(&tokens[..i]);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Give back tokens this very call spent, when another of its limits refused it.
+pub fn refund(tokens: &[Token]) {
+    let db = crate::shmem::database();
+    let Ok(region) = crate::credits::available() else {
+        return;
+    };
+    let now = now_us();
+    region.credits(|p| {
+        for t in tokens {
+            token_leases::refund(&mut p.tokens, db, t.hash, t.cost, now);
+        }
+    });
+}
+
+fn spend_one(t: &Token) -> Result<(), ApiError> {
+    let db = crate::shmem::database();
+    let region = crate::credits::available()?;
+    let attempt = |ask: bool| {
+        region
+            .credits(|p| {
+                token_leases::spend(
+                    &mut p.tokens,
+                    db,
+                    t.hash,
+                    t.key_id,
+                    t.name,
+                    t.cost,
+                    now_us(),
+                    ask,
+                )
+            })
+            .unwrap_or(TokenSpend::Full)
+    };
+    let started = std::time::Instant::now();
+    let mut woken = started;
+    let mut outcome = attempt(true);
+    loop {
+        match outcome {
+            TokenSpend::Spent => return Ok(()),
+            TokenSpend::Refused(wait_us) => {
+                let retry_after = (wait_us as u64).div_ceil(1_000_000).max(1);
+                return Err(ApiError::RateLimited {
+                    message: format!(
+                        "{} rate limit exceeded. Please try again in {retry_after} seconds.",
+                        t.what
+                    ),
+                    retry_after,
+                });
+            }
+            TokenSpend::Unreachable => return Err(ApiError::LimitsUnreachable),
+            TokenSpend::Full => return Err(ApiError::LimiterFull),
+            TokenSpend::Short => outcome = attempt(true),
+            TokenSpend::Asked | TokenSpend::Waiting => {
+                if started.elapsed() >= WAIT {
+                    return Err(ApiError::LimitsUnreachable);
+                }
+                if outcome == TokenSpend::Asked || woken.elapsed().as_millis() >= 100 {
+                    region.wake_worker();
+                    woken = std::time::Instant::now();
+                }
+                // SAFETY: a plain sleep; interrupts (statement_timeout, cancel) are honoured
+                // between polls.
+                unsafe { pg_sys::pg_usleep(1000) };
+                pgrx::check_for_interrupts!();
+                outcome = attempt(false);
+            }
+        }
+    }
+}
