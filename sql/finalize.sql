@@ -380,7 +380,7 @@ COMMENT ON FUNCTION apikey.stat_rows IS
 COMMENT ON FUNCTION apikey.stat_reset IS
     'Zero this database''s counters in apikey.stat (stats_reset becomes now). Administrators only (42501).';
 COMMENT ON FUNCTION apikey.lease_exchange IS
-    'For the workers of standbys, over their replication connection: give back leased credits and lease more from the primary''s ledger (apikey.leases). Superusers and roles with REPLICATION only (42501).';
+    'For the workers of standbys, over their replication connection: give back leased credits and lease more from the primary''s ledger (apikey.leases), and lease tokens of global owner limits. Superusers and roles with REPLICATION only (42501).';
 COMMENT ON FUNCTION apikey.shared_memory_stats IS
     'This database''s region of pg_apikey''s shared memory (NULL without one), its worker''s pid, usage slots and credit balances in use and available, and usage events dropped. Administrators only (42501).';
 COMMENT ON FUNCTION apikey.usage_dropped IS

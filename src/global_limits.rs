@@ -74,7 +74,12 @@ fn spend_one(t: &Token) -> Result<(), ApiError> {
     let mut outcome = attempt(true);
     loop {
         match outcome {
-            TokenSpend::Spent => return Ok(()),
+            TokenSpend::Spent(low) => {
+                if low {
+                    region.wake_worker();
+                }
+                return Ok(());
+            }
             TokenSpend::Refused(wait_us) => {
                 let retry_after = (wait_us as u64).div_ceil(1_000_000).max(1);
                 return Err(ApiError::RateLimited {

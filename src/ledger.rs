@@ -22,6 +22,19 @@ const TTL_SECONDS: i64 = 60;
 const MAX_REQUEST: usize = 1 << 20;
 const MAX_ENTRIES: usize = 8192;
 const MAX_NAME: usize = 64;
+/// Key owners a session keeps for global limits' tokens (see `global_tokens`).
+const MAX_OWNERS: usize = 10_000;
+
+thread_local! {
+    static OWNERS: std::cell::RefCell<std::collections::HashMap<i64, String>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Any relcache invalidation (a key deleted or changed sends one, a TRUNCATE one for all) drops
+/// the owners kept: a lookup is one query, and nothing stale can name a bucket.
+pub fn invalidate(_relid: pg_sys::Oid) {
+    OWNERS.with_borrow_mut(|o| o.clear());
+}
 
 struct Request {
     asks: Vec<(i64, i64, i64, i64)>,
@@ -58,14 +71,10 @@ fn parse(text: &str) -> Option<Request> {
             .as_array()?
             .iter()
             .map(|a| {
-                let name = a.get(1)?.as_str()?;
+                // The limit's name in hexadecimal (see `worker::leases`).
+                let name = String::from_utf8(hex::decode(a.get(1)?.as_str()?).ok()?).ok()?;
                 (!name.is_empty() && name.len() <= MAX_NAME).then_some(())?;
-                Some((
-                    a.get(0)?.as_i64()?,
-                    name.to_owned(),
-                    n(a.get(2)?)?,
-                    n(a.get(3)?)?,
-                ))
+                Some((a.get(0)?.as_i64()?, name, n(a.get(2)?)?, n(a.get(3)?)?))
             })
             .collect::<Option<Vec<_>>>()?,
     };
@@ -113,7 +122,7 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
         limits,
     } = parse(request).unwrap_or_else(|| {
         raise(ApiError::InvalidArgument(
-            "request must be {\"asks\": [[id, need, want, held], ...], \"returns\": [[id, n], ...], \"limits\": [[id, name, need, want], ...]} with at most 8192 entries".into(),
+            "request must be {\"asks\": [[id, need, want, held], ...], \"returns\": [[id, n], ...], \"limits\": [[id, hex name, need, want], ...]} with at most 8192 entries".into(),
         ))
     });
     crate::credits::available().unwrap_or_else(|e| raise(e));
@@ -206,20 +215,31 @@ fn global_tokens(limits: &[(i64, String, i64, i64)]) -> Vec<(i64, i64)> {
     if limits.is_empty() {
         return Vec::new();
     }
-    let mut ids: Vec<i64> = limits.iter().map(|l| l.0).collect();
+    // A key's owner never changes and its id is never reused: the owners this session looked
+    // up are kept (a standby asks for its busy limits several times a second).
+    let mut ids: Vec<i64> = limits
+        .iter()
+        .map(|l| l.0)
+        .filter(|id| OWNERS.with_borrow(|o| !o.contains_key(id)))
+        .collect();
     ids.sort_unstable();
     ids.dedup();
-    let owners: std::collections::HashMap<i64, String> =
-        crate::store::as_owner(|| crate::store::key_owners(&ids))
-            .into_iter()
-            .collect();
+    if !ids.is_empty() {
+        let found = crate::store::as_owner(|| crate::store::key_owners(&ids));
+        OWNERS.with_borrow_mut(|o| {
+            if o.len() + found.len() > MAX_OWNERS {
+                o.clear();
+            }
+            o.extend(found);
+        });
+    }
     limits
         .iter()
         .map(|(key_id, name, need, want)| {
-            let Some(owner) = owners.get(key_id) else {
+            let Some(owner) = OWNERS.with_borrow(|o| o.get(key_id).cloned()) else {
                 return (0, 0);
             };
-            match crate::limits::owner_limit(owner, name).filter(|o| o.global) {
+            match crate::limits::owner_limit(&owner, name).filter(|o| o.global) {
                 Some(o) => crate::limiter::take_tokens(
                     &format!("owner:{owner}:{name}"),
                     &o.rate,

@@ -76,6 +76,7 @@ pub extern "C-unwind" fn _PG_init() {
     keycache::register(catalog::invalidate);
     keycache::register(verify::key_info_changed);
     keycache::register(limits::invalidate);
+    keycache::register(ledger::invalidate);
     keycache::register(pending::invalidate);
     identity::init();
     limiter::init();

@@ -214,7 +214,7 @@ pub fn charge_all(items: &[Charge]) -> Result<(), ApiError> {
     // SAFETY: reads shared recovery state.
     let standby = unsafe { pg_sys::RecoveryInProgress() };
     if !standby {
-        return charge_here(db, items);
+        return charge_here(db, &items.iter().collect::<Vec<_>>());
     }
     // On a standby a global limit spends tokens leased from the primary's bucket, first (it may
     // wait for the worker, holding no lock); they go back if a limit kept here refuses.
@@ -230,6 +230,9 @@ pub fn charge_all(items: &[Charge]) -> Result<(), ApiError> {
             what: &c.what,
         })
         .collect();
+    if tokens.is_empty() {
+        return charge_here(db, &local);
+    }
     if let Err(e) = crate::global_limits::spend(&tokens) {
         if matches!(e, ApiError::RateLimited { .. }) {
             let key_id = global.first().map(|c| c.key_id).unwrap_or_default();
@@ -237,22 +240,11 @@ pub fn charge_all(items: &[Charge]) -> Result<(), ApiError> {
         }
         return Err(e);
     }
-    let local: Vec<Charge> = local
-        .into_iter()
-        .map(|c| Charge {
-            bucket: c.bucket.clone(),
-            rate: c.rate,
-            cost: c.cost,
-            key_id: c.key_id,
-            what: c.what.clone(),
-            global: None,
-        })
-        .collect();
     charge_here(db, &local).inspect_err(|_| crate::global_limits::refund(&tokens))
 }
 
 /// Charge every bucket in this server's limiter, all or nothing.
-fn charge_here(db: u32, items: &[Charge]) -> Result<(), ApiError> {
+fn charge_here(db: u32, items: &[&Charge]) -> Result<(), ApiError> {
     if items.is_empty() {
         return Ok(());
     }

@@ -154,8 +154,10 @@ def test_an_exchange_refuses_what_it_cannot_read(servers):
     with connect(PRIMARY) as p:
         for bad in ['not json', '{"asks": [[1, -1, 0, 0]], "returns": []}', '{"asks": []}',
                     '{"asks": [], "returns": [], "limits": [[1, "", 1, 1]]}',
-                    '{"asks": [], "returns": [], "limits": [[1, "%s", 1, 1]]}' % ("x" * 65),
-                    '{"asks": [], "returns": [], "limits": [[1, "requests", 1]]}']:
+                    '{"asks": [], "returns": [], "limits": [[1, "%s", 1, 1]]}' % ("78" * 65),
+                    '{"asks": [], "returns": [], "limits": [[1, "requests", 1, 1]]}',
+                    '{"asks": [], "returns": [], "limits": [[1, "ff", 1, 1]]}',
+                    '{"asks": [], "returns": [], "limits": [[1, "%s", 1]]}' % "requests".encode().hex()]:
             with pytest.raises(psycopg.errors.InvalidParameterValue):
                 p.execute("SELECT apikey.lease_exchange('x', %s)", (bad,))
         for bad in ['', 'x' * 65, 'a-b']:

@@ -94,7 +94,9 @@ fn conninfo() -> Result<String, String> {
 fn request(plan: &Plan, limits: &[TokenAsk]) -> String {
     let limits: Vec<serde_json::Value> = limits
         .iter()
-        .map(|a| serde_json::json!([a.key_id, a.name, a.need, a.want]))
+        // The name in hexadecimal: the exchange stays numbers and hex digits, whatever an
+        // administrator named the limit and whatever the connection's encoding.
+        .map(|a| serde_json::json!([a.key_id, hex::encode(&a.name), a.need, a.want]))
         .collect();
     serde_json::json!({ "asks": plan.asks, "returns": plan.returns, "limits": limits }).to_string()
 }
@@ -257,11 +259,10 @@ pub fn tick(region: Region, all: bool) {
 /// Send `plan` to the primary over the current link; its answer. From the moment it is sent the
 /// primary may have acted on it: an error means the outcome is unknown.
 fn exchange(name: &str, plan: &Plan, limits: &[TokenAsk]) -> Result<Answer, String> {
-    // Limit names are quoted by doubling (a name may hold a quote; the JSON escapes the rest).
     let sql = format!(
         "SELECT apikey.lease_exchange('{}', '{}')",
         name,
-        request(plan, limits).replace('\'', "''")
+        request(plan, limits)
     );
     let text = super::caught(|| {
         BackgroundWorker::transaction(|| {

@@ -14,8 +14,9 @@
 //! ## Slices
 //! A first use asks for what the request lacks plus [`FIRST_SLICE`]. At each of its worker's
 //! ticks, a bucket holding less than [`RENEW_WINDOWS`] times what it spent over the last
-//! [`WINDOW_US`] asks for [`SLICE_WINDOWS`] times that (about a second of its spending, so a
-//! bucket used hard here gets larger slices). The primary grants at most half of what its bucket
+//! [`WINDOW_US`] asks for [`SLICE_WINDOWS`] times that (about 1.6 s of its spending, so a
+//! bucket used hard here gets larger slices); a request that leaves less than the current window
+//! spent wakes the worker to renew at once, without waiting for it. The primary grants at most half of what its bucket
 //! would admit now (what a waiting request lacks when that is more), so one standby cannot take a
 //! burst from the others, and nothing when it cannot cover what the request lacks: the standby
 //! then refuses its requests until the primary said the bucket admits them again.
@@ -25,11 +26,14 @@ use crate::slots::{probe, Probe};
 /// How long after asking a standby may spend the tokens granted (µs).
 pub const TTL_US: i64 = 2_000_000;
 /// What a first use asks for beyond what the request lacks.
-pub const FIRST_SLICE: i64 = 10;
+pub const FIRST_SLICE: i64 = 50;
 /// The window a bucket's spending is measured over (µs).
 pub const WINDOW_US: i64 = 200_000;
-pub const RENEW_WINDOWS: i64 = 3;
-pub const SLICE_WINDOWS: i64 = 5;
+pub const RENEW_WINDOWS: i64 = 5;
+pub const SLICE_WINDOWS: i64 = 8;
+/// Grants kept apart, each with its own deadline (a standby renews a busy limit several times
+/// within [`TTL_US`]).
+const GENERATIONS: usize = 4;
 /// The longest limit name (as `apikey.charge` accepts).
 pub const NAME: usize = 64;
 
@@ -44,10 +48,13 @@ pub struct TokenLease {
     /// A key of the bucket's owner that used it here: the primary finds the owner by it.
     pub key_id: i64,
     name: [u8; NAME],
-    /// Two generations of tokens, each spendable until its own expiry, earliest first.
-    tokens: [i64; 2],
-    expires: [i64; 2],
+    /// Generations of tokens, each spendable until its own expiry, earliest first (empty ones
+    /// last).
+    tokens: [i64; GENERATIONS],
+    expires: [i64; GENERATIONS],
     pending: bool,
+    /// A request found the tokens running low and woke the worker: renew at its next exchange.
+    renew: bool,
     unreachable: bool,
     need: i64,
     want: i64,
@@ -64,9 +71,10 @@ impl TokenLease {
         hash: 0,
         key_id: 0,
         name: [0; NAME],
-        tokens: [0; 2],
-        expires: [0; 2],
+        tokens: [0; GENERATIONS],
+        expires: [0; GENERATIONS],
         pending: false,
+        renew: false,
         unreachable: false,
         need: 0,
         want: 0,
@@ -80,7 +88,7 @@ impl TokenLease {
     }
 
     fn expire(&mut self, now: i64) {
-        for g in 0..2 {
+        for g in 0..GENERATIONS {
             if now >= self.expires[g] {
                 self.tokens[g] = 0;
             }
@@ -89,7 +97,7 @@ impl TokenLease {
 
     /// Tokens spendable at `now`.
     pub fn held(&self, now: i64) -> i64 {
-        (0..2)
+        (0..GENERATIONS)
             .filter(|&g| now < self.expires[g])
             .map(|g| self.tokens[g].max(0))
             .sum()
@@ -99,23 +107,31 @@ impl TokenLease {
         self.db == 0 || (!self.pending && self.held(now) == 0 && self.refused_until <= now)
     }
 
-    /// Add a grant spendable until `expires`, keeping two generations: the older two merge under
-    /// the earlier expiry (a token is never spent later than its own grant allows).
+    /// Add a grant spendable until `expires`. With every generation holding tokens, the two
+    /// earliest merge under the earlier expiry (a token is never spent later than its own grant
+    /// allows; at worst sooner).
     fn add(&mut self, n: i64, expires: i64, now: i64) {
         self.expire(now);
-        if self.tokens[0] == 0 {
-            self.tokens[0] = self.tokens[1];
-            self.expires[0] = self.expires[1];
-        } else if self.tokens[1] > 0 {
-            self.tokens[0] = self.tokens[0].saturating_add(self.tokens[1]);
-            self.expires[0] = self.expires[0].min(self.expires[1]);
+        let mut live: Vec<(i64, i64)> = (0..GENERATIONS)
+            .filter(|&g| self.tokens[g] > 0)
+            .map(|g| (self.expires[g], self.tokens[g]))
+            .collect();
+        live.push((expires, n));
+        live.sort_unstable();
+        if live.len() > GENERATIONS {
+            let (e, t) = live.remove(0);
+            live[0] = (e.min(live[0].0), live[0].1.saturating_add(t));
         }
-        self.tokens[1] = n;
-        self.expires[1] = expires;
+        self.tokens = [0; GENERATIONS];
+        self.expires = [0; GENERATIONS];
+        for (g, (e, t)) in live.into_iter().enumerate() {
+            self.tokens[g] = t;
+            self.expires[g] = e;
+        }
     }
 
     fn take(&mut self, mut n: i64) {
-        for g in 0..2 {
+        for g in 0..GENERATIONS {
             let t = n.min(self.tokens[g]);
             self.tokens[g] -= t;
             n -= t;
@@ -126,7 +142,9 @@ impl TokenLease {
 /// What a standby's spend found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenSpend {
-    Spent,
+    /// Spent; with `true`, what is left is running low: wake the worker (without waiting), which
+    /// renews at once rather than at its next tick.
+    Spent(bool),
     /// Too few here: the worker is asked (wake it and wait).
     Asked,
     /// The worker has not answered yet.
@@ -190,7 +208,10 @@ pub fn spend(
     if t.held(now) >= cost {
         t.take(cost);
         t.spent = t.spent.saturating_add(cost);
-        return TokenSpend::Spent;
+        // Less left than this window spent so far: ask now, before a request has to wait.
+        let low = !t.pending && !t.renew && t.held(now) < t.spent;
+        t.renew |= low;
+        return TokenSpend::Spent(low);
     }
     if t.refused_until > now {
         return TokenSpend::Refused(t.refused_until - now);
@@ -220,10 +241,9 @@ pub fn spend(
 pub fn refund(part: &mut [TokenLease], db: u32, hash: u64, cost: i64, now: i64) {
     if let Probe::Found(i) = find(part, db, hash, hash as usize, now) {
         let t = &mut part[i];
-        if now < t.expires[0] {
-            t.tokens[0] = t.tokens[0].saturating_add(cost);
-        } else if now < t.expires[1] {
-            t.tokens[1] = t.tokens[1].saturating_add(cost);
+        // Into the latest generation still live (no token outlives a grant's deadline).
+        if let Some(g) = (0..GENERATIONS).rev().find(|&g| now < t.expires[g]) {
+            t.tokens[g] = t.tokens[g].saturating_add(cost);
         }
         t.spent = (t.spent - cost).max(0);
     }
@@ -258,13 +278,15 @@ pub fn plan(part: &mut [TokenLease], db: u32, now: i64) -> Vec<Ask> {
         };
         if t.pending {
             out.push(ask(t, t.need, t.want));
-        } else if window_done
-            && t.spent > 0
-            && t.refused_until <= now
-            && t.held(now) < t.spent.saturating_mul(RENEW_WINDOWS)
+        } else if t.refused_until <= now
+            && (t.renew
+                || (window_done
+                    && t.spent > 0
+                    && t.held(now) < t.spent.saturating_mul(RENEW_WINDOWS)))
         {
             out.push(ask(t, 0, slice(t.spent)));
         }
+        t.renew = false;
         if window_done {
             t.spent = 0;
             t.window = now;
@@ -333,7 +355,10 @@ mod tests {
         assert_eq!((asks[0].need, asks[0].want), (1, 1 + FIRST_SLICE));
         answer(&mut part, 1, &asks, &[(3, 0)], 0);
         for _ in 0..3 {
-            assert_eq!(spend1(&mut part, 1, S / 10, false), TokenSpend::Spent);
+            assert!(matches!(
+                spend1(&mut part, 1, S / 10, false),
+                TokenSpend::Spent(_)
+            ));
         }
         assert_eq!(spend1(&mut part, 1, S / 10, false), TokenSpend::Short);
     }
@@ -354,10 +379,10 @@ mod tests {
     }
 
     #[test]
-    fn three_generations_merge_under_the_earliest_expiry() {
+    fn more_generations_than_kept_merge_under_the_earliest_expiry() {
         let mut part = [TokenLease::FREE; 1];
         spend1(&mut part, 1, 0, true);
-        for (i, at) in [0, S / 2, S].into_iter().enumerate() {
+        for (i, at) in [0, S / 4, S / 2, 3 * S / 4, S].into_iter().enumerate() {
             let asks = vec![Ask {
                 hash: 42,
                 key_id: 7,
@@ -367,9 +392,11 @@ mod tests {
             }];
             answer(&mut part, 1, &asks, &[(i as i64 + 1, 0)], at);
         }
-        // 1 (until 2 s) and 2 (until 2.5 s) merged until 2 s; 3 until 3 s.
-        assert_eq!(part[0].held(S), 6);
-        assert_eq!(part[0].held(TTL_US), 3);
+        // Five grants, four kept: 1 (until 2 s) and 2 (until 2.25 s) merged until 2 s.
+        assert_eq!(part[0].held(S), 15);
+        assert_eq!(part[0].held(TTL_US), 12);
+        assert_eq!(part[0].held(TTL_US + S / 2), 9);
+        assert_eq!(part[0].held(TTL_US + S), 0);
     }
 
     #[test]
@@ -386,7 +413,10 @@ mod tests {
             want: 1,
         }];
         answer(&mut part, 1, &asks, &[(2, 0)], S);
-        assert_eq!(spend1(&mut part, 2, S, false), TokenSpend::Spent);
+        assert!(matches!(
+            spend1(&mut part, 2, S, false),
+            TokenSpend::Spent(_)
+        ));
         // The first grant's two were spent; the second's two outlive its deadline.
         assert_eq!(part[0].held(TTL_US), 2);
     }
@@ -410,7 +440,10 @@ mod tests {
         spend1(&mut part, 2, 1, true);
         plan(&mut part, 1, 1);
         unreachable(&mut part, 1);
-        assert_eq!(spend1(&mut part, 1, 2, false), TokenSpend::Spent);
+        assert!(matches!(
+            spend1(&mut part, 1, 2, false),
+            TokenSpend::Spent(_)
+        ));
         assert_eq!(spend1(&mut part, 1, 3, false), TokenSpend::Unreachable);
     }
 
@@ -421,7 +454,10 @@ mod tests {
         let asks = plan(&mut part, 1, 0);
         answer(&mut part, 1, &asks, &[(100, 0)], 0);
         for _ in 0..40 {
-            assert_eq!(spend1(&mut part, 1, 1000, false), TokenSpend::Spent);
+            assert!(matches!(
+                spend1(&mut part, 1, 1000, false),
+                TokenSpend::Spent(_)
+            ));
         }
         let asks = plan(&mut part, 1, WINDOW_US + 1);
         // 60 held < 3 × 40 spent: asks for 5 × 40.
@@ -431,12 +467,31 @@ mod tests {
     }
 
     #[test]
+    fn running_low_wakes_the_worker_once_and_renews_at_its_next_exchange() {
+        let mut part = [TokenLease::FREE; 4];
+        spend1(&mut part, 1, 0, true);
+        let asks = plan(&mut part, 1, 0);
+        answer(&mut part, 1, &asks, &[(6, 0)], 0);
+        assert_eq!(spend1(&mut part, 1, 1, false), TokenSpend::Spent(false));
+        assert_eq!(spend1(&mut part, 1, 1, false), TokenSpend::Spent(false));
+        // 2 left < 4 spent this window: wake, once.
+        assert_eq!(spend1(&mut part, 2, 1, false), TokenSpend::Spent(true));
+        assert_eq!(spend1(&mut part, 1, 1, false), TokenSpend::Spent(false));
+        let asks = plan(&mut part, 1, 2);
+        assert_eq!((asks.len(), asks[0].need), (1, 0));
+        assert!(plan(&mut part, 1, 3).is_empty());
+    }
+
+    #[test]
     fn a_refund_never_revives_an_expired_token() {
         let mut part = [TokenLease::FREE; 1];
         spend1(&mut part, 1, 0, true);
         let asks = plan(&mut part, 1, 0);
         answer(&mut part, 1, &asks, &[(1, 0)], 0);
-        assert_eq!(spend1(&mut part, 1, 1, false), TokenSpend::Spent);
+        assert!(matches!(
+            spend1(&mut part, 1, 1, false),
+            TokenSpend::Spent(_)
+        ));
         refund(&mut part, 1, 42, 1, TTL_US);
         assert_eq!(part[0].held(TTL_US), 0);
         refund(&mut part, 1, 42, 1, 2);
