@@ -78,12 +78,17 @@ fn charge(rows: &[&StoredKey], cost: i64) -> Result<(), ApiError> {
         }
         let own =
             crate::limits::named(&r.rights.named, crate::limits::DEFAULT_NAME).filter(|_| !exempt);
+        // Two keys of one owner share that owner's bucket: charge it once.
+        let owner_bucket = format!("owner:{}:{}", r.owner, crate::limits::DEFAULT_NAME);
+        let owner_rate = owner_rate
+            .as_ref()
+            .filter(|_| !items.iter().any(|c| c.bucket == owner_bucket));
         items.extend(crate::limits::charges_for(
             r.id,
             r.lineage,
             &r.owner,
             own,
-            owner_rate.as_ref(),
+            owner_rate,
             crate::limits::DEFAULT_NAME,
             1,
         ));

@@ -4,7 +4,7 @@
 //! taken out of (`ledger`).
 
 use pg_apikey_core::errors::ApiError;
-use pg_apikey_core::token_leases::{self, TokenSpend};
+use pg_apikey_core::token_leases::{self, Receipt, TokenSpend};
 use pgrx::pg_sys;
 
 /// One global limit to spend from: its bucket's hash, the limit's name, the key (of the bucket's
@@ -25,32 +25,38 @@ fn now_us() -> i64 {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
-/// Spend every token, all or nothing (what was spent before a refusal goes back).
-pub fn spend(tokens: &[Token]) -> Result<(), ApiError> {
-    for (i, t) in tokens.iter().enumerate() {
-        if let Err(e) = spend_one(t) {
-            refund(&tokens[..i]);
-            return Err(e);
+/// Spend every token, all or nothing (what was spent before a refusal goes back). The receipts
+/// are for [`refund`].
+pub fn spend(tokens: &[Token]) -> Result<Vec<Receipt>, ApiError> {
+    let mut receipts = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        match spend_one(t) {
+            Ok(r) => receipts.push(r),
+            Err(e) => {
+                refund(tokens, &receipts);
+                return Err(e);
+            }
         }
     }
-    Ok(())
+    Ok(receipts)
 }
 
-/// Give back tokens this very call spent, when another of its limits refused it.
-pub fn refund(tokens: &[Token]) {
+/// Give back what this very call spent, when another of its limits refused it: each token to
+/// the grant it came from, if that is still live (never a later one).
+pub fn refund(tokens: &[Token], receipts: &[Receipt]) {
     let db = crate::shmem::database();
     let Ok(region) = crate::credits::available() else {
         return;
     };
     let now = now_us();
     region.credits(|p| {
-        for t in tokens {
-            token_leases::refund(&mut p.tokens, db, t.hash, t.cost, now);
+        for (t, r) in tokens.iter().zip(receipts) {
+            token_leases::refund(&mut p.tokens, db, t.hash, r, now);
         }
     });
 }
 
-fn spend_one(t: &Token) -> Result<(), ApiError> {
+fn spend_one(t: &Token) -> Result<Receipt, ApiError> {
     let db = crate::shmem::database();
     let region = crate::credits::available()?;
     let attempt = |ask: bool| {
@@ -74,11 +80,11 @@ fn spend_one(t: &Token) -> Result<(), ApiError> {
     let mut outcome = attempt(true);
     loop {
         match outcome {
-            TokenSpend::Spent(low) => {
+            TokenSpend::Spent(low, receipt) => {
                 if low {
                     region.wake_worker();
                 }
-                return Ok(());
+                return Ok(receipt);
             }
             TokenSpend::Refused(wait_us) => {
                 let retry_after = (wait_us as u64).div_ceil(1_000_000).max(1);

@@ -206,11 +206,15 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
     .to_string()
 }
 
+/// What a standby gets for a limit that is not global here, a key that is gone, or a full
+/// limiter: nothing, and a second to wait (its copy of `apikey.owner_limits` or of the key
+/// catches up meanwhile); fail closed, without an exchange per request.
+const NOT_HERE: (i64, i64) = (0, 1_000_000);
+
 /// Tokens of global limits for a standby, in the order asked: (granted, µs until the bucket
 /// admits what was lacking when none were). The rate is this server's (the standby's copy of
-/// `apikey.owner_limits` may lag); a limit that is not global here, or a key that is gone, gets
-/// nothing and no wait (the standby asks again with what it then knows). Tokens are final once
-/// taken: an exchange that aborts loses them, which only under-serves the limit.
+/// `apikey.owner_limits` may lag). Tokens are final once taken: an exchange that aborts loses
+/// them, which only under-serves the limit.
 fn global_tokens(limits: &[(i64, String, i64, i64)]) -> Vec<(i64, i64)> {
     if limits.is_empty() {
         return Vec::new();
@@ -237,7 +241,7 @@ fn global_tokens(limits: &[(i64, String, i64, i64)]) -> Vec<(i64, i64)> {
         .iter()
         .map(|(key_id, name, need, want)| {
             let Some(owner) = OWNERS.with_borrow(|o| o.get(key_id).cloned()) else {
-                return (0, 0);
+                return NOT_HERE;
             };
             match crate::limits::owner_limit(&owner, name).filter(|o| o.global) {
                 Some(o) => crate::limiter::take_tokens(
@@ -246,8 +250,8 @@ fn global_tokens(limits: &[(i64, String, i64, i64)]) -> Vec<(i64, i64)> {
                     *need,
                     *want,
                 )
-                .unwrap_or((0, 1_000_000)),
-                None => (0, 0),
+                .unwrap_or(NOT_HERE),
+                None => NOT_HERE,
             }
         })
         .collect()

@@ -233,14 +233,17 @@ pub fn charge_all(items: &[Charge]) -> Result<(), ApiError> {
     if tokens.is_empty() {
         return charge_here(db, &local);
     }
-    if let Err(e) = crate::global_limits::spend(&tokens) {
-        if matches!(e, ApiError::RateLimited { .. }) {
-            let key_id = global.first().map(|c| c.key_id).unwrap_or_default();
-            crate::usage::record(key_id, crate::usage::Event::RateLimited);
+    let receipts = match crate::global_limits::spend(&tokens) {
+        Ok(r) => r,
+        Err(e) => {
+            if matches!(e, ApiError::RateLimited { .. }) {
+                let key_id = global.first().map(|c| c.key_id).unwrap_or_default();
+                crate::usage::record(key_id, crate::usage::Event::RateLimited);
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
-    charge_here(db, &local).inspect_err(|_| crate::global_limits::refund(&tokens))
+    };
+    charge_here(db, &local).inspect_err(|_| crate::global_limits::refund(&tokens, &receipts))
 }
 
 /// Charge every bucket in this server's limiter, all or nothing.

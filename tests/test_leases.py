@@ -292,7 +292,7 @@ def plain_key(owner):
         p.execute("SELECT pg_catalog.txid_current()")
     for s in STANDBYS:
         with connect(s) as c:
-            wait_for(lambda: c.execute("SELECT owner FROM apikey.verify(%s)", (key,)).fetchone())
+            wait_for(lambda: c.execute("SELECT owner FROM apikey.verify(%s)", (key,)).fetchone(), timeout=60)
     return key
 
 
@@ -404,7 +404,7 @@ def test_the_primary_stopped_mid_run(servers):
         pg_ctl(PRIMARY, "start")
     assert served_after > 0, "the standbys served nothing of what they held"
     with connect(STANDBYS[0]) as s:
-        wait_for(lambda: spend(s, key, 1), timeout=30)
+        wait_for(lambda: spend(s, key, 1), timeout=60)
     time.sleep(7.0)  # idle leases go back
     with connect(PRIMARY) as p:
         balance = p.execute("SELECT apikey.credits(%s)", (key_id,)).fetchone()[0]

@@ -33,7 +33,11 @@ pub const RENEW_WINDOWS: i64 = 5;
 pub const SLICE_WINDOWS: i64 = 8;
 /// Grants kept apart, each with its own deadline (a standby renews a busy limit several times
 /// within [`TTL_US`]).
-const GENERATIONS: usize = 4;
+pub const GENERATIONS: usize = 4;
+
+/// What a spend took from each generation: (its deadline, tokens), for a refund to put back
+/// exactly there.
+pub type Receipt = [(i64, i64); GENERATIONS];
 /// The longest limit name (as `apikey.charge` accepts).
 pub const NAME: usize = 64;
 
@@ -60,8 +64,9 @@ pub struct TokenLease {
     want: i64,
     spent: i64,
     window: i64,
-    /// The primary said its bucket admits nothing before this time (µs).
+    /// The primary said its bucket cannot admit `refused_need` more before this time (µs).
     refused_until: i64,
+    refused_need: i64,
 }
 
 impl TokenLease {
@@ -81,6 +86,7 @@ impl TokenLease {
         spent: 0,
         window: 0,
         refused_until: 0,
+        refused_need: 0,
     };
 
     pub fn name(&self) -> &str {
@@ -130,12 +136,15 @@ impl TokenLease {
         }
     }
 
-    fn take(&mut self, mut n: i64) {
-        for g in 0..GENERATIONS {
-            let t = n.min(self.tokens[g]);
+    fn take(&mut self, mut n: i64) -> Receipt {
+        let mut receipt = [(0, 0); GENERATIONS];
+        for (g, r) in receipt.iter_mut().enumerate() {
+            let t = n.min(self.tokens[g]).max(0);
             self.tokens[g] -= t;
             n -= t;
+            *r = (self.expires[g], t);
         }
+        receipt
     }
 }
 
@@ -143,8 +152,8 @@ impl TokenLease {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenSpend {
     /// Spent; with `true`, what is left is running low: wake the worker (without waiting), which
-    /// renews at once rather than at its next tick.
-    Spent(bool),
+    /// renews at once rather than at its next tick. The receipt is for [`refund`].
+    Spent(bool, Receipt),
     /// Too few here: the worker is asked (wake it and wait).
     Asked,
     /// The worker has not answered yet.
@@ -205,15 +214,18 @@ pub fn spend(
     let t = &mut part[idx];
     t.expire(now);
     let cost = cost.max(0);
-    if t.held(now) >= cost {
-        t.take(cost);
+    let held = t.held(now);
+    if held >= cost {
+        let receipt = t.take(cost);
         t.spent = t.spent.saturating_add(cost);
         // Less left than this window spent so far: ask now, before a request has to wait.
         let low = !t.pending && !t.renew && t.held(now) < t.spent;
         t.renew |= low;
-        return TokenSpend::Spent(low);
+        return TokenSpend::Spent(low, receipt);
     }
-    if t.refused_until > now {
+    // The primary's refusal stands for requests lacking as much as the one it refused; one
+    // lacking less asks again (the bucket may admit it sooner).
+    if t.refused_until > now && cost - held >= t.refused_need {
         return TokenSpend::Refused(t.refused_until - now);
     }
     if t.pending {
@@ -235,17 +247,19 @@ pub fn spend(
     TokenSpend::Asked
 }
 
-/// Give back `cost` tokens this very call spent, when another limit refused the request: they
-/// return to the newest generation's side only if it is still live, never extending a token's
-/// life.
-pub fn refund(part: &mut [TokenLease], db: u32, hash: u64, cost: i64, now: i64) {
+/// Give back what a spend of this very call took (its receipt), when another limit refused the
+/// request: each token returns to the generation it came from if that is still live with the
+/// same deadline, else it is dropped. A token never outlives its own grant's deadline.
+pub fn refund(part: &mut [TokenLease], db: u32, hash: u64, receipt: &Receipt, now: i64) {
     if let Probe::Found(i) = find(part, db, hash, hash as usize, now) {
         let t = &mut part[i];
-        // Into the latest generation still live (no token outlives a grant's deadline).
-        if let Some(g) = (0..GENERATIONS).rev().find(|&g| now < t.expires[g]) {
-            t.tokens[g] = t.tokens[g].saturating_add(cost);
+        for &(deadline, n) in receipt.iter().filter(|r| r.1 > 0 && now < r.0) {
+            if let Some(g) = (0..GENERATIONS).find(|&g| t.expires[g] == deadline) {
+                t.tokens[g] = t.tokens[g].saturating_add(n);
+            }
         }
-        t.spent = (t.spent - cost).max(0);
+        let back: i64 = receipt.iter().map(|r| r.1).sum();
+        t.spent = (t.spent - back).max(0);
     }
 }
 
@@ -312,6 +326,7 @@ pub fn answer(part: &mut [TokenLease], db: u32, asked: &[Ask], answers: &[(i64, 
             t.add(granted, sent.saturating_add(TTL_US), sent);
         } else if a.need > 0 {
             t.refused_until = sent.saturating_add(wait.max(1));
+            t.refused_need = a.need;
         }
     }
 }
@@ -357,7 +372,7 @@ mod tests {
         for _ in 0..3 {
             assert!(matches!(
                 spend1(&mut part, 1, S / 10, false),
-                TokenSpend::Spent(_)
+                TokenSpend::Spent(..)
             ));
         }
         assert_eq!(spend1(&mut part, 1, S / 10, false), TokenSpend::Short);
@@ -415,7 +430,7 @@ mod tests {
         answer(&mut part, 1, &asks, &[(2, 0)], S);
         assert!(matches!(
             spend1(&mut part, 2, S, false),
-            TokenSpend::Spent(_)
+            TokenSpend::Spent(..)
         ));
         // The first grant's two were spent; the second's two outlive its deadline.
         assert_eq!(part[0].held(TTL_US), 2);
@@ -442,7 +457,7 @@ mod tests {
         unreachable(&mut part, 1);
         assert!(matches!(
             spend1(&mut part, 1, 2, false),
-            TokenSpend::Spent(_)
+            TokenSpend::Spent(..)
         ));
         assert_eq!(spend1(&mut part, 1, 3, false), TokenSpend::Unreachable);
     }
@@ -456,11 +471,11 @@ mod tests {
         for _ in 0..40 {
             assert!(matches!(
                 spend1(&mut part, 1, 1000, false),
-                TokenSpend::Spent(_)
+                TokenSpend::Spent(..)
             ));
         }
         let asks = plan(&mut part, 1, WINDOW_US + 1);
-        // 60 held < 3 × 40 spent: asks for 5 × 40.
+        // 60 held < RENEW_WINDOWS × 40 spent: asks for SLICE_WINDOWS × 40.
         assert_eq!((asks[0].need, asks[0].want), (0, 40 * SLICE_WINDOWS));
         // A quiet window asks nothing.
         assert!(plan(&mut part, 1, 2 * WINDOW_US + 2).is_empty());
@@ -472,14 +487,25 @@ mod tests {
         spend1(&mut part, 1, 0, true);
         let asks = plan(&mut part, 1, 0);
         answer(&mut part, 1, &asks, &[(6, 0)], 0);
-        assert_eq!(spend1(&mut part, 1, 1, false), TokenSpend::Spent(false));
-        assert_eq!(spend1(&mut part, 1, 1, false), TokenSpend::Spent(false));
+        let low = |r| match r {
+            TokenSpend::Spent(low, _) => low,
+            other => panic!("{other:?}"),
+        };
+        assert!(!low(spend1(&mut part, 1, 1, false)));
+        assert!(!low(spend1(&mut part, 1, 1, false)));
         // 2 left < 4 spent this window: wake, once.
-        assert_eq!(spend1(&mut part, 2, 1, false), TokenSpend::Spent(true));
-        assert_eq!(spend1(&mut part, 1, 1, false), TokenSpend::Spent(false));
+        assert!(low(spend1(&mut part, 2, 1, false)));
+        assert!(!low(spend1(&mut part, 1, 1, false)));
         let asks = plan(&mut part, 1, 2);
         assert_eq!((asks.len(), asks[0].need), (1, 0));
         assert!(plan(&mut part, 1, 3).is_empty());
+    }
+
+    fn receipt(r: TokenSpend) -> Receipt {
+        match r {
+            TokenSpend::Spent(_, receipt) => receipt,
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -488,14 +514,51 @@ mod tests {
         spend1(&mut part, 1, 0, true);
         let asks = plan(&mut part, 1, 0);
         answer(&mut part, 1, &asks, &[(1, 0)], 0);
-        assert!(matches!(
-            spend1(&mut part, 1, 1, false),
-            TokenSpend::Spent(_)
-        ));
-        refund(&mut part, 1, 42, 1, TTL_US);
+        let r = receipt(spend1(&mut part, 1, 1, false));
+        refund(&mut part, 1, 42, &r, TTL_US);
         assert_eq!(part[0].held(TTL_US), 0);
-        refund(&mut part, 1, 42, 1, 2);
+        refund(&mut part, 1, 42, &r, 2);
         assert_eq!(part[0].held(2), 1);
+    }
+
+    #[test]
+    fn a_refund_returns_tokens_to_their_own_deadline_never_a_later_one() {
+        let mut part = [TokenLease::FREE; 1];
+        spend1(&mut part, 1, 0, true);
+        let asks = plan(&mut part, 1, 0);
+        answer(&mut part, 1, &asks, &[(2, 0)], 0);
+        let later = vec![Ask {
+            hash: 42,
+            key_id: 7,
+            name: "requests".into(),
+            need: 0,
+            want: 1,
+        }];
+        answer(&mut part, 1, &later, &[(5, 0)], S);
+        // Two from the first grant (until 2 s), one from the second (until 3 s).
+        let r = receipt(spend1(&mut part, 3, S, false));
+        refund(&mut part, 1, 42, &r, S);
+        assert_eq!(part[0].held(S), 7);
+        assert_eq!(part[0].held(TTL_US), 5);
+        // Refused over and over, the same tokens keep their deadline.
+        for _ in 0..10 {
+            let r = receipt(spend1(&mut part, 7, S, false));
+            refund(&mut part, 1, 42, &r, S);
+        }
+        assert_eq!(part[0].held(TTL_US), 5);
+    }
+
+    #[test]
+    fn a_refusal_holds_for_requests_lacking_as_much_and_not_less() {
+        let mut part = [TokenLease::FREE; 4];
+        spend1(&mut part, 600, 0, true);
+        let asks = plan(&mut part, 1, 0);
+        answer(&mut part, 1, &asks, &[(0, 60 * S)], 0);
+        assert_eq!(
+            spend1(&mut part, 600, 1, true),
+            TokenSpend::Refused(60 * S - 1)
+        );
+        assert_eq!(spend1(&mut part, 1, 1, true), TokenSpend::Asked);
     }
 
     #[test]
