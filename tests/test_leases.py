@@ -14,7 +14,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import PGBIN, ROOT, wait_for
+from conftest import PG_MAJOR, PGBIN, ROOT, wait_for
 
 PRIMARY, STANDBYS = ("lease_primary", "54361"), [("lease_standby_a", "54362"), ("lease_standby_b", "54363")]
 CONNS_PER_SERVER = 8
@@ -224,23 +224,26 @@ def test_another_role_cannot_give_back_a_standbys_lease(servers):
 def test_database_settings_on_the_primary_do_not_stop_leasing(servers):
     """A database owner's ALTER DATABASE … SET reaches the standby worker's session on the primary;
     the worker sets what it relies on itself."""
+    # From 17, a transaction timeout would abort an exchange after it took its grants.
+    timeouts = ["statement_timeout"] + (["transaction_timeout"] if PG_MAJOR >= 17 else [])
     with connect(PRIMARY) as p:
         p.execute("ALTER DATABASE postgres SET default_transaction_read_only = on")
-        p.execute("ALTER DATABASE postgres SET statement_timeout = '1ms'")
+        for t in timeouts:
+            p.execute(f"ALTER DATABASE postgres SET {t} = '1ms'")
         try:
             p.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pg_apikey lease'")
-            with connect(PRIMARY) as w:
+            with connect(PRIMARY, options=" ".join(f"-c {t}=0" for t in timeouts)) as w:
                 w.execute("SET default_transaction_read_only = off")
-                w.execute("SET statement_timeout = 0")
                 key_id, key = w.execute("SELECT id, api_key::text FROM apikey.create('ledger-settings', 'k', credits => 50)").fetchone()
             for s in STANDBYS:
                 # The settings replicate: the standbys' own sessions would have them too.
-                with connect(s, options="-c statement_timeout=0") as c:
+                with connect(s, options=" ".join(f"-c {t}=0" for t in timeouts)) as c:
                     wait_for(lambda: c.execute("SELECT owner FROM apikey.verify(%s)", (key,)).fetchone())
                     assert spend(c, key, 1)
         finally:
             p.execute("ALTER DATABASE postgres RESET default_transaction_read_only")
-            p.execute("ALTER DATABASE postgres RESET statement_timeout")
+            for t in timeouts:
+                p.execute(f"ALTER DATABASE postgres RESET {t}")
 
 
 def test_an_unreachable_ledger_is_a_503_with_retry_after_over_http(servers):
