@@ -142,62 +142,68 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    let (granted, ended, busy, scarce) = crate::store::as_owner(|| {
-        crate::store::expire_leases();
-        let states: std::collections::HashMap<i64, crate::store::KeyState> =
-            crate::store::key_states(&ids)
-                .into_iter()
-                .map(|s| (s.id, s))
+    // An exchange of global limits' tokens only touches no credit (nor apikey.leases).
+    let credits = !asks.is_empty() || !returns.is_empty();
+    let (granted, ended, busy, scarce) = if !credits {
+        Default::default()
+    } else {
+        crate::store::as_owner(|| {
+            crate::store::expire_leases();
+            let states: std::collections::HashMap<i64, crate::store::KeyState> =
+                crate::store::key_states(&ids)
+                    .into_iter()
+                    .map(|s| (s.id, s))
+                    .collect();
+            for &(key_id, n) in &returns {
+                let back = crate::store::give_back_lease(standby, key_id, n);
+                // A key that refills gets nothing back: a refill since the grant set its balance
+                // anew, and the return on top would carry an old interval's allowance over.
+                if let Some(s) = states.get(&key_id).filter(|s| s.refill.is_none()) {
+                    crate::credits::give_back(key_id, s.refill, back);
+                }
+            }
+            let wanting: Vec<i64> = asks
+                .iter()
+                .filter(|a| a.2 > 0 && states.get(&a.0).is_some_and(|s| s.active))
+                .map(|a| a.0)
                 .collect();
-        for &(key_id, n) in &returns {
-            let back = crate::store::give_back_lease(standby, key_id, n);
-            // A key that refills gets nothing back: a refill since the grant set its balance
-            // anew, and the return on top would carry an old interval's allowance over.
-            if let Some(s) = states.get(&key_id).filter(|s| s.refill.is_none()) {
-                crate::credits::give_back(key_id, s.refill, back);
-            }
-        }
-        let wanting: Vec<i64> = asks
-            .iter()
-            .filter(|a| a.2 > 0 && states.get(&a.0).is_some_and(|s| s.active))
-            .map(|a| a.0)
-            .collect();
-        let free: std::collections::HashSet<i64> = crate::store::lock_free_key_rows(&wanting)
-            .into_iter()
-            .collect();
-        let mut granted = Vec::new();
-        let mut ended = Vec::new();
-        let mut busy = Vec::new();
-        let mut scarce = Vec::new();
-        let mut recorded = Vec::new();
-        for &(key_id, need, want, holds) in &asks {
-            let Some(s) = states.get(&key_id).filter(|s| s.active) else {
-                ended.push(key_id);
-                crate::store::end_lease(standby, key_id, holds);
-                continue;
-            };
-            // A key row someone else holds (another standby's exchange, an administrator) gets
-            // nothing this time: the standby asks again at its next exchange.
-            let g = if want > 0 && free.contains(&key_id) {
-                let (g, left) = crate::credits::lease_out(key_id, s.refill, need, want);
-                if left < want.max(need).saturating_mul(2) {
-                    scarce.push(key_id);
+            let free: std::collections::HashSet<i64> = crate::store::lock_free_key_rows(&wanting)
+                .into_iter()
+                .collect();
+            let mut granted = Vec::new();
+            let mut ended = Vec::new();
+            let mut busy = Vec::new();
+            let mut scarce = Vec::new();
+            let mut recorded = Vec::new();
+            for &(key_id, need, want, holds) in &asks {
+                let Some(s) = states.get(&key_id).filter(|s| s.active) else {
+                    ended.push(key_id);
+                    crate::store::end_lease(standby, key_id, holds);
+                    continue;
+                };
+                // A key row someone else holds (another standby's exchange, an administrator) gets
+                // nothing this time: the standby asks again at its next exchange.
+                let g = if want > 0 && free.contains(&key_id) {
+                    let (g, left) = crate::credits::lease_out(key_id, s.refill, need, want);
+                    if left < want.max(need).saturating_mul(2) {
+                        scarce.push(key_id);
+                    }
+                    g
+                } else {
+                    if want > 0 {
+                        busy.push(key_id);
+                    }
+                    0
+                };
+                recorded.push((key_id, g, holds));
+                if g > 0 {
+                    granted.push((key_id, g));
                 }
-                g
-            } else {
-                if want > 0 {
-                    busy.push(key_id);
-                }
-                0
-            };
-            recorded.push((key_id, g, holds));
-            if g > 0 {
-                granted.push((key_id, g));
             }
-        }
-        crate::store::record_leases(standby, &recorded, TTL_SECONDS);
-        (granted, ended, busy, scarce)
-    });
+            crate::store::record_leases(standby, &recorded, TTL_SECONDS);
+            (granted, ended, busy, scarce)
+        })
+    };
     let tokens = global_tokens(&limits);
     serde_json::json!({
         "granted": granted, "ended": ended, "busy": busy, "scarce": scarce, "ttl": TTL_SECONDS,

@@ -45,6 +45,8 @@ thread_local! {
     static RETRY_AT: Cell<Option<Instant>> = const { Cell::new(None) };
     static FORGOTTEN: Cell<bool> = const { Cell::new(false) };
     static DOWN: Cell<bool> = const { Cell::new(false) };
+    /// The keys the last exchange asked about.
+    static SENT: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
 }
 
 fn on_standby() -> bool {
@@ -161,6 +163,26 @@ fn note_success() {
 
 /// One exchange (all: give everything back, at shutdown).
 pub fn tick(region: Region, all: bool) {
+    SENT.with_borrow_mut(|s| s.clear());
+    exchange_once(region, all);
+    // A request that asked while the exchange ran set this worker's latch, and libpq's wait for
+    // the primary's answer reset it: look again at once, or that request would wait for the
+    // next tick. (A key sent and found busy waits for the next tick, not a loop.)
+    let db = crate::shmem::database();
+    let asked = region.credits(|p| {
+        SENT.with_borrow(|sent| {
+            p.balances.iter().any(|b| {
+                b.db == db && b.lease.leased && b.lease.pending && !sent.contains(&b.key_id)
+            })
+        }) || token_leases::asked(&p.tokens, db)
+    });
+    if !all && asked == Some(true) && on_standby() && RETRY_AT.get().is_none() {
+        // SAFETY: sets this process' own latch (MyLatch), valid while it runs.
+        unsafe { pg_sys::SetLatch(pg_sys::MyLatch) };
+    }
+}
+
+fn exchange_once(region: Region, all: bool) {
     let db = crate::shmem::database();
     if !on_standby() {
         // Promoted: a lease is not a balance. What this server held is forfeited (the ledger
@@ -194,6 +216,7 @@ pub fn tick(region: Region, all: bool) {
     if plan.is_empty() && limits.is_empty() {
         return;
     }
+    SENT.with_borrow_mut(|s| s.extend(plan.asks.iter().map(|a| a.0)));
     let unreachable = || {
         region.credits(|p| {
             lease_table::unreachable(&mut p.balances, db);

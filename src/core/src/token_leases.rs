@@ -331,6 +331,11 @@ pub fn answer(part: &mut [TokenLease], db: u32, asked: &[Ask], answers: &[(i64, 
     }
 }
 
+/// Does a request wait for an exchange, or a bucket want renewing now?
+pub fn asked(part: &[TokenLease], db: u32) -> bool {
+    part.iter().any(|t| t.db == db && (t.pending || t.renew))
+}
+
 /// Waiting requests learn that the primary cannot be reached.
 pub fn unreachable(part: &mut [TokenLease], db: u32) {
     for t in part.iter_mut().filter(|t| t.db == db && t.pending) {
