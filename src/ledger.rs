@@ -26,6 +26,8 @@ const MAX_NAME: usize = 64;
 const MAX_OWNERS: usize = 10_000;
 
 thread_local! {
+    /// When this session last removed expired credit leases.
+    static EXPIRED_AT: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
     static OWNERS: std::cell::RefCell<std::collections::HashMap<i64, String>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
@@ -142,8 +144,16 @@ fn lease_exchange(standby: Option<&str>, request: Option<&str>) -> String {
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    // An exchange of global limits' tokens only touches no credit (nor apikey.leases).
-    let credits = !asks.is_empty() || !returns.is_empty();
+    // An exchange of global limits' tokens only touches no credit, and cleans up expired
+    // credit leases (a standby that restarted under a new name left some) once a lease lifetime.
+    let now = std::time::Instant::now();
+    let cleanup = EXPIRED_AT
+        .get()
+        .is_none_or(|t| now.duration_since(t).as_secs() >= TTL_SECONDS as u64);
+    let credits = !asks.is_empty() || !returns.is_empty() || cleanup;
+    if credits {
+        EXPIRED_AT.set(Some(now));
+    }
     let (granted, ended, busy, scarce) = if !credits {
         Default::default()
     } else {

@@ -28,11 +28,12 @@ const SESSION: &str = "SET statement_timeout = '10s'; SET lock_timeout = '1s'; \
     SET session_replication_role = origin; SET search_path = pg_catalog, pg_temp; \
     SET standard_conforming_strings = on; \
     SET synchronous_commit = local";
-/// From PostgreSQL 17 (a primary and its standbys run one major): a transaction timeout set by
-/// the database owner would abort an exchange after its tokens were taken.
-#[cfg(any(feature = "pg17", feature = "pg18"))]
-const SESSION_SINCE_17: &str = "; SET transaction_timeout = 0";
-#[cfg(not(any(feature = "pg17", feature = "pg18")))]
+/// From PostgreSQL 17 (a primary and its standbys run one major), first: a transaction timeout
+/// set by the database owner would abort an exchange after its tokens were taken, or the
+/// session setup itself.
+#[cfg(not(any(feature = "pg15", feature = "pg16")))]
+const SESSION_SINCE_17: &str = "SET transaction_timeout = 0; ";
+#[cfg(any(feature = "pg15", feature = "pg16"))]
 const SESSION_SINCE_17: &str = "";
 
 /// How long a lease lasts without a renewal; the primary's `apikey.lease_exchange` says the same.
@@ -242,7 +243,7 @@ fn exchange_once(region: Region, all: bool) {
             match conninfo()
                 .and_then(|c| Link::connect(&c))
                 .and_then(|mut l| {
-                    l.command(&format!("{SESSION}{SESSION_SINCE_17}"))
+                    l.command(&format!("{SESSION_SINCE_17}{SESSION}"))
                         .map(|_| l)
                 }) {
                 Ok(link) => LINK.with_borrow_mut(|l| *l = Some(link)),

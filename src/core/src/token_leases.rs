@@ -224,8 +224,9 @@ pub fn spend(
         return TokenSpend::Spent(low, receipt);
     }
     // The primary's refusal stands for requests lacking as much as the one it refused; one
-    // lacking less asks again (the bucket may admit it sooner).
-    if t.refused_until > now && cost - held >= t.refused_need {
+    // lacking at most half of that asks again (the bucket may admit it sooner): a run of ever
+    // smaller requests costs the primary a few exchanges per refusal, not one each.
+    if t.refused_until > now && (cost - held).saturating_mul(2) > t.refused_need {
         return TokenSpend::Refused(t.refused_until - now);
     }
     if t.pending {
@@ -312,16 +313,27 @@ pub fn plan(part: &mut [TokenLease], db: u32, now: i64) -> Vec<Ask> {
 /// The primary's answer, in the order asked: (tokens granted, µs until its bucket admits what
 /// was lacking when it granted none). Tokens asked for at `sent` are spendable until
 /// `sent + TTL_US`.
+/// An ask the answer has no entry for (a primary whose pg_apikey predates global limits) is
+/// answered as unreachable: its requests are refused with 57P03, never left waiting.
 pub fn answer(part: &mut [TokenLease], db: u32, asked: &[Ask], answers: &[(i64, i64)], sent: i64) {
-    for (a, &(granted, wait)) in asked.iter().zip(answers) {
+    let answers = answers
+        .iter()
+        .copied()
+        .map(Some)
+        .chain(std::iter::repeat(None));
+    for (a, answer) in asked.iter().zip(answers) {
         let Probe::Found(i) = find(part, db, a.hash, a.hash as usize, sent) else {
             continue;
         };
         let t = &mut part[i];
         t.pending = false;
-        t.unreachable = false;
         t.need = 0;
         t.want = 0;
+        let Some((granted, wait)) = answer else {
+            t.unreachable = true;
+            continue;
+        };
+        t.unreachable = false;
         if granted > 0 {
             t.add(granted, sent.saturating_add(TTL_US), sent);
         } else if a.need > 0 {
@@ -563,7 +575,21 @@ mod tests {
             spend1(&mut part, 600, 1, true),
             TokenSpend::Refused(60 * S - 1)
         );
-        assert_eq!(spend1(&mut part, 1, 1, true), TokenSpend::Asked);
+        assert_eq!(
+            spend1(&mut part, 301, 1, true),
+            TokenSpend::Refused(60 * S - 1)
+        );
+        assert_eq!(spend1(&mut part, 300, 1, true), TokenSpend::Asked);
+    }
+
+    #[test]
+    fn an_answer_without_an_entry_for_an_ask_leaves_no_request_waiting() {
+        let mut part = [TokenLease::FREE; 4];
+        spend1(&mut part, 1, 0, true);
+        let asks = plan(&mut part, 1, 0);
+        answer(&mut part, 1, &asks, &[], 0);
+        assert!(!asked(&part, 1));
+        assert_eq!(spend1(&mut part, 1, 1, false), TokenSpend::Unreachable);
     }
 
     #[test]
