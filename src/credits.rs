@@ -18,7 +18,8 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::errors::raise;
-use crate::shmem::regions::{self, Region};
+use crate::shmem::now_us;
+use crate::shmem::regions::{self, Attempt, Region};
 use crate::store::StoredKey;
 
 pub fn init() {
@@ -168,11 +169,6 @@ fn if_held<R>(f: impl FnOnce(&mut [Balance]) -> Option<R>) -> Option<R> {
     regions::mine()?.credits(|p| f(&mut p.balances)).flatten()
 }
 
-fn now_us() -> i64 {
-    // SAFETY: reads the clock.
-    unsafe { pg_sys::GetCurrentTimestamp() }
-}
-
 fn on_standby() -> bool {
     // SAFETY: reads shared recovery state.
     unsafe { pg_sys::RecoveryInProgress() }
@@ -230,38 +226,21 @@ fn spend_leased(key_id: i64, cost: i64) -> Result<(), ApiError> {
     use pg_apikey_core::lease_table::{self, LeaseSpend};
     let db = crate::shmem::database();
     let region = available()?;
-    let attempt = |ask: bool| {
-        region
-            .credits(|p| lease_table::spend(&mut p.balances, db, key_id, cost, now_us(), ask))
-            .unwrap_or(LeaseSpend::Full)
-    };
-    let started = std::time::Instant::now();
-    let mut woken = started;
-    let mut outcome = attempt(true);
-    loop {
-        match outcome {
-            LeaseSpend::Spent(_) => return Ok(()),
-            LeaseSpend::Empty => return Err(ApiError::NoCredits { retry_after: None }),
-            LeaseSpend::Unreachable => return Err(ApiError::LedgerUnreachable),
-            LeaseSpend::Full => return Err(ApiError::LimiterFull),
-            LeaseSpend::Asked | LeaseSpend::Waiting => {
-                if started.elapsed() >= LEASE_WAIT {
-                    return Err(ApiError::LedgerUnreachable);
-                }
-                if outcome == LeaseSpend::Asked || woken.elapsed().as_millis() >= 100 {
-                    region.wake_worker();
-                    woken = std::time::Instant::now();
-                }
-                // SAFETY: a plain sleep; interrupts (statement_timeout, cancel) are honoured
-                // between polls.
-                unsafe {
-                    pg_sys::pg_usleep(1000);
-                }
-                pgrx::check_for_interrupts!();
-                outcome = attempt(false);
+    region
+        .wait_for_worker(LEASE_WAIT, |ask| {
+            let spent = region
+                .credits(|p| lease_table::spend(&mut p.balances, db, key_id, cost, now_us(), ask))
+                .unwrap_or(LeaseSpend::Full);
+            match spent {
+                LeaseSpend::Spent(_) => Attempt::Done(Ok(())),
+                LeaseSpend::Empty => Attempt::Done(Err(ApiError::NoCredits { retry_after: None })),
+                LeaseSpend::Unreachable => Attempt::Done(Err(ApiError::LedgerUnreachable)),
+                LeaseSpend::Full => Attempt::Done(Err(ApiError::LimiterFull)),
+                LeaseSpend::Asked => Attempt::Asked,
+                LeaseSpend::Waiting => Attempt::Waiting,
             }
-        }
-    }
+        })
+        .unwrap_or(Err(ApiError::LedgerUnreachable))
 }
 
 /// Give back `cost` credits that `spend` took from `key_id` in this very call, when another of

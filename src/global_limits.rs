@@ -5,7 +5,9 @@
 
 use pg_apikey_core::errors::ApiError;
 use pg_apikey_core::token_leases::{self, Receipt, TokenSpend};
-use pgrx::pg_sys;
+
+use crate::shmem::now_us;
+use crate::shmem::regions::Attempt;
 
 /// One global limit to spend from: its bucket's hash, the limit's name, the key (of the bucket's
 /// owner) that asks, the cost, and how a refusal names it.
@@ -19,11 +21,6 @@ pub struct Token<'a> {
 
 /// How long a request waits for its worker to lease tokens from the primary.
 const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-fn now_us() -> i64 {
-    // SAFETY: reads the clock.
-    unsafe { pg_sys::GetCurrentTimestamp() }
-}
 
 /// Spend every token, all or nothing (what was spent before a refusal goes back). The receipts
 /// are for [`refund`].
@@ -59,60 +56,40 @@ pub fn refund(tokens: &[Token], receipts: &[Receipt]) {
 fn spend_one(t: &Token) -> Result<Receipt, ApiError> {
     let db = crate::shmem::database();
     let region = crate::credits::available()?;
-    let attempt = |ask: bool| {
-        region
-            .credits(|p| {
-                token_leases::spend(
-                    &mut p.tokens,
-                    db,
-                    t.hash,
-                    t.key_id,
-                    t.name,
-                    t.cost,
-                    now_us(),
-                    ask,
-                )
-            })
-            .unwrap_or(TokenSpend::Full)
-    };
-    let started = std::time::Instant::now();
-    let mut woken = started;
-    let mut outcome = attempt(true);
-    loop {
-        match outcome {
-            TokenSpend::Spent(low, receipt) => {
-                if low {
-                    region.wake_worker();
+    region
+        .wait_for_worker(WAIT, |ask| {
+            let spent = region
+                .credits(|p| {
+                    let now = now_us();
+                    token_leases::spend(
+                        &mut p.tokens,
+                        db,
+                        t.hash,
+                        t.key_id,
+                        t.name,
+                        t.cost,
+                        now,
+                        ask,
+                    )
+                })
+                .unwrap_or(TokenSpend::Full);
+            match spent {
+                TokenSpend::Spent(low, receipt) => {
+                    if low {
+                        region.wake_worker();
+                    }
+                    Attempt::Done(Ok(receipt))
                 }
-                return Ok(receipt);
-            }
-            TokenSpend::Refused(wait_us) => {
-                let retry_after = (wait_us as u64).div_ceil(1_000_000).max(1);
-                return Err(ApiError::RateLimited {
-                    message: format!(
-                        "{} rate limit exceeded. Please try again in {retry_after} seconds.",
-                        t.what
-                    ),
-                    retry_after,
-                });
-            }
-            TokenSpend::Unreachable => return Err(ApiError::LimitsUnreachable),
-            TokenSpend::Full => return Err(ApiError::LimiterFull),
-            TokenSpend::Short => outcome = attempt(true),
-            TokenSpend::Asked | TokenSpend::Waiting => {
-                if started.elapsed() >= WAIT {
-                    return Err(ApiError::LimitsUnreachable);
+                TokenSpend::Refused(wait_us) => {
+                    let retry_after = (wait_us as u64).div_ceil(1_000_000).max(1);
+                    Attempt::Done(Err(ApiError::rate_limited(t.what, retry_after)))
                 }
-                if outcome == TokenSpend::Asked || woken.elapsed().as_millis() >= 100 {
-                    region.wake_worker();
-                    woken = std::time::Instant::now();
-                }
-                // SAFETY: a plain sleep; interrupts (statement_timeout, cancel) are honoured
-                // between polls.
-                unsafe { pg_sys::pg_usleep(1000) };
-                pgrx::check_for_interrupts!();
-                outcome = attempt(false);
+                TokenSpend::Unreachable => Attempt::Done(Err(ApiError::LimitsUnreachable)),
+                TokenSpend::Full => Attempt::Done(Err(ApiError::LimiterFull)),
+                TokenSpend::Short => Attempt::Ask,
+                TokenSpend::Asked => Attempt::Asked,
+                TokenSpend::Waiting => Attempt::Waiting,
             }
-        }
-    }
+        })
+        .unwrap_or(Err(ApiError::LimitsUnreachable))
 }

@@ -26,6 +26,7 @@ use pgrx::shmem::PGRXSharedMemory;
 use std::cell::Cell;
 
 use crate::errors::raise;
+use crate::shmem::now_us;
 
 const SLOTS: usize = 1024;
 
@@ -104,11 +105,6 @@ fn require_preload(what: &'static str) {
     }
 }
 
-fn now_us() -> i64 {
-    // SAFETY: reads the system clock; no preconditions.
-    unsafe { pg_sys::GetCurrentTimestamp() }
-}
-
 /// Which half of the table, and whose names: a key's own limit, or a role's named bucket.
 #[derive(Clone, Copy)]
 pub enum Namespace {
@@ -181,13 +177,6 @@ pub fn charge(ns: Namespace, name: &str, rate: &Rate) -> Result<Outcome, ApiErro
         .map_err(|limiter_table::Full| ApiError::LimiterFull)
 }
 
-fn rate_limited(what: &str, retry_after: u64) -> ApiError {
-    ApiError::RateLimited {
-        message: format!("{what} rate limit exceeded. Please try again in {retry_after} seconds."),
-        retry_after,
-    }
-}
-
 /// One bucket to charge in an all-or-nothing group: its name in the key half, its rate, the
 /// cost, and the key whose refusal it records in usage.
 pub struct Charge<'a> {
@@ -213,7 +202,7 @@ pub fn charge_all(items: &[Charge]) -> Result<(), ApiError> {
     let db = crate::shmem::database();
     // SAFETY: reads shared recovery state.
     let standby = unsafe { pg_sys::RecoveryInProgress() };
-    if !standby {
+    if !standby || items.iter().all(|c| c.global.is_none()) {
         return charge_here(db, &items.iter().collect::<Vec<_>>());
     }
     // On a standby a global limit spends tokens leased from the primary's bucket, first (it may
@@ -230,9 +219,6 @@ pub fn charge_all(items: &[Charge]) -> Result<(), ApiError> {
             what: &c.what,
         })
         .collect();
-    if tokens.is_empty() {
-        return charge_here(db, &local);
-    }
     let receipts = match crate::global_limits::spend(&tokens) {
         Ok(r) => r,
         Err(e) => {
@@ -282,7 +268,7 @@ fn charge_here(db: u32, items: &[&Charge]) -> Result<(), ApiError> {
         let (retry, key_id, what) = (p.outcome.retry_after, c.key_id, c.what.clone());
         drop(guards);
         crate::usage::record(key_id, crate::usage::Event::RateLimited);
-        return Err(rate_limited(&what, retry));
+        return Err(ApiError::rate_limited(&what, retry));
     }
     for ((p, plan), c) in places.iter().zip(&planned).zip(items) {
         let guard = &mut guards
@@ -349,7 +335,7 @@ fn rate_limit(
     )
     .unwrap_or_else(|e| raise(e));
     if !o.allowed {
-        raise(rate_limited("Request", o.retry_after));
+        raise(ApiError::rate_limited("Request", o.retry_after));
     }
     o.remaining as i32
 }

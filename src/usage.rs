@@ -32,8 +32,7 @@ pub fn record(key_id: i64, event: Event) {
     if !crate::shmem::preloaded() || !gucs::TRACK_USAGE.get() {
         return;
     }
-    // SAFETY: reads the system clock.
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let now = crate::shmem::now_us();
     let db = crate::shmem::database();
     let recorded = regions::mine().and_then(|r| {
         r.usage(|p| {

@@ -246,6 +246,44 @@ def test_database_settings_on_the_primary_do_not_stop_leasing(servers):
                 p.execute(f"ALTER DATABASE postgres RESET {t}")
 
 
+def test_a_plain_replication_role_can_be_the_ledger_role(servers):
+    """apikey.ledger_conninfo names a role with REPLICATION and nothing more, whose own settings
+    would stop an exchange: the worker's session settings travel in the startup packet, all of
+    them settable by any role, so leasing works."""
+    standby = STANDBYS[1]
+    conf = ROOT / ".run" / standby[0] / "data/postgresql.conf"
+    timeouts = ["statement_timeout"] + (["transaction_timeout"] if PG_MAJOR >= 17 else [])
+    kill = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pg_apikey lease'"
+    with connect(PRIMARY) as p:
+        p.execute("DROP ROLE IF EXISTS lease_ledger")
+        p.execute("CREATE ROLE lease_ledger LOGIN REPLICATION")
+        for t in timeouts:
+            p.execute(f"ALTER ROLE lease_ledger SET {t} = '1ms'")
+        p.execute("ALTER ROLE lease_ledger SET default_transaction_read_only = on")
+        ledger_oid = p.execute("SELECT oid FROM pg_roles WHERE rolname = 'lease_ledger'").fetchone()[0]
+        original = conf.read_text()
+        try:
+            conf.write_text(original + f"apikey.ledger_conninfo = 'host={ROOT / '.run' / PRIMARY[0]} "
+                                       f"port={PRIMARY[1]} user=lease_ledger'\n")
+            pg_ctl(standby, "reload")
+            with connect(standby) as c:
+                wait_for(lambda: c.execute("SELECT current_setting('apikey.ledger_conninfo') <> ''").fetchone()[0])
+            time.sleep(1)  # the worker reads the file at its next wake-up (every 200 ms)
+            p.execute(kill)
+            key_id, key = new_key(100)
+            with connect(standby) as c:
+                wait_for(lambda: c.execute("SELECT owner FROM apikey.verify(%s)", (key,)).fetchone())
+                assert spend(c, key, 1)
+            assert p.execute("SELECT standby FROM apikey.leases WHERE key_id = %s", (key_id,)).fetchone()[0] \
+                .startswith(f"{ledger_oid}:")
+            assert p.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_apikey lease'"
+                             " AND usename = 'lease_ledger'").fetchone()[0] == 1
+        finally:
+            conf.write_text(original)
+            pg_ctl(standby, "reload")
+            p.execute(kill)
+
+
 def test_an_unreachable_ledger_is_a_503_with_retry_after_over_http(servers):
     """PostgREST's answer for 57P03 (through apikey.raise_http, as apikey.pre_request uses it)."""
     with connect(PRIMARY) as p:

@@ -30,6 +30,13 @@ pub fn database() -> u32 {
     u32::from(unsafe { pg_sys::MyDatabaseId })
 }
 
+/// The clock every shared-memory table keeps time by: microseconds since 2000-01-01 (a
+/// `TimestampTz`), the wall clock, so every backend and the worker agree on it.
+pub fn now_us() -> i64 {
+    // SAFETY: reads the system clock; no preconditions.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
 /// A piece of shared memory whose size a setting decides: `size` bytes (zeroed when created) and
 /// `locks` LWLocks of a tranche with the same name, handed to `attach` (with whether the memory
 /// is new) in the postmaster (and

@@ -21,7 +21,7 @@ use pg_apikey_core::token_leases::TokenLease;
 use pg_apikey_core::usage_table::Slot;
 use pgrx::pg_sys;
 
-use super::{with_lock, Segment};
+use super::{now_us, with_lock, Segment};
 
 /// Keys with usage counts waiting for the next flush, per database.
 pub const USAGE_SLOTS: usize = 1024;
@@ -212,9 +212,16 @@ impl Shared {
     }
 }
 
-fn now_us() -> i64 {
-    // SAFETY: reads the clock.
-    unsafe { pg_sys::GetCurrentTimestamp() }
+/// What one attempt of a request on what its worker leases came to ([`Region::wait_for_worker`]).
+pub enum Attempt<T> {
+    /// Settled: spent, or refused.
+    Done(T),
+    /// Too little here: the worker is asked.
+    Asked,
+    /// The worker has not answered an earlier ask yet.
+    Waiting,
+    /// Too little here, and nobody asked: try again, asking.
+    Ask,
 }
 
 /// A region as a backend of its database saw it.
@@ -586,6 +593,43 @@ impl Region {
         if d.worker.load(Ordering::Acquire) != 0 && latch != 0 {
             // SAFETY: a PGPROC latch in shared memory (see wake_launcher).
             unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+        }
+    }
+
+    /// Wait for the region's worker to lease what a request lacks: `attempt(true)` first (it
+    /// records the ask), then `attempt(false)` every millisecond until it settles, waking the
+    /// worker when an attempt asked and again every 100 ms while it waits (a wake-up can be
+    /// consumed by the worker's own wait for the primary). No lock is held between attempts, and
+    /// interrupts (cancel, `statement_timeout`) are honoured between them. `None` after `limit`.
+    pub fn wait_for_worker<T>(
+        &self,
+        limit: std::time::Duration,
+        mut attempt: impl FnMut(bool) -> Attempt<T>,
+    ) -> Option<T> {
+        let started = std::time::Instant::now();
+        let mut woken = started;
+        let mut ask = true;
+        loop {
+            let outcome = attempt(ask);
+            match outcome {
+                Attempt::Done(t) => return Some(t),
+                Attempt::Ask if !ask => {
+                    ask = true;
+                    continue;
+                }
+                _ => {}
+            }
+            if started.elapsed() >= limit {
+                return None;
+            }
+            if matches!(outcome, Attempt::Asked) || woken.elapsed().as_millis() >= 100 {
+                self.wake_worker();
+                woken = std::time::Instant::now();
+            }
+            // SAFETY: a plain sleep, holding no lock.
+            unsafe { pg_sys::pg_usleep(1000) };
+            pgrx::check_for_interrupts!();
+            ask = false;
         }
     }
 

@@ -9,32 +9,44 @@
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
+use pg_apikey_core::conninfo;
 use pg_apikey_core::lease_table::{self, Plan};
 use pg_apikey_core::token_leases::{self, Ask as TokenAsk};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 
 use super::link::Link;
+use crate::shmem::now_us;
 use crate::shmem::regions::Region;
 
 /// Set on the primary's side of the connection, over whatever `ALTER DATABASE` or `ALTER ROLE`
 /// set there: an exchange must neither be refused (read-only default), nor cut short after its
-/// grants were taken (a tiny statement timeout), nor left waiting (locks, an idle link closed, a
-/// commit waiting for a synchronous standby: this very standby, shutting down, would never
-/// answer it).
-const SESSION: &str = "SET statement_timeout = '10s'; SET lock_timeout = '1s'; \
-    SET idle_in_transaction_session_timeout = 0; SET idle_session_timeout = 0; \
-    SET default_transaction_read_only = off; SET default_transaction_isolation = 'read committed'; \
-    SET session_replication_role = origin; SET search_path = pg_catalog, pg_temp; \
-    SET standard_conforming_strings = on; \
-    SET synchronous_commit = local";
-/// From PostgreSQL 17 (a primary and its standbys run one major), first: a transaction timeout
-/// set by the database owner would abort an exchange after its tokens were taken, or the
-/// session setup itself.
-#[cfg(not(any(feature = "pg15", feature = "pg16")))]
-const SESSION_SINCE_17: &str = "SET transaction_timeout = 0; ";
-#[cfg(any(feature = "pg15", feature = "pg16"))]
-const SESSION_SINCE_17: &str = "";
+/// grants were taken (a tiny statement or transaction timeout), nor left waiting (locks, an idle
+/// link closed, a commit waiting for a synchronous standby: this very standby, shutting down,
+/// would never answer it). From PostgreSQL 17 they travel in the startup packet's `options`,
+/// which the primary applies before any statement runs: libpqwalreceiver runs a query of its own
+/// right after connecting, which a database's `transaction_timeout` would already cut short. On
+/// 15 and 16 (a replication connection, whose `options` libpqwalreceiver replaces) they are SET
+/// right after connecting. All are settings any role may set: the ledger role need not be a
+/// superuser.
+const SESSION: &[(&str, &str)] = &[
+    #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+    ("transaction_timeout", "0"),
+    ("statement_timeout", "10s"),
+    ("lock_timeout", "1s"),
+    ("idle_in_transaction_session_timeout", "0"),
+    ("idle_session_timeout", "0"),
+    ("default_transaction_read_only", "off"),
+    ("default_transaction_isolation", "read committed"),
+    ("search_path", "pg_catalog, pg_temp"),
+    ("standard_conforming_strings", "on"),
+    ("synchronous_commit", "local"),
+];
+/// Only a superuser may set `session_replication_role`, and only a superuser can have made it
+/// anything but `origin` for this database or role: then it is set back (the ledger role is a
+/// superuser or the connection fails, closed), else nothing is asked of a plain ledger role.
+const ORIGIN: &str = "SELECT pg_catalog.set_config('session_replication_role', 'origin', false) \
+    WHERE pg_catalog.current_setting('session_replication_role') OPERATOR(pg_catalog.<>) 'origin'";
 
 /// How long a lease lasts without a renewal; the primary's `apikey.lease_exchange` says the same.
 const TTL_US: i64 = 60_000_000;
@@ -53,11 +65,6 @@ thread_local! {
 fn on_standby() -> bool {
     // SAFETY: reads shared recovery state.
     unsafe { pg_sys::RecoveryInProgress() }
-}
-
-fn now_us() -> i64 {
-    // SAFETY: reads the clock.
-    unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
 /// The conninfo to the primary, with this database named (a quoted value, so any name works).
@@ -92,12 +99,20 @@ fn conninfo() -> Result<String, String> {
         (!n.is_null()).then(|| std::ffi::CStr::from_ptr(n).to_string_lossy().into_owned())
     })
     .ok_or("this database has no name")?;
-    let quoted = db.replace('\\', "\\\\").replace('\'', "\\'");
     // Bounded waits: a primary that vanishes mid-exchange (a dropped network) is noticed within
     // seconds, not at the TCP retransmission timeout.
-    Ok(format!(
-        "{base} dbname='{quoted}' connect_timeout=2 keepalives=1 keepalives_idle=5 keepalives_interval=2 keepalives_count=2 tcp_user_timeout=10000"
-    ))
+    let extra = [
+        ("dbname", db.as_str()),
+        ("application_name", "pg_apikey lease"),
+        ("connect_timeout", "2"),
+        ("keepalives", "1"),
+        ("keepalives_idle", "5"),
+        ("keepalives_interval", "2"),
+        ("keepalives_count", "2"),
+        ("tcp_user_timeout", "10000"),
+    ];
+    conninfo::with_settings(&base, &extra, SESSION)
+        .ok_or_else(|| "the conninfo to the primary is not a list of keyword = value pairs".into())
 }
 
 fn request(plan: &Plan, limits: &[TokenAsk]) -> String {
@@ -240,13 +255,15 @@ fn exchange_once(region: Region, all: bool) {
     for attempt in 0..2 {
         let fresh = LINK.with_borrow(|l| l.is_none());
         if fresh {
-            match conninfo()
+            let linked = conninfo()
                 .and_then(|c| Link::connect(&c))
-                .and_then(|mut l| {
-                    l.command(&format!("{SESSION_SINCE_17}{SESSION}"))
-                        .map(|_| l)
-                }) {
-                Ok(link) => LINK.with_borrow_mut(|l| *l = Some(link)),
+                .and_then(with_session)
+                .and_then(|l| {
+                    LINK.with_borrow_mut(|slot| *slot = Some(l));
+                    query(ORIGIN)
+                });
+            match linked {
+                Ok(_) => {}
                 Err(e) => {
                     not_sent(&plan);
                     note_failure("connect", &e);
@@ -288,6 +305,31 @@ fn exchange_once(region: Region, all: bool) {
     }
 }
 
+/// On 15 and 16 the startup options do not reach the primary: the settings are SET instead.
+#[cfg(any(feature = "pg15", feature = "pg16"))]
+fn with_session(mut link: Link) -> Result<Link, String> {
+    link.command(&conninfo::set_commands(SESSION))?;
+    Ok(link)
+}
+
+#[cfg(not(any(feature = "pg15", feature = "pg16")))]
+fn with_session(link: Link) -> Result<Link, String> {
+    Ok(link)
+}
+
+/// Run `sql` on the primary over the current link, in a transaction here (see
+/// [`Link::query_text`]); the first column of its first row.
+fn query(sql: &str) -> Result<Option<String>, String> {
+    super::caught(|| {
+        BackgroundWorker::transaction(|| {
+            LINK.with_borrow_mut(|l| match l.as_mut() {
+                Some(link) => link.query_text(sql),
+                None => Err("no connection".into()),
+            })
+        })
+    })?
+}
+
 /// Send `plan` to the primary over the current link; its answer. From the moment it is sent the
 /// primary may have acted on it: an error means the outcome is unknown.
 fn exchange(name: &str, plan: &Plan, limits: &[TokenAsk]) -> Result<Answer, String> {
@@ -296,15 +338,8 @@ fn exchange(name: &str, plan: &Plan, limits: &[TokenAsk]) -> Result<Answer, Stri
         name,
         request(plan, limits)
     );
-    let text = super::caught(|| {
-        BackgroundWorker::transaction(|| {
-            LINK.with_borrow_mut(|l| match l.as_mut() {
-                Some(link) => link.query_text(&sql),
-                None => Err("no connection".into()),
-            })
-        })
-    })??;
-    text.as_deref()
+    query(&sql)?
+        .as_deref()
         .and_then(parse)
         .ok_or_else(|| "the primary's answer could not be read".to_string())
 }

@@ -2,9 +2,11 @@
 //! (`libpqwalreceiver`, the module the WAL receiver and logical replication workers use): no
 //! library beyond the server's own, and its waits honour this process' latch and interrupts.
 //!
-//! The connection is a database-connected replication connection (`replication=database`, as a
-//! logical replication subscriber's), which runs plain SQL: its role needs the REPLICATION
-//! attribute (or superuser) and a `pg_hba.conf` line for the database, as a subscriber's does.
+//! From PostgreSQL 17 the connection is a plain one (as the slot sync worker's); on 15 and 16
+//! libpqwalreceiver makes only replication connections, so it is a database-connected one
+//! (`replication=database`, as a logical replication subscriber's), which runs plain SQL too.
+//! Either way `apikey.lease_exchange` wants the REPLICATION attribute (or superuser), and the
+//! role needs a `pg_hba.conf` line for the database.
 
 use std::ffi::{CStr, CString};
 
@@ -87,7 +89,9 @@ impl Link {
                         }
                         #[cfg(any(feature = "pg17", feature = "pg18"))]
                         {
-                            connect(conninfo.as_ptr(), true, true, false, app, err_ptr)
+                            // Not a replication connection: libpqwalreceiver would replace the
+                            // conninfo's `options` (the worker's session settings) with its own.
+                            connect(conninfo.as_ptr(), false, false, false, app, err_ptr)
                         }
                     })
                 });
@@ -111,6 +115,7 @@ impl Link {
     }
 
     /// Run `sql` (commands that return no rows, such as SET) on the primary.
+    #[cfg(any(feature = "pg15", feature = "pg16"))]
     pub fn command(&mut self, sql: &str) -> Result<(), String> {
         let sql = CString::new(sql).map_err(|_| "the command holds a NUL".to_string())?;
         let f = functions();

@@ -135,6 +135,16 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A request limit's refusal; `what` names the limit ("API key", "Owner", "\"expensive\"").
+    pub fn rate_limited(what: &str, retry_after: u64) -> Self {
+        Self::RateLimited {
+            message: format!(
+                "{what} rate limit exceeded. Please try again in {retry_after} seconds."
+            ),
+            retry_after,
+        }
+    }
+
     pub fn sqlstate(&self) -> Sqlstate {
         match self {
             Self::MalformedKey(_) => Sqlstate::InvalidTextRepresentation,

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checksum;
+pub mod conninfo;
 pub mod credits_table;
 pub mod digest;
 pub mod errors;

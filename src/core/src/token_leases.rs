@@ -376,6 +376,17 @@ mod tests {
         spend(part, 1, 42, 7, "requests", cost, now, ask)
     }
 
+    /// The worker renewing bucket 42 by itself (no request waiting).
+    fn renewal() -> Vec<Ask> {
+        vec![Ask {
+            hash: 42,
+            key_id: 7,
+            name: "requests".into(),
+            need: 0,
+            want: 1,
+        }]
+    }
+
     #[test]
     fn a_first_use_asks_then_spends_what_was_granted() {
         let mut part = [TokenLease::FREE; 4];
@@ -415,13 +426,7 @@ mod tests {
         let mut part = [TokenLease::FREE; 1];
         spend1(&mut part, 1, 0, true);
         for (i, at) in [0, S / 4, S / 2, 3 * S / 4, S].into_iter().enumerate() {
-            let asks = vec![Ask {
-                hash: 42,
-                key_id: 7,
-                name: "requests".into(),
-                need: 0,
-                want: 1,
-            }];
+            let asks = renewal();
             answer(&mut part, 1, &asks, &[(i as i64 + 1, 0)], at);
         }
         // Five grants, four kept: 1 (until 2 s) and 2 (until 2.25 s) merged until 2 s.
@@ -437,13 +442,7 @@ mod tests {
         spend1(&mut part, 1, 0, true);
         let asks = plan(&mut part, 1, 0);
         answer(&mut part, 1, &asks, &[(2, 0)], 0);
-        let asks = vec![Ask {
-            hash: 42,
-            key_id: 7,
-            name: "requests".into(),
-            need: 0,
-            want: 1,
-        }];
+        let asks = renewal();
         answer(&mut part, 1, &asks, &[(2, 0)], S);
         assert!(matches!(
             spend1(&mut part, 2, S, false),
@@ -544,13 +543,7 @@ mod tests {
         spend1(&mut part, 1, 0, true);
         let asks = plan(&mut part, 1, 0);
         answer(&mut part, 1, &asks, &[(2, 0)], 0);
-        let later = vec![Ask {
-            hash: 42,
-            key_id: 7,
-            name: "requests".into(),
-            need: 0,
-            want: 1,
-        }];
+        let later = renewal();
         answer(&mut part, 1, &later, &[(5, 0)], S);
         // Two from the first grant (until 2 s), one from the second (until 3 s).
         let r = receipt(spend1(&mut part, 3, S, false));
