@@ -226,22 +226,28 @@ def test_database_settings_on_the_primary_do_not_stop_leasing(servers):
     the worker sets what it relies on itself."""
     # From 17, a transaction timeout would abort an exchange after it took its grants.
     timeouts = ["statement_timeout"] + (["transaction_timeout"] if PG_MAJOR >= 17 else [])
+    # What this test's own sessions undo (the settings replicate: the standbys' sessions have them too).
+    ours = " ".join(f"-c {t}=0" for t in timeouts) + " -c role=none"
     with connect(PRIMARY) as p:
+        p.execute("DROP ROLE IF EXISTS lease_dbo")
+        p.execute("CREATE ROLE lease_dbo")
         p.execute("ALTER DATABASE postgres SET default_transaction_read_only = on")
+        # A superuser ledger role would lease as this role: refused (no REPLICATION).
+        p.execute("ALTER DATABASE postgres SET role = 'lease_dbo'")
         for t in timeouts:
             p.execute(f"ALTER DATABASE postgres SET {t} = '1ms'")
         try:
             p.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pg_apikey lease'")
-            with connect(PRIMARY, options=" ".join(f"-c {t}=0" for t in timeouts)) as w:
+            with connect(PRIMARY, options=ours) as w:
                 w.execute("SET default_transaction_read_only = off")
                 key_id, key = w.execute("SELECT id, api_key::text FROM apikey.create('ledger-settings', 'k', credits => 50)").fetchone()
             for s in STANDBYS:
-                # The settings replicate: the standbys' own sessions would have them too.
-                with connect(s, options=" ".join(f"-c {t}=0" for t in timeouts)) as c:
+                with connect(s, options=ours) as c:
                     wait_for(lambda: c.execute("SELECT owner FROM apikey.verify(%s)", (key,)).fetchone())
                     assert spend(c, key, 1)
         finally:
             p.execute("ALTER DATABASE postgres RESET default_transaction_read_only")
+            p.execute("ALTER DATABASE postgres RESET role")
             for t in timeouts:
                 p.execute(f"ALTER DATABASE postgres RESET {t}")
 
@@ -409,6 +415,41 @@ def spend_until_unreachable(c, key, timeout=30.0):
             assert e.diag.message_detail == '{"retry_after": 1}'
             return served
     raise AssertionError("the standby never refused while the primary was down")
+
+
+def psql(server, dbname, sql):
+    """psql, for database names psycopg cannot spell (bytes that are not UTF-8)."""
+    name, port = server
+    return subprocess.run([f"{PGBIN}/psql", "-X", "-At", "-v", "VERBOSITY=verbose", "-h", str(ROOT / ".run" / name),
+                           "-p", port, "-U", "postgres", "-d", dbname, "-c", sql], capture_output=True)
+
+
+def test_a_name_that_is_not_utf8_never_reaches_another_database(servers):
+    """A database owner with CREATEDB can name a database with bytes that are not UTF-8 (from a
+    SQL_ASCII database) and create the database whose name a lossy copy of it would give, with an
+    apikey.lease_exchange of their own: the standby's worker never asks that one (it refuses the
+    name, and checks the primary's database by OID), and the standby refuses credits, closed."""
+    real, lossy = b"lease_\xff", "lease_\ufffd"
+    with connect(PRIMARY) as p:
+        p.execute("CREATE DATABASE lease_ascii TEMPLATE template0 ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'")
+        assert psql(PRIMARY, "lease_ascii", b'CREATE DATABASE "' + real + b'"').returncode == 0
+        assert psql(PRIMARY, real, "CREATE EXTENSION pg_apikey").returncode == 0
+        key = psql(PRIMARY, real, "SELECT api_key FROM apikey.create('ascii', 'k', credits => 10)").stdout.strip()
+        p.execute(f'CREATE DATABASE "{lossy}"')
+        with psycopg.connect(f"host={ROOT / '.run' / PRIMARY[0]} port={PRIMARY[1]} user=postgres dbname={lossy}",
+                             autocommit=True) as t:
+            t.execute("CREATE SCHEMA apikey")
+            t.execute("CREATE TABLE apikey.called (at timestamptz)")
+            t.execute("CREATE FUNCTION apikey.lease_exchange(text, text) RETURNS text LANGUAGE sql"
+                      " AS $$ INSERT INTO apikey.called VALUES (now()) RETURNING '{}'::text $$")
+            p.execute("SELECT pg_catalog.txid_current()")
+            standby = STANDBYS[0]
+            wait_for(lambda: psql(standby, real, "SELECT 1 FROM apikey.keys LIMIT 1").stdout.strip() == b"1")
+            refused = psql(standby, real, b"SELECT apikey.authenticate('" + key + b"', cost => 1)")
+            assert b"57P03" in refused.stderr, refused.stderr[:300]
+            assert t.execute("SELECT count(*) FROM apikey.called").fetchone()[0] == 0
+        log = (ROOT / ".run" / standby[0] / "server.log").read_bytes()
+        assert b"name is not valid UTF-8" in log
 
 
 def test_the_primary_stopped_mid_run(servers):

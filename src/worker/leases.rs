@@ -38,6 +38,9 @@ const SESSION: &[(&str, &str)] = &[
     ("idle_session_timeout", "0"),
     ("default_transaction_read_only", "off"),
     ("default_transaction_isolation", "read committed"),
+    // A superuser ledger role would take on a role a database owner set for the database, and
+    // lease as that role (refused, or under its name).
+    ("role", "none"),
     ("search_path", "pg_catalog, pg_temp"),
     ("standard_conforming_strings", "on"),
     ("synchronous_commit", "local"),
@@ -96,9 +99,11 @@ fn conninfo() -> Result<String, String> {
     // SAFETY: the name of this worker's database (palloc'd), read in a transaction.
     let db = BackgroundWorker::transaction(|| unsafe {
         let n = pg_sys::get_database_name(pg_sys::MyDatabaseId);
-        (!n.is_null()).then(|| std::ffi::CStr::from_ptr(n).to_string_lossy().into_owned())
+        (!n.is_null()).then(|| std::ffi::CStr::from_ptr(n).to_str().map(str::to_owned))
     })
-    .ok_or("this database has no name")?;
+    .ok_or("this database has no name")?
+    // Never a lossy copy: a name with its invalid bytes replaced is another database's name.
+    .map_err(|_| "this database's name is not valid UTF-8".to_string())?;
     // Bounded waits: a primary that vanishes mid-exchange (a dropped network) is noticed within
     // seconds, not at the TCP retransmission timeout.
     let extra = [
@@ -260,6 +265,7 @@ fn exchange_once(region: Region, all: bool) {
                 .and_then(with_session)
                 .and_then(|l| {
                     LINK.with_borrow_mut(|slot| *slot = Some(l));
+                    same_database()?;
                     query(ORIGIN)
                 });
             match linked {
@@ -315,6 +321,23 @@ fn with_session(mut link: Link) -> Result<Link, String> {
 #[cfg(not(any(feature = "pg15", feature = "pg16")))]
 fn with_session(link: Link) -> Result<Link, String> {
     Ok(link)
+}
+
+/// The primary's database must be this one, by OID (a standby's OIDs are its primary's): a
+/// database renamed on the primary since this standby replayed its name, or any other database
+/// the name could reach, is not asked to run `apikey.lease_exchange`, whose meaning there its
+/// owner controls.
+fn same_database() -> Result<(), String> {
+    let oid = query(
+        "SELECT d.oid::pg_catalog.text FROM pg_catalog.pg_database d \
+         WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()",
+    )?;
+    let ours = crate::shmem::database().to_string();
+    if oid.as_deref() == Some(ours.as_str()) {
+        Ok(())
+    } else {
+        Err("the primary's database of this name is not this database".into())
+    }
 }
 
 /// Run `sql` on the primary over the current link, in a transaction here (see
