@@ -227,13 +227,16 @@ def test_database_settings_on_the_primary_do_not_stop_leasing(servers):
     # From 17, a transaction timeout would abort an exchange after it took its grants.
     timeouts = ["statement_timeout"] + (["transaction_timeout"] if PG_MAJOR >= 17 else [])
     # What this test's own sessions undo (the settings replicate: the standbys' sessions have them too).
-    ours = " ".join(f"-c {t}=0" for t in timeouts) + " -c role=none"
+    ours = " ".join(f"-c {t}=0" for t in timeouts) + " -c role=none -c local_preload_libraries="
     with connect(PRIMARY) as p:
         p.execute("DROP ROLE IF EXISTS lease_dbo")
         p.execute("CREATE ROLE lease_dbo")
         p.execute("ALTER DATABASE postgres SET default_transaction_read_only = on")
         # A superuser ledger role would lease as this role: refused (no REPLICATION).
         p.execute("ALTER DATABASE postgres SET role = 'lease_dbo'")
+        if PG_MAJOR >= 17:
+            # Loaded as a session starts: on 15 and 16 it is in force before the worker can say otherwise.
+            p.execute("ALTER DATABASE postgres SET local_preload_libraries = 'no_such_library'")
         for t in timeouts:
             p.execute(f"ALTER DATABASE postgres SET {t} = '1ms'")
         try:
@@ -248,6 +251,7 @@ def test_database_settings_on_the_primary_do_not_stop_leasing(servers):
         finally:
             p.execute("ALTER DATABASE postgres RESET default_transaction_read_only")
             p.execute("ALTER DATABASE postgres RESET role")
+            p.execute("ALTER DATABASE postgres RESET local_preload_libraries")
             for t in timeouts:
                 p.execute(f"ALTER DATABASE postgres RESET {t}")
 

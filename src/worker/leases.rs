@@ -43,6 +43,12 @@ const SESSION: &[(&str, &str)] = &[
     ("role", "none"),
     ("search_path", "pg_catalog, pg_temp"),
     ("standard_conforming_strings", "on"),
+    ("default_transaction_deferrable", "off"),
+    ("exit_on_error", "off"),
+    ("row_security", "on"),
+    // Any role may name libraries (from `$libdir/plugins`) for its sessions to load: one that
+    // does not exist would fail every connection of the worker.
+    ("local_preload_libraries", ""),
     ("synchronous_commit", "local"),
 ];
 /// Only a superuser may set `session_replication_role`, and only a superuser can have made it
@@ -82,8 +88,9 @@ fn conninfo() -> Result<String, String> {
             } else {
                 // SAFETY: a NUL-terminated setting value.
                 unsafe { std::ffi::CStr::from_ptr(v) }
-                    .to_string_lossy()
-                    .into_owned()
+                    .to_str()
+                    .map_err(|_| "primary_conninfo is not valid UTF-8".to_string())?
+                    .to_owned()
             }
         }
     };

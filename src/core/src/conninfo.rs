@@ -3,6 +3,12 @@
 //! what it set. The same settings as `SET` commands, for connections whose `options` the server's
 //! libpq wrapper replaces.
 
+/// Whitespace as libpq's parser sees it (C's `isspace`, ASCII only): anything else, a
+/// non-breaking space say, is part of a value to libpq, and so it must be here.
+fn is_space(c: &char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r')
+}
+
 /// The `keyword = value` pairs of a connection string, in order (libpq's rules: a value is
 /// single-quoted or ends at whitespace; a backslash takes the next character literally). `None`
 /// when it is not such a string.
@@ -10,19 +16,19 @@ pub fn parse(s: &str) -> Option<Vec<(String, String)>> {
     let mut out = Vec::new();
     let mut chars = s.chars().peekable();
     loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        while chars.next_if(is_space).is_some() {}
         if chars.peek().is_none() {
             return Some(out);
         }
         let mut key = String::new();
-        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+        while let Some(c) = chars.next_if(|c| *c != '=' && !is_space(c)) {
             key.push(c);
         }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        while chars.next_if(is_space).is_some() {}
         if chars.next() != Some('=') || key.is_empty() {
             return None;
         }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        while chars.next_if(is_space).is_some() {}
         let mut value = String::new();
         if chars.next_if_eq(&'\'').is_some() {
             loop {
@@ -33,7 +39,7 @@ pub fn parse(s: &str) -> Option<Vec<(String, String)>> {
                 }
             }
         } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+            while let Some(c) = chars.next_if(|c| !is_space(c)) {
                 value.push(if c == '\\' { chars.next()? } else { c });
             }
         }
@@ -51,7 +57,7 @@ pub fn quote(value: &str) -> String {
 pub fn options(settings: &[(&str, &str)]) -> String {
     let escape = |s: &str| {
         s.chars().fold(String::new(), |mut out, c| {
-            if c == '\\' || c.is_whitespace() {
+            if c == '\\' || is_space(&c) {
                 out.push('\\');
             }
             out.push(c);
@@ -78,9 +84,10 @@ pub fn set_commands(settings: &[(&str, &str)]) -> String {
 }
 
 /// `base` with `extra` pairs added, `options` last: what `base` passed in its own `options`
-/// first, then `settings`, which the server applies later and so override it. A keyword given
-/// twice takes its last value (libpq's rule), so `extra` overrides `base`. `None` when `base` is
-/// not a connection string.
+/// first, then `settings`, which the server applies later and so override them. A keyword given
+/// twice takes its last value (libpq's rule), so `extra` overrides `base`. Every value is written
+/// anew, quoted, from what `parse` read: nothing of `base` is passed on as it was written, so no
+/// value can run on into the next. `None` when `base` is not a connection string.
 pub fn with_settings(
     base: &str,
     extra: &[(&str, &str)],
@@ -93,16 +100,24 @@ pub fn with_settings(
         .find(|(k, _)| k == "options")
         .map(|(_, v)| v.as_str())
         .unwrap_or_default();
-    let mut options = given.trim().to_owned();
-    if !options.is_empty() {
-        options.push(' ');
-    }
-    options.push_str(&self::options(settings));
-    let mut out = base.trim().to_owned();
-    for (k, v) in extra.iter().chain([&("options", options.as_str())]) {
-        out.push_str(&format!(" {k}={}", quote(v)));
-    }
-    Some(out)
+    let options = [given, &self::options(settings)]
+        .iter()
+        .filter(|o| !o.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let kept = pairs
+        .iter()
+        .filter(|(k, _)| k != "options")
+        .map(|(k, v)| (k.as_str(), v.as_str()));
+    let all = kept
+        .chain(extra.iter().copied())
+        .chain([("options", options.as_str())]);
+    Some(
+        all.map(|(k, v)| format!("{k}={}", quote(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 #[cfg(test)]
@@ -136,6 +151,27 @@ mod tests {
         for bad in ["host", "=x", "host='open", "host=x\\", "a b=c"] {
             assert_eq!(parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn no_value_runs_on_into_what_is_added() {
+        // A last value ending in an escaped space, or holding a space libpq does not count as
+        // one: what is added after it stays its own pair.
+        for base in [
+            "host=h password=pw\\ ",
+            "host=h password=a\u{a0}b",
+            "host=h password='it\\'s'",
+        ] {
+            let out = with_settings(base, &[("dbname", "x host=evil dbname='")], &[]).unwrap();
+            let mut expected = parse(base).unwrap();
+            expected.push(("dbname".into(), "x host=evil dbname='".into()));
+            expected.push(("options".into(), String::new()));
+            assert_eq!(parse(&out).unwrap(), expected, "{base}");
+        }
+        assert_eq!(
+            parse("password=a\u{a0}b").unwrap(),
+            pairs(&[("password", "a\u{a0}b")])
+        );
     }
 
     #[test]
@@ -175,7 +211,7 @@ mod tests {
         assert_eq!(last("dbname"), "it's");
         assert_eq!(last("options"), "-c work_mem=64MB -c statement_timeout=10s");
         let out = with_settings("host=h", &[], &[("a", "b")]).unwrap();
-        assert_eq!(out, "host=h options='-c a=b'");
+        assert_eq!(out, "host='h' options='-c a=b'");
         assert_eq!(with_settings("host='h", &[], &[]), None);
     }
 }
