@@ -18,8 +18,8 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::errors::raise;
-use crate::shmem::now_us;
 use crate::shmem::regions::{self, Attempt, Region};
+use crate::shmem::{now_us, on_standby};
 use crate::store::StoredKey;
 
 pub fn init() {
@@ -167,11 +167,6 @@ fn if_held<R>(f: impl FnOnce(&mut [Balance]) -> Option<R>) -> Option<R> {
         return None;
     }
     regions::mine()?.credits(|p| f(&mut p.balances)).flatten()
-}
-
-fn on_standby() -> bool {
-    // SAFETY: reads shared recovery state.
-    unsafe { pg_sys::RecoveryInProgress() }
 }
 
 fn refill_of(refill: Option<(i64, i64)>) -> Option<Refill> {

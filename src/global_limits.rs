@@ -60,7 +60,6 @@ fn spend_one(t: &Token) -> Result<Receipt, ApiError> {
         .wait_for_worker(WAIT, |ask| {
             let spent = region
                 .credits(|p| {
-                    let now = now_us();
                     token_leases::spend(
                         &mut p.tokens,
                         db,
@@ -68,7 +67,7 @@ fn spend_one(t: &Token) -> Result<Receipt, ApiError> {
                         t.key_id,
                         t.name,
                         t.cost,
-                        now,
+                        now_us(),
                         ask,
                     )
                 })

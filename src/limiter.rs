@@ -200,9 +200,7 @@ pub fn charge_all(items: &[Charge]) -> Result<(), ApiError> {
     }
     require_preload("rate limiting");
     let db = crate::shmem::database();
-    // SAFETY: reads shared recovery state.
-    let standby = unsafe { pg_sys::RecoveryInProgress() };
-    if !standby || items.iter().all(|c| c.global.is_none()) {
+    if !crate::shmem::on_standby() || items.iter().all(|c| c.global.is_none()) {
         return charge_here(db, &items.iter().collect::<Vec<_>>());
     }
     // On a standby a global limit spends tokens leased from the primary's bucket, first (it may

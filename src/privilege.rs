@@ -43,8 +43,7 @@ pub fn caller_name() -> String {
 /// Refuse a change on a hot standby with 25006 and a hint, before anything tries to assign a
 /// transaction id (which would fail with an internal error instead).
 pub fn require_primary(what: &'static str) {
-    // SAFETY: reads shared state under its own spinlock; callable in any backend.
-    if unsafe { pg_sys::RecoveryInProgress() } {
+    if crate::shmem::on_standby() {
         raise(ApiError::OnStandby(what));
     }
 }

@@ -15,7 +15,6 @@
 use pg_apikey_core::errors::ApiError;
 use pg_apikey_core::usage_table::{self, KINDS};
 use pgrx::bgworkers::BackgroundWorker;
-use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::errors::raise;
@@ -69,8 +68,7 @@ fn pg_epoch_to_timestamptz(us: i64) -> Option<TimestampWithTimeZone> {
 /// Write pending usage of the worker's region in one transaction (see `worker`). Returns the
 /// keys refused by a limit since the last flush.
 pub fn flush(region: Region) -> Vec<i64> {
-    // SAFETY: reads shared recovery state.
-    if unsafe { pg_sys::RecoveryInProgress() } {
+    if crate::shmem::on_standby() {
         return Vec::new();
     }
     let pending = collect(Some(region), false);

@@ -30,6 +30,13 @@ pub fn database() -> u32 {
     u32::from(unsafe { pg_sys::MyDatabaseId })
 }
 
+/// Whether this server is in recovery (a hot standby): nothing may be written, and credits and
+/// global limits are spent from what the worker leased.
+pub fn on_standby() -> bool {
+    // SAFETY: reads shared recovery state under its own spinlock; callable in any process.
+    unsafe { pg_sys::RecoveryInProgress() }
+}
+
 /// The clock every shared-memory table keeps time by: microseconds since 2000-01-01 (a
 /// `TimestampTz`), the wall clock, so every backend and the worker agree on it.
 pub fn now_us() -> i64 {

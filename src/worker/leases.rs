@@ -16,8 +16,8 @@ use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 
 use super::link::Link;
-use crate::shmem::now_us;
 use crate::shmem::regions::Region;
+use crate::shmem::{now_us, on_standby};
 
 /// Set on the primary's side of the connection, over whatever `ALTER DATABASE` or `ALTER ROLE`
 /// set there: an exchange must neither be refused (read-only default), nor cut short after its
@@ -69,11 +69,6 @@ thread_local! {
     static DOWN: Cell<bool> = const { Cell::new(false) };
     /// The keys the last exchange asked about.
     static SENT: RefCell<Vec<i64>> = const { RefCell::new(Vec::new()) };
-}
-
-fn on_standby() -> bool {
-    // SAFETY: reads shared recovery state.
-    unsafe { pg_sys::RecoveryInProgress() }
 }
 
 /// The conninfo to the primary, with this database named (a quoted value, so any name works).

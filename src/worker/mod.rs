@@ -144,8 +144,7 @@ fn flush_all(region: Region, warm: &mut Prewarm) -> Flushed {
         region.note_flush();
     }
     let (limited, credited) = (limited.unwrap_or_default(), credited.unwrap_or_default());
-    // SAFETY: reads shared recovery state.
-    if unsafe { pg_sys::RecoveryInProgress() } {
+    if crate::shmem::on_standby() {
         return Flushed::Done(busy);
     }
     step("queued rehashes", move || {
@@ -360,8 +359,7 @@ pub extern "C-unwind" fn pg_apikey_worker(arg: pg_sys::Datum) {
     let mut idle = 0u32;
     loop {
         let mut interval = Duration::from_millis(gucs::USAGE_FLUSH_INTERVAL.get().max(10) as u64);
-        // SAFETY: reads shared recovery state.
-        if unsafe { pg_sys::RecoveryInProgress() } {
+        if crate::shmem::on_standby() {
             // A standby renews its leases before they run out (requests wake it sooner).
             interval = interval.min(LEASE_TICK);
         }

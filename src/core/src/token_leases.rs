@@ -376,6 +376,14 @@ mod tests {
         spend(part, 1, 42, 7, "requests", cost, now, ask)
     }
 
+    /// A request for `cost` at time 0 finding no tokens, the worker's ask for it, and the
+    /// primary's `answers` to that ask.
+    fn first_use(part: &mut [TokenLease], cost: i64, answers: &[(i64, i64)]) {
+        spend1(part, cost, 0, true);
+        let asks = plan(part, 1, 0);
+        answer(part, 1, &asks, answers, 0);
+    }
+
     /// The worker renewing bucket 42 by itself (no request waiting).
     fn renewal() -> Vec<Ask> {
         vec![Ask {
@@ -409,9 +417,7 @@ mod tests {
     #[test]
     fn tokens_expire_at_their_own_grants_deadline() {
         let mut part = [TokenLease::FREE; 4];
-        spend1(&mut part, 1, 0, true);
-        let asks = plan(&mut part, 1, 0);
-        answer(&mut part, 1, &asks, &[(5, 0)], 0);
+        first_use(&mut part, 1, &[(5, 0)]);
         // A second grant later does not extend the first's tokens.
         spend1(&mut part, 6, S, true);
         let asks = plan(&mut part, 1, S);
@@ -439,9 +445,7 @@ mod tests {
     #[test]
     fn spending_takes_the_earliest_expiring_tokens_first() {
         let mut part = [TokenLease::FREE; 1];
-        spend1(&mut part, 1, 0, true);
-        let asks = plan(&mut part, 1, 0);
-        answer(&mut part, 1, &asks, &[(2, 0)], 0);
+        first_use(&mut part, 1, &[(2, 0)]);
         let asks = renewal();
         answer(&mut part, 1, &asks, &[(2, 0)], S);
         assert!(matches!(
@@ -455,9 +459,7 @@ mod tests {
     #[test]
     fn a_refusal_is_kept_until_the_primary_said() {
         let mut part = [TokenLease::FREE; 4];
-        spend1(&mut part, 1, 0, true);
-        let asks = plan(&mut part, 1, 0);
-        answer(&mut part, 1, &asks, &[(0, 300_000)], 0);
+        first_use(&mut part, 1, &[(0, 300_000)]);
         assert_eq!(spend1(&mut part, 1, 1, true), TokenSpend::Refused(299_999));
         assert_eq!(spend1(&mut part, 1, 300_000, true), TokenSpend::Asked);
     }
@@ -465,9 +467,7 @@ mod tests {
     #[test]
     fn an_unreachable_primary_refuses_only_past_what_is_held() {
         let mut part = [TokenLease::FREE; 4];
-        spend1(&mut part, 1, 0, true);
-        let asks = plan(&mut part, 1, 0);
-        answer(&mut part, 1, &asks, &[(1, 0)], 0);
+        first_use(&mut part, 1, &[(1, 0)]);
         spend1(&mut part, 2, 1, true);
         plan(&mut part, 1, 1);
         unreachable(&mut part, 1);
@@ -481,9 +481,7 @@ mod tests {
     #[test]
     fn a_busy_bucket_renews_in_proportion_to_its_spending() {
         let mut part = [TokenLease::FREE; 4];
-        spend1(&mut part, 1, 0, true);
-        let asks = plan(&mut part, 1, 0);
-        answer(&mut part, 1, &asks, &[(100, 0)], 0);
+        first_use(&mut part, 1, &[(100, 0)]);
         for _ in 0..40 {
             assert!(matches!(
                 spend1(&mut part, 1, 1000, false),
@@ -500,9 +498,7 @@ mod tests {
     #[test]
     fn running_low_wakes_the_worker_once_and_renews_at_its_next_exchange() {
         let mut part = [TokenLease::FREE; 4];
-        spend1(&mut part, 1, 0, true);
-        let asks = plan(&mut part, 1, 0);
-        answer(&mut part, 1, &asks, &[(6, 0)], 0);
+        first_use(&mut part, 1, &[(6, 0)]);
         let low = |r| match r {
             TokenSpend::Spent(low, _) => low,
             other => panic!("{other:?}"),
@@ -527,9 +523,7 @@ mod tests {
     #[test]
     fn a_refund_never_revives_an_expired_token() {
         let mut part = [TokenLease::FREE; 1];
-        spend1(&mut part, 1, 0, true);
-        let asks = plan(&mut part, 1, 0);
-        answer(&mut part, 1, &asks, &[(1, 0)], 0);
+        first_use(&mut part, 1, &[(1, 0)]);
         let r = receipt(spend1(&mut part, 1, 1, false));
         refund(&mut part, 1, 42, &r, TTL_US);
         assert_eq!(part[0].held(TTL_US), 0);
@@ -540,9 +534,7 @@ mod tests {
     #[test]
     fn a_refund_returns_tokens_to_their_own_deadline_never_a_later_one() {
         let mut part = [TokenLease::FREE; 1];
-        spend1(&mut part, 1, 0, true);
-        let asks = plan(&mut part, 1, 0);
-        answer(&mut part, 1, &asks, &[(2, 0)], 0);
+        first_use(&mut part, 1, &[(2, 0)]);
         let later = renewal();
         answer(&mut part, 1, &later, &[(5, 0)], S);
         // Two from the first grant (until 2 s), one from the second (until 3 s).
@@ -561,9 +553,7 @@ mod tests {
     #[test]
     fn a_refusal_holds_for_requests_lacking_as_much_and_not_less() {
         let mut part = [TokenLease::FREE; 4];
-        spend1(&mut part, 600, 0, true);
-        let asks = plan(&mut part, 1, 0);
-        answer(&mut part, 1, &asks, &[(0, 60 * S)], 0);
+        first_use(&mut part, 600, &[(0, 60 * S)]);
         assert_eq!(
             spend1(&mut part, 600, 1, true),
             TokenSpend::Refused(60 * S - 1)
@@ -578,9 +568,7 @@ mod tests {
     #[test]
     fn an_answer_without_an_entry_for_an_ask_leaves_no_request_waiting() {
         let mut part = [TokenLease::FREE; 4];
-        spend1(&mut part, 1, 0, true);
-        let asks = plan(&mut part, 1, 0);
-        answer(&mut part, 1, &asks, &[], 0);
+        first_use(&mut part, 1, &[]);
         assert!(!asked(&part, 1));
         assert_eq!(spend1(&mut part, 1, 1, false), TokenSpend::Unreachable);
     }
